@@ -1,0 +1,188 @@
+"""The default backend: Linux namespaces through bubblewrap, limits through rlimits and cgroups.
+
+One `BwrapSandbox` is one warm slot: its uid and its cgroups are made once and reused, one
+execution at a time; the namespaces, mounts and work directory are new for every execution.
+Containment, per execution:
+* argv is `prlimit … setpriv --reuid U … bwrap … -- CMD`: the code runs as a uid of its own
+  (1_000_000 + 256·pid + slot, never root, never another live slot's), so RLIMIT_NPROC applies;
+* bwrap unshares every namespace (no network but a private loopback, no host pids to signal),
+  mounts /usr and a few /etc files read-only on a read-only root, a fresh /proc, a minimal /dev,
+  a private tmpfs /tmp and the work directory as /work; /root, the project and the parent's
+  environment are not there (`--clearenv`);
+* bwrap pauses (`--block-fd`) until the child is in the slot's cgroups (pids, memory) so no
+  untrusted instruction runs outside them; afterwards every process left in the slot is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kpop.envs.sandbox import workdir
+from kpop.envs.sandbox.api import SandboxRequest, SandboxResult
+from kpop.envs.sandbox.cgroups import CgroupSlot
+from kpop.envs.sandbox.classify import Observed, classify, signal_of
+from kpop.envs.sandbox.runner import run_process
+
+ETC_FILES = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/python3", "/etc/python3.11", "/etc/python3.12")
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class BwrapConfig:
+    bwrap: str = "bwrap"
+    python: str = "python3"
+    ro_binds: tuple[str, ...] = ()  # extra host paths visible read-only at the same place
+    use_cgroups: bool = True
+    uid_base: int = 1_000_000
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _system_mounts() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64"):
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    for etc in ETC_FILES:
+        args += ["--ro-bind-try", etc, etc]
+    return args
+
+
+class BwrapSandbox:
+    name = "bwrap"
+
+    def __init__(self, config: BwrapConfig | None = None, slot: int = 0) -> None:
+        self.config = config or BwrapConfig()
+        self.slot = slot
+        self.uid = self.config.uid_base + 256 * os.getpid() + slot % 256
+        self._tools = {t: shutil.which(t, path=HOST_PATH) for t in (self.config.bwrap, "setpriv", "prlimit")}
+        self._mounts = _system_mounts()
+        self._base = workdir.default_base()
+        self._cgroup = CgroupSlot.create(slot) if self.config.use_cgroups and os.geteuid() == 0 else None
+        self._lock = asyncio.Lock()
+
+    @property
+    def has_cgroups(self) -> bool:
+        return self._cgroup is not None
+
+    def missing_tools(self) -> list[str]:
+        return [t for t, p in self._tools.items() if p is None]
+
+    async def run(self, request: SandboxRequest) -> SandboxResult:
+        if missing := self.missing_tools():
+            return classify(Observed(None, None, 0.0, error=f"bwrap backend needs {', '.join(missing)} on PATH (see deploy/setup.sh)"))
+        async with self._lock:
+            try:
+                files = dict(request.files)
+                if request.code is not None:
+                    files["main.py"] = request.code
+                wd = workdir.create(self._base, files, self.uid if os.geteuid() == 0 else None)
+            except (OSError, ValueError) as exc:
+                return classify(Observed(None, None, 0.0, error=f"bad request: {exc}"))
+            try:
+                return await self._run_in(wd, request)
+            finally:
+                if self._cgroup is not None:
+                    self._cgroup.kill_all()
+                workdir.remove(wd)
+
+    async def _run_in(self, wd: Path, request: SandboxRequest) -> SandboxResult:
+        lim = request.limits
+        if self._cgroup is not None:
+            self._cgroup.set_limits(lim.memory_bytes, lim.max_processes)
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        fds = _Fds(info_r, info_w, block_r, block_w)
+        argv = self._argv(wd, request, info_w, block_r)
+        stdin = request.stdin.encode() if isinstance(request.stdin, str) else request.stdin
+
+        async def release(_pid: int) -> None:
+            fds.close(info_w, block_r)  # the child holds its copies; EOF on info means it is gone
+            info = await _read_json(info_r)
+            if self._cgroup is not None and "child-pid" in info:
+                self._cgroup.attach(info["child-pid"])
+            os.write(block_w, b"1")
+
+        try:
+            raw = await run_process(argv, env={"PATH": HOST_PATH}, cwd=str(wd), stdin=stdin, wall_s=lim.wall_s,
+                                    max_output_bytes=lim.max_output_bytes, pass_fds=(info_w, block_r), on_started=release)
+        finally:
+            fds.close(info_r, info_w, block_r, block_w)
+        oom = pids_hit = False
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
+            oom, pids_hit = self._cgroup.events()
+        code, sig = signal_of(raw.returncode, wrapped=True)
+        obs = Observed(code, sig, raw.wall_s, raw.stdout, raw.stderr, raw.timed_out, raw.output_overflow, oom, pids_hit, raw.spawn_error)
+        return classify(obs, workdir.harvest(wd, request.outputs, lim.max_output_files_bytes))
+
+    def _argv(self, wd: Path, request: SandboxRequest, info_fd: int, block_fd: int) -> list[str]:
+        lim = request.limits
+        cpu = max(1, round(lim.cpu_s))
+        rlimits = [f"--cpu={cpu}:{cpu + 1}", f"--fsize={lim.max_file_bytes}", f"--nproc={lim.max_processes + 8}", "--core=0", "--nofile=1024"]
+        if self._cgroup is None:  # address space is a rough stand-in for a memory cgroup
+            rlimits.append(f"--as={lim.memory_bytes}")
+        user = ["--reuid", str(self.uid), "--regid", str(self.uid), "--clear-groups", "--bounding-set=-all", "--inh-caps=-all"] if os.geteuid() == 0 else []
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1", **self.config.env, **request.env}
+        box = [self._tools[self.config.bwrap], "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+               "--hostname", "sandbox", *self._mounts]
+        for path in self.config.ro_binds:
+            box += ["--ro-bind", path, path]
+        box += ["--proc", "/proc", "--dev", "/dev", "--size", str(lim.memory_bytes), "--tmpfs", "/tmp",
+                "--bind", str(wd), "/work", "--chdir", "/work", "--remount-ro", "/", "--clearenv"]
+        for key, value in env.items():
+            box += ["--setenv", key, value]
+        box += ["--info-fd", str(info_fd), "--block-fd", str(block_fd), "--"]
+        command = list(request.command) if request.command is not None else [self.config.python, "main.py"]
+        return [self._tools["prlimit"], *rlimits, "--", self._tools["setpriv"], *user, "--", *box, *command]
+
+    async def close(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.destroy()
+
+
+async def _read_json(fd: int) -> dict:
+    """The first JSON object bwrap writes on --info-fd (it stays open until the sandbox ends)."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            ready = loop.create_future()
+            loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+            continue
+        if not chunk:
+            break
+        data += chunk
+        try:
+            return json.loads(data)
+        except ValueError:
+            continue
+    return json.loads(data) if data.strip() else {}
+
+
+class _Fds:
+    """Closes each descriptor once: a second close could hit a number another task reopened."""
+
+    def __init__(self, *fds: int) -> None:
+        self.open = set(fds)
+
+    def close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self.open:
+                self.open.discard(fd)
+                os.close(fd)
