@@ -1,0 +1,42 @@
+"""Size presets. `tiny` runs the CPU tests and the quickstart; `flash` and `1t` are the published
+Ling-2.6 sizes (report Table 1), for configs only -- never instantiate them on a CPU machine.
+
+Layer counts are multiples of `layer_group_size`: stock vLLM treats layers past the last full
+group as linear attention while the HF code makes them MLA, so only whole groups are portable.
+Fields the report does not give for flash/1T (expert counts, ranks) follow the public Ling-2.5
+configs: 256 experts, 8 active, 8 groups / top-4, 1 shared, MLA ranks 512 (kv) and 1536 (q).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpop.models.hybrid.configuration import BailingMoeV2_5Config
+
+_COMMON: dict[str, Any] = dict(
+    layer_group_size=8, first_k_dense_replace=1, num_shared_experts=1, routed_scaling_factor=2.5,
+    n_group=8, topk_group=4, num_experts_per_tok=8, num_experts=256, partial_rotary_factor=0.5,
+    use_qk_norm=True, group_norm_size=4, rms_norm_eps=1e-6, rope_theta=6e6, vocab_size=157184,
+    qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, kv_lora_rank=512, q_lora_rank=1536,
+    head_dim=128, max_position_embeddings=262144, mtp_loss_scaling_factor=0.1,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        _COMMON, vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16, layer_group_size=4,
+        num_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, moe_intermediate_size=32,
+        kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
+        group_norm_size=2, rope_theta=10000.0, max_position_embeddings=512,
+    ),
+    "flash": dict(_COMMON, hidden_size=4096, intermediate_size=9216, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, moe_intermediate_size=1024),
+    "1t": dict(_COMMON, hidden_size=8192, intermediate_size=18432, num_hidden_layers=80,
+               num_attention_heads=64, num_key_value_heads=64, moe_intermediate_size=2048),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> BailingMoeV2_5Config:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return BailingMoeV2_5Config(**{**PRESETS[name], **overrides})

@@ -1,0 +1,1 @@
+"""Building blocks of the hybrid model: norms, RoPE, SwiGLU, MoE, Lightning Attention and MLA layers."""

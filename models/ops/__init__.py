@@ -1,0 +1,1 @@
+"""Lightning Attention kernels: naive reference, chunked and recurrent PyTorch forms, fla dispatch."""

@@ -1,0 +1,56 @@
+"""Chunked Lightning Attention (Lightning Attention-2 style): the training and prefill form.
+
+The sequence is cut into chunks of C tokens (the last one may be shorter). Inside a chunk the
+output is the masked quadratic form; across chunks a d x d state per head carries the past:
+
+    o_i   = scale * [ (q_i exp((i+1) g)) S_prev  +  sum_{j<=i} exp((i-j) g) (q_i . k_j) v_j ]
+    S_new = exp(L g) S_prev + sum_j exp((L-1-j) g) k_j^T v_j            (L = chunk length)
+
+with i, j positions inside the chunk. Cost O(T C d + T d^2), memory O(C^2 + d^2) per head.
+Everything is plain PyTorch, so autograd supplies the backward pass; float32 inside.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _decay_tables(g: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pos = torch.arange(length, device=g.device, dtype=torch.float32)
+    diff = pos[:, None] - pos[None, :]
+    intra = torch.where(diff >= 0, torch.exp(g[:, None, None] * diff.clamp(min=0)), torch.zeros((), device=g.device))
+    q_decay = torch.exp(g[:, None] * (pos + 1))  # [H, L]
+    k_decay = torch.exp(g[:, None] * (length - 1 - pos))  # [H, L]
+    return intra, q_decay, k_decay
+
+
+def chunked_lightning_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K**-0.5 if scale is None else scale
+    gf = g.float().to(q.device)
+    qf, kf, vf = (x.float().transpose(1, 2) for x in (q, k, v))  # [B, H, T, D]
+    qf = qf * scale
+    state = qf.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
+    tables = {}
+    outs = []
+    for start in range(0, T, chunk_size):
+        length = min(chunk_size, T - start)
+        if length not in tables:
+            tables[length] = _decay_tables(gf, length)
+        intra, q_decay, k_decay = tables[length]
+        qc, kc, vc = (x[:, :, start : start + length] for x in (qf, kf, vf))
+        o = ((qc @ kc.transpose(-1, -2)) * intra) @ vc + (qc * q_decay[..., None]) @ state
+        outs.append(o)
+        state = torch.exp(gf * length)[:, None, None] * state + (kc * k_decay[..., None]).transpose(-1, -2) @ vc
+    out = torch.cat(outs, dim=2) if outs else vf
+    return out.transpose(1, 2).to(v.dtype), (state if output_final_state else None)
