@@ -60,7 +60,8 @@ class SandboxLimits:
 class SandboxRequest:
     """One execution: either `command` (argv, resolved inside the sandbox) or python `code`.
 
-    `code` is written to `main.py` in the work directory and run with `python3 -I main.py`.
+    `code` is written to `main.py` in the work directory and run as `python3 main.py`, so
+    modules given in `files` are importable.
     `files` maps relative paths (no `..`, no absolute paths) to contents. `outputs` lists glob
     patterns, relative to the work directory, of files to return in `SandboxResult.output_files`.
     """
@@ -71,7 +72,7 @@ class SandboxRequest:
     stdin: bytes | str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     outputs: Sequence[str] = ()
-    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    limits: SandboxLimits | None = None  # None: the pool's (spec's) default limits
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.code is None):
@@ -127,7 +128,7 @@ async def run_python(
     outputs: Sequence[str] = (),
 ) -> SandboxResult:
     """Run python `code` on the process-wide default pool (see `kpop.envs.sandbox.default`)."""
-    request = SandboxRequest(code=code, files=dict(files or {}), limits=limits or SandboxLimits(), stdin=stdin, outputs=tuple(outputs))
+    request = SandboxRequest(code=code, files=dict(files or {}), limits=limits, stdin=stdin, outputs=tuple(outputs))
     return await run_request(request)
 
 
@@ -139,7 +140,7 @@ async def run_command(
     outputs: Sequence[str] = (),
 ) -> SandboxResult:
     """Run argv `command` on the process-wide default pool."""
-    request = SandboxRequest(command=tuple(command), files=dict(files or {}), limits=limits or SandboxLimits(), stdin=stdin, outputs=tuple(outputs))
+    request = SandboxRequest(command=tuple(command), files=dict(files or {}), limits=limits, stdin=stdin, outputs=tuple(outputs))
     return await run_request(request)
 
 

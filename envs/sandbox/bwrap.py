@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kpop.envs.sandbox import workdir
-from kpop.envs.sandbox.api import SandboxRequest, SandboxResult
+from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxResult
 from kpop.envs.sandbox.cgroups import CgroupSlot
 from kpop.envs.sandbox.classify import Observed, classify, signal_of
 from kpop.envs.sandbox.runner import run_process
@@ -67,6 +67,7 @@ class BwrapSandbox:
         self._base = workdir.default_base()
         self._cgroup = CgroupSlot.create(slot) if self.config.use_cgroups and os.geteuid() == 0 else None
         self._lock = asyncio.Lock()
+        self.reusable = True  # False once a process survived the end-of-run kill: retire the slot
 
     @property
     def has_cgroups(self) -> bool:
@@ -90,11 +91,11 @@ class BwrapSandbox:
                 return await self._run_in(wd, request)
             finally:
                 if self._cgroup is not None:
-                    self._cgroup.kill_all()
+                    self.reusable = self._cgroup.kill_all()
                 workdir.remove(wd)
 
     async def _run_in(self, wd: Path, request: SandboxRequest) -> SandboxResult:
-        lim = request.limits
+        lim = request.limits or SandboxLimits()
         if self._cgroup is not None:
             self._cgroup.set_limits(lim.memory_bytes, lim.max_processes)
         info_r, info_w = os.pipe()
@@ -124,7 +125,7 @@ class BwrapSandbox:
         return classify(obs, workdir.harvest(wd, request.outputs, lim.max_output_files_bytes))
 
     def _argv(self, wd: Path, request: SandboxRequest, info_fd: int, block_fd: int) -> list[str]:
-        lim = request.limits
+        lim = request.limits or SandboxLimits()
         cpu = max(1, round(lim.cpu_s))
         rlimits = [f"--cpu={cpu}:{cpu + 1}", f"--fsize={lim.max_file_bytes}", f"--nproc={lim.max_processes + 8}", "--core=0", "--nofile=1024"]
         if self._cgroup is None:  # address space is a rough stand-in for a memory cgroup
