@@ -1,0 +1,1 @@
+"""Environments: the agent-task contract, the registry of plugins, and the built-in families."""

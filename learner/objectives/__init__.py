@@ -1,0 +1,1 @@
+"""Training objectives: small functions over per-token tensors, each with its formula."""
