@@ -72,6 +72,9 @@ def _status(obs: Observed) -> tuple[SandboxStatus, str]:
         return SandboxStatus.KILLED, f"killed by signal {_signame(obs.signal)}"
     if obs.exit_code is not None and b"MemoryError" in obs.stderr[-4096:] and obs.exit_code != 0:
         return SandboxStatus.OOM, "memory limit reached (MemoryError)"
+    if obs.exit_code not in (None, 0) and b"File too large" in obs.stderr[-4096:]:
+        # Python ignores SIGXFSZ, so the rlimit surfaces as EFBIG and a failing exit instead.
+        return SandboxStatus.FILE_TOO_LARGE, "file-size limit reached (EFBIG)"
     return SandboxStatus.OK, ""
 
 
