@@ -28,7 +28,7 @@ import abc
 import asyncio
 import json
 import string
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -98,6 +98,7 @@ class AgentEnv(gym.Env, abc.ABC):
         super().__init__()
         self.task: Task | None = None
         self.reward_terms: tuple[Any, ...] = ()
+        self.steps_taken = 0
 
     def set_reward_terms(self, terms: Any) -> None:
         """Reward-shaping terms from the RunSpec (`kpop.envs.rewards`); environments that support
@@ -119,6 +120,7 @@ class AgentEnv(gym.Env, abc.ABC):
     def reset_task(self, seed: int, options: dict[str, Any] | None = None) -> Task:
         """Typed reset: the task for this seed (deterministic)."""
         self.task = self.make_task(seed, options)
+        self.steps_taken = 0
         return self.task
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -160,10 +162,16 @@ async def bounded_step(env: AgentEnv, action: Action, timeout_s: float | None = 
     becomes a truncated StepResult. Cancellation from outside still propagates, as it must.
     """
     seconds = env.step_timeout_s if timeout_s is None else timeout_s
+    env.steps_taken = getattr(env, "steps_taken", 0) + 1
     try:
-        return await asyncio.wait_for(env.astep(action), timeout=seconds)
+        result = await asyncio.wait_for(env.astep(action), timeout=seconds)
     except asyncio.TimeoutError:
         return timeout_result(env, seconds)
     except Exception as exc:  # a buggy (e.g. third-party) env must not take the rollout worker down
         note = f"error: the environment failed on this step ({type(exc).__name__}); the episode ends here"
         return StepResult([Message("user", note)], neutral_reward(env), False, True, StepInfo({}, {"error": f"{type(exc).__name__}: {exc}"}))
+    if not (result.terminated or result.truncated) and env.steps_taken >= env.max_turns:
+        # the turn cap holds for every env, including ones that do not count turns themselves
+        note = Message("user", f"error: the turn limit ({env.max_turns}) is reached without a final answer")
+        return replace(result, observations=[*result.observations, note], truncated=True)
+    return result

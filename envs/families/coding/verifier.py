@@ -20,7 +20,7 @@ from kpop.envs.sandbox.api import SandboxLimits, SandboxResult, run_python
 
 CodeRunner = Callable[..., Awaitable[SandboxResult]]
 SANDBOX_RUNNER: CodeRunner = run_python
-VERIFY_LIMITS = SandboxLimits(wall_s=10.0, cpu_s=10.0, memory_bytes=512 * 2**20, max_output_bytes=256 * 1024)
+VERIFY_LIMITS = SandboxLimits(wall_s=6.0, cpu_s=4.0, memory_bytes=512 * 2**20, max_output_bytes=256 * 1024)
 _BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 
 HARNESS = '''import importlib.util, sys
