@@ -109,11 +109,16 @@ class BwrapSandbox:
             info = await _read_json(info_r)
             if self._cgroup is not None and "child-pid" in info:
                 self._cgroup.attach(info["child-pid"])
-            os.write(block_w, b"1")
+            try:
+                os.write(block_w, b"1")
+            except BrokenPipeError:  # bwrap already failed; its stderr says why
+                pass
 
         try:
             raw = await run_process(argv, env={"PATH": HOST_PATH}, cwd=str(wd), stdin=stdin, wall_s=lim.wall_s,
                                     max_output_bytes=lim.max_output_bytes, pass_fds=(info_w, block_r), on_started=release)
+        except OSError as exc:  # e.g. the cgroup refused the child: it was killed before it ran
+            return classify(Observed(None, None, 0.0, error=f"sandbox set-up failed: {exc}"))
         finally:
             fds.close(info_r, info_w, block_r, block_w)
         oom = pids_hit = False

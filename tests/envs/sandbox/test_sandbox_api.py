@@ -79,9 +79,14 @@ async def test_pool_replaces_unreusable_sandbox():
             return "ran"
 
         async def close(self):
-            made.append(("closed", id(self)))
+            made.append(("closed", self.serial))
 
-    pool = SandboxPool(lambda slot: Fake(), size=1)
+    def make(slot, serial=iter(range(100))):
+        fake = Fake()
+        fake.serial = next(serial)
+        return fake
+
+    pool = SandboxPool(make, size=1)
     assert await pool.run(SandboxRequest(command=["x"])) == "ran"
     assert await pool.run(SandboxRequest(command=["x"])) == "ran"
     assert len(made) == 2 and made[0][1] != made[1][1]  # each used sandbox was retired, not reused

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -199,10 +201,15 @@ async def test_symlink_and_proc_escapes_yield_nothing(box, small):
 
 
 async def test_work_directory_is_removed(box, small):
-    before = set(os.listdir(box._base))
-    result = await box.run(SandboxRequest(code="open('f', 'w').write('x')\nimport os; print(os.getcwd())\n", limits=small))
-    assert result.ok and result.stdout.strip() == "/work"
-    assert set(os.listdir(box._base)) == before
+    # A base of its own: other processes on this host may be using the shared one meanwhile.
+    box._base = Path(tempfile.mkdtemp(dir=box._base.parent, prefix="kpop-sandbox-test-"))
+    os.chmod(box._base, 0o711)
+    try:
+        result = await box.run(SandboxRequest(code="open('f', 'w').write('x')\nimport os; print(os.getcwd())\n", limits=small))
+        assert result.ok and result.stdout.strip() == "/work"
+        assert os.listdir(box._base) == []
+    finally:
+        shutil.rmtree(box._base)
 
 
 async def test_request_paths_cannot_escape(box, small):
