@@ -19,8 +19,9 @@ These types are stable: add optional fields only.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -145,6 +146,8 @@ async def run_command(
 
 
 async def run_request(request: SandboxRequest) -> SandboxResult:
-    from kpop.envs.sandbox.default import default_pool  # lazy: the pool pulls in the backends
+    from kpop.envs.sandbox.default import (
+        default_pool,  # lazy: the pool pulls in the backends
+    )
 
     return await default_pool().run(request)

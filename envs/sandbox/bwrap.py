@@ -9,14 +9,13 @@ Containment, per execution:
   mounts /usr and a few /etc files read-only on a read-only root, a fresh /proc, a minimal /dev,
   a private tmpfs /tmp and the work directory as /work; /root, the project and the parent's
   environment are not there (`--clearenv`);
-* bwrap pauses (`--block-fd`) until the child is in the slot's cgroups (pids, memory) so no
-  untrusted instruction runs outside them; afterwards every process left in the slot is killed.
+* a root shell joins the slot's cgroups (pids, memory) and execs the chain, so no untrusted
+  instruction runs outside them; afterwards every process left in the slot is killed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from kpop.envs.sandbox.classify import Observed, classify, signal_of
 from kpop.envs.sandbox.runner import run_process
 
 ETC_FILES = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/python3", "/etc/python3.11", "/etc/python3.12")
+JOIN_FAILED = "kpop-sandbox: cannot join the slot cgroups"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -97,30 +97,13 @@ class BwrapSandbox:
     async def _run_in(self, wd: Path, request: SandboxRequest) -> SandboxResult:
         lim = request.limits or SandboxLimits()
         if self._cgroup is not None:
-            self._cgroup.set_limits(lim.memory_bytes, lim.max_processes)
-        info_r, info_w = os.pipe()
-        block_r, block_w = os.pipe()
-        fds = _Fds(info_r, info_w, block_r, block_w)
-        argv = self._argv(wd, request, info_w, block_r)
+            self._cgroup.set_limits(lim.memory_bytes, lim.max_processes + 2)  # + outer bwrap and its init
+        argv = self._argv(wd, request)
         stdin = request.stdin.encode() if isinstance(request.stdin, str) else request.stdin
-
-        async def release(_pid: int) -> None:
-            fds.close(info_w, block_r)  # the child holds its copies; EOF on info means it is gone
-            info = await _read_json(info_r)
-            if self._cgroup is not None and "child-pid" in info:
-                self._cgroup.attach(info["child-pid"])
-            try:
-                os.write(block_w, b"1")
-            except BrokenPipeError:  # bwrap already failed; its stderr says why
-                pass
-
-        try:
-            raw = await run_process(argv, env={"PATH": HOST_PATH}, cwd=str(wd), stdin=stdin, wall_s=lim.wall_s,
-                                    max_output_bytes=lim.max_output_bytes, pass_fds=(info_w, block_r), on_started=release)
-        except OSError as exc:  # e.g. the cgroup refused the child: it was killed before it ran
-            return classify(Observed(None, None, 0.0, error=f"sandbox set-up failed: {exc}"))
-        finally:
-            fds.close(info_r, info_w, block_r, block_w)
+        raw = await run_process(argv, env={"PATH": HOST_PATH}, cwd=str(wd), stdin=stdin, wall_s=lim.wall_s,
+                                max_output_bytes=lim.max_output_bytes)
+        if raw.returncode == 125 and JOIN_FAILED.encode() in raw.stderr:
+            raw.spawn_error = "could not put the sandbox into its cgroups"
         oom = pids_hit = False
         if self._cgroup is not None:
             self._cgroup.kill_all()
@@ -129,7 +112,7 @@ class BwrapSandbox:
         obs = Observed(code, sig, raw.wall_s, raw.stdout, raw.stderr, raw.timed_out, raw.output_overflow, oom, pids_hit, raw.spawn_error)
         return classify(obs, workdir.harvest(wd, request.outputs, lim.max_output_files_bytes))
 
-    def _argv(self, wd: Path, request: SandboxRequest, info_fd: int, block_fd: int) -> list[str]:
+    def _argv(self, wd: Path, request: SandboxRequest) -> list[str]:
         lim = request.limits or SandboxLimits()
         cpu = max(1, round(lim.cpu_s))
         rlimits = [f"--cpu={cpu}:{cpu + 1}", f"--fsize={lim.max_file_bytes}", f"--nproc={lim.max_processes + 8}", "--core=0", "--nofile=1024"]
@@ -146,49 +129,17 @@ class BwrapSandbox:
                 "--bind", str(wd), "/work", "--chdir", "/work", "--remount-ro", "/", "--clearenv"]
         for key, value in env.items():
             box += ["--setenv", key, value]
-        box += ["--info-fd", str(info_fd), "--block-fd", str(block_fd), "--"]
+        box += ["--"]
         command = list(request.command) if request.command is not None else [self.config.python, "main.py"]
-        return [self._tools["prlimit"], *rlimits, "--", self._tools["setpriv"], *user, "--", *box, *command]
+        chain = [self._tools["prlimit"], *rlimits, "--", self._tools["setpriv"], *user, "--", *box, *command]
+        if self._cgroup is None:
+            return chain
+        # The shell joins the slot's cgroups as root, then execs the chain: every later process,
+        # bwrap's included, starts inside them, and no round trip to this process is needed.
+        joins = " && ".join(f'echo $$ > "{d}/cgroup.procs"' for d in self._cgroup.dirs.values())
+        script = f'{{ {joins}; }} 2>/dev/null || {{ echo "{JOIN_FAILED}" >&2; exit 125; }}; exec "$@"'
+        return ["/bin/sh", "-c", script, "sh", *chain]
 
     async def close(self) -> None:
         if self._cgroup is not None:
             self._cgroup.destroy()
-
-
-async def _read_json(fd: int) -> dict:
-    """The first JSON object bwrap writes on --info-fd (it stays open until the sandbox ends)."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-            try:
-                await ready
-            finally:
-                loop.remove_reader(fd)
-            continue
-        if not chunk:
-            break
-        data += chunk
-        try:
-            return json.loads(data)
-        except ValueError:
-            continue
-    return json.loads(data) if data.strip() else {}
-
-
-class _Fds:
-    """Closes each descriptor once: a second close could hit a number another task reopened."""
-
-    def __init__(self, *fds: int) -> None:
-        self.open = set(fds)
-
-    def close(self, *fds: int) -> None:
-        for fd in fds:
-            if fd in self.open:
-                self.open.discard(fd)
-                os.close(fd)

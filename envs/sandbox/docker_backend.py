@@ -77,14 +77,14 @@ class DockerSandbox:
                          docker.types.Ulimit(name="fsize", soft=lim.max_file_bytes, hard=lim.max_file_bytes),
                          docker.types.Ulimit(name="core", soft=0, hard=0)],
             )
-        except Exception as exc:  # engine down, image missing: a set-up problem, not the code's
+        except Exception as exc:  # noqa: BLE001 engine down, image missing: a set-up problem, not the code's
             return Observed(None, None, time.perf_counter() - start, error=f"docker: {exc}")
         try:
             return self._start_and_wait(box, lim, start)
         finally:
             try:
                 box.remove(force=True)
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 (already gone: nothing left to clean)
                 pass
 
     def _start_and_wait(self, box, lim: SandboxLimits, start: float) -> Observed:

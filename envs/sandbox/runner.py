@@ -86,7 +86,7 @@ async def run_process(
         remaining = wall_s - (time.perf_counter() - start)
         try:
             await asyncio.wait_for(proc.wait(), timeout=max(remaining, 0.001))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
     finally:
         # Also ends background processes the child left in its session, which hold the pipes.
@@ -94,7 +94,7 @@ async def run_process(
         rc = await proc.wait()
         try:
             await asyncio.wait_for(drains, timeout=2.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             drains.cancel()
         if feeder is not None:
             feeder.cancel()

@@ -8,11 +8,11 @@ import json
 import logging
 
 import pytest
-from pydantic import ValidationError
-
 from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxStatus
 from kpop.envs.sandbox.factory import limits_from_spec, make_pool
 from kpop.envs.sandbox.pool import SandboxPool
+from pydantic import ValidationError
+
 from kpop.spec.sandbox import SandboxSpec
 
 
@@ -81,9 +81,11 @@ async def test_pool_replaces_unreusable_sandbox():
         async def close(self):
             made.append(("closed", self.serial))
 
-    def make(slot, serial=iter(range(100))):
+    serials = iter(range(100))
+
+    def make(slot):
         fake = Fake()
-        fake.serial = next(serial)
+        fake.serial = next(serials)
         return fake
 
     pool = SandboxPool(make, size=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxStatus
 from kpop.envs.sandbox.docker_backend import DockerSandbox
 
@@ -20,11 +19,11 @@ def engine():
 
         client = docker.from_env(timeout=5)
         client.ping()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (any failure: no usable engine)
         pytest.skip(f"no Docker engine reachable ({type(exc).__name__}); run `bash deploy/docker_engine.sh` as root")
     try:
         client.images.get(IMAGE)
-    except Exception:
+    except Exception:  # noqa: BLE001
         pytest.skip(f"image {IMAGE} missing; `bash deploy/docker_engine.sh` builds it")
     client.close()
 
