@@ -20,7 +20,7 @@ from torch import nn
 
 from kpop.models.layers.norm import GroupRMSNorm, RMSNorm
 from kpop.models.layers.rope import apply_neox_partial, rope_angles
-from kpop.models.ops.decay import lightning_log_decay
+from kpop.models.ops.decay import log_decay_values
 from kpop.models.ops.lightning import lightning_attention
 
 RECURRENT_MAX_TOKENS = 64
@@ -44,7 +44,7 @@ class LightningAttention(nn.Module):
         self.dense = nn.Linear(inner, config.hidden_size, bias=config.use_bias)
         offset = int(getattr(config, "lightning_decay_offset", 0))
         # A plain list, not a buffer: transformers' meta-device loading empties non-persistent buffers.
-        self.log_decay_values = lightning_log_decay(self.num_heads, layer_idx, config.num_hidden_layers, offset).tolist()
+        self.log_decay_values = log_decay_values(self.num_heads, layer_idx, config.num_hidden_layers, offset)
         self.mode = "auto"
         self.chunk_size = 64
         self.backend = "auto"

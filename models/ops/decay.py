@@ -35,7 +35,12 @@ def depth_scale(layer_idx: int, num_layers: int, offset: int = 0) -> float:
     return 1.0 - (layer_idx - offset) / (num_layers - 1) + 1e-5
 
 
+def log_decay_values(num_heads: int, layer_idx: int, num_layers: int, offset: int = 0) -> list[float]:
+    """Per-head log-decay g_h < 0 as plain floats (safe under transformers' meta-device init)."""
+    scale = depth_scale(layer_idx, num_layers, offset)
+    return [-s * scale for s in alibi_slopes(num_heads)]
+
+
 def lightning_log_decay(num_heads: int, layer_idx: int, num_layers: int, offset: int = 0) -> torch.Tensor:
     """Per-head log-decay g_h < 0 (float32, shape [H])."""
-    slopes = torch.tensor(alibi_slopes(num_heads), dtype=torch.float32)
-    return -slopes * depth_scale(layer_idx, num_layers, offset)
+    return torch.tensor(log_decay_values(num_heads, layer_idx, num_layers, offset), dtype=torch.float32)

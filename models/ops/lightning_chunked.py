@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 
-def _decay_tables(g: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    pos = torch.arange(length, device=g.device, dtype=torch.float32)
+def _decay_tables(g: torch.Tensor, length: int, acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pos = torch.arange(length, device=g.device, dtype=acc)
     diff = pos[:, None] - pos[None, :]
     intra = torch.where(diff >= 0, torch.exp(g[:, None, None] * diff.clamp(min=0)), torch.zeros((), device=g.device))
     q_decay = torch.exp(g[:, None] * (pos + 1))  # [H, L]
@@ -35,18 +35,19 @@ def chunked_lightning_attention(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     B, T, H, K = q.shape
+    acc = torch.promote_types(q.dtype, torch.float32)  # float32 inside, float64 kept for references
     V = v.shape[-1]
     scale = K**-0.5 if scale is None else scale
-    gf = g.float().to(q.device)
-    qf, kf, vf = (x.float().transpose(1, 2) for x in (q, k, v))  # [B, H, T, D]
+    gf = g.to(acc).to(q.device)
+    qf, kf, vf = (x.to(acc).transpose(1, 2) for x in (q, k, v))  # [B, H, T, D]
     qf = qf * scale
-    state = qf.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
+    state = qf.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
     tables = {}
     outs = []
     for start in range(0, T, chunk_size):
         length = min(chunk_size, T - start)
         if length not in tables:
-            tables[length] = _decay_tables(gf, length)
+            tables[length] = _decay_tables(gf, length, acc)
         intra, q_decay, k_decay = tables[length]
         qc, kc, vc = (x[:, :, start : start + length] for x in (qf, kf, vf))
         o = ((qc @ kc.transpose(-1, -2)) * intra) @ vc + (qc * q_decay[..., None]) @ state

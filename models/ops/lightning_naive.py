@@ -7,7 +7,7 @@ With scale c (default K^-1/2) and S_0 the initial state,
     S_T = sum_s exp((T-1-s) g) k_s^T v_s + exp(T g) S_0
 
 which is the closed form of the recurrence S_t = exp(g) S_{t-1} + k_t^T v_t, o_t = c q_t S_t.
-Computed in float32, returned in the dtype of v.
+Computed in float32 (float64 inputs stay float64), returned in the dtype of v.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ def naive_lightning_attention(
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     dtype = v.dtype
+    acc = torch.promote_types(q.dtype, torch.float32)  # float32 inside, float64 kept for references
     T = q.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    qf, kf, vf = (x.float().transpose(1, 2) for x in (q, k, v))  # [B, H, T, D]
-    gf = g.float().to(q.device)[:, None]  # [H, 1]
-    pos = torch.arange(T, device=q.device, dtype=torch.float32)
+    qf, kf, vf = (x.to(acc).transpose(1, 2) for x in (q, k, v))  # [B, H, T, D]
+    gf = g.to(acc).to(q.device)[:, None]  # [H, 1]
+    pos = torch.arange(T, device=q.device, dtype=acc)
     diff = pos[:, None] - pos[None, :]
     causal = diff >= 0
     decay = torch.where(causal, torch.exp(gf[..., None] * diff.clamp(min=0)), torch.zeros((), device=q.device))  # [H,T,T]
@@ -37,7 +38,7 @@ def naive_lightning_attention(
     out = scores @ vf
     final = torch.einsum("hs,bhsk,bhsv->bhkv", torch.exp(gf * (T - 1 - pos)), kf, vf) if output_final_state else None
     if initial_state is not None:
-        s0 = initial_state.float()
+        s0 = initial_state.to(acc)
         out = out + (qf * torch.exp(gf * (pos + 1))[..., None]) @ s0
         if final is not None:
             final = final + torch.exp(gf * T)[..., None] * s0

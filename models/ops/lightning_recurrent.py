@@ -21,14 +21,15 @@ def recurrent_lightning_attention(
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     B, T, H, K = q.shape
+    acc = torch.promote_types(q.dtype, torch.float32)  # float32 inside, float64 kept for references
     V = v.shape[-1]
     scale = K**-0.5 if scale is None else scale
-    decay = torch.exp(g.float().to(q.device))[None, :, None, None]
-    state = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
+    decay = torch.exp(g.to(acc).to(q.device))[None, :, None, None]
+    state = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
     outs = []
     for t in range(T):
-        kt, vt = k[:, t].float(), v[:, t].float()
+        kt, vt = k[:, t].to(acc), v[:, t].to(acc)
         state = decay * state + kt[..., :, None] * vt[..., None, :]
-        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t].float() * scale, state))
-    out = torch.stack(outs, dim=1) if outs else v.new_zeros(B, 0, H, V, dtype=torch.float32)
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t].to(acc) * scale, state))
+    out = torch.stack(outs, dim=1) if outs else v.new_zeros(B, 0, H, V, dtype=acc)
     return out.to(v.dtype), (state if output_final_state else None)
