@@ -65,7 +65,7 @@ def malformed_actions(tools: list[dict[str, Any]]) -> dict[str, str]:
         wrong = {k: ({"oops": [1]} if v.get("type") != "object" else "text") for k, v in props.items()}
         cases[f"wrong_types:{fn['name']}"] = _call(fn["name"], wrong)
         cases[f"string_arguments:{fn['name']}"] = _call(fn["name"], "not json")
-        cases[f"huge_arguments:{fn['name']}"] = _call(fn["name"], {k: "x" * 7000 for k in props})
+        cases[f"huge_arguments:{fn['name']}"] = _call(fn["name"], {k: "x" * 20_000 for k in props})
         if fn.get("parameters", {}).get("required"):
             cases[f"missing_arguments:{fn['name']}"] = _call(fn["name"], {})
     return cases

@@ -56,10 +56,10 @@ def check_value(value: Any, schema: dict[str, Any], where: str) -> str | None:
         # bool is an int in Python but not in JSON
         if not isinstance(value, allowed) or (kind in ("integer", "number") and isinstance(value, bool)):
             return f"{where} must be of type {kind}, got {type(value).__name__}"
-    if "enum" in schema and value not in schema["enum"]:
-        return f"{where} must be one of {schema['enum']}, got {value!r}"[:300]
     if isinstance(value, str) and len(value) > schema.get("maxLength", MAX_ARG_CHARS):
         return f"{where} is {len(value)} characters long, more than the limit of {schema.get('maxLength', MAX_ARG_CHARS)}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{where} must be one of {schema['enum']}, got {value!r}"[:300]
     if isinstance(value, list):
         if len(value) > schema.get("maxItems", 256):
             return f"{where} has {len(value)} items, more than the limit of {schema.get('maxItems', 256)}"

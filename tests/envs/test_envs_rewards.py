@@ -1,0 +1,70 @@
+"""Reward helpers (objectives.md) and their composition from the RunSpec."""
+
+from __future__ import annotations
+
+import pytest
+
+from kpop.envs.rewards import EpisodeView, compression_ratio, dynamic_length_rewards, format_penalty, group_shaping, repetition_penalty, shape_reward, tool_sequence_agreement
+from kpop.spec.envs import EnvEntrySpec
+
+
+def test_dynamic_length_prefers_short_correct_and_never_rewards_wrong_length():
+    lengths, correct = [10, 20, 30], [True, True, False]
+    r = dynamic_length_rewards(lengths, correct, alpha=1.0)
+    assert r[0] == pytest.approx(0.5) and r[1] == pytest.approx(0.0, abs=1e-6) and r[2] == pytest.approx(-0.5)
+    assert dynamic_length_rewards([5, 9], [False, False], 1.0)[0] == 0.0  # wrong and shortest: min(p, 0) = 0
+
+
+def test_format_penalty_catches_forbidden_tags_only():
+    assert format_penalty("<think>hmm</think> 4", ["think"], 0.5) == -0.5
+    assert format_penalty("</THINK>", ["think"]) == -0.5
+    assert format_penalty("I think it is 4", ["think"]) == 0.0
+
+
+def test_repetition_penalty_grows_with_compressibility():
+    prose = "The quick brown fox jumps over the lazy dog while seven wizards quietly judge boxing matches; " \
+            "pack my box with five dozen liquor jugs, sphinx of black quartz, judge my vow."
+    looped = "again and again " * 100
+    assert compression_ratio(looped) > 10 > compression_ratio(prose)
+    assert repetition_penalty(prose * 1, min_chars=50) == 0.0
+    assert repetition_penalty(looped, threshold=4.0, weight=0.5) == -0.5
+    assert repetition_penalty("aaaa", min_chars=200) == 0.0
+
+
+def test_tool_sequence_agreement_penalises_extra_and_missing_calls():
+    ref = [("a", {"x": 1}), ("b", {})]
+    assert tool_sequence_agreement(ref, ref) == 1.0
+    assert tool_sequence_agreement([("b", {}), ("a", {"x": 1})], ref) == pytest.approx(0.5)
+    extra = tool_sequence_agreement(ref + [("c", {})], ref)
+    assert 0.7 < extra < 1.0
+    assert tool_sequence_agreement([("a", {"x": 2}), ("b", {})], ref) == pytest.approx(0.625)
+    assert tool_sequence_agreement([], ref) == 0.0 and tool_sequence_agreement([], []) == 1.0
+
+
+def test_shape_reward_composes_terms_from_the_spec_in_order_and_clips():
+    entry = EnvEntrySpec(name="tool_use", rewards=[{"type": "format"}, {"type": "tool_sequence", "weight": 0.5}, {"type": "dynamic_length"}])
+    view = EpisodeView(texts=["<think>x</think>"], calls=[("a", {})], reference_calls=[("a", {}), ("b", {})])
+    reward, parts = shape_reward(1.0, {"task": 1.0}, view, entry.rewards)
+    agreement = tool_sequence_agreement(view.calls, view.reference_calls)
+    assert reward == pytest.approx(0.5 * 0.5 + 0.5 * agreement)
+    assert parts["shape/format"] == -0.5 and "shape/dynamic_length" not in parts
+    assert shape_reward(0.0, {}, view, [{"type": "format", "penalty": 1.0}, {"type": "format", "penalty": 1.0}])[0] == -1.0
+    assert shape_reward(0.7, {}, view, [])[0] == 0.7
+
+
+def test_group_shaping_applies_the_length_term():
+    out = group_shaping([1.0, 1.0], [10, 30], [True, True], [{"type": "dynamic_length", "alpha": 0.2}])
+    assert out[0] == pytest.approx(1.1) and out[1] == pytest.approx(0.9)
+
+
+def test_env_applies_spec_terms_on_the_final_step():
+    import asyncio
+
+    from kpop.envs.contract import Action
+    from kpop.envs.registry import make_env
+
+    env = make_env("workflow")
+    env.set_reward_terms([{"type": "format", "penalty": 0.3}])
+    env.reset_task(0)
+    result = asyncio.run(env.astep(Action("<think>no</think> Done.")))
+    assert result.terminated and result.reward == pytest.approx(-0.3) and result.info.reward_parts["shape/format"] == -0.3
