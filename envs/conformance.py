@@ -22,11 +22,12 @@ import json
 import pickle
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kpop.envs.contract import AgentEnv, StepResult, bounded_step
-from kpop.envs.random_policy import RandomPolicy, random_value
+from kpop.envs.random_policy import RandomPolicy
 from kpop.envs.registry import make_env
 from kpop.envs.solver import reference_policy, run_episode
 
@@ -79,7 +80,7 @@ async def _check_malformed(factory: Callable[[], AgentEnv], seed: int) -> CheckR
         env.reset_task(seed)
         try:
             result = await asyncio.wait_for(env.astep(_parse(text)), timeout=env.step_timeout_s)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported, never raised
             failures.append(f"{label}: raised {type(exc).__name__}: {exc}"[:200])
             continue
         if not isinstance(result, StepResult):
@@ -140,7 +141,7 @@ def _check_gymnasium(factory: Callable[[], AgentEnv]) -> CheckResult:
         warnings.simplefilter("always")
         try:
             check_env(env, skip_render_check=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported, never raised
             return CheckResult("gymnasium", False, f"{type(exc).__name__}: {exc}"[:300])
     notes = sorted({str(w.message)[:100] for w in caught})
     return CheckResult("gymnasium", True, "passed" + (f" ({len(notes)} warnings: {notes[0]})" if notes else ""))
@@ -183,12 +184,12 @@ def run_conformance(name: str, options: dict[str, Any] | None = None, seeds: int
         try:
             out = await _episodes(factory, seed_list)
             expected = (await run_episode(factory(), 0, reference_policy)).reward
-        except Exception as exc:  # reset or the episode runner itself broke: nothing else can run
+        except Exception as exc:  # noqa: BLE001 - reset or the episode runner itself broke: nothing else can run
             return [CheckResult("episodes", False, f"crashed: {type(exc).__name__}: {exc}"[:300])]
         for check in (_check_malformed(factory, 0), _check_turn_limit(factory, 0), _check_timeouts(factory, 0, expected), _check_pickling(factory, 0)):
             try:
                 out.append(await check)
-            except Exception as exc:  # a check that crashes is a failed check, reported like the others
+            except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check, reported like the others
                 out.append(CheckResult(check.__name__.removeprefix("_check_"), False, f"crashed: {type(exc).__name__}: {exc}"[:300]))
         return out
 

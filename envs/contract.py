@@ -165,9 +165,9 @@ async def bounded_step(env: AgentEnv, action: Action, timeout_s: float | None = 
     env.steps_taken = getattr(env, "steps_taken", 0) + 1
     try:
         result = await asyncio.wait_for(env.astep(action), timeout=seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return timeout_result(env, seconds)
-    except Exception as exc:  # a buggy (e.g. third-party) env must not take the rollout worker down
+    except Exception as exc:  # noqa: BLE001 - a buggy (e.g. third-party) env must not take the rollout worker down
         note = f"error: the environment failed on this step ({type(exc).__name__}); the episode ends here"
         return StepResult([Message("user", note)], neutral_reward(env), False, True, StepInfo({}, {"error": f"{type(exc).__name__}: {exc}"}))
     if not (result.terminated or result.truncated) and env.steps_taken >= env.max_turns:

@@ -11,13 +11,13 @@ the entry points again (after a plugin is installed into a running process).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module, metadata
-from typing import Any, Callable
-
-from pydantic import BaseModel, ConfigDict, ValidationError
+from typing import Any
 
 from kpop.envs.contract import AgentEnv
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 ENTRY_POINT_GROUP = "kpop.envs"
 
@@ -64,7 +64,7 @@ def _load_entry_point(ep: metadata.EntryPoint) -> None:
             register_env(ep.name, source=dist)(target)
         elif not isinstance(target, type) and ep.name not in _REGISTRY:
             raise TypeError(f"{ep.value} is a module that registered no environment named {ep.name!r}")
-    except Exception as exc:  # one broken plugin must not hide the others (or the built-ins)
+    except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others (or the built-ins)
         _PLUGIN_ERRORS[f"{ep.name} ({dist})"] = f"{type(exc).__name__}: {exc}"
     finally:
         _current_source = "builtin"

@@ -11,8 +11,9 @@ and only episodes that reach `min_reward` are kept.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 from kpop.envs.contract import AgentEnv, Message, Task, bounded_step
 

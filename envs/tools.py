@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 MAX_ARG_CHARS = 4096
 MAX_RESULT_CHARS = 8192

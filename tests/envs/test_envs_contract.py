@@ -6,8 +6,15 @@ import asyncio
 import json
 
 import pytest
-
-from kpop.envs.contract import Action, AgentEnv, Message, StepResult, Task, ToolCall, bounded_step
+from kpop.envs.contract import (
+    Action,
+    AgentEnv,
+    Message,
+    StepResult,
+    Task,
+    ToolCall,
+    bounded_step,
+)
 from kpop.envs.registry import make_env
 from kpop.envs.tools import Tool, ToolError, ToolTable, params
 
@@ -89,7 +96,7 @@ def test_gymnasium_wrappers_speak_json_text():
     obs, info = env.reset(seed=3)
     messages = json.loads(obs)
     assert messages[0]["role"] == "system" and info["tools"] and info["task_id"] == "tool_use-3"
-    obs, reward, terminated, truncated, info = env.step('<tool_call>{"name": "get_order", "arguments": {"order_id": 7}}</tool_call>')
+    obs, _reward, terminated, truncated, info = env.step('<tool_call>{"name": "get_order", "arguments": {"order_id": 7}}</tool_call>')
     assert "must be of type string" in json.loads(obs)[0]["content"] and not terminated and not truncated
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from kpop.envs import registry
 from kpop.envs.solver import reference_policy, run_episode
 

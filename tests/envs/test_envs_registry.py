@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib import metadata
 
 import pytest
-
 from kpop.envs import registry
 from kpop.envs.families.search.env import SearchEnv
 

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from kpop.envs.rewards import (
+    EpisodeView,
+    compression_ratio,
+    dynamic_length_rewards,
+    format_penalty,
+    group_shaping,
+    repetition_penalty,
+    shape_reward,
+    tool_sequence_agreement,
+)
 
-from kpop.envs.rewards import EpisodeView, compression_ratio, dynamic_length_rewards, format_penalty, group_shaping, repetition_penalty, shape_reward, tool_sequence_agreement
 from kpop.spec.envs import EnvEntrySpec
 
 

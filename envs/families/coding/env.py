@@ -12,8 +12,6 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from kpop.envs.families.coding.generated import make_problem
 from kpop.envs.families.coding.problems import Problem, humaneval
 from kpop.envs.families.coding.verifier import VERIFY_LIMITS, extract_code, verify
@@ -21,6 +19,7 @@ from kpop.envs.registry import register_env
 from kpop.envs.sandbox.api import SandboxLimits
 from kpop.envs.tool_env import Episode, ToolEnv, Verdict
 from kpop.envs.tools import Tool, params
+from pydantic import BaseModel, ConfigDict, Field
 
 SYSTEM = "You are a careful Python programmer. You may test code with the run_python tool. Finish with your solution in one ```python code block."
 TRY_LIMITS = SandboxLimits(wall_s=5.0, cpu_s=5.0, memory_bytes=256 * 2**20, max_output_bytes=64 * 1024)

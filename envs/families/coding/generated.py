@@ -9,8 +9,9 @@ hidden test; otherwise the seed falls back to a "write" task, so every fix task 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kpop.envs.families.coding.problems import Problem
 
@@ -68,7 +69,7 @@ def _tests(fn: Callable, cases: list[tuple]) -> str:
 
 def _load(source: str, name: str) -> Callable:
     namespace: dict[str, Any] = {}
-    exec(compile(source, f"<{name}>", "exec"), namespace)  # our own template code, never model output
+    exec(compile(source, f"<{name}>", "exec"), namespace)  # noqa: S102 - our own template code, never model output
     return namespace[name]
 
 
@@ -96,5 +97,5 @@ def make_problem(seed: int) -> Problem:
 def _safe(fn: Callable, args: tuple) -> Any:
     try:
         return fn(*args)
-    except Exception as exc:  # a buggy variant may crash; that counts as a different answer
+    except Exception as exc:  # noqa: BLE001 - a buggy variant may crash; that counts as a different answer
         return ("raised", type(exc).__name__)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from kpop.envs.families.coding.problems import Problem
 from kpop.envs.sandbox.api import SandboxLimits, SandboxResult, run_python

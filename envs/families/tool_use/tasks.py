@@ -13,7 +13,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from kpop.envs.families.tool_use.backend import CANCEL_REASONS, POLICY_CODES, REFUND_DAYS, Store
+from kpop.envs.families.tool_use.backend import (
+    CANCEL_REASONS,
+    POLICY_CODES,
+    REFUND_DAYS,
+    Store,
+)
 
 _FIRST = ["Ada", "Bruno", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kemi", "Lena"]
 _LAST = ["Okafor", "Silva", "Novak", "Haddad", "Larsen", "Moreau", "Tanaka", "Reyes", "Kowalski", "Osei"]
