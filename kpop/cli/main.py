@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "kpop.cli.envs_cmd",
     "kpop.cli.serve_cmd",
     "kpop.cli.version_cmd",
+    "kpop.cli.migrate_cmd",
     "kpop.cli.quant_cmd",
     "kpop.cli.sandbox_cmd",
 ]
