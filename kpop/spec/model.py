@@ -30,7 +30,21 @@ class LlamaModelSpec(StrictModel):
     _check_path = field_validator("path")(_existing_dir)
 
 
-ModelSpec = tagged_union(LlamaModelSpec)
+class HybridModelSpec(StrictModel):
+    type: Literal["hybrid"] = Field("hybrid", description="The hybrid Lightning-Attention / MLA MoE model (bailing_hybrid, kpop.models.hybrid).")
+    path: Path | None = Field(None, description="Existing bailing_hybrid checkpoint folder; unset builds a fresh model from the preset.")
+    preset: Literal["tiny", "flash", "1t"] = Field("tiny", description="Size preset; flash and 1t are the published sizes (configs only, GPU clusters).")
+    hidden_size: int | None = Field(None, ge=8, le=65536, description="Override of the preset's model width.")
+    num_layers: int | None = Field(None, ge=1, le=512, description="Override of the number of decoder layers (keep a multiple of layer_group_size).")
+    num_heads: int | None = Field(None, ge=1, le=512, description="Override of the attention heads.")
+    layer_group_size: int | None = Field(None, ge=1, le=64, description="Override of M: one MLA layer closes each group of M layers.")
+    num_experts: int | None = Field(None, ge=2, le=4096, description="Override of the routed experts per MoE layer.")
+    num_mtp_layers: int | None = Field(None, ge=0, le=8, description="Override of the multi-token-prediction layers.")
+
+    _check_path = field_validator("path")(_existing_dir)
+
+
+ModelSpec = tagged_union(LlamaModelSpec, HybridModelSpec)
 
 
 class TokenizerSpec(StrictModel):

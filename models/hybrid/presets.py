@@ -40,3 +40,15 @@ def preset_config(name: str, **overrides: Any) -> BailingMoeV2_5Config:
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return BailingMoeV2_5Config(**{**PRESETS[name], **overrides})
+
+
+_SPEC_FIELDS = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+                "layer_group_size": "layer_group_size", "num_experts": "num_experts", "num_mtp_layers": "num_nextn_predict_layers"}
+
+
+def config_from_spec(spec: Any) -> BailingMoeV2_5Config:
+    """A `HybridModelSpec` (kpop.spec.model) -> config: its preset plus the overrides it sets."""
+    overrides = {key: getattr(spec, field) for field, key in _SPEC_FIELDS.items() if getattr(spec, field, None) is not None}
+    if "num_attention_heads" in overrides:
+        overrides["num_key_value_heads"] = overrides["num_attention_heads"]
+    return preset_config(spec.preset, **overrides)
