@@ -75,7 +75,7 @@ def test_qk_norm_folding_keeps_scores_on_calibration_data():
         ref = q_ref[:, h] @ k_ref[:, h // 2].T
         got = q_new[:, h] @ k_new[:, h // 2].T
         rel = (got - ref).abs().mean() / ref.abs().mean()
-        assert rel < 0.12  # stated tolerance: mean relative score error < 12% (measured ~0.09 at d = 64)
+        assert rel < 0.12  # stated tolerance: mean relative score error < 12% (measured 0.098-0.102 at d = 64)
     # exact on a calibration set of one token (its RMS is the calibration mean)
     one = x[:1]
     fq1, _ = fold_qk_norm(wq, gq, one, heads)
