@@ -135,7 +135,7 @@ def claims(grid_rows: list[dict]) -> dict[str, bool]:
     }
 
 
-def analyze(rows: int = 512, cols: int = 1024, seed: int = 0, with_model: bool = True, depth: int = 24) -> dict:
+def analyze(rows: int = 256, cols: int = 1024, seed: int = 0, with_model: bool = True, depth: int = 24) -> dict:
     """The full report: operand rows, GEMM (recipe) rows and the claims, as plain JSON-able data."""
     sources = _synthetic_sources(rows, cols, seed)
     operands: list[dict] = []

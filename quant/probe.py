@@ -1,7 +1,7 @@
 """Real GEMM operands from a model: every nn.Linear's input X, weight W and output gradient dY.
 
-`tiny_llama` builds a small LlamaForCausalLM from a local LlamaConfig (random init, nothing is
-downloaded); `capture` runs one forward/backward of the next-token loss on random tokens and
+`tiny_llama` builds the models issue's tiny LlamaForCausalLM (kpop.models.tiny_llama's config,
+random init, nothing is downloaded); `capture` runs one forward/backward of the next-token loss on random tokens and
 returns, per linear layer, the triple (X: tokens × in, W: out × in, dY: tokens × out). The LM head
 is skipped unless asked for: its dY is the softmax residual, not a hidden-layer gradient.
 """
@@ -16,30 +16,48 @@ from torch import nn
 
 @dataclass(frozen=True)
 class TinyModelConfig:
+    """Sizes of the probe model; the architecture defaults are those of `LlamaModelSpec`."""
+
     vocab: int = 512
-    hidden: int = 256
-    intermediate: int = 512
-    layers: int = 4
+    hidden: int = 128
+    intermediate: int = 384
+    layers: int = 2
     heads: int = 4
+    kv_heads: int = 2
     batch: int = 4
     seq: int = 64
 
 
-def tiny_llama(cfg: TinyModelConfig, seed: int = 0) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+@dataclass(frozen=True)
+class TokenizerSizes:
+    """The fields `kpop.models.tiny_llama.llama_config` reads from a tokenizer, without training one."""
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=cfg.vocab,
+    vocab: int
+    bos_token_id: int = 0
+    eos_token_id: int = 1
+    pad_token_id: int = 2
+
+    def __len__(self) -> int:
+        return self.vocab
+
+
+def tiny_llama(cfg: TinyModelConfig, seed: int = 0) -> nn.Module:
+    """The models issue's tiny Llama (kpop.models.tiny_llama), randomly initialised in memory."""
+    from transformers import LlamaForCausalLM
+
+    from kpop.models.tiny_llama import llama_config
+    from kpop.spec.model import LlamaModelSpec
+
+    spec = LlamaModelSpec(
         hidden_size=cfg.hidden,
         intermediate_size=cfg.intermediate,
-        num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads,
-        num_key_value_heads=cfg.heads,
-        max_position_embeddings=cfg.seq,
-        tie_word_embeddings=False,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
+        num_kv_heads=cfg.kv_heads,
+        max_position_embeddings=max(cfg.seq, 16),
     )
-    return LlamaForCausalLM(config).float()
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(llama_config(spec, TokenizerSizes(cfg.vocab))).float()
 
 
 def capture(model: nn.Module, tokens: torch.Tensor, include_lm_head: bool = False) -> list[tuple[str, tuple]]:

@@ -1,7 +1,7 @@
 """`kpop quant`: the FP4 (UFP4 / NVFP4 / MXFP4) tools of kpop.quant.
 
 `kpop quant analyze [--json]` measures shrinkage: relative MSE, gain error GS = β - 1 and signed
-error per grid (E2M1, uniform INT4) and RHT size on Gaussian and Student-t data and on a tiny
+error per grid (E2M1, uniform INT4) and RHT size on Gaussian and Student-t data and on the tiny
 random-init Llama's weights, activations and gradients, then the GEMM-level gain β (and β^L) of
 each recipe's three GEMMs. Exit status 0 when every qualitative claim of the UFP4 paper holds on
 the synthetic data, 1 otherwise.
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="quant_command", metavar="ACTION", required=True)
     analyze = sub.add_parser("analyze", help="rel. MSE, gain error, signed error and GEMM gain β per grid and recipe")
     analyze.add_argument("--json", action="store_true", help="print the report as JSON")
-    analyze.add_argument("--rows", type=int, default=512, help="rows of each synthetic tensor (default 512)")
+    analyze.add_argument("--rows", type=int, default=256, help="rows of each synthetic tensor (default 256)")
     analyze.add_argument("--cols", type=int, default=1024, help="columns (contraction axis) of each synthetic tensor")
     analyze.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the model")
     analyze.add_argument("--depth", type=int, default=24, help="L in the compounded gain β^L (default 24)")
@@ -41,8 +41,8 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 def _print_report(report: dict) -> None:
     cfg = report["config"]
-    print(f"Operand quantisation ({cfg['block']} blocks, round-to-nearest; rht 0 = none)")
-    print(_table(report["operands"], ["source", "grid", "rht", "rel_mse", "gain_error", "signed_error"]))
+    print(f"Operand quantisation ({cfg['block']} blocks, round-to-nearest; rht 0 = none; gain_se = std. error of gain_error)")
+    print(_table(report["operands"], ["source", "grid", "rht", "rel_mse", "gain_error", "gain_se", "signed_error"]))
     print()
     depth_key = f"beta^{cfg['depth']}"
     print("GEMM gain per recipe (beta = <Y_q, Y>/<Y, Y>)")

@@ -117,3 +117,17 @@ def test_cli_analyze_json(capsys):
     }
     assert rc == (0 if all(report["claims"].values()) else 1)
     assert quant_cmd.NAME == "quant"
+
+
+@pytest.mark.slow
+def test_analyze_covers_the_tiny_llama_weights_activations_and_gradients():
+    from kpop.quant.analysis import analyze
+
+    report = analyze(rows=64, cols=256, with_model=True, depth=8)
+    sources = {r["source"] for r in report["operands"]}
+    assert {"model:weights", "model:activations", "model:gradients"} <= sources
+    for kind in ("weights", "activations", "gradients"):
+        e2m1 = next(r for r in report["operands"] if r["source"] == f"model:{kind}" and r["grid"] == "e2m1" and r["rht"] == 0)
+        assert e2m1["gain_error"] < 0 and e2m1["n"] > 10_000
+    model_gemms = [g for g in report["gemms"] if g["source"] == "model"]
+    assert len(model_gemms) == 9 and all(0.5 < g["beta"] < 1.5 for g in model_gemms)
