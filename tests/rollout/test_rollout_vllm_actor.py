@@ -18,16 +18,26 @@ LOGPROB_TOL = 2e-4
 
 @pytest.fixture(scope="module")
 def model_dir(request, tmp_path_factory) -> Path:
-    try:
-        return Path(request.getfixturevalue("tiny_llama_dir"))
-    except pytest.FixtureLookupError:
-        from kpop.models.tiny_llama import build_tiny_llama
-        from kpop.models.tokenizer import train_tokenizer
-        from kpop.spec.model import LlamaModelSpec
+    """The shared tokenizer (if any) with the default LlamaModelSpec sizes: vLLM's CPU attention
+    needs a head size of at least 32, which the shared `tiny_llama_dir` may not have."""
+    from kpop.models.tiny_llama import build_tiny_llama
+    from kpop.models.tokenizer import train_tokenizer
+    from kpop.rollout.vllm_engine import check_model_supported
+    from kpop.spec.model import LlamaModelSpec
 
-        out = tmp_path_factory.mktemp("tiny_llama_actor")
+    out = tmp_path_factory.mktemp("tiny_llama_actor")
+    try:
+        shared = Path(request.getfixturevalue("tiny_llama_dir"))
+    except pytest.FixtureLookupError:
         texts = [f"the quick brown fox jumps over {i} lazy dogs; 1+{i}={i + 1}" for i in range(300)]
         return build_tiny_llama(LlamaModelSpec(), train_tokenizer(texts, 320, out), out, seed=0)
+    try:
+        check_model_supported(shared)
+        return shared
+    except ValueError:
+        from transformers import AutoTokenizer
+
+        return build_tiny_llama(LlamaModelSpec(), AutoTokenizer.from_pretrained(str(shared)), out, seed=0)
 
 
 @pytest.fixture(scope="module")

