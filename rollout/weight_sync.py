@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # safetensors dtype tags accepted for weights (converted to the serving dtype on load).
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
@@ -36,7 +40,7 @@ class TensorSpec:
     shape: tuple[int, ...]
 
 
-def state_dict_to_chunks(state_dict: Mapping[str, "torch.Tensor"], max_chunk_bytes: int) -> list[bytes]:  # noqa: F821
+def state_dict_to_chunks(state_dict: Mapping[str, torch.Tensor], max_chunk_bytes: int) -> list[bytes]:
     """Serialise `state_dict` into safetensors byte strings of at most ~`max_chunk_bytes` each."""
     from safetensors.torch import save
 
@@ -44,24 +48,22 @@ def state_dict_to_chunks(state_dict: Mapping[str, "torch.Tensor"], max_chunk_byt
         raise ValueError(f"max_chunk_bytes must be positive, got {max_chunk_bytes}")
     chunks: list[bytes] = []
     group: dict = {}
+    group_ptrs: set[int] = set()
     group_bytes = 0
     for name, tensor in state_dict.items():
-        # safetensors needs contiguous CPU tensors that do not share storage with each other.
         t = tensor.detach().to("cpu").contiguous()
         size = t.numel() * t.element_size()
         if group and group_bytes + size > max_chunk_bytes:
             chunks.append(save(group))
-            group, group_bytes = {}, 0
-        group[name] = t.clone() if _shares_storage(t, group) else t
+            group, group_ptrs, group_bytes = {}, set(), 0
+        ptr = t.untyped_storage().data_ptr()
+        # safetensors refuses tensors sharing storage (tied weights) within one file.
+        group[name] = t.clone() if ptr in group_ptrs else t
+        group_ptrs.add(ptr)
         group_bytes += size
     if group:
         chunks.append(save(group))
     return chunks
-
-
-def _shares_storage(t, group: dict) -> bool:
-    ptr = t.untyped_storage().data_ptr()
-    return any(g.untyped_storage().data_ptr() == ptr for g in group.values())
 
 
 def chunks_to_state_dict(chunks: Iterable[bytes]) -> dict:
