@@ -70,6 +70,6 @@ def prepare_initial_model(spec: RunSpec) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(spec.tokenizer.path))
     else:
         log.info("training a %d-token BPE tokenizer on solver transcripts", spec.tokenizer.vocab_size)
-        tokenizer = train_tokenizer(solver_corpus(spec, 2000), spec.tokenizer.vocab_size, out)
+        tokenizer = train_tokenizer(solver_corpus(spec, 1000), spec.tokenizer.vocab_size, out)
     build_tiny_llama(spec.model, tokenizer, out, seed=spec.seed)
     return out

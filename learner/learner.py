@@ -58,6 +58,10 @@ class Learner:
         self.rl_lr, self.sft_lr = spec.lr, sft_lr or spec.lr
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        if spec.quant.recipe != "bf16":
+            from kpop.quant import apply_spec
+
+            apply_spec(model, spec.quant)
         self.engine, self.optimizer = build_engine(model, spec, spec.lr)
         self.version = 0
 
@@ -89,13 +93,17 @@ class Learner:
         return StepMetrics(mode, self.version, loss_sum, float(grad_norm or 0.0), n_tokens, len(trajectories),
                            mismatch_sum / max(n_tokens, 1), clipped_sum / max(n_tokens, 1), time.perf_counter() - t0)
 
+    def ready(self) -> int:
+        """Returns the policy version once the engine is built (a cheap liveness probe)."""
+        return self.version
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.engine.module.state_dict().items()}
 
     def publish(self) -> WeightUpdate:
         from kpop.rollout.weight_sync import state_dict_to_chunks
 
-        return WeightUpdate(self.version, state_dict_to_chunks(self.state_dict()))
+        return WeightUpdate(self.version, state_dict_to_chunks(self.state_dict(), max_chunk_bytes=64 << 20))
 
     def save(self, directory: str | Path) -> Path:
         out = Path(directory)

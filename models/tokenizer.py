@@ -11,6 +11,8 @@ No downloads: everything is built from the texts given.
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -25,15 +27,18 @@ CHAT_TEMPLATE = (
 )
 
 
-def render_chat(messages: list[dict], tools: list[dict] | None = None) -> str:
-    """Render a conversation with CHAT_TEMPLATE without a tokenizer (for training-corpus text)."""
-    import json
-
+@functools.lru_cache(maxsize=1)
+def _compiled_template():
     import jinja2
 
     env = jinja2.Environment()
     env.filters["tojson"] = lambda value: json.dumps(value)
-    return env.from_string(CHAT_TEMPLATE).render(messages=messages, tools=tools, add_generation_prompt=False)
+    return env.from_string(CHAT_TEMPLATE)
+
+
+def render_chat(messages: list[dict], tools: list[dict] | None = None) -> str:
+    """Render a conversation with CHAT_TEMPLATE without a tokenizer (for training-corpus text)."""
+    return _compiled_template().render(messages=messages, tools=tools, add_generation_prompt=False)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):

@@ -9,25 +9,21 @@
 
 The policy is anything that maps context ids to a GenerationResult: an engine (training rollouts,
 evaluation) or a reference solver (cold-start data), so both produce records the same way.
-A timed-out or failing environment step ends the episode with reward 0 and a finish reason; it
-never raises into the caller.
+Environment steps go through `bounded_step`: a timed-out or failing step ends the episode as
+truncated; it never raises into the caller.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from kpop.envs.contract import AgentEnv, Message
+from kpop.envs.contract import AgentEnv, Message, bounded_step
 from kpop.rollout.chat import ChatFormat
 from kpop.rollout.engine import GenerationResult
 from kpop.rollout.tool_parser import parse_action
 from kpop.trajectory import Timing, Trajectory, TrajectoryBuilder
-
-log = logging.getLogger(__name__)
 
 Policy = Callable[[list[int], int], Awaitable[GenerationResult]]
 
@@ -69,11 +65,8 @@ async def run_episode(env: AgentEnv, episode: Episode, chat: ChatFormat, policy:
         traj.add_generated(turn.token_ids, turn.logprobs, turn.versions)
         turns += 1
         t = time.perf_counter()
-        outcome = await _step(env, chat.decode(turn.token_ids), limits.step_timeout_s)
+        outcome = await bounded_step(env, parse_action(chat.decode(turn.token_ids)), limits.step_timeout_s)
         env_s += time.perf_counter() - t
-        if isinstance(outcome, str):
-            reward, parts, finish = 0.0, {"env_error": 1.0}, outcome
-            break
         reward, parts = outcome.reward, outcome.info.reward_parts
         if outcome.terminated or outcome.truncated:
             finish = "terminated" if outcome.terminated else "truncated"
@@ -85,17 +78,6 @@ async def run_episode(env: AgentEnv, episode: Episode, chat: ChatFormat, policy:
         traj.add_context(obs)
     timing = Timing(generate_s=gen_s, env_s=env_s, total_s=time.perf_counter() - t0)
     return traj.build(reward, parts, turns, finish, timing)
-
-
-async def _step(env: AgentEnv, text: str, timeout_s: float):
-    """The environment's step, or a finish-reason string when it times out or fails."""
-    try:
-        return await asyncio.wait_for(env.astep(parse_action(text)), timeout_s)
-    except asyncio.TimeoutError:
-        return "env_timeout"
-    except Exception:
-        log.exception("environment %s raised in astep", type(env).__name__)
-        return "env_error"
 
 
 def solver_policy(env: AgentEnv, chat: ChatFormat) -> Policy:

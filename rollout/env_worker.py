@@ -22,6 +22,7 @@ from kpop.trajectory import Trajectory
 class EnvConfig:
     name: str
     options: dict
+    rewards: tuple = ()  # reward-shaping terms (kpop.spec.envs.RewardTermSpec)
 
 
 class EnvWorker:
@@ -29,22 +30,27 @@ class EnvWorker:
         from transformers import AutoTokenizer
 
         self.chat = ChatFormat(AutoTokenizer.from_pretrained(tokenizer_dir))
-        self.options = {e.name: dict(e.options) for e in envs}
+        self.configs = {e.name: e for e in envs}
         self.limits = limits
         self.worker_id = worker_id
         self._ids = itertools.count()
 
     async def rollout(self, episode: Episode, engine, sampling: SamplingParams) -> Trajectory:
         """One episode with the engine (a Ray actor handle or an Engine) as the policy."""
-        env = make_env(episode.env_name, self.options.get(episode.env_name))
+        env, options = self._make(episode.env_name)
         return await run_episode(env, episode, self.chat, self._engine_policy(engine, sampling, episode),
-                                 self.limits, self.options.get(episode.env_name))
+                                 self.limits, options)
 
     async def solve(self, episode: Episode) -> Trajectory:
         """One episode with the environment's reference solver as the policy."""
-        env = make_env(episode.env_name, self.options.get(episode.env_name))
-        return await run_episode(env, episode, self.chat, solver_policy(env, self.chat), self.limits,
-                                 self.options.get(episode.env_name))
+        env, options = self._make(episode.env_name)
+        return await run_episode(env, episode, self.chat, solver_policy(env, self.chat), self.limits, options)
+
+    def _make(self, name: str):
+        config = self.configs.get(name, EnvConfig(name, {}))
+        env = make_env(name, config.options)
+        env.set_reward_terms(config.rewards)
+        return env, config.options
 
     def ping(self) -> int:
         return self.worker_id

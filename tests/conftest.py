@@ -38,3 +38,21 @@ def ray_session():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny Llama checkpoint with a BPE tokenizer trained on calculator transcripts (built locally)."""
+    from kpop.bootstrap import prepare_initial_model
+    from kpop.spec import load_spec
+
+    run_dir = tmp_path_factory.mktemp("tiny_llama_run")
+    spec = load_spec(None, [f"run_dir={run_dir}", "model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1"])
+    return prepare_initial_model(spec)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_llama_dir))

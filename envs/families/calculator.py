@@ -60,19 +60,22 @@ def evaluate(expression: str) -> int:
 class CalculatorEnv(AgentEnv):
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
+        min_operand: int = Field(0, ge=0, le=10**6, description="Smallest operand.")
         max_operand: int = Field(99, ge=1, le=10**6, description="Largest operand.")
         ops: str = Field("+-*", min_length=1, pattern=r"^[+\-*]+$", description="Operators to draw from.")
 
-    def __init__(self, max_operand: int = 99, ops: str = "+-*") -> None:
+    def __init__(self, min_operand: int = 0, max_operand: int = 99, ops: str = "+-*") -> None:
         super().__init__()
-        self.max_operand, self.ops = max_operand, ops
+        if min_operand > max_operand:
+            raise ValueError(f"min_operand {min_operand} is larger than max_operand {max_operand}")
+        self.min_operand, self.max_operand, self.ops = min_operand, max_operand, ops
         self.expression, self.answer = "", 0
         self.tool_result: str | None = None
         self.turns = 0
 
     def make_task(self, seed, options):
         rng = random.Random(seed)
-        a, b = rng.randint(0, self.max_operand), rng.randint(0, self.max_operand)
+        a, b = rng.randint(self.min_operand, self.max_operand), rng.randint(self.min_operand, self.max_operand)
         self.expression = f"{a}{rng.choice(self.ops)}{b}"
         self.answer = evaluate(self.expression)
         self.tool_result, self.turns = None, 0

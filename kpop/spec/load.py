@@ -7,6 +7,7 @@ It never lets a pydantic or YAML traceback reach the user.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import typing
 from dataclasses import dataclass
@@ -75,9 +76,15 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
     except yaml.YAMLError:
         value = raw
     node: Any = data
+    default: Any = RunSpec().model_dump(mode="json")
     for i, part in enumerate(parts[:-1]):
+        default = _child(default, part)
         if isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
+        elif isinstance(node, dict) and part not in node and default is not None:
+            # Overriding inside a section the file leaves at its defaults: start from those.
+            node[part] = copy.deepcopy(default)
+            node = node[part]
         elif isinstance(node, dict) and parts[i + 1].isdigit() and not isinstance(node.get(part), list):
             raise SpecError(source, [Problem(".".join(parts[: i + 1]), f"bad --set {item!r}: no list entry {parts[i + 1]} to change here (set list entries in the YAML file)")])
         elif isinstance(node, dict):
@@ -91,6 +98,14 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
         node[last] = value
     else:
         raise SpecError(source, [Problem(key, f"bad --set {item!r}: the parent is not a mapping")])
+
+
+def _child(node: Any, part: str) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        return node[int(part)]
+    return None
 
 
 def _explain(err: dict[str, Any], data: dict[str, Any]) -> Problem:

@@ -6,7 +6,7 @@ Variants are chosen by `type`. The defaults are the tiny CPU model of the quicks
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kpop.spec.base import StrictModel, tagged_union
 
@@ -28,6 +28,14 @@ class LlamaModelSpec(StrictModel):
     max_position_embeddings: int = Field(512, ge=16, le=1048576, description="Longest sequence the model accepts.")
 
     _check_path = field_validator("path")(_existing_dir)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "LlamaModelSpec":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+        return self
 
 
 class HybridModelSpec(StrictModel):

@@ -1,0 +1,121 @@
+"""Launch a run: resolve the spec, start Ray and the actors, run the loop, shut everything down.
+
+Placement is the only thing that differs between a laptop and a cluster: with `cluster.address`
+unset a local Ray instance is started; otherwise the same actors are placed on the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from kpop.loop.context import RunContext
+from kpop.metrics import MetricsWriter
+from kpop.spec import RunSpec
+from kpop.tasks import TaskSampler
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 1800.0
+
+
+def plan(spec: RunSpec) -> str:
+    """A human-readable summary of what `run` would start."""
+    r, lr, t = spec.rollout, spec.learner, spec.train
+    envs = ", ".join(f"{e.name} (weight {e.weight:g})" for e in spec.envs)
+    model = f"{spec.model.type} from {spec.model.path}" if spec.model.path else f"fresh {spec.model.type}"
+    return "\n".join([
+        f"run {spec.name!r} -> {spec.run_dir}",
+        f"  model:     {model}",
+        f"  envs:      {envs}",
+        f"  engines:   {r.engine.num_engines} x {r.engine.type}",
+        f"  workers:   {r.num_env_workers} environment worker(s)",
+        f"  learner:   {lr.num_ranks} DeepSpeed rank(s), ZeRO-{lr.zero_stage}, {lr.precision}, objective {lr.objective.type}",
+        f"  schedule:  {spec.scheduler.type}; cold start {spec.sft.steps} SFT steps; {t.steps} RL steps x "
+        f"{t.tasks_per_step} tasks x {r.group_size} samples; {t.eval_tasks} held-out tasks",
+        f"  cluster:   {spec.cluster.address or 'local Ray instance'}",
+    ])
+
+
+def _start_ray(spec: RunSpec) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    if spec.cluster.address:
+        ray.init(address=spec.cluster.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=spec.cluster.num_cpus or max(os.cpu_count() or 2, 4),
+                 include_dashboard=False, log_to_driver=False)
+
+
+def start_actors(spec: RunSpec, model_dir: Path):
+    from kpop.learner.actor import LearnerActor
+    from kpop.rollout.agent_loop import LoopLimits
+    from kpop.rollout.engine_actor import EngineActor
+    from kpop.rollout.vllm_engine import VLLMEngineConfig
+    from kpop.rollout.env_worker import EnvConfig, EnvWorker
+
+    import ray
+
+    eng = spec.rollout.engine
+    engines = [
+        EngineActor.options(num_cpus=eng.num_cpus, num_gpus=eng.num_gpus).remote(
+            VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib, enforce_eager=eng.enforce_eager,
+                         seed=spec.seed + i))
+        for i in range(eng.num_engines)
+    ]
+    limits = LoopLimits(spec.rollout.max_turns, spec.rollout.max_total_tokens,
+                        spec.rollout.sampling.max_new_tokens, spec.rollout.env_step_timeout_s)
+    env_cfg = [EnvConfig(e.name, dict(e.options), tuple(e.rewards)) for e in spec.envs]
+    workers = [ray.remote(EnvWorker).options(num_cpus=0).remote(str(model_dir), env_cfg, limits, i)
+               for i in range(spec.rollout.num_env_workers)]
+    lr = spec.learner
+    learner = LearnerActor.options(num_cpus=lr.num_cpus, num_gpus=lr.num_gpus).remote(
+        str(model_dir), lr, spec.seed, sft_lr=spec.sft.lr, num_threads=max(1, int(lr.num_cpus)))
+    # Engines build and the learner JIT-compiles in parallel; wait for both before the loop so
+    # that later calls can use short timeouts.
+    startup = ray.get([e.start.remote() for e in engines] + [learner.ready.remote()]
+                      + [w.ping.remote() for w in workers], timeout=STARTUP_TIMEOUT_S)
+    log.info("actors ready: engine start-up %s s", ", ".join(f"{t:.1f}" for t in startup[: len(engines)]))
+    return engines, workers, learner
+
+
+def checkpoint(ctx: RunContext, step: int) -> Path:
+    import ray
+
+    folder = ctx.run_dir / "checkpoints" / f"step_{step:06d}"
+    ray.get(ctx.learner.save.remote(str(folder)))
+    (folder / "run_state.json").write_text(json.dumps({"step": step, "sampler_position": ctx.sampler.position}))
+    last = ctx.run_dir / "checkpoints" / "last"
+    if last.is_symlink() or last.exists():
+        last.unlink() if last.is_symlink() else shutil.rmtree(last)
+    last.symlink_to(folder.name)
+    return folder
+
+
+def run(spec: RunSpec) -> dict:
+    import ray
+
+    from kpop.bootstrap import prepare_initial_model
+    from kpop.loop.sync import train
+
+    run_dir = Path(spec.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
+    model_dir = prepare_initial_model(spec)
+    _start_ray(spec)
+    engines, workers, learner = start_actors(spec, model_dir)
+    ctx = RunContext(spec, run_dir, model_dir, engines, workers, learner,
+                     TaskSampler(spec.envs, spec.seed), MetricsWriter(run_dir))
+    try:
+        result = train(ctx, checkpoint)
+    finally:
+        for handle in [*engines, *workers, learner]:
+            ray.kill(handle)
+    (run_dir / "summary.json").write_text(json.dumps(result, indent=2))
+    return result

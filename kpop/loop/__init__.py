@@ -1,0 +1,1 @@
+"""RL loops: how rollouts and optimisation steps interleave."""

@@ -1,0 +1,71 @@
+"""The handles a loop works with, and the few operations every loop needs on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from kpop.metrics import MetricsWriter
+from kpop.rollout.agent_loop import Episode
+from kpop.rollout.engine import SamplingParams
+from kpop.spec import RunSpec
+from kpop.tasks import TaskSampler
+from kpop.trajectory import Trajectory
+
+
+@dataclass
+class RunContext:
+    spec: RunSpec
+    run_dir: Path
+    model_dir: Path
+    engines: list[Any]       # EngineActor handles
+    workers: list[Any]       # EnvWorker handles
+    learner: Any             # LearnerActor handle
+    sampler: TaskSampler
+    metrics: MetricsWriter
+
+    def training_sampling(self) -> SamplingParams:
+        s = self.spec.rollout.sampling
+        return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                              max_tokens=s.max_new_tokens, seed=self.spec.seed)
+
+    def rollout(self, episodes: list[Episode], sampling: SamplingParams) -> list[Trajectory]:
+        """Run episodes across workers and engines (round robin); results in input order."""
+        refs = [
+            self.workers[i % len(self.workers)].rollout.remote(ep, self.engines[i % len(self.engines)], sampling)
+            for i, ep in enumerate(episodes)
+        ]
+        return ray.get(refs)
+
+    def solve(self, episodes: list[Episode]) -> list[Trajectory]:
+        refs = [self.workers[i % len(self.workers)].solve.remote(ep) for i, ep in enumerate(episodes)]
+        return ray.get(refs)
+
+    def publish_weights(self, timeout_s: float = 120.0) -> int:
+        """Push the learner's current weights to every engine; returns the new version."""
+        update = ray.get(self.learner.publish.remote(), timeout=timeout_s)
+        ray.get([e.update_weights.remote(update) for e in self.engines], timeout=timeout_s)
+        return update.version
+
+    def evaluate(self, episodes: list[Episode]) -> dict[str, float]:
+        """Greedy pass rate on held-out episodes."""
+        greedy = SamplingParams(temperature=0.0, max_tokens=self.spec.rollout.sampling.max_new_tokens)
+        trajs = self.rollout(episodes, greedy)
+        return summarize(trajs)
+
+
+def summarize(trajs: list[Trajectory]) -> dict[str, float]:
+    n = max(len(trajs), 1)
+    out = {
+        "reward": sum(t.reward for t in trajs) / n,
+        "gen_tokens": sum(t.num_generated for t in trajs) / n,
+        "turns": sum(t.num_turns for t in trajs) / n,
+        "episodes": float(len(trajs)),
+    }
+    parts = sorted({k for t in trajs for k in t.reward_parts})
+    for k in parts:
+        out[f"reward/{k}"] = sum(t.reward_parts.get(k, 0.0) for t in trajs) / n
+    return out

@@ -1,0 +1,79 @@
+"""The synchronous RL loop, top to bottom (η = 0: every token is sampled by the current policy).
+
+    cold start   SFT on reference-solver episodes that verified correct
+    evaluate     greedy pass rate on held-out tasks (before RL)
+    each step    sample tasks × G → rollouts → learner step → push weights → log / checkpoint
+    evaluate     held-out pass rate after RL; final checkpoint
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import ray
+
+from kpop.loop.context import RunContext, summarize
+from kpop.progress import Progress
+
+
+def cold_start(ctx: RunContext) -> None:
+    cfg = ctx.spec.sft
+    if cfg.steps == 0:
+        return
+    episodes = [ep for group in ctx.sampler.next_groups(cfg.num_examples, 1) for ep in group]
+    solved = ctx.solve(episodes)
+    verified = [t for t in solved if t.reward >= 0.99]
+    if not verified:
+        raise RuntimeError("no reference-solver episode verified correct; cannot build cold-start data")
+    rng = random.Random(ctx.spec.seed)
+    progress = Progress(cfg.steps, ctx.spec.logging.progress, label="sft")
+    for step in range(1, cfg.steps + 1):
+        batch = rng.sample(verified, min(cfg.batch_size, len(verified)))
+        m = ray.get(ctx.learner.train_step.remote(batch, "sft"))
+        ctx.metrics.write("sft", step, {"loss": m.loss, "grad_norm": m.grad_norm, "tokens": m.tokens,
+                                        "verified": len(verified), "solved": len(solved)})
+        progress.update(step, {"loss": m.loss})
+    progress.close()
+    ctx.publish_weights()
+
+
+def evaluate(ctx: RunContext, step: int, label: str) -> dict[str, float]:
+    result = ctx.evaluate(ctx.sampler.held_out(ctx.spec.train.eval_tasks))
+    ctx.metrics.write("eval", step, {"label": label, **result})
+    return result
+
+
+def rl_step(ctx: RunContext, step: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    groups = ctx.sampler.next_groups(ctx.spec.train.tasks_per_step, ctx.spec.rollout.group_size)
+    trajs = ctx.rollout([ep for g in groups for ep in g], ctx.training_sampling())
+    t_gen = time.perf_counter() - t0
+    m = ray.get(ctx.learner.train_step.remote(trajs, "rl"))
+    version = ctx.publish_weights()
+    elapsed = time.perf_counter() - t0
+    gen_tokens = sum(t.num_generated for t in trajs)
+    return ctx.metrics.write("rl", step, {
+        **summarize(trajs), "loss": m.loss, "grad_norm": m.grad_norm, "mismatch": m.mismatch,
+        "clipped_fraction": m.clipped_fraction, "version": version, "step_s": elapsed,
+        "gen_s": t_gen, "train_s": m.step_s, "gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+    })
+
+
+def train(ctx: RunContext, checkpoint) -> dict[str, dict[str, float]]:
+    cold_start(ctx)
+    before = evaluate(ctx, 0, "before_rl")
+    total = ctx.spec.train.steps
+    progress = Progress(total, ctx.spec.logging.progress, label="rl")
+    for step in range(1, total + 1):
+        rec = rl_step(ctx, step)
+        progress.update(step, {"reward": rec["reward"], "tok/s": rec["gen_tokens_per_s"], "step_s": rec["step_s"]})
+        if ctx.spec.train.eval_every and step % ctx.spec.train.eval_every == 0 and step < total:
+            evaluate(ctx, step, "during_rl")
+        if step % ctx.spec.train.checkpoint_every == 0 or step == total:
+            checkpoint(ctx, step)
+    progress.close()
+    after = evaluate(ctx, total, "after_rl")
+    if total == 0:
+        checkpoint(ctx, 0)
+    return {"before_rl": before, "after_rl": after}

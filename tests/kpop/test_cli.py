@@ -1,0 +1,55 @@
+"""The CLI: help is cheap (no heavy imports), dry-run prints the plan, bad specs exit 2 cleanly."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def kpop(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kpop.cli.main", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+
+
+def test_help_builds_the_parser_without_heavy_imports():
+    code = ("import sys; from kpop.cli.main import build_parser; build_parser(); "
+            "heavy = [m for m in ('torch', 'ray', 'vllm', 'deepspeed', 'transformers') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_help_lists_the_commands():
+    out = kpop("--help").stdout
+    for command in ("run", "envs", "serve", "version"):
+        assert command in out
+
+
+def test_dry_run_prints_resolved_spec_and_plan():
+    result = kpop("run", "examples/quickstart.yaml", "--dry-run", "--set", "train.steps=3")
+    assert result.returncode == 0, result.stderr
+    assert "steps: 3" in result.stdout and "3 RL steps" in result.stdout
+    assert "1 x vllm" in result.stdout
+
+
+def test_bad_spec_exits_2_with_paths_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learner:\n  lr_rate: 1\nenvs:\n  - name: calculater\n")
+    result = kpop("run", str(bad), "--dry-run")
+    assert result.returncode == 2
+    assert "learner.lr_rate" in result.stderr and "did you mean 'lr'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_env_is_reported_after_schema_checks(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("envs:\n  - name: calculater\n")
+    result = kpop("run", str(bad), "--dry-run")
+    assert result.returncode == 2 and "envs.0.name" in result.stderr and "calculator" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_version():
+    result = kpop("version")
+    assert result.returncode == 0 and result.stdout.startswith("kpop ")

@@ -1,0 +1,106 @@
+"""RunSpec loading: defaults, overrides, and readable errors for every kind of bad input."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kpop.spec import RunSpec, SpecError, load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(path, overrides=()) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        load_spec(path, list(overrides))
+    return [str(p) for p in info.value.problems]
+
+
+def test_embedded_defaults_are_valid_and_fill_run_dir():
+    spec = load_spec(None)
+    assert isinstance(spec, RunSpec)
+    assert spec.run_dir == Path("runs") / spec.name
+    assert spec.envs[0].name == "calculator"
+
+
+@pytest.mark.parametrize("path", sorted(p for p in REPO.rglob("*.yaml") if ".venv" not in p.parts and "runs" not in p.parts and "deploy" not in p.parts))
+def test_every_shipped_yaml_spec_loads(path):
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict) and "name" in data and "envs" in data:
+        load_spec(path)
+
+
+def test_shipped_specs_exist():
+    assert (REPO / "examples" / "quickstart.yaml").is_file()
+
+
+def test_unknown_key_names_its_path_and_the_allowed_keys(tmp_path):
+    [msg] = problems(write(tmp_path, "learner:\n  bogus: 1\n"))
+    assert msg.startswith("learner.bogus: unknown key 'bogus'")
+    assert "allowed here:" in msg and "lr" in msg and "zero_stage" in msg
+
+
+def test_misspelled_key_suggests_the_closest(tmp_path):
+    [msg] = problems(write(tmp_path, "rollout:\n  sampling:\n    temprature: 0.5\n"))
+    assert "rollout.sampling.temprature" in msg and "did you mean 'temperature'?" in msg
+
+
+def test_wrong_type_and_out_of_range_are_both_reported(tmp_path):
+    msgs = problems(write(tmp_path, "train:\n  steps: many\nlearner:\n  zero_stage: 7\n"))
+    assert len(msgs) == 2
+    assert any(m.startswith("train.steps:") and "valid integer" in m and "'many'" in m for m in msgs)
+    assert any(m.startswith("learner.zero_stage:") and "less than or equal to 3" in m for m in msgs)
+
+
+def test_error_inside_a_variant_drops_the_union_tag(tmp_path):
+    [msg] = problems(write(tmp_path, "rollout:\n  engine:\n    kv_cache_gib: -1\n"))
+    assert msg.startswith("rollout.engine.kv_cache_gib:") and "greater than 0" in msg
+
+
+def test_unknown_variant_type_lists_the_allowed_types(tmp_path):
+    [msg] = problems(write(tmp_path, "rollout:\n  engine:\n    type: sglang\n"))
+    assert msg.startswith("rollout.engine:") and "'sglang'" in msg and "'vllm'" in msg
+
+
+def test_missing_spec_file():
+    [msg] = problems(Path("/nonexistent/spec.yaml"))
+    assert "spec file not found" in msg
+
+
+def test_missing_model_folder(tmp_path):
+    [msg] = problems(write(tmp_path, f"model:\n  path: {tmp_path / 'nope'}\n"))
+    assert msg.startswith("model.path:") and "does not exist" in msg
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    assert "not valid YAML" in problems(write(tmp_path, "a: [1, 2\n"))[0]
+    assert "must be a mapping" in problems(write(tmp_path, "- 1\n- 2\n"))[0]
+
+
+def test_set_overrides_are_typed_and_validated(tmp_path):
+    spec = load_spec(write(tmp_path, "name: x\n"), ["learner.lr=1e-4", "rollout.group_size=4", "envs.0.weight=2"])
+    assert spec.learner.lr == pytest.approx(1e-4) and spec.rollout.group_size == 4 and spec.envs[0].weight == 2
+    assert "learner.lr:" in problems(None, ["learner.lr=-1"])[0]
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1", "envs.5.weight=1", "name.x=1"])
+def test_bad_set_is_a_clear_error(bad):
+    [msg] = problems(None, [bad])
+    assert "bad --set" in msg
+
+
+def test_unknown_env_and_bad_env_options_name_their_entries(tmp_path):
+    from kpop.spec.resolve import check_envs
+
+    spec = load_spec(write(tmp_path, "envs:\n  - name: calculater\n  - name: calculator\n    options: {max_operand: -3}\n"))
+    with pytest.raises(SpecError) as info:
+        check_envs(spec, "spec.yaml")
+    msgs = [str(p) for p in info.value.problems]
+    assert msgs[0].startswith("envs.0.name:") and "did you mean 'calculator'" in msgs[0]
+    assert msgs[1].startswith("envs.1.options:") and "max_operand" in msgs[1]
