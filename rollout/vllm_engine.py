@@ -104,11 +104,14 @@ class VLLMEngine:
         check_model_supported(model_dir)
         self._expected = expected_params_from_dir(model_dir)
         self._version = initial_version
-        self._paused = False
+        self._paused = False  # the caller asked for a pause
+        self._updating = False  # an update holds the scheduler frozen
+        self._engine_paused = False  # what vLLM's scheduler is in
         self._broken: str | None = None
         self._live: dict[str, _Live] = {}
         self._generated_tokens = 0
         self._update_lock = asyncio.Lock()
+        self._pause_lock = asyncio.Lock()
         self.last_update_s: float | None = None
         start = time.perf_counter()
         self._llm = self._build()
@@ -228,18 +231,26 @@ class VLLMEngine:
     # ----------------------------------------------------------------------------- pause / weights
 
     async def pause(self) -> None:
-        if self._paused:
-            return
-        # "keep": freeze in-flight requests in the scheduler (neither aborted nor drained). The KV
-        # cache is kept here; update_weights drops it, a pause without an update costs nothing.
-        await self._llm.pause_generation(mode="keep", clear_cache=False)
         self._paused = True
+        await self._sync_pause_state()
 
     async def resume(self) -> None:
-        if not self._paused:
-            return
-        await self._llm.resume_generation()
         self._paused = False
+        await self._sync_pause_state()
+
+    async def _sync_pause_state(self) -> None:
+        # The scheduler is frozen while the caller paused OR an update runs; a caller's pause
+        # during an update survives the update's own resume, and vice versa. The lock and the
+        # loop make concurrent callers converge on the latest wish.
+        async with self._pause_lock:
+            while (want := self._paused or self._updating) != self._engine_paused:
+                if want:
+                    # "keep": freeze in-flight requests (neither aborted nor drained). The KV cache
+                    # is kept; update_weights drops it, so a pause without an update costs nothing.
+                    await self._llm.pause_generation(mode="keep", clear_cache=False)
+                else:
+                    await self._llm.resume_generation()
+                self._engine_paused = want
 
     async def update_weights(self, update: WeightUpdate, timeout_s: float | None = None) -> None:
         """Apply `update` atomically (see module docstring); `timeout_s` overrides the config."""
@@ -248,14 +259,14 @@ class VLLMEngine:
             start = time.perf_counter()
             deadline = start + timeout
             validate_update(update.chunks, self._expected)
-            was_paused = self._paused
-            await self.pause()
+            self._updating = True
             try:
+                await self._sync_pause_state()
                 await self._stage(update, deadline, timeout)
                 await self._commit(update)
             finally:
-                if not was_paused:
-                    await self.resume()
+                self._updating = False
+                await self._sync_pause_state()
             self.last_update_s = time.perf_counter() - start
 
     async def _stage(self, update: WeightUpdate, deadline: float, timeout: float) -> None:
@@ -302,7 +313,7 @@ class VLLMEngine:
             running=running,
             waiting=len(self._live) - running,
             version=self._version,
-            paused=self._paused,
+            paused=self._paused or self._updating,
             generated_tokens=self._generated_tokens,
         )
 
