@@ -1,4 +1,10 @@
-"""`learner:` section: the DeepSpeed engine and the training objective."""
+"""`learner:` section: the DeepSpeed engine, the training objective and its off-policy correction.
+
+Objectives (`objective.type`): "grpo" (token ratio), "gspo" (sequence ratio), "lpo" (sentence
+ratio, the Ling 2.0 default). Off-policy corrections (`off_policy.type`): "kpop" (binary-KL mask,
+decoupled PPO weight), "icepop" (ratio band), "tis" (truncated importance sampling), "none".
+Distillation ("distill" mode) and preference alignment ("dpo" mode) have their own sections.
+"""
 
 from typing import Literal
 
@@ -13,7 +19,61 @@ class GRPOSpec(StrictModel):
     normalize_std: bool = Field(True, description="Divide advantages by the group's reward std.")
 
 
-ObjectiveSpec = tagged_union(GRPOSpec)
+class GSPOSpec(StrictModel):
+    type: Literal["gspo"] = Field("gspo", description="PPO-clip with one geometric-mean ratio per sequence (GSPO).")
+    clip_eps: float = Field(4e-4, gt=0, le=10, description="Clip range epsilon of the sequence ratio (GSPO paper: 3e-4..4e-4).")
+    normalize_std: bool = Field(True, description="Divide advantages by the group's reward std.")
+
+
+class LPOSpec(StrictModel):
+    type: Literal["lpo"] = Field("lpo", description="PPO-clip with one geometric-mean ratio per sentence (Ling 2.0 LPO).")
+    clip_eps: float = Field(0.03, gt=0, le=10, description="Clip range epsilon of the sentence ratio (Ling 2.0: 0.03).")
+    normalize_std: bool = Field(True, description="Divide advantages by the group's reward std.")
+    punctuation: str = Field(".!?;:,。！？；：，", min_length=1, max_length=64,
+                             description="Pause punctuation ending a sentence (a newline always ends one).")
+
+
+ObjectiveSpec = tagged_union(GRPOSpec, GSPOSpec, LPOSpec)
+
+
+class KPopMaskSpec(StrictModel):
+    type: Literal["kpop"] = Field("kpop", description="Mask tokens whose binary KL between trainer and engine exceeds phi; decoupled-PPO weight p/q.")
+    phi: float = Field(0.75, gt=0, le=100, description="Binary-KL threshold (report: 0.75 maths, 2.0 logic/code).")
+
+
+class IcePopSpec(StrictModel):
+    type: Literal["icepop"] = Field("icepop", description="IcePop: weight k = p/q inside [alpha, beta], 0 outside.")
+    alpha: float = Field(0.5, gt=0, le=1, description="Lower edge of the ratio band (Ring-1T: 0.5).")
+    beta: float = Field(5.0, ge=1, le=1000, description="Upper edge of the ratio band (Ring-1T: 5).")
+
+
+class TISSpec(StrictModel):
+    type: Literal["tis"] = Field("tis", description="Truncated importance sampling: weight min(p/q, cap).")
+    cap: float = Field(2.0, ge=1, le=1000, description="Upper truncation of the importance weight.")
+
+
+class NoCorrectionSpec(StrictModel):
+    type: Literal["none"] = Field("none", description="No off-policy correction (engine log-probs only feed the metrics).")
+
+
+OffPolicySpec = tagged_union(KPopMaskSpec, IcePopSpec, TISSpec, NoCorrectionSpec)
+
+
+class DistillSpec(StrictModel):
+    correct_threshold: float = Field(1.0, ge=-1e6, le=1e6, description="A sample is correct when its reward (or 'accuracy' part) is >= this.")
+    lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate of distill steps (None = the SFT learning rate).")
+
+
+class PreferenceSpec(StrictModel):
+    beta: float = Field(0.1, gt=0, le=100, description="DPO inverse temperature beta.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative-DPO label smoothing (0 = plain DPO).")
+    rubric_weights: dict[str, float] = Field(
+        default_factory=lambda: {"informative": 1.0, "constraints": 1.0, "errors": -1.0, "verbosity": -0.5},
+        description="Signed weight per reward part in [0, 1]: positive rewards the property, negative penalises it.")
+    margin: float = Field(0.0, ge=0, le=1e6, description="Minimum score gap between chosen and rejected.")
+    focus_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay of per-rubric saturation.")
+    focus_floor: float = Field(0.1, ge=0, le=1, description="Weight a fully saturated rubric dimension keeps (relative).")
+    lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate of DPO steps (None = the RL learning rate).")
 
 
 class QuantSpec(StrictModel):
@@ -30,6 +90,10 @@ class QuantSpec(StrictModel):
 
 class LearnerSpec(StrictModel):
     objective: ObjectiveSpec = Field(default_factory=GRPOSpec, description="The policy-gradient objective.")
+    off_policy: OffPolicySpec = Field(default_factory=KPopMaskSpec, description="Train/inference mismatch correction.")
+    distill: DistillSpec = Field(default_factory=DistillSpec, description="Shortest-correct-response distillation ('distill' mode).")
+    preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="Bidirectional preference alignment ('dpo' mode).")
+    warmup_steps: int = Field(0, ge=0, le=10**7, description="Linear LR warm-up steps, then constant (warmup-stable; merge with WSM instead of decaying).")
     lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate for RL steps.")
     weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas.")
