@@ -8,7 +8,7 @@ from typing import Any
 
 import ray
 
-from kpop.metrics import MetricsWriter
+from kpop.metrics import MetricsWriter, trajectory_stats
 from kpop.rollout.agent_loop import Episode
 from kpop.rollout.engine import SamplingParams
 from kpop.spec import RunSpec
@@ -68,4 +68,5 @@ def summarize(trajs: list[Trajectory]) -> dict[str, float]:
     parts = sorted({k for t in trajs for k in t.reward_parts})
     for k in parts:
         out[f"reward/{k}"] = sum(t.reward_parts.get(k, 0.0) for t in trajs) / n
+    out.update(trajectory_stats(trajs))
     return out

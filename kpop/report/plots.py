@@ -1,0 +1,182 @@
+"""The report's plots: one PNG per question a person asks of a run, overlaying up to a few runs.
+
+Contract: `render_plots(runs, out_dir)` writes every plot in `PLOTS` as `<out_dir>/<name>.png`
+and returns a `Plot` per file, in `PLOTS` order. Every PNG is written even when its metrics are
+absent (the axes then say "not measured in this run"), so a report always has the same files.
+Runs are told apart by colour (run i gets colour Ci); within a run, quantities by line style.
+Uses matplotlib's non-interactive Agg backend; no display is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+
+from kpop.report.runs import RunData  # noqa: E402
+
+STYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str
+    title: str
+    caption: str
+    path: Path
+
+
+def _colour(i: int) -> str:
+    return f"C{i % 10}"
+
+
+def _tag(run: RunData, runs: list[RunData], what: str) -> str:
+    return what if len(runs) == 1 else f"{run.name}: {what}"
+
+
+def _lines(ax, runs: list[RunData], phase: str, keys: list[str] | Callable[[RunData], list[str]],
+           marker: str = "") -> int:
+    """Plot `phase` series for each key of each run; returns how many series had points.
+
+    `keys` is a list, or a function of the run for keys that differ between runs (reward parts).
+    """
+    drawn = 0
+    for i, run in enumerate(runs):
+        for j, key in enumerate(keys(run) if callable(keys) else keys):
+            steps, values = run.series(phase, key)
+            if steps:
+                ax.plot(steps, values, color=_colour(i), linestyle=STYLES[j % len(STYLES)], marker=marker,
+                        label=_tag(run, runs, key))
+                drawn += 1
+    return drawn
+
+
+def _finish(ax, drawn: int, xlabel: str = "RL step", ylabel: str = "") -> None:
+    if drawn:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def plot_reward(fig, runs: list[RunData]) -> None:
+    ax = fig.subplots()
+    drawn = _lines(ax, runs, "rl", lambda run: ["reward", *run.keys("rl", "reward/")])
+    for i, run in enumerate(runs):
+        steps, values = run.series("eval", "reward")
+        if steps:
+            ax.plot(steps, values, color=_colour(i), marker="o", linestyle="none", markersize=8,
+                    label=_tag(run, runs, "held-out reward (greedy)"))
+            drawn += 1
+    _finish(ax, drawn, ylabel="reward (mean over episodes)")
+
+
+def plot_response_length(fig, runs: list[RunData]) -> None:
+    ax = fig.subplots()
+    _finish(ax, _lines(ax, runs, "rl", ["gen_tokens", "response_len_p50", "response_len_max"]),
+            ylabel="generated tokens per episode")
+
+
+def plot_mismatch(fig, runs: list[RunData]) -> None:
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    _finish(top, _lines(top, runs, "rl", ["mismatch"], marker="."), ylabel="|log p_train - log p_engine|")
+    _finish(bottom, _lines(bottom, runs, "rl", ["masked_fraction", "clipped_fraction"], marker="."),
+            ylabel="fraction of generated tokens")
+
+
+def plot_staleness(fig, runs: list[RunData]) -> None:
+    ax = fig.subplots()
+    width = 0.8 / max(len(runs), 1)
+    drawn = 0
+    for i, run in enumerate(runs):
+        hist = run.staleness_total()
+        if hist:
+            xs = [g + (i - (len(runs) - 1) / 2) * width for g in range(len(hist))]
+            ax.bar(xs, hist, width=width, color=_colour(i), label=_tag(run, runs, "generated tokens"))
+            drawn += 1
+    _finish(ax, drawn, xlabel="version gap (policy version - sampling version)", ylabel="tokens (all RL steps)")
+    if drawn:
+        ax.set_xticks(range(max(len(r.staleness_total()) for r in runs)))
+
+
+def plot_throughput(fig, runs: list[RunData]) -> None:
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    _finish(top, _lines(top, runs, "rl", ["gen_tokens_per_s"], marker="."), ylabel="generated tokens / s")
+    _finish(bottom, _lines(bottom, runs, "rl", ["step_s", "gen_s", "train_s"], marker="."), ylabel="seconds per step")
+
+
+def plot_env_latency(fig, runs: list[RunData]) -> None:
+    ax = fig.subplots()
+    drawn = _lines(ax, runs, "rl", ["env_latency_p50", "env_latency_p95", "env_latency_p99"], marker=".")
+    _finish(ax, drawn, ylabel="seconds per environment step")
+    if drawn:
+        ax.set_yscale("symlog", linthresh=1e-4)
+
+
+def plot_pass_rates(fig, runs: list[RunData]) -> None:
+    left, right = fig.subplots(1, 2)
+    drawn = _lines(left, runs, "rl", lambda run: run.keys("rl", "pass_rate/"), marker=".")
+    _finish(left, drawn, ylabel="pass rate (training samples)")
+    bars = [(run, label, key, rec[key]) for run in runs for label, rec in run.eval_by_label().items()
+            for key in sorted(rec) if key.startswith("pass_rate/")]
+    for n, (run, label, key, value) in enumerate(bars):
+        right.barh(n, value, color=_colour(runs.index(run)), alpha=0.5 if label == "before_rl" else 1.0)
+    if bars:
+        right.set_yticks(range(len(bars)), [_tag(run, runs, f"{k.split('/', 1)[1]} {label}")
+                                            for run, label, k, _ in bars], fontsize=7)
+        right.set_xlim(0, 1)
+        right.set_xlabel("held-out pass rate (greedy)")
+        right.grid(alpha=0.3, axis="x")
+        right.invert_yaxis()
+    else:
+        _finish(right, 0)
+
+
+def plot_sft_loss(fig, runs: list[RunData]) -> None:
+    ax = fig.subplots()
+    _finish(ax, _lines(ax, runs, "sft", ["loss"], marker="."), xlabel="SFT step", ylabel="cross-entropy")
+
+
+PLOTS: list[tuple[str, str, str, Callable]] = [
+    ("reward", "Reward and its parts", "Mean training reward per RL step (solid) and its parts (dashed); "
+     "dots: greedy held-out reward before, during and after RL.", plot_reward),
+    ("response_length", "Response length", "Generated tokens per episode: mean, median and longest.",
+     plot_response_length),
+    ("mismatch", "Train/inference mismatch", "Top: mean |log-prob difference| between learner and engine on "
+     "generated tokens. Bottom: fraction of tokens masked (off-policy correction) or PPO-clipped.", plot_mismatch),
+    ("staleness", "Staleness", "Generated tokens by how many policy versions behind the learner they were "
+     "sampled (0 = on-policy), summed over the run.", plot_staleness),
+    ("throughput", "Throughput", "Top: generated tokens per second of generation. Bottom: step time split.",
+     plot_throughput),
+    ("env_latency", "Environment latency", "Seconds per environment step: p50 / p95 / p99 over a step's "
+     "episodes.", plot_env_latency),
+    ("pass_rates", "Pass rate per environment family", "Left: training pass rate per family per step. Right: "
+     "greedy held-out pass rate per family (faded: before RL).", plot_pass_rates),
+    ("sft_loss", "Cold-start SFT loss", "Cross-entropy on verified reference-solver episodes.", plot_sft_loss),
+]
+
+
+def render_plots(runs: list[RunData], out_dir: Path) -> list[Plot]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for name, title, caption, draw in PLOTS:
+        fig = plt.figure(figsize=(9, 4.8), dpi=100)
+        try:
+            draw(fig, runs)
+            fig.suptitle(title)
+            fig.tight_layout()
+            path = out_dir / f"{name}.png"
+            fig.savefig(path, format="png")
+        finally:
+            plt.close(fig)
+        plots.append(Plot(name, title, caption, path))
+    return plots
