@@ -34,5 +34,15 @@ class ClusterSpec(StrictModel):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all).")
 
 
+class WandbSpec(StrictModel):
+    mode: Literal["disabled", "offline", "online"] = Field("disabled", description="Weights & Biases: off, local files under <run_dir>/wandb (sync later with `wandb sync`), or live upload.")
+    project: str = Field("kpop", min_length=1, max_length=128, description="W&B project name.")
+    entity: str | None = Field(None, max_length=128, description="W&B entity (team or user); unset uses the account default.")
+    name: str | None = Field(None, max_length=128, description="W&B run name; unset uses the run's name.")
+    tags: list[str] = Field(default_factory=list, max_length=32, description="W&B run tags.")
+
+
 class LoggingSpec(StrictModel):
     progress: Literal["auto", "bar", "lines", "off"] = Field("auto", description="Progress display: a live bar on a terminal, plain lines otherwise.")
+    tensorboard: bool = Field(True, description="Also write metrics as TensorBoard events under <run_dir>/tensorboard.")
+    wandb: WandbSpec = Field(default_factory=WandbSpec, description="Weights & Biases logging (needs the optional `wandb` package unless disabled).")
