@@ -1,0 +1,138 @@
+"""Evaluate a checkpoint on held-out tasks through the same engine and agent loop as a run.
+
+    tasks     the run's held-out tasks (kpop.eval.tasks), `tasks` of them
+    greedy    one episode per task at temperature 0: the run's own held-out measurement
+    sampled   `samples` episodes per task at `temperature` (per-sample seeds, as in training)
+    score     greedy reward and pass rate; pass@1 and pass@k (unbiased estimator, kpop.eval.passk)
+
+Contract: settings the checkpoint's run used (environment options and reward terms, agent-loop
+limits, max new tokens, KV cache, run seed) come from the run's spec.json when it is found, so a
+greedy evaluation of the run's held-out tasks repeats the run's own "after_rl" evaluation. The
+engine (vLLM, in this process) and the environment worker (in this process, no Ray) are the
+classes a run uses. The engine is always shut down, also on errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kpop.eval.passk import mean_pass_at_k
+from kpop.eval.tasks import find_run_spec, held_out_tasks
+from kpop.report.stats import PASS_THRESHOLD, passed
+from kpop.rollout.agent_loop import Episode
+from kpop.spec.envs import EnvEntrySpec
+from kpop.spec.rollout import RolloutSpec
+from kpop.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    checkpoint: str
+    envs: list[str] = field(default_factory=list)   # empty: the run's environments
+    tasks: int = 32
+    k: int = 4
+    samples: int | None = None                      # samples per task (n >= k); default k
+    temperature: float = 1.0
+    seed: int | None = None                         # default: the run's seed
+    threshold: float = PASS_THRESHOLD
+
+
+@dataclass(frozen=True)
+class EnvEval:
+    env: str                     # environment name, or "all"
+    tasks: int
+    greedy_reward: float         # mean reward at temperature 0 (what a run logs as held-out reward)
+    greedy_pass: float           # fraction of tasks passed at temperature 0
+    sampled_reward: float        # mean reward over all sampled episodes
+    pass_at: dict[int, float]    # {1: pass@1, k: pass@k} over sampled episodes
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    checkpoint: str
+    samples: int
+    k: int
+    temperature: float
+    seed: int
+    rows: list[EnvEval]
+    run_spec_found: bool
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for row in data["rows"]:
+            row["pass_at"] = {f"pass@{k}": v for k, v in row["pass_at"].items()}
+        return data
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    envs: list[EnvEntrySpec]
+    rollout: RolloutSpec
+    seed: int
+
+
+def _run_settings(data: dict | None) -> _RunSettings:
+    data = data or {}
+    envs = [EnvEntrySpec.model_validate(e) for e in data.get("envs", [])]
+    return _RunSettings(envs, RolloutSpec.model_validate(data.get("rollout", {})), int(data.get("seed", 0)))
+
+
+def score(env: str, greedy: list[Trajectory], sampled: list[list[Trajectory]], k: int,
+          threshold: float = PASS_THRESHOLD) -> EnvEval:
+    """One table row from per-task greedy episodes and per-task lists of sampled episodes."""
+    n = max(len(greedy), 1)
+    counts = [(len(s), sum(passed(t, threshold) for t in s)) for s in sampled]
+    flat = [t for s in sampled for t in s]
+    pass_at = {j: mean_pass_at_k(counts, j) for j in sorted({1, k})}
+    return EnvEval(env, len(greedy), sum(t.reward for t in greedy) / n,
+                   sum(passed(t, threshold) for t in greedy) / n,
+                   sum(t.reward for t in flat) / max(len(flat), 1), pass_at)
+
+
+def run_eval(cfg: EvalConfig) -> EvalResult:
+    if cfg.k < 1 or (cfg.samples or cfg.k) < cfg.k:
+        raise ValueError(f"need 1 <= k <= samples (k={cfg.k}, samples={cfg.samples})")
+    data = find_run_spec(cfg.checkpoint)
+    settings = _run_settings(data)
+    seed = settings.seed if cfg.seed is None else cfg.seed
+    names = cfg.envs or [e.name for e in settings.envs] or ["calculator"]
+    episodes = held_out_tasks(settings.envs, seed, names, cfg.tasks)
+    if not episodes:
+        raise ValueError(f"no held-out tasks for environments {names}")
+    greedy, sampled = asyncio.run(_rollouts(cfg, settings, seed, episodes))
+    rows = []
+    for env in [*sorted({ep.env_name for ep in episodes}), "all"]:
+        idx = [i for i, ep in enumerate(episodes) if env in ("all", ep.env_name)]
+        rows.append(score(env, [greedy[i] for i in idx], [sampled[i] for i in idx], cfg.k, cfg.threshold))
+    return EvalResult(str(cfg.checkpoint), cfg.samples or cfg.k, cfg.k, cfg.temperature, seed, rows, data is not None)
+
+
+async def _rollouts(cfg: EvalConfig, settings: _RunSettings, seed: int,
+                    episodes: list[Episode]) -> tuple[list[Trajectory], list[list[Trajectory]]]:
+    from kpop.rollout.agent_loop import LoopLimits
+    from kpop.rollout.engine import SamplingParams
+    from kpop.rollout.env_worker import EnvConfig, EnvWorker
+    from kpop.rollout.vllm_engine import VLLMEngine, VLLMEngineConfig
+
+    r = settings.rollout
+    model_dir = str(Path(cfg.checkpoint).resolve())
+    limits = LoopLimits(r.max_turns, r.max_total_tokens, r.sampling.max_new_tokens, r.env_step_timeout_s)
+    configs = [EnvConfig(e.name, dict(e.options), tuple(e.rewards)) for e in settings.envs]
+    worker = EnvWorker(model_dir, configs, limits, 0)
+    engine = VLLMEngine.from_config(VLLMEngineConfig(model_dir=model_dir, kv_cache_gib=r.engine.kv_cache_gib,
+                                                     enforce_eager=r.engine.enforce_eager, seed=seed))
+    try:
+        greedy_params = SamplingParams(temperature=0.0, max_tokens=r.sampling.max_new_tokens)
+        greedy = await asyncio.gather(*(worker.rollout(ep, engine, greedy_params) for ep in episodes))
+        sampling = SamplingParams(temperature=cfg.temperature, top_p=r.sampling.top_p, top_k=r.sampling.top_k,
+                                  max_tokens=r.sampling.max_new_tokens, seed=seed)
+        n = cfg.samples or cfg.k
+        flat = await asyncio.gather(*(
+            worker.rollout(Episode(ep.env_name, ep.seed, f"{ep.group_id}:eval", sample=j), engine, sampling)
+            for ep in episodes for j in range(n)))
+    finally:
+        engine.close()
+    return list(greedy), [list(flat[i * n:(i + 1) * n]) for i in range(len(episodes))]
