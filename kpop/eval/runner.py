@@ -46,6 +46,7 @@ class EnvEval:
     tasks: int
     greedy_reward: float         # mean reward at temperature 0 (what a run logs as held-out reward)
     greedy_pass: float           # fraction of tasks passed at temperature 0
+    greedy_gen_tokens: float     # mean generated tokens per greedy episode (the run logs it as gen_tokens)
     sampled_reward: float        # mean reward over all sampled episodes
     pass_at: dict[int, float]    # {1: pass@1, k: pass@k} over sampled episodes
 
@@ -88,7 +89,7 @@ def score(env: str, greedy: list[Trajectory], sampled: list[list[Trajectory]], k
     flat = [t for s in sampled for t in s]
     pass_at = {j: mean_pass_at_k(counts, j) for j in sorted({1, k})}
     return EnvEval(env, len(greedy), sum(t.reward for t in greedy) / n,
-                   sum(passed(t, threshold) for t in greedy) / n,
+                   sum(passed(t, threshold) for t in greedy) / n, sum(t.num_generated for t in greedy) / n,
                    sum(t.reward for t in flat) / max(len(flat), 1), pass_at)
 
 
