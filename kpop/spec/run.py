@@ -26,7 +26,31 @@ class SyncSchedulerSpec(StrictModel):
     type: Literal["sync"] = Field("sync", description="Synchronous RL: generate a batch, train on it, push weights.")
 
 
-SchedulerSpec = tagged_union(SyncSchedulerSpec)
+class DPRSpec(StrictModel):
+    enabled: bool = Field(True, description="Dynamic Pass Rating curriculum: revisit tasks by their pass-rate history.")
+    revisit_prob: float = Field(0.25, ge=0.0, le=1.0, description="Chance that a draw revisits a seen task of its family instead of a fresh one.")
+    window: int = Field(8, ge=1, le=1024, description="Most recent group pass rates kept per task.")
+    pass_threshold: float = Field(0.99, ge=0.0, le=1.0, description="A sample passes when its reward is at least this.")
+    solved_rate: float = Field(0.9, gt=0.0, le=1.0, description="Mean pass rate at or above which a task counts as solved.")
+    solved_weight: float = Field(0.1, ge=0.0, le=1.0, description="Revisit weight of a solved task (unsolved tasks weigh 1).")
+    unstable_bonus: float = Field(1.0, ge=0.0, le=100.0, description="Extra weight 4p(1-p)*bonus for tasks whose pass rate p is mixed.")
+    max_tracked: int = Field(4096, ge=1, le=10_000_000, description="Tasks whose history is kept (oldest forgotten first).")
+
+
+class KPopSchedulerSpec(StrictModel):
+    type: Literal["kpop"] = Field("kpop", description="KPop asynchronous scheduling: overlap dispatch, staleness bound, partial rollouts.")
+    max_staleness: int = Field(2, ge=0, le=1000, description="eta: largest policy-version gap of any trained token (0 = synchronous).")
+    token_budget: int = Field(0, ge=0, le=10**12, description="Phi: a step fires when ready groups hold this many generated tokens (0 = tasks_per_step groups).")
+    max_concurrent: int = Field(64, ge=1, le=1_000_000, description="Groups in flight at most (admission cap).")
+    tail_migration: bool = Field(True, description="Move the longest-running requests of a congested engine to idle replicas.")
+    tail_min_age_s: float = Field(2.0, ge=0.0, le=86400, description="Only requests running at least this long are migrated.")
+    tail_max_moves: int = Field(4, ge=0, le=4096, description="Requests migrated per check.")
+    tail_check_s: float = Field(0.5, gt=0.0, le=3600, description="Seconds between tail checks.")
+    max_retries: int = Field(3, ge=0, le=100, description="Re-dispatches of one episode after actor failures before the run stops.")
+    dpr: DPRSpec = Field(default_factory=DPRSpec, description="Dynamic Pass Rating curriculum.")
+
+
+SchedulerSpec = tagged_union(SyncSchedulerSpec, KPopSchedulerSpec)
 
 
 class ClusterSpec(StrictModel):

@@ -1,0 +1,173 @@
+"""The collector: admission, dispatch, the buffer and failure recovery behind one small API.
+
+    collector.start(restored)        re-submit restored pending groups, then fill capacity
+    groups = await collector.next_batch()   waits until the step budget is met
+    collector.on_version(v)          after the step's weight update
+    collector.snapshot(step)         SchedulerState for the checkpoint (taken between awaits)
+
+Admission: whenever a group completes (and at start / after each version), new groups are drawn
+from the sampler up to the staleness manager's capacity, so episodes keep running while the
+learner trains (overlap). Stale groups (oldest token older than v - eta) are dropped from the
+buffer and re-run from scratch under the same draw index: nothing is skipped, nothing trained
+twice. Dead engines reported by workers are replaced in the background with the latest weights.
+
+Accounting invariant: every drawn index is in exactly one of {trained (ledger), ready, pending}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from kpop.rollout.agent_loop import Episode
+from kpop.scheduler.budget import StepBudget
+from kpop.scheduler.buffer import Group, GroupBuffer
+from kpop.scheduler.dispatcher import Dispatcher
+from kpop.scheduler.dpr import DynamicPassRating
+from kpop.scheduler.router import actor_id
+from kpop.scheduler.staleness import StalenessManager
+from kpop.scheduler.state import SchedulerState, group_record
+from kpop.spec.run import KPopSchedulerSpec
+from kpop.tasks import TaskSampler
+from kpop.trajectory import Trajectory
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    def __init__(self, spec: KPopSchedulerSpec, sampler: TaskSampler, dpr: DynamicPassRating | None,
+                 group_size: int, batch_groups: int, engines: list[Any], router: Any,
+                 make_engine: Callable[[int], Any], dispatcher_args: dict) -> None:
+        self.spec, self.sampler, self.dpr, self.group_size = spec, sampler, dpr, group_size
+        self.engines, self.router, self.make_engine = engines, router, make_engine
+        self.staleness = StalenessManager(spec.max_staleness, batch_groups, spec.max_concurrent)
+        self.budget = StepBudget(spec.token_budget, batch_groups)
+        self.buffer = GroupBuffer()
+        self.wake = asyncio.Event()
+        self.dispatcher = Dispatcher(**dispatcher_args, on_result=self._on_result, wake=self.wake)
+        self.base = 0
+        self.weights_lock = asyncio.Lock()
+        self.last_update = None
+        self.replacing: dict[int, asyncio.Task] = {}
+        self.counters = {"requeued": 0, "engine_restarts": 0}
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ admission and results
+
+    def start(self, pending: list[Group]) -> None:
+        for group in pending:
+            self._submit(group)
+        self._admit()
+
+    def _admit(self) -> None:
+        for _ in range(self.staleness.capacity()):
+            index, episodes = self.sampler.next_group(self.group_size)
+            self._submit(Group(episodes[0].group_id, index, episodes, base=self.base))
+
+    def _submit(self, group: Group) -> None:
+        self.buffer.open(group)
+        self.staleness.on_submit()
+        for ep in group.episodes:
+            if ep.sample not in group.trajs:
+                self.dispatcher.submit(ep)
+
+    def _on_result(self, episode: Episode, traj: Trajectory) -> None:
+        group = self.buffer.add(episode.group_id, episode.sample, traj)
+        if group is None:
+            return
+        self.staleness.on_accept()
+        if self.dpr is not None:
+            self.dpr.record(episode.env_name, episode.seed, [t.reward for t in group.ordered()])
+        self._admit()
+
+    def _requeue_stale(self) -> None:
+        for group in self.buffer.stale(self.staleness.version, self.spec.max_staleness):
+            self.buffer.remove([group])
+            self.staleness.on_requeue()
+            self.counters["requeued"] += 1
+            self._submit(Group(group.group_id, group.index, group.episodes, base=self.base))
+
+    # ------------------------------------------------------------------ the step boundary
+
+    async def next_batch(self) -> list[Group]:
+        """Wait until the budget is met; returns the groups (removed from the buffer)."""
+        while True:
+            self.wake.clear()
+            if self.dispatcher.error or self.error:
+                raise RuntimeError("rollout collection failed") from (self.dispatcher.error or self.error)
+            self._requeue_stale()
+            await self._service_engines()
+            starved = self.staleness.running == 0 and self.staleness.capacity() == 0
+            if self.budget.is_ready(self.buffer.ready) or (starved and self.buffer.ready):
+                groups = self.budget.select(self.buffer.ready)
+                self.buffer.remove(groups)
+                return groups
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=self.spec.tail_check_s)
+            except TimeoutError:
+                pass
+            if self.spec.tail_migration and len(self.engines) > 1:
+                await self.router.migrate_tail.remote(self.spec.tail_min_age_s, self.spec.tail_max_moves)
+
+    def on_version(self, version: int) -> None:
+        self.staleness.on_version(version)
+        self._admit()
+
+    # ------------------------------------------------------------------ weights and engines
+
+    async def publish(self, learner: Any) -> int:
+        """Push the learner's weights to every engine (each pauses with "keep", updates, resumes)."""
+        from ray.exceptions import RayActorError
+
+        update = await learner.publish.remote()
+        async with self.weights_lock:
+            self.last_update = update
+            engines = list(self.engines)
+            results = await asyncio.gather(*(e.update_weights.remote(update) for e in engines), return_exceptions=True)
+        for i, (engine, res) in enumerate(zip(engines, results)):
+            if isinstance(res, RayActorError):
+                await self.router.report_dead.remote(i, actor_id(engine))
+            elif isinstance(res, BaseException):
+                raise res
+        return update.version
+
+    async def _service_engines(self) -> None:
+        for index in await self.router.dead.remote():
+            if index not in self.replacing:
+                self.replacing[index] = asyncio.create_task(self._replace_engine(index))
+
+    async def _replace_engine(self, index: int) -> None:
+        try:
+            log.warning("engine %d died; starting a replacement", index)
+            handle = self.make_engine(index)
+            await handle.start.remote()
+            async with self.weights_lock:
+                if self.last_update is not None:
+                    await handle.update_weights.remote(self.last_update)
+                self.engines[index] = handle
+                await self.router.replace.remote(index, handle)
+            self.counters["engine_restarts"] += 1
+        except BaseException as exc:  # noqa: BLE001 (surface through next_batch)
+            self.error = self.error or exc
+        finally:
+            self.replacing.pop(index, None)
+            self.wake.set()
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def snapshot(self, step: int) -> SchedulerState:
+        state = self.sampler.state()
+        return SchedulerState(
+            step=step, rl_version=self.staleness.version, base=self.base, sampler_position=state.position,
+            curriculum=state.curriculum, accepted=self.staleness.accepted,
+            ready=[group_record(g) for g in self.buffer.ready],
+            pending=[group_record(g) for g in self.buffer.pending.values()],
+            counters={**self.counters, "worker_restarts": self.dispatcher.worker_restarts,
+                      "retried": self.dispatcher.retried},
+        )
+
+    async def close(self) -> None:
+        await self.dispatcher.cancel_all()
+        for task in list(self.replacing.values()):
+            task.cancel()

@@ -1,0 +1,84 @@
+"""The engine router: one small async actor through which environment workers reach engines.
+
+Workers ask `acquire(request_id, exclude)` for an engine before each generation and `release`
+after; the router places requests on the least-loaded alive engine, so replicas fill evenly.
+
+Contract:
+- `report_dead(index, actor_id)`: a worker saw the engine at `index` die (RayActorError); it is
+  skipped until the driver `replace`s it. The actor id guards against a late report marking the
+  replacement dead.
+- `acquire` waits while no engine is alive (the driver is starting a replacement).
+- `migrate_tail(...)` applies kpop.scheduler.tail: aborts the chosen requests on their congested
+  engine; their workers resume them from the prefix elsewhere (`exclude` = the old engine).
+- `dead()` lists the indices waiting for a replacement; `stats()` returns counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import ray
+
+from kpop.scheduler.tail import LiveRequest, choose_migrations
+
+
+def actor_id(handle) -> str:
+    return handle._actor_id.hex()
+
+
+class _EngineRouter:
+    def __init__(self, engines: list) -> None:
+        self.engines = list(engines)
+        self.dead_set: set[int] = set()
+        self.live: dict[str, tuple[int, float]] = {}
+        self.changed = asyncio.Event()
+        self.migrated = 0
+
+    async def acquire(self, request_id: str, exclude: int | None = None):
+        while True:
+            alive = [i for i in range(len(self.engines)) if i not in self.dead_set]
+            choices = [i for i in alive if i != exclude] or alive
+            if choices:
+                load = {i: 0 for i in choices}
+                for i, _ in self.live.values():
+                    if i in load:
+                        load[i] += 1
+                best = min(choices, key=lambda i: (load[i], i))
+                self.live[request_id] = (best, time.monotonic())
+                return best, self.engines[best]
+            self.changed.clear()
+            await self.changed.wait()
+
+    def release(self, request_id: str) -> None:
+        self.live.pop(request_id, None)
+
+    def report_dead(self, index: int, dead_actor_id: str) -> None:
+        if actor_id(self.engines[index]) == dead_actor_id:
+            self.dead_set.add(index)
+
+    def replace(self, index: int, handle) -> None:
+        self.engines[index] = handle
+        self.dead_set.discard(index)
+        self.changed.set()
+
+    def dead(self) -> list[int]:
+        return sorted(self.dead_set)
+
+    async def migrate_tail(self, min_age_s: float, max_moves: int) -> int:
+        now = time.monotonic()
+        live = [LiveRequest(rid, i, now - t0) for rid, (i, t0) in self.live.items()]
+        alive = [i for i in range(len(self.engines)) if i not in self.dead_set]
+        moves = choose_migrations(live, alive, min_age_s, max_moves)
+        for r in moves:
+            # The request's worker sees finish_reason "abort" and resumes from its prefix elsewhere.
+            await self.engines[r.engine].abort.remote(r.request_id)
+            self.live.pop(r.request_id, None)
+        self.migrated += len(moves)
+        return len(moves)
+
+    def stats(self) -> dict[str, int]:
+        return {"live": len(self.live), "migrated": self.migrated, "dead": len(self.dead_set)}
+
+
+EngineRouter = ray.remote(num_cpus=0, max_concurrency=10_000)(_EngineRouter)
