@@ -28,6 +28,9 @@ class Batch:
     def num_tokens(self) -> int:
         return int(self.loss_mask.sum().item())
 
+    def to(self, device) -> Batch:
+        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
 
 def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
     if not trajectories:

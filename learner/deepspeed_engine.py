@@ -2,7 +2,9 @@
 
 One process = one data-parallel rank. Gradient accumulation is *unmanaged*: the caller runs
 `backward` on each micro-batch with a loss already normalised by the whole batch's token count,
-then calls `step()` once, so RL batches of any size map onto one optimiser step.
+then calls `step()` once, so RL batches of any size map onto one optimiser step. Under ZeRO-2/3 each
+backward (and under ZeRO-3 each forward) is collective, so all ranks run the same number of
+micro-batches (plan.py pads with empty ones).
 On CPU the collective backend is gloo; on GPU, NCCL.
 """
 
@@ -48,7 +50,8 @@ def deepspeed_config(spec: LearnerSpec, lr: float) -> dict:
         "train_micro_batch_size_per_gpu": spec.micro_batch_size,
         "gradient_accumulation_steps": 1,
         "managed_gradient_accumulation": False,
-        "gradient_clipping": spec.grad_clip,
+        # ZeRO-0 in FP32 hands clipping to GradNormProbe (DeepSpeed would clip but not report the norm).
+        "gradient_clipping": 0.0 if plain_fp32(spec) else spec.grad_clip,
         "zero_optimization": {"stage": spec.zero_stage},
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
@@ -60,13 +63,38 @@ def deepspeed_config(spec: LearnerSpec, lr: float) -> dict:
     return config
 
 
+def plain_fp32(spec: LearnerSpec) -> bool:
+    return spec.zero_stage == 0 and spec.precision == "fp32"
+
+
+class GradNormProbe:
+    """Pre-step hook on the torch optimiser (ZeRO-0, FP32): the gradients are already all-reduced
+    there; it records their global 2-norm and clips them to `max_norm` (0 = no clipping)."""
+
+    def __init__(self, optimizer, max_norm: float) -> None:
+        self.max_norm, self.norm = max_norm, 0.0
+        optimizer.register_step_pre_hook(self._hook)
+
+    def _hook(self, optimizer, args, kwargs) -> None:
+        import torch
+
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        limit = self.max_norm if self.max_norm > 0 else float("inf")
+        self.norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+
+
 def build_engine(model, spec: LearnerSpec, lr: float):
-    """Wrap `model` in a DeepSpeed engine with an AdamW optimiser at learning rate `lr`."""
+    """Wrap `model` in a DeepSpeed engine with an AdamW optimiser at learning rate `lr`.
+    Returns (engine, optimizer, grad_norm): grad_norm() is the last step's pre-clip gradient norm."""
     import deepspeed
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    probe = GradNormProbe(optimizer, spec.grad_clip) if plain_fp32(spec) else None
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                    config=deepspeed_config(spec, lr))
-    return engine, optimizer
+
+    def grad_norm() -> float:
+        return probe.norm if probe is not None else float(engine.get_global_grad_norm() or 0.0)
+    return engine, optimizer, grad_norm

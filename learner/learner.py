@@ -1,35 +1,50 @@
 """The learner: one DeepSpeed rank that trains the policy on batches of Trajectories.
 
 Contract:
-- `train_step(trajectories, mode)` runs one optimiser step on the whole batch ("sft": cross-entropy
-  on generated tokens; "rl": the spec's objective with group-normalised advantages) and increments
-  the policy version. Every token's trainer log-prob is recomputed here; the behaviour log-probs
-  carried by the Trajectories only feed the mismatch metrics (and off-policy corrections).
-- `publish()` returns the current weights as a WeightUpdate for the engines (HF parameter names).
-- `save(dir)` writes a Hugging Face checkpoint (config, safetensors, tokenizer) plus the optimiser
-  state, so the folder is servable as it is.
-Runs in a Ray actor (see learner/actor.py) or in-process for tests.
+- `train_step(trajectories, mode)` runs exactly one optimiser step and increments the policy
+  version. Modes: "sft" (cross-entropy on generated tokens, cold start), "rl" (the spec's objective
+  GRPO/GSPO/LPO with group-normalised advantages and the spec's off-policy correction), "distill"
+  (SFT on the shortest correct sample per prompt), "dpo" (preference pairs from the focus-weighted
+  signed rubric score against a frozen reference copy of the initial model, kept on CPU).
+  Batch-level decisions live in plan.py; `train_plan` runs one rank's share (used by LearnerGroup).
+- Every token's trainer log-prob is recomputed here. In "rl", p = the recomputation at θ_old: one
+  optimiser step per batch means the weights do not move between micro-batches, so the detached
+  log-probs of the training forward *are* the no-grad recomputation at θ_old (no second forward).
+  q = the engine's behaviour log-prob. Mismatch metrics (mean |log p - log q|, masked fraction)
+  are returned every RL step.
+- Gradient accumulation is unmanaged (deepspeed_engine.py): each micro-batch's loss is normalised
+  by the whole batch's token (or pair) count and multiplied by the world size, because DeepSpeed
+  averages gradients over ranks; the sum over micro-batches and ranks is the batch loss.
+- `publish()` returns the weights as a WeightUpdate (HF names; ZeRO-3 shards gathered, collective;
+  ranks other than 0 return an update with no chunks). `save(dir)` / `load(dir)`: checkpoint.py.
+Runs in a Ray actor (actor.py, group.py) or in-process for tests.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from kpop.learner.advantages import group_advantages
-from kpop.learner.batch import collate, split
+from kpop.learner.batch import Batch, collate
+from kpop.learner.checkpoint import load_checkpoint, save_checkpoint
 from kpop.learner.deepspeed_engine import RankInfo, build_engine, init_distributed
 from kpop.learner.logprobs import token_logprobs
+from kpop.learner.objectives.gspo import gspo_loss
 from kpop.learner.objectives.grpo import grpo_loss
+from kpop.learner.objectives.lpo import lpo_loss
+from kpop.learner.objectives.offpolicy import correction_weights, mismatch_sums
+from kpop.learner.objectives.preference import FocusState, dpo_loss
 from kpop.learner.objectives.sft import sft_loss
+from kpop.learner.plan import StepPlan, micro_batch_rows, plan_step, shard
+from kpop.learner.segmentation import DEFAULT_PUNCTUATION, sentence_units, tokenizer_decoder
 from kpop.rollout.engine import WeightUpdate
 from kpop.spec.learner import LearnerSpec
 from kpop.trajectory import Trajectory
+
+PUBLISH_CHUNK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -38,11 +53,22 @@ class StepMetrics:
     version: int
     loss: float
     grad_norm: float
-    tokens: int
-    sequences: int
-    mismatch: float          # mean |log p_trainer - log p_engine| over generated tokens
+    tokens: int              # generated tokens trained on
+    sequences: int           # trajectories handed to the step
+    mismatch: float          # mean |log p_trainer - log p_engine| over generated tokens ("rl")
     clipped_fraction: float
     step_s: float
+    masked_fraction: float = 0.0   # share of generated tokens the off-policy correction zeroed ("rl")
+    pair_accuracy: float = 0.0     # share of preference pairs with positive implicit reward margin ("dpo")
+
+
+@dataclass
+class _Sums:
+    loss: float = 0.0
+    clipped: float = 0.0
+    mismatch: float = 0.0
+    masked: float = 0.0
+    correct_pairs: float = 0.0
 
 
 class Learner:
@@ -54,65 +80,163 @@ class Learner:
             torch.set_num_threads(num_threads)
         init_distributed(rank)
         torch.manual_seed(seed)
-        self.spec = spec
+        self.spec, self.rank, self.model_dir = spec, rank, str(model_dir)
         self.rl_lr, self.sft_lr = spec.lr, sft_lr or spec.lr
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.decode = tokenizer_decoder(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
         if spec.quant.recipe != "bf16":
             from kpop.quant import apply_spec
 
             apply_spec(model, spec.quant)
-        self.engine, self.optimizer = build_engine(model, spec, spec.lr)
-        self.version = 0
+        self.engine, self.optimizer, self.grad_norm = build_engine(model, spec, spec.lr)
+        self.version, self.steps = 0, 0
+        self.focus = FocusState()
+        self._reference = None
 
-    def train_step(self, trajectories: list[Trajectory], mode: Literal["sft", "rl"]) -> StepMetrics:
+    # ---- training -------------------------------------------------------------------------
+    def train_step(self, trajectories: list[Trajectory], mode: str) -> StepMetrics:
+        plan = plan_step(trajectories, mode, self.spec, self.focus)
+        return self.train_plan(shard(plan, 1, self.spec.micro_batch_size)[0])
+
+    def train_plan(self, plan: StepPlan) -> StepMetrics:
+        """One rank's share of a step (all ranks call this with their shard, then step together)."""
         t0 = time.perf_counter()
         self.engine.train()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.sft_lr if mode == "sft" else self.rl_lr
-        batch = collate(trajectories, self.tokenizer.pad_token_id)
-        n_tokens = batch.num_tokens
-        adv = group_advantages(batch.rewards, [t.group_id for t in trajectories], self.spec.objective.normalize_std)
-        loss_sum = mismatch_sum = clipped_sum = 0.0
-        mb = self.spec.micro_batch_size
-        for i, micro in enumerate(split(batch, mb)):
-            logp = token_logprobs(self.engine, micro.input_ids, micro.attention_mask)
-            if mode == "sft":
-                loss = sft_loss(logp, micro.loss_mask, n_tokens)
-            else:
-                loss, stats = grpo_loss(logp, logp.detach(), adv[i * mb:(i + 1) * mb], micro.loss_mask,
-                                        self.spec.objective.clip_eps, n_tokens)
-                clipped_sum += stats.clipped_fraction * float(micro.loss_mask.sum())
-            self.engine.backward(loss, scale_wrt_gas=False)
-            loss_sum += float(loss.detach())
-            if mode == "rl":
-                mismatch_sum += float(((logp.detach() - micro.behaviour_logprobs).abs() * micro.loss_mask).sum())
+        self.focus = plan.focus
+        self._set_lr(plan.mode)
+        sums = _Sums()
+        for micro, adv, rows in self._micro_batches(plan):
+            loss = self._micro_loss(plan, micro, adv, rows, sums)
+            self.engine.backward(loss * plan.world_size, scale_wrt_gas=False)
+            sums.loss += float(loss.detach())
         self.engine.step()
         self.version += 1
-        grad_norm = self.engine.get_global_grad_norm()
-        return StepMetrics(mode, self.version, loss_sum, float(grad_norm or 0.0), n_tokens, len(trajectories),
-                           mismatch_sum / max(n_tokens, 1), clipped_sum / max(n_tokens, 1), time.perf_counter() - t0)
+        self.steps += 1
+        n = max(plan.num_tokens, 1)
+        return StepMetrics(plan.mode, self.version, sums.loss, self.grad_norm(),
+                           sum(t.num_generated for t in plan.rows), plan.sequences if self.rank.rank == 0 else 0,
+                           sums.mismatch / n, sums.clipped / n, time.perf_counter() - t0, sums.masked / n,
+                           sums.correct_pairs / max(plan.num_pairs, 1))
 
+    def lr_for(self, mode: str) -> float:
+        """Mode's base learning rate times the linear warm-up factor (then constant: warmup-stable)."""
+        base = {"sft": self.sft_lr, "rl": self.rl_lr, "distill": self.spec.distill.lr or self.sft_lr,
+                "dpo": self.spec.preference.lr or self.rl_lr}[mode]
+        warm = self.spec.warmup_steps
+        return base * (min(1.0, (self.steps + 1) / warm) if warm else 1.0)
+
+    def _set_lr(self, mode: str) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_for(mode)
+
+    def _micro_batches(self, plan: StepPlan):
+        """(Batch on the engine's device, advantages [B], rows); dummy all-padding batches fill up
+        to `plan.micro_batches` so every rank runs the same number of forwards."""
+        size = micro_batch_rows(plan.mode, self.spec.micro_batch_size)
+        count = max(plan.micro_batches, -(-len(plan.rows) // size))
+        for i in range(count):
+            rows = plan.rows[i * size:(i + 1) * size]
+            adv = plan.advantages[i * size:(i + 1) * size]
+            if not rows:
+                rows, adv = [self._padding_row()], [0.0]
+            batch = collate(rows, self.pad_id).to(self.engine.device)
+            yield batch, torch.tensor(adv, dtype=torch.float32, device=self.engine.device), rows
+
+    def _padding_row(self) -> Trajectory:
+        return Trajectory("padding", "padding", [self.pad_id] * 2, [0, 0], [0.0, 0.0], [-1, -1])
+
+    def _micro_loss(self, plan: StepPlan, micro: Batch, adv: torch.Tensor, rows: list[Trajectory],
+                    sums: _Sums) -> torch.Tensor:
+        logp = token_logprobs(self.engine, micro.input_ids, micro.attention_mask)
+        if plan.mode in ("sft", "distill"):
+            return sft_loss(logp, micro.loss_mask, plan.num_tokens)
+        if plan.mode == "dpo":
+            return self._dpo_loss(plan, micro, logp, sums)
+        return self._rl_loss(plan, micro, logp, adv, rows, sums)
+
+    def _rl_loss(self, plan: StepPlan, micro: Batch, logp: torch.Tensor, adv: torch.Tensor,
+                 rows: list[Trajectory], sums: _Sums) -> torch.Tensor:
+        obj, mask, logq = self.spec.objective, micro.loss_mask, micro.behaviour_logprobs
+        logp_old = logp.detach()     # = no-grad recomputation at θ_old (weights fixed until step())
+        corr = correction_weights(self.spec.off_policy, logp_old, logq, mask)
+        if obj.type == "lpo":
+            units = self._sentence_units(rows, obj.punctuation, logp.shape[1]).to(logp.device)
+            loss, stats = lpo_loss(logp, logp_old, adv, units, obj.clip_eps, plan.num_tokens, corr.weights)
+        elif obj.type == "gspo":
+            loss, stats = gspo_loss(logp, logp_old, adv, mask, obj.clip_eps, plan.num_tokens, corr.weights)
+        else:
+            loss, stats = grpo_loss(logp, logp_old, adv, mask, obj.clip_eps, plan.num_tokens, corr.weights)
+        mm = mismatch_sums(logp_old, logq, mask, corr.masked)
+        sums.clipped += stats.clipped_fraction * float(mask.sum())
+        sums.mismatch += mm.abs_logratio
+        sums.masked += mm.masked
+        return loss
+
+    def _sentence_units(self, rows: list[Trajectory], punctuation: str, width: int) -> torch.Tensor:
+        """[B, width] sentence index of each target token (shifted like Batch.targets), -1 elsewhere."""
+        out = torch.full((len(rows), width), -1, dtype=torch.long)
+        for i, t in enumerate(rows):
+            units = sentence_units(t.token_ids, t.loss_mask, self.decode, punctuation or DEFAULT_PUNCTUATION)[1:]
+            out[i, :len(units)] = torch.tensor(units, dtype=torch.long)
+        return out
+
+    def _dpo_loss(self, plan: StepPlan, micro: Batch, logp: torch.Tensor, sums: _Sums) -> torch.Tensor:
+        mask = micro.loss_mask
+        if plan.num_pairs == 0 or mask.sum() == 0:
+            return (logp * 0).sum()
+        seq = (logp * mask).sum(dim=1)
+        ref = (self._reference_logprobs(micro) * mask).sum(dim=1)
+        pref = self.spec.preference
+        loss, acc = dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], pref.beta, plan.num_pairs,
+                             pref.label_smoothing)
+        sums.correct_pairs += acc * (seq.shape[0] // 2)
+        return loss
+
+    def _reference_logprobs(self, micro: Batch) -> torch.Tensor:
+        """Log-probs under the frozen initial model (a CPU copy, loaded on the first "dpo" step)."""
+        if self._reference is None:
+            from transformers import AutoModelForCausalLM
+
+            self._reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+            self._reference.requires_grad_(False)
+        with torch.no_grad():
+            ref = token_logprobs(self._reference, micro.input_ids.cpu(), micro.attention_mask.cpu())
+        return ref.to(micro.input_ids.device)
+
+    # ---- weights, checkpoints, lifecycle ----------------------------------------------------
     def ready(self) -> int:
         """Returns the policy version once the engine is built (a cheap liveness probe)."""
         return self.version
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model under HF names on rank 0 (ZeRO-3 shards gathered; collective); None elsewhere."""
+        if self.spec.zero_stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        if self.rank.rank != 0:
+            return None
         return {k: v.detach().contiguous() for k, v in self.engine.module.state_dict().items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.full_state_dict() or {}
 
     def publish(self) -> WeightUpdate:
         from kpop.rollout.weight_sync import state_dict_to_chunks
 
-        return WeightUpdate(self.version, state_dict_to_chunks(self.state_dict(), max_chunk_bytes=64 << 20))
+        state = self.full_state_dict()
+        chunks = state_dict_to_chunks(state, max_chunk_bytes=PUBLISH_CHUNK_BYTES) if state is not None else []
+        return WeightUpdate(self.version, chunks)
 
     def save(self, directory: str | Path) -> Path:
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        self.engine.module.save_pretrained(str(out), safe_serialization=True)
-        self.tokenizer.save_pretrained(str(out))
-        self.engine.save_checkpoint(str(out / "trainer_state"), tag="state")
-        (out / "learner.json").write_text(json.dumps({"version": self.version, "spec": self.spec.model_dump(mode="json")}))
-        return out
+        return save_checkpoint(self, directory)
+
+    def load(self, directory: str | Path) -> int:
+        """Exact resume from a `save` folder (same spec and world size); returns the restored version."""
+        return load_checkpoint(self, directory)
+
+    def focus_state(self) -> FocusState:
+        return self.focus
 
     def close(self) -> None:
         import torch.distributed as dist

@@ -1,0 +1,73 @@
+"""Shortest-correct selection, focus re-weighting, preference pairs and the DPO loss."""
+
+import pytest
+import torch
+
+from kpop.learner.objectives.distill import select_shortest_correct
+from kpop.learner.objectives.preference import (
+    FocusState, build_preference_pairs, dpo_loss, focus_weights, rubric_score, update_focus,
+)
+from kpop.trajectory import Trajectory
+
+
+def traj(n_gen, reward=0.0, group="g", parts=None, task="t"):
+    n = n_gen + 1
+    return Trajectory(task, "e", list(range(n)), [0] + [1] * n_gen, [0.0] + [-0.1] * n_gen, [-1] + [0] * n_gen,
+                      reward=reward, reward_parts=parts or {}, group_id=group)
+
+
+def test_select_shortest_correct_per_prompt():
+    a_long, a_short, a_wrong = traj(9, 1.0, "a"), traj(4, 1.0, "a"), traj(2, 0.0, "a")
+    b_only_wrong = traj(3, 0.0, "b")
+    c_tie1, c_tie2 = traj(5, 1.0, "c"), traj(5, 1.0, "c")
+    d_acc = traj(7, 0.2, "d", {"accuracy": 1.0})   # the 'accuracy' part wins over the shaped reward
+    kept = select_shortest_correct([a_long, a_short, a_wrong, b_only_wrong, c_tie1, c_tie2, d_acc], threshold=1.0)
+    assert kept == [a_short, c_tie1, d_acc]
+
+
+W = {"info": 1.0, "err": -1.0}
+
+
+def test_focus_moves_weight_from_saturated_dimensions():
+    ts = [traj(1, parts={"info": 1.0, "err": 0.0}), traj(1, parts={"info": 1.0, "err": 0.5})]
+    s1 = update_focus(FocusState(), ts, W, decay=0.9)
+    assert s1.saturation == {"info": 1.0, "err": 0.5} and s1.updates == 1
+    # g = 0.1 + 0.9 * (1 - sat) = {0.1, 0.55}; scale = 2 / 0.65 = 3.076923
+    f = focus_weights(W, s1, floor=0.1)
+    assert f["info"] == pytest.approx(0.307692, abs=1e-6) and f["err"] == pytest.approx(-1.692308, abs=1e-6)
+    assert abs(f["info"]) + abs(f["err"]) == pytest.approx(2.0)
+    s2 = update_focus(s1, [traj(1, parts={"info": 0.0, "err": 0.0})], W, decay=0.9)
+    assert s2.saturation["info"] == pytest.approx(0.9) and s2.saturation["err"] == pytest.approx(0.55)
+    assert focus_weights(W, FocusState(), floor=0.1) == W
+
+
+def test_rubric_score_is_signed():
+    assert rubric_score({"info": 0.5, "err": 1.0, "other": 9.0}, W) == pytest.approx(-0.5)
+
+
+def test_pairs_best_vs_worst_per_prompt_with_margin():
+    good = traj(3, group="a", parts={"info": 1.0, "err": 0.0})
+    mid = traj(3, group="a", parts={"info": 0.5, "err": 0.0})
+    bad = traj(3, group="a", parts={"info": 1.0, "err": 1.0})
+    same1, same2 = traj(2, group="b", parts={"info": 1.0}), traj(2, group="b", parts={"info": 1.0})
+    pairs = build_preference_pairs([mid, good, bad, same1, same2], W, FocusState(), margin=0.0)
+    assert len(pairs) == 1 and pairs[0].chosen is good and pairs[0].rejected is bad
+    assert pairs[0].gap == pytest.approx(1.0)
+    assert build_preference_pairs([good, bad], W, FocusState(), margin=1.0) == []
+    # with 'info' saturated, the error dimension dominates the score
+    focus = FocusState({"info": 1.0, "err": 0.0}, 1)
+    pairs = build_preference_pairs([mid, bad], W, focus, floor=0.0)
+    assert pairs[0].chosen is mid and pairs[0].gap == pytest.approx(2.0)
+
+
+def test_dpo_loss_hand_computed_and_gradcheck():
+    c, r = torch.tensor([-3.0, -6.0]), torch.tensor([-5.0, -4.0])
+    rc, rr = torch.tensor([-4.0, -5.0]), torch.tensor([-4.0, -5.0])
+    loss, acc = dpo_loss(c, r, rc, rr, beta=0.5, num_pairs=2)
+    # z = 0.5 * ((1) - (-1)) = 1 -> log(1 + e^-1) = 0.313262;  z = 0.5 * ((-1) - (1)) = -1 -> 1.313262
+    assert loss.item() == pytest.approx((0.313262 + 1.313262) / 2, abs=1e-6) and acc == 0.5
+    smooth, _ = dpo_loss(c[:1], r[:1], rc[:1], rr[:1], beta=0.5, num_pairs=1, label_smoothing=0.1)
+    assert smooth.item() == pytest.approx(0.9 * 0.313262 + 0.1 * 1.313262, abs=1e-6)
+    x = torch.tensor([-3.0, -6.0, -5.0, -4.0], dtype=torch.float64, requires_grad=True)
+    ref = rc.double()
+    assert torch.autograd.gradcheck(lambda v: dpo_loss(v[:2], v[2:], ref, rr.double(), 0.5, 2, 0.1)[0], (x,))
