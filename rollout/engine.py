@@ -41,6 +41,7 @@ class TokenDelta:
     token_ids: list[int]
     logprobs: list[float]
     versions: list[int]
+    finish_reason: str | None = None  # set on a request's last delta by engines that know it
 
 
 @dataclass(frozen=True)

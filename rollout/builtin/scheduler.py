@@ -1,0 +1,177 @@
+"""Continuous batching: the synchronous core of the built-in engine.
+
+Each `step(version)`:
+1. decodes one token for every running sequence (one forward pass over the slab),
+2. retires the sequences that finished (their rows leave the slab at once),
+3. admits waiting sequences up to `max_batch` running, FIFO, prefilling those of equal context
+   length together (no padding inside a prefill) and merging them into the slab,
+and returns a `StepEvent` per token produced, labelled with `version`.
+
+Invariants:
+- The slab holds each running sequence's context (prompt + output) except its last sampled token
+  (`pending`), which the next decode step feeds. Row i of the slab is `running[i]`.
+- A finished or aborted sequence holds no cache rows after the step/abort that ended it.
+- `invalidate()` (after a weight update) drops the slab and puts the running sequences back at
+  the head of the queue: they are prefilled again, prompt + output, under the new weights, so
+  every later token is exactly what the new weights produce for that context.
+- Finish rules, checked in this order on each new token (which is always kept in the output):
+  a stop token id or EOS -> "stop"; a stop string appearing in the decoded output -> "stop";
+  `max_tokens` reached -> "length"; the context reaching `max_model_len` -> "length".
+The scheduler is not thread-safe: the engine calls `step`, `abort` and `invalidate` one at a time;
+only `submit` (a deque append) may race with them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from kpop.rollout.builtin.sampling import sample
+from kpop.rollout.builtin.slab import Slab, merge, select
+from kpop.rollout.engine import SamplingParams
+
+
+@dataclass
+class Sequence:
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    stop_ids: frozenset[int]
+    output: list[int] = field(default_factory=list)
+
+    @property
+    def context(self) -> list[int]:
+        return self.prompt + self.output
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    request_id: str
+    token_id: int
+    logprob: float
+    version: int
+    finish_reason: str | None
+
+
+class Scheduler:
+    def __init__(self, adapter, max_batch: int, max_model_len: int, tokenizer=None) -> None:
+        self.adapter = adapter
+        self.max_batch = max_batch
+        self.max_model_len = max_model_len
+        self.tokenizer = tokenizer
+        self.inbox: deque[Sequence] = deque()
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.slab: Slab | None = None
+        self.generated_tokens = 0
+
+    # ------------------------------------------------------------------ bookkeeping
+    def submit(self, seq: Sequence) -> None:
+        self.inbox.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.inbox or self.waiting or self.running)
+
+    def num_waiting(self) -> int:
+        return len(self.inbox) + len(self.waiting)
+
+    def cache_nbytes(self) -> int:
+        slab = self.slab
+        return 0 if slab is None else slab.nbytes()
+
+    def _drain_inbox(self) -> None:
+        while self.inbox:
+            self.waiting.append(self.inbox.popleft())
+
+    def abort(self, request_id: str) -> bool:
+        """Forget `request_id` wherever it is; True if it was live. Its cache rows are freed."""
+        self._drain_inbox()
+        for seq in self.waiting:
+            if seq.request_id == request_id:
+                self.waiting.remove(seq)
+                return True
+        keep = [i for i, s in enumerate(self.running) if s.request_id != request_id]
+        if len(keep) == len(self.running):
+            return False
+        self._keep_rows(keep)
+        return True
+
+    def invalidate(self) -> None:
+        """Drop all cache; running sequences go back to the head of the queue, output kept."""
+        self._drain_inbox()
+        self.waiting.extendleft(reversed(self.running))
+        self.running, self.slab = [], None
+
+    def clear(self) -> list[str]:
+        """Drop everything (after an engine failure); returns the ids that were live."""
+        self._drain_inbox()
+        ids = [s.request_id for s in self.running] + [s.request_id for s in self.waiting]
+        self.running, self.waiting, self.slab = [], deque(), None
+        return ids
+
+    def _keep_rows(self, keep: list[int]) -> None:
+        if len(keep) != len(self.running):
+            self.slab = None if self.slab is None else select(self.slab, keep)
+            self.running = [self.running[i] for i in keep]
+
+    # ------------------------------------------------------------------ the step
+    def step(self, version: int) -> list[StepEvent]:
+        self._drain_inbox()
+        events: list[StepEvent] = []
+        if self.running:
+            pending = torch.tensor([s.output[-1] for s in self.running], device=self.slab.pad.device)
+            logits, self.slab = self.adapter.decode(self.slab, pending)
+            alive = self._sample_into(self.running, logits, version, events)
+            self._keep_rows(alive)
+        self._admit(version, events)
+        return events
+
+    def _admit(self, version: int, events: list[StepEvent]) -> None:
+        free = self.max_batch - len(self.running)
+        batch = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+        groups: dict[int, list[Sequence]] = {}
+        for seq in batch:
+            groups.setdefault(len(seq.context), []).append(seq)
+        for seqs in groups.values():
+            ids = torch.tensor([s.context for s in seqs], device=_model_device(self.adapter))
+            logits, slab = self.adapter.prefill(ids)
+            alive = self._sample_into(seqs, logits, version, events)
+            if alive:
+                self.slab = merge(self.slab, select(slab, alive))
+                self.running += [seqs[i] for i in alive]
+
+    def _sample_into(self, seqs: list[Sequence], logits: torch.Tensor, version: int, events: list[StepEvent]) -> list[int]:
+        """Sample one token per sequence, record it, return the indices still running."""
+        tokens, logprobs = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        alive = []
+        for i, (seq, tok, lp) in enumerate(zip(seqs, tokens, logprobs)):
+            seq.output.append(tok)
+            reason = self._finish_reason(seq, tok)
+            events.append(StepEvent(seq.request_id, tok, lp, version, reason))
+            if reason is None:
+                alive.append(i)
+        self.generated_tokens += len(tokens)
+        return alive
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        if token in seq.stop_ids:
+            return "stop"
+        if seq.params.stop and self._hits_stop_string(seq):
+            return "stop"
+        if len(seq.output) >= seq.params.max_tokens:
+            return "length"
+        if len(seq.prompt) + len(seq.output) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _hits_stop_string(self, seq: Sequence) -> bool:
+        # Checked after every token, so a match found now was completed by the newest token.
+        text = self.tokenizer.decode(seq.output, skip_special_tokens=True)
+        return any(stop in text for stop in seq.params.stop)
+
+
+def _model_device(adapter) -> torch.device:
+    return next(adapter.model.parameters()).device
