@@ -62,8 +62,8 @@ from pathlib import Path
 from typing import Any
 
 from kpop.report.sinks import Sink, open_sinks
-from kpop.spec.run import LoggingSpec
 from kpop.report.stats import PASS_THRESHOLD, trajectory_stats
+from kpop.spec.run import LoggingSpec
 
 __all__ = ["PASS_THRESHOLD", "MetricsWriter", "read_metrics", "trajectory_stats"]
 

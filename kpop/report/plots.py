@@ -9,16 +9,17 @@ Uses matplotlib's non-interactive Agg backend; no display is needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import NamedTuple
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+import matplotlib.pyplot as plt  # (after the backend is chosen)
 
-from kpop.report.runs import RunData  # noqa: E402
+from kpop.report.runs import RunData
 
 STYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
 
@@ -146,22 +147,33 @@ def plot_sft_loss(fig, runs: list[RunData]) -> None:
     _finish(ax, _lines(ax, runs, "sft", ["loss"], marker="."), xlabel="SFT step", ylabel="cross-entropy")
 
 
-PLOTS: list[tuple[str, str, str, Callable]] = [
-    ("reward", "Reward and its parts", "Mean training reward per RL step (solid) and its parts (dashed); "
-     "dots: greedy held-out reward before, during and after RL.", plot_reward),
-    ("response_length", "Response length", "Generated tokens per episode: mean, median and longest.",
-     plot_response_length),
-    ("mismatch", "Train/inference mismatch", "Top: mean |log-prob difference| between learner and engine on "
-     "generated tokens. Bottom: fraction of tokens masked (off-policy correction) or PPO-clipped.", plot_mismatch),
-    ("staleness", "Staleness", "Generated tokens by how many policy versions behind the learner they were "
-     "sampled (0 = on-policy), summed over the run.", plot_staleness),
-    ("throughput", "Throughput", "Top: generated tokens per second of generation. Bottom: step time split.",
-     plot_throughput),
-    ("env_latency", "Environment latency", "Seconds per environment step: p50 / p95 / p99 over a step's "
-     "episodes.", plot_env_latency),
-    ("pass_rates", "Pass rate per environment family", "Left: training pass rate per family per step. Right: "
-     "greedy held-out pass rate per family (faded: before RL).", plot_pass_rates),
-    ("sft_loss", "Cold-start SFT loss", "Cross-entropy on verified reference-solver episodes.", plot_sft_loss),
+class PlotDef(NamedTuple):
+    name: str
+    title: str
+    caption: str
+    draw: Callable
+
+
+PLOTS: list[PlotDef] = [
+    PlotDef("reward", "Reward and its parts", (
+        "Mean training reward per RL step (solid) and its parts (dashed); "
+        "dots: greedy held-out reward before, during and after RL."), plot_reward),
+    PlotDef("response_length", "Response length", "Generated tokens per episode: mean, median and longest.",
+            plot_response_length),
+    PlotDef("mismatch", "Train/inference mismatch", (
+        "Top: mean |log-prob difference| between learner and engine on generated tokens. "
+        "Bottom: fraction of tokens masked (off-policy correction) or PPO-clipped."), plot_mismatch),
+    PlotDef("staleness", "Staleness", (
+        "Generated tokens by how many policy versions behind the learner they were sampled "
+        "(0 = on-policy), summed over the run."), plot_staleness),
+    PlotDef("throughput", "Throughput", "Top: generated tokens per second of generation. Bottom: step time split.",
+            plot_throughput),
+    PlotDef("env_latency", "Environment latency",
+            "Seconds per environment step: p50 / p95 / p99 over a step's episodes.", plot_env_latency),
+    PlotDef("pass_rates", "Pass rate per environment family", (
+        "Left: training pass rate per family per step. "
+        "Right: greedy held-out pass rate per family (faded: before RL)."), plot_pass_rates),
+    PlotDef("sft_loss", "Cold-start SFT loss", "Cross-entropy on verified reference-solver episodes.", plot_sft_loss),
 ]
 
 

@@ -18,6 +18,7 @@ from kpop.spec.run import LoggingSpec
 log = logging.getLogger(__name__)
 
 SKIP_KEYS = {"phase", "step", "time", "label"}
+INIT_TIMEOUT_S = 300.0
 
 
 class Sink(Protocol):
@@ -71,7 +72,9 @@ class WandbSink:
         self._wandb = wandb
         self.run = wandb.init(project=w.project, entity=w.entity, name=w.name or config.get("name"),
                               tags=list(w.tags), mode=w.mode, dir=str(run_dir), config=config,
-                              reinit="finish_previous")
+                              reinit="finish_previous",
+                              # a loaded machine can take long to start wandb-core; stdout stays ours
+                              settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, console="off"))
         self._phases: set[str] = set()
 
     def write(self, phase: str, step: int, record: dict[str, Any]) -> None:

@@ -81,11 +81,12 @@ def test_writer_reads_logging_from_the_runs_spec_and_survives_a_broken_sink(tmp_
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
                     reason="wandb is optional (the `dev` extra); not installed here")
-def test_wandb_offline_writes_a_local_run_without_network(tmp_path, monkeypatch):
+def test_wandb_offline_writes_a_local_run_without_network(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     w = MetricsWriter(tmp_path, LoggingSpec(tensorboard=False, wandb=WandbSpec(mode="offline", project="t")),
                       {"name": "unit"})
+    assert len(w.sinks) == 1, caplog.text                               # the W&B sink started
     w.write("rl", 1, {"reward": 0.125, "staleness_hist": [2, 1]})
     w.close()
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
