@@ -53,27 +53,37 @@ def _start_ray(spec: RunSpec) -> None:
                  include_dashboard=False, log_to_driver=False)
 
 
-def start_actors(spec: RunSpec, model_dir: Path):
-    from kpop.learner.actor import LearnerActor
-    from kpop.rollout.agent_loop import LoopLimits
+def make_engine(spec: RunSpec, model_dir: Path, i: int):
+    """Engine replica `i` (also used by the KPop scheduler to replace a dead one)."""
     from kpop.rollout.engine_actor import EngineActor
     from kpop.rollout.vllm_engine import VLLMEngineConfig
-    from kpop.rollout.env_worker import EnvConfig, EnvWorker
-
-    import ray
 
     eng = spec.rollout.engine
-    engines = [
-        EngineActor.options(num_cpus=eng.num_cpus, num_gpus=eng.num_gpus).remote(
-            VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib, enforce_eager=eng.enforce_eager,
+    return EngineActor.options(num_cpus=eng.num_cpus, num_gpus=eng.num_gpus).remote(
+        VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib, enforce_eager=eng.enforce_eager,
                          seed=spec.seed + i))
-        for i in range(eng.num_engines)
-    ]
+
+
+def make_worker(spec: RunSpec, model_dir: Path, i: int):
+    """Environment worker `i` (also used by the KPop scheduler to replace a dead one)."""
+    import ray
+
+    from kpop.rollout.agent_loop import LoopLimits
+    from kpop.rollout.env_worker import EnvConfig, EnvWorker
+
     limits = LoopLimits(spec.rollout.max_turns, spec.rollout.max_total_tokens,
                         spec.rollout.sampling.max_new_tokens, spec.rollout.env_step_timeout_s)
     env_cfg = [EnvConfig(e.name, dict(e.options), tuple(e.rewards)) for e in spec.envs]
-    workers = [ray.remote(EnvWorker).options(num_cpus=0).remote(str(model_dir), env_cfg, limits, i)
-               for i in range(spec.rollout.num_env_workers)]
+    return ray.remote(EnvWorker).options(num_cpus=0).remote(str(model_dir), env_cfg, limits, i)
+
+
+def start_actors(spec: RunSpec, model_dir: Path):
+    from kpop.learner.actor import LearnerActor
+
+    import ray
+
+    engines = [make_engine(spec, model_dir, i) for i in range(spec.rollout.engine.num_engines)]
+    workers = [make_worker(spec, model_dir, i) for i in range(spec.rollout.num_env_workers)]
     lr = spec.learner
     learner = LearnerActor.options(num_cpus=lr.num_cpus, num_gpus=lr.num_gpus).remote(
         str(model_dir), lr, spec.seed, sft_lr=spec.sft.lr, num_threads=max(1, int(lr.num_cpus)))
@@ -85,16 +95,24 @@ def start_actors(spec: RunSpec, model_dir: Path):
     return engines, workers, learner
 
 
-def checkpoint(ctx: RunContext, step: int) -> Path:
+def checkpoint(ctx: RunContext, step: int, extra: dict[str, str] | None = None) -> Path:
+    """Save the learner and run state; `extra` files (e.g. the scheduler state) are written into
+    the folder before `last` moves to it, and `last` is replaced atomically."""
     import ray
 
     folder = ctx.run_dir / "checkpoints" / f"step_{step:06d}"
     ray.get(ctx.learner.save.remote(str(folder)))
     (folder / "run_state.json").write_text(json.dumps({"step": step, "sampler_position": ctx.sampler.position}))
+    for name, text in (extra or {}).items():
+        (folder / name).write_text(text)
     last = ctx.run_dir / "checkpoints" / "last"
-    if last.is_symlink() or last.exists():
-        last.unlink() if last.is_symlink() else shutil.rmtree(last)
-    last.symlink_to(folder.name)
+    if last.exists() and not last.is_symlink():
+        shutil.rmtree(last)
+    tmp = last.with_name("last.tmp")
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(folder.name)
+    os.replace(tmp, last)
     return folder
 
 
@@ -102,12 +120,18 @@ def run(spec: RunSpec) -> dict:
     import ray
 
     from kpop.bootstrap import prepare_initial_model
-    from kpop.loop.sync import train
+    from kpop.loop.resume import find_checkpoint
 
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
-    model_dir = prepare_initial_model(spec)
+    if spec.scheduler.type == "kpop":
+        from kpop.loop.kpop_loop import train
+    else:
+        from kpop.loop.sync import train
+    # A KPop run directory with a checkpoint resumes from it: actors start from its weights.
+    resume = find_checkpoint(run_dir) if spec.scheduler.type == "kpop" else None
+    model_dir = resume or prepare_initial_model(spec)
     _start_ray(spec)
     engines, workers, learner = start_actors(spec, model_dir)
     ctx = RunContext(spec, run_dir, model_dir, engines, workers, learner,

@@ -2,7 +2,10 @@
 
 One async Ray actor holds the tokenizer and runs many episodes concurrently on its own event loop;
 environment steps (tools, sandboxes) happen here, so they never block the scheduler or the engines.
-Each episode gets a fresh environment instance. Generation goes to an engine actor handle.
+Each episode gets a fresh environment instance. Generation goes to an engine actor handle, an
+in-process Engine, or the KPop engine router (kpop.scheduler.router), which places each request
+on the least-loaded engine; routed turns survive migration and engine death by resuming from
+their prefix (see `_routed_turn`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from kpop.rollout.agent_loop import Episode, LoopLimits, Policy, run_episode, so
 from kpop.rollout.chat import ChatFormat
 from kpop.rollout.engine import GenerationRequest, GenerationResult, SamplingParams
 from kpop.trajectory import Trajectory
+
+MAX_RESUMES = 16  # a turn interrupted more often than this ends with finish_reason "abort"
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class EnvWorker:
         self.limits = limits
         self.worker_id = worker_id
         self._ids = itertools.count()
+        self.resumed = 0  # routed turns resumed from their prefix (migration, engine failure)
 
     async def rollout(self, episode: Episode, engine, sampling: SamplingParams) -> Trajectory:
         """One episode with the engine (a Ray actor handle or an Engine) as the policy."""
@@ -57,20 +63,71 @@ class EnvWorker:
 
     def _engine_policy(self, engine, sampling: SamplingParams, episode: Episode) -> Policy:
         stop_ids = list(dict.fromkeys([*sampling.stop_token_ids, self.chat.eos_token_id]))
-
         turn = itertools.count()
+        routed = _is_router(engine)
 
         async def act(context_ids: list[int], max_tokens: int) -> GenerationResult:
             seed = None if sampling.seed is None else _request_seed(sampling.seed, episode, next(turn))
-            request = GenerationRequest(
-                request_id=f"w{self.worker_id}-{next(self._ids)}",
-                prompt_ids=context_ids,
-                sampling=replace(sampling, max_tokens=max_tokens, stop_token_ids=stop_ids, seed=seed),
-            )
-            remote = getattr(engine.generate, "remote", None)
-            return await (remote(request) if remote is not None else engine.generate(request))
+            params = replace(sampling, max_tokens=max_tokens, stop_token_ids=stop_ids, seed=seed)
+            if not routed:
+                request = GenerationRequest(f"w{self.worker_id}-{next(self._ids)}", context_ids, params)
+                remote = getattr(engine.generate, "remote", None)
+                return await (remote(request) if remote is not None else engine.generate(request))
+            return await self._routed_turn(engine, context_ids, params)
 
         return act
+
+    async def _routed_turn(self, router, context_ids: list[int], params: SamplingParams) -> GenerationResult:
+        """One model turn through the engine router, resumed from its prefix when interrupted.
+
+        An "abort" (the scheduler migrated the request off a congested engine) or a dead engine
+        (RayActorError) does not end the turn: the tokens generated so far are kept with their
+        log-probs and versions, and `context + partial` is re-submitted with the remaining
+        max_tokens to another engine. An engine that died loses only the tokens of its current
+        request. The result is the concatenation: earlier tokens are never regenerated.
+        """
+        from ray.exceptions import RayActorError
+
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        versions: list[int] = []
+        reason, exclude, rid = "abort", None, ""
+        for _ in range(MAX_RESUMES):
+            remaining = params.max_tokens - len(tokens)
+            if remaining <= 0:
+                reason = "length"
+                break
+            rid = f"w{self.worker_id}-{next(self._ids)}"
+            index, handle = await router.acquire.remote(rid, exclude)
+            request = GenerationRequest(rid, [*context_ids, *tokens], replace(params, max_tokens=remaining))
+            try:
+                res = await handle.generate.remote(request)
+            except RayActorError:
+                await router.report_dead.remote(index, handle._actor_id.hex())
+                self.resumed += 1
+                exclude = None
+                continue
+            finally:
+                await router.release.remote(rid)
+            tokens += res.token_ids
+            logprobs += res.logprobs
+            versions += res.versions
+            reason = res.finish_reason
+            if reason != "abort":
+                break
+            self.resumed += 1
+            exclude = index
+        return GenerationResult(rid, tokens, logprobs, versions, reason)
+
+    def stats(self) -> dict[str, int]:
+        return {"resumed": self.resumed}
+
+
+def _is_router(engine) -> bool:
+    try:
+        return hasattr(engine, "acquire")
+    except Exception:  # noqa: BLE001 (a handle's attribute lookup may raise other errors)
+        return False
 
 
 def _request_seed(base: int, episode: Episode, turn: int) -> int:

@@ -10,7 +10,7 @@ Contract:
 - `acquire` waits while no engine is alive (the driver is starting a replacement).
 - `migrate_tail(...)` applies kpop.scheduler.tail: aborts the chosen requests on their congested
   engine; their workers resume them from the prefix elsewhere (`exclude` = the old engine).
-- `dead()` lists the indices waiting for a replacement; `stats()` returns counters.
+- `dead()` lists the indices waiting for a replacement; `live_requests()` and `stats()` report.
 """
 
 from __future__ import annotations
@@ -76,6 +76,10 @@ class _EngineRouter:
             self.live.pop(r.request_id, None)
         self.migrated += len(moves)
         return len(moves)
+
+    def live_requests(self) -> dict[str, int]:
+        """request id -> engine index of every request in flight."""
+        return {rid: i for rid, (i, _) in self.live.items()}
 
     def stats(self) -> dict[str, int]:
         return {"live": len(self.live), "migrated": self.migrated, "dead": len(self.dead_set)}

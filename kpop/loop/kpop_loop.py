@@ -1,0 +1,161 @@
+"""The KPop loop, top to bottom (asynchronous RL; eta = 0 is exactly the synchronous loop).
+
+    resume       if the run directory has a checkpoint: restore the scheduler state from it
+                 (buffer, pending groups, sampler position, curriculum); else cold start + evaluate
+    each step    batch = groups meeting the budget (Phi tokens or B groups), none older than eta
+                 train on it (rollouts keep running meanwhile: overlap)
+                 publish weights (engines pause "keep": in-flight rollouts resume under v + 1)
+                 ledger + metrics; checkpoint every N steps with the scheduler state
+    evaluate     held-out pass rate after RL; final checkpoint
+
+The ledger `<run_dir>/ledger.jsonl` has one line per trained step: {"step", "indices",
+"group_ids"} (sampler draw indices trained). A resumed run first drops lines past its checkpoint,
+so over any sequence of kills and resumes each index appears at most once, and every index below
+the sampler position is trained, buffered or pending.
+
+Failures: environment workers and engines that die are replaced and their episodes retried or
+resumed (kpop.scheduler.dispatcher, kpop.rollout.env_worker). The learner dying stops the run
+with the last checkpoint intact; a learner step that raises (actor alive) saves a checkpoint with
+the batch put back into the buffer, then stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from kpop.loop.context import RunContext, summarize
+from kpop.loop.resume import find_checkpoint, load_state, previous_eval, truncate_ledger
+from kpop.loop.sync import cold_start, evaluate
+from kpop.progress import Progress
+from kpop.scheduler import stats
+from kpop.scheduler.collector import Collector
+from kpop.scheduler.dpr import DynamicPassRating
+from kpop.scheduler.monitor import EngineMonitor
+from kpop.scheduler.router import EngineRouter
+from kpop.scheduler.state import STATE_FILE, SchedulerState, restore_group
+from kpop.tasks import SamplerState
+
+
+class LearnerFailed(RuntimeError):
+    """The learner died or raised; the run stopped with its last checkpoint intact."""
+
+
+def train(ctx: RunContext, checkpoint) -> dict:
+    return asyncio.run(_train(ctx, checkpoint))
+
+
+async def _train(ctx: RunContext, checkpoint) -> dict:
+    resume = find_checkpoint(ctx.run_dir)
+    state = load_state(resume) if resume else None
+    if state is None:
+        await asyncio.to_thread(cold_start, ctx)
+        before = await asyncio.to_thread(evaluate, ctx, 0, "before_rl")
+    else:
+        before = previous_eval(ctx.run_dir, "before_rl")
+        truncate_ledger(ctx.run_dir, state.step)
+    collector = await _collector(ctx, state)
+    monitor = EngineMonitor(lambda: ctx.engines).start()
+    total, step = ctx.spec.train.steps, state.step if state else 0
+    progress = Progress(total, ctx.spec.logging.progress, label="rl")
+    t0 = time.perf_counter()
+    try:
+        while step < total:
+            rec = await _step(ctx, collector, monitor, step + 1)
+            step = rec["step"]
+            progress.update(step, {"reward": rec["reward"], "tok/s": rec["tokens_per_s"], "step_s": rec["step_s"]})
+            if ctx.spec.train.eval_every and step % ctx.spec.train.eval_every == 0 and step < total:
+                await asyncio.to_thread(evaluate, ctx, step, "during_rl")
+            if step % ctx.spec.train.checkpoint_every == 0 or step == total:
+                await _checkpoint(ctx, collector, checkpoint, step)
+    finally:
+        await collector.close()
+        monitor.stop()
+        progress.close()
+    rl = {"wall_s": time.perf_counter() - t0, "engine_util": monitor.total(), "steps": step}
+    after = await asyncio.to_thread(evaluate, ctx, total, "after_rl")
+    if total == 0:
+        await _checkpoint(ctx, collector, checkpoint, 0)
+    return {"before_rl": before, "after_rl": after, "rl": rl}
+
+
+async def _collector(ctx: RunContext, state: SchedulerState | None) -> Collector:
+    from kpop.launch import make_engine, make_worker
+
+    spec = ctx.spec.scheduler
+    dpr = DynamicPassRating(spec.dpr) if spec.dpr.enabled else None
+    ctx.sampler.curriculum, ctx.sampler.revisit_prob = dpr, spec.dpr.revisit_prob if dpr else 0.0
+    router = EngineRouter.remote(ctx.engines)
+    dispatcher_args = {"workers": ctx.workers, "router": router, "sampling": ctx.training_sampling(),
+                       "make_worker": lambda i: make_worker(ctx.spec, ctx.model_dir, i), "max_retries": spec.max_retries}
+    collector = Collector(spec, ctx.sampler, dpr, ctx.spec.rollout.group_size, ctx.spec.train.tasks_per_step,
+                          ctx.engines, router, lambda i: make_engine(ctx.spec, ctx.model_dir, i), dispatcher_args)
+    if state is not None and hasattr(ctx.learner, "load"):
+        await ctx.learner.load.remote(str(find_checkpoint(ctx.run_dir)))
+    # One publish up front: engines label tokens with the learner's numbering whatever they were
+    # built from, and a replacement engine always has a full update to load.
+    version = await collector.publish(ctx.learner)
+    rl_version = state.rl_version if state else 0
+    collector.base = version - rl_version
+    pending = []
+    if state is not None:
+        ctx.sampler.restore(SamplerState(state.sampler_position, state.curriculum))
+        collector.staleness.recover(rl_version, state.accepted)
+        collector.buffer.ready = [restore_group(g, state.base, collector.base) for g in state.ready]
+        pending = [restore_group(g, state.base, collector.base) for g in state.pending]
+        collector.counters.update({k: v for k, v in state.counters.items() if k in collector.counters})
+    collector.start(pending)
+    return collector
+
+
+async def _step(ctx: RunContext, collector: Collector, monitor: EngineMonitor, step: int) -> dict:
+    from ray.exceptions import RayActorError
+
+    t0 = time.perf_counter()
+    groups = await collector.next_batch()
+    t_gen = time.perf_counter() - t0
+    version, eta = collector.staleness.version, ctx.spec.scheduler.max_staleness
+    trajs = [t for g in groups for t in g.ordered()]
+    in_flight = collector.dispatcher.in_flight
+    try:
+        m = await ctx.learner.train_step.remote(trajs, "rl")
+    except RayActorError as exc:
+        raise LearnerFailed(f"learner died at RL step {step}; resume from the last checkpoint") from exc
+    except Exception as exc:
+        collector.buffer.ready[:0] = groups  # the batch was not trained: back into the buffer
+        raise LearnerFailed(f"learner step {step} failed; batch returned to the buffer") from exc
+    paused = collector.dispatcher.in_flight
+    learner_version = await collector.publish(ctx.learner)
+    collector.on_version(version + 1)
+    elapsed = time.perf_counter() - t0
+    _ledger(ctx.run_dir, step, groups)
+    gen_tokens = sum(t.num_generated for t in trajs)
+    env_s = [t.timing.env_s for t in trajs]
+    router = await collector.router.stats.remote()
+    return ctx.metrics.write("rl", step, {
+        **summarize(trajs), "loss": m.loss, "grad_norm": m.grad_norm, "mismatch": m.mismatch,
+        "clipped_fraction": m.clipped_fraction, "version": learner_version, "rl_version": version + 1,
+        "step_s": elapsed, "gen_s": t_gen, "train_s": m.step_s, "gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+        "tokens_per_s": gen_tokens / max(elapsed, 1e-9), "groups": len(groups),
+        "staleness_hist": stats.staleness_hist(groups, version, eta), "max_gap": stats.max_gap(groups, version),
+        "buffer_size": len(collector.buffer), "in_flight": in_flight, "paused": paused,
+        "resumed": stats.resumed_count(groups), "engine_util": monitor.window(),
+        "env_latency_p50": stats.percentile(env_s, 50), "env_latency_p95": stats.percentile(env_s, 95),
+        "env_latency_p99": stats.percentile(env_s, 99), "migrated": router["migrated"],
+        **collector.snapshot(step).counters, **(ctx.sampler.curriculum.stats() if ctx.sampler.curriculum else {}),
+    })
+
+
+def _ledger(run_dir: Path, step: int, groups) -> None:
+    line = {"step": step, "indices": [g.index for g in groups], "group_ids": [g.group_id for g in groups]}
+    with (run_dir / "ledger.jsonl").open("a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+async def _checkpoint(ctx: RunContext, collector: Collector, checkpoint, step: int) -> None:
+    # The snapshot is taken here, between awaits, so it is consistent; saving runs in a thread
+    # while rollouts continue.
+    state = collector.snapshot(step)
+    await asyncio.to_thread(checkpoint, ctx, step, {STATE_FILE: state.model_dump_json()})
