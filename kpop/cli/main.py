@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "kpop.cli.migrate_cmd",
     "kpop.cli.quant_cmd",
     "kpop.cli.sandbox_cmd",
+    "kpop.cli.merge_cmd",
     "kpop.cli.report_cmd",
     "kpop.cli.eval_cmd",
 ]
