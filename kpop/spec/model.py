@@ -21,7 +21,7 @@ class LlamaModelSpec(StrictModel):
     type: Literal["llama"] = Field("llama", description="A Llama-architecture decoder (Hugging Face LlamaForCausalLM).")
     path: Path | None = Field(None, description="Existing Hugging Face checkpoint folder; unset builds a fresh model from the sizes below.")
     hidden_size: int = Field(128, ge=8, le=65536, description="Model width.")
-    num_layers: int = Field(2, ge=1, le=512, description="Number of decoder layers.")
+    num_layers: int = Field(4, ge=1, le=512, description="Number of decoder layers.")
     num_heads: int = Field(4, ge=1, le=512, description="Attention heads.")
     num_kv_heads: int = Field(2, ge=1, le=512, description="Key/value heads (grouped-query attention).")
     intermediate_size: int = Field(384, ge=8, le=262144, description="SwiGLU hidden width.")

@@ -8,10 +8,10 @@ from kpop.spec.base import StrictModel, tagged_union
 
 
 class SFTSpec(StrictModel):
-    steps: int = Field(60, ge=0, le=10_000_000, description="Cold-start supervised steps on verified reference-solver data (0 = none).")
+    steps: int = Field(150, ge=0, le=10_000_000, description="Cold-start supervised steps on verified reference-solver data (0 = none).")
     lr: float = Field(3e-3, gt=0, le=1.0, description="Learning rate of the cold start.")
     batch_size: int = Field(32, ge=1, le=65536, description="Sequences per supervised step.")
-    num_examples: int = Field(512, ge=1, le=100_000_000, description="Verified solver episodes generated for the cold start.")
+    num_examples: int = Field(1024, ge=1, le=100_000_000, description="Verified solver episodes generated for the cold start.")
 
 
 class TrainSpec(StrictModel):
