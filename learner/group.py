@@ -1,0 +1,134 @@
+"""LearnerGroup: several data-parallel Learner ranks (Ray actors) behind the Learner's interface.
+
+`LearnerGroup.create(model_dir, spec, seed, sft_lr, num_threads)` returns a handle to a
+coordinator actor (0 CPUs) with the methods of `LearnerActor`: ready, train_step, publish, save,
+load, close, returning the same types. The coordinator owns `spec.num_ranks` rank actors (each
+`spec.num_cpus` / `spec.num_gpus`); killing it ends them (Ray fate-sharing).
+
+Per step: the batch-level plan is made once here (plan.py: advantages over whole groups,
+shortest-correct selection, preference pairs, global token/pair normalisers), split contiguously
+over the ranks with a common micro-batch count, and every rank runs `train_plan` on its shard;
+DeepSpeed reduces the gradients (rank r's loss carries the factor world_size, undoing DeepSpeed's
+average, so the update equals one rank's on the whole batch). Metrics: losses, token counts,
+mismatch / clipped / masked fractions (each already divided by the global count) are summed over
+ranks. `publish` and `save` are collective (ZeRO-3 shards gathered); rank 0's WeightUpdate is
+returned. The rendezvous is rank 0's node address and a free port there; gloo on CPU, NCCL on GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kpop.learner.deepspeed_engine import RankInfo, free_port
+from kpop.learner.learner import Learner, StepMetrics
+from kpop.learner.objectives.preference import FocusState
+from kpop.learner.plan import StepPlan, plan_step, shard
+from kpop.rollout.engine import WeightUpdate
+from kpop.spec.learner import LearnerSpec
+from kpop.trajectory import Trajectory
+
+
+class RankWorker:
+    """One rank: reports its rendezvous address, then hosts a Learner."""
+
+    def __init__(self) -> None:
+        self.learner: Learner | None = None
+
+    def address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def build(self, model_dir: str, spec: LearnerSpec, seed: int, rank: RankInfo, sft_lr: float | None,
+              num_threads: int | None) -> int:
+        self.learner = Learner(model_dir, spec, seed, rank, sft_lr=sft_lr, num_threads=num_threads)
+        return self.learner.version
+
+    def ready(self) -> int:
+        return self.learner.ready()
+
+    def train_plan(self, plan: StepPlan) -> StepMetrics:
+        return self.learner.train_plan(plan)
+
+    def publish(self) -> WeightUpdate:
+        return self.learner.publish()
+
+    def save(self, directory: str) -> Path:
+        return self.learner.save(directory)
+
+    def load(self, directory: str) -> int:
+        return self.learner.load(directory)
+
+    def focus_state(self) -> FocusState:
+        return self.learner.focus_state()
+
+    def close(self) -> None:
+        self.learner.close()
+
+
+def combine(metrics: list[StepMetrics]) -> StepMetrics:
+    def total(name: str) -> float:
+        return sum(getattr(m, name) for m in metrics)
+
+    m0 = metrics[0]
+    return StepMetrics(m0.mode, m0.version, total("loss"), m0.grad_norm, int(total("tokens")),
+                       int(total("sequences")), total("mismatch"), total("clipped_fraction"),
+                       max(m.step_s for m in metrics), total("masked_fraction"), total("pair_accuracy"))
+
+
+class LearnerGroup:
+    def __init__(self, model_dir: str, spec: LearnerSpec, seed: int = 0, sft_lr: float | None = None,
+                 num_threads: int | None = None) -> None:
+        import ray
+
+        worker = ray.remote(RankWorker)
+        n = spec.num_ranks
+        self.spec, self.focus = spec, FocusState()
+        self.ranks = [worker.options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus).remote() for _ in range(n)]
+        addr, port = ray.get(self.ranks[0].address.remote())
+        ray.get([w.build.remote(str(model_dir), spec, seed, RankInfo(r, n, addr, port), sft_lr, num_threads)
+                 for r, w in enumerate(self.ranks)])
+
+    @classmethod
+    def create(cls, model_dir: str, spec: LearnerSpec, seed: int = 0, sft_lr: float | None = None,
+               num_threads: int | None = None):
+        """A coordinator actor (0 CPUs) owning the ranks; its methods mirror LearnerActor's."""
+        import ray
+
+        return ray.remote(cls).options(num_cpus=0).remote(model_dir, spec, seed, sft_lr, num_threads)
+
+    def _all(self, method: str, *args) -> list:
+        import ray
+
+        return ray.get([getattr(w, method).remote(*args) for w in self.ranks])
+
+    def ready(self) -> int:
+        """The policy version once every rank is built (rank 0's)."""
+        return self._all("ready")[0]
+
+    def train_step(self, trajectories: list[Trajectory], mode: str) -> StepMetrics:
+        import ray
+
+        plan = plan_step(trajectories, mode, self.spec, self.focus)
+        self.focus = plan.focus
+        shards = shard(plan, len(self.ranks), self.spec.micro_batch_size)
+        return combine(ray.get([w.train_plan.remote(s) for w, s in zip(self.ranks, shards)]))
+
+    def publish(self) -> WeightUpdate:
+        return self._all("publish")[0]
+
+    def save(self, directory: str | Path) -> Path:
+        return self._all("save", str(directory))[0]
+
+    def load(self, directory: str | Path) -> int:
+        version = self._all("load", str(directory))[0]
+        self.focus = self._all("focus_state")[0]
+        return version
+
+    def close(self) -> None:
+        import ray
+
+        self._all("close")
+        for w in self.ranks:
+            ray.kill(w)
+        self.ranks = []
