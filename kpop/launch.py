@@ -78,14 +78,14 @@ def make_worker(spec: RunSpec, model_dir: Path, i: int):
 
 
 def start_actors(spec: RunSpec, model_dir: Path):
-    from kpop.learner.actor import LearnerActor
+    from kpop.learner.group import LearnerGroup
 
     import ray
 
     engines = [make_engine(spec, model_dir, i) for i in range(spec.rollout.engine.num_engines)]
     workers = [make_worker(spec, model_dir, i) for i in range(spec.rollout.num_env_workers)]
     lr = spec.learner
-    learner = LearnerActor.options(num_cpus=lr.num_cpus, num_gpus=lr.num_gpus).remote(
+    learner = LearnerGroup.create(  # coordinator actor over lr.num_ranks DeepSpeed ranks
         str(model_dir), lr, spec.seed, sft_lr=spec.sft.lr, num_threads=max(1, int(lr.num_cpus)))
     # Engines build and the learner JIT-compiles in parallel; wait for both before the loop so
     # that later calls can use short timeouts.
