@@ -43,6 +43,10 @@ class LearnerFailed(RuntimeError):
     """The learner died or raised; the run stopped with its last checkpoint intact."""
 
 
+class LearnerStepFailed(LearnerFailed):
+    """The learner raised but is alive: a checkpoint with the untrained batch is saved first."""
+
+
 def train(ctx: RunContext, checkpoint) -> dict:
     return asyncio.run(_train(ctx, checkpoint))
 
@@ -70,6 +74,9 @@ async def _train(ctx: RunContext, checkpoint) -> dict:
                 await asyncio.to_thread(evaluate, ctx, step, "during_rl")
             if step % ctx.spec.train.checkpoint_every == 0 or step == total:
                 await _checkpoint(ctx, collector, checkpoint, step)
+    except LearnerStepFailed:
+        await _checkpoint(ctx, collector, checkpoint, step)
+        raise
     finally:
         await collector.close()
         monitor.stop()
@@ -125,7 +132,7 @@ async def _step(ctx: RunContext, collector: Collector, monitor: EngineMonitor, s
         raise LearnerFailed(f"learner died at RL step {step}; resume from the last checkpoint") from exc
     except Exception as exc:
         collector.buffer.ready[:0] = groups  # the batch was not trained: back into the buffer
-        raise LearnerFailed(f"learner step {step} failed; batch returned to the buffer") from exc
+        raise LearnerStepFailed(f"learner step {step} failed; batch returned to the buffer") from exc
     paused = collector.dispatcher.in_flight
     learner_version = await collector.publish(ctx.learner)
     collector.on_version(version + 1)

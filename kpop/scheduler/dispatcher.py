@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kpop.rollout.agent_loop import Episode
 from kpop.rollout.engine import SamplingParams

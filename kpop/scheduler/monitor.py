@@ -10,7 +10,8 @@ handles, so replaced engines are followed. Samples of an engine that fails to an
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class EngineMonitor:
@@ -32,7 +33,7 @@ class EngineMonitor:
             for handle in list(self.engines()):
                 try:
                     load = ray.get(handle.load.remote(), timeout=5)
-                except Exception:  # noqa: BLE001 (a dead or restarting engine: no sample)
+                except Exception:  # noqa: BLE001, S112 (a dead or restarting engine: no sample)
                     continue
                 busy = int(load.running + load.waiting > 0)
                 with self.lock:

@@ -3,8 +3,8 @@
 import random
 
 import pytest
-
 from kpop.rollout.agent_loop import Episode
+
 from kpop.scheduler.budget import StepBudget
 from kpop.scheduler.buffer import Group, GroupBuffer
 from kpop.scheduler.dpr import DynamicPassRating
