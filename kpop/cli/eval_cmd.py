@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -34,11 +35,31 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.checkpoint):
         print(f"error: {args.checkpoint}: not a checkpoint folder", file=sys.stderr)
         return 2
+    config = EvalConfig(args.checkpoint, list(args.envs), args.tasks, args.k, args.samples, args.temperature, args.seed)
     try:
-        result = run_eval(EvalConfig(args.checkpoint, list(args.envs), args.tasks, args.k, args.samples,
-                                     args.temperature, args.seed))
+        with _stdout_to_stderr():
+            result = run_eval(config)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_json(), indent=2) if args.json else format_table(result))
     return 0
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Route file descriptor 1 to stderr while engines run, so stdout holds only the result.
+
+    vLLM's engine-core process logs to the stdout it inherits; `--json` output must parse.
+    """
+    import os
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
