@@ -155,12 +155,18 @@ class BuiltinEngine:
                 if self._paused or self._updating:
                     continue
                 try:
-                    events = await asyncio.to_thread(self.scheduler.step, self._version)
+                    events = await asyncio.to_thread(self._step, torch.get_num_threads(), self._version)
                 except Exception as exc:  # noqa: BLE001 - a failed step fails every live request, not the loop
                     self._fail_all(exc)
                     continue
             self._dispatch(events)
             await asyncio.sleep(0)
+
+    def _step(self, num_threads: int, version: int) -> list[StepEvent]:
+        # OpenMP thread counts are per OS thread: follow the event loop thread's setting.
+        if torch.get_num_threads() != num_threads:
+            torch.set_num_threads(num_threads)
+        return self.scheduler.step(version)
 
     def _dispatch(self, events: list[StepEvent]) -> None:
         for ev in events:
