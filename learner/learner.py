@@ -2,7 +2,8 @@
 
 Contract:
 - `train_step(trajectories, mode)` runs exactly one optimiser step and increments the policy
-  version. Modes: "sft" (cross-entropy on generated tokens, cold start), "rl" (the spec's objective
+  version (a step with no token to train on changes nothing). Modes: "sft" (cross-entropy on
+  generated tokens, cold start), "rl" (the spec's objective
   GRPO/GSPO/LPO with group-normalised advantages and the spec's off-policy correction), "distill"
   (SFT on the shortest correct sample per prompt), "dpo" (preference pairs from the focus-weighted
   signed rubric score against a frozen reference copy of the initial model, kept on CPU).
@@ -32,8 +33,8 @@ from kpop.learner.batch import Batch, collate
 from kpop.learner.checkpoint import load_checkpoint, save_checkpoint
 from kpop.learner.deepspeed_engine import RankInfo, build_engine, init_distributed
 from kpop.learner.logprobs import token_logprobs
-from kpop.learner.objectives.gspo import gspo_loss
 from kpop.learner.objectives.grpo import grpo_loss
+from kpop.learner.objectives.gspo import gspo_loss
 from kpop.learner.objectives.lpo import lpo_loss
 from kpop.learner.objectives.offpolicy import correction_weights, mismatch_sums
 from kpop.learner.objectives.preference import FocusState, dpo_loss
@@ -72,12 +73,13 @@ class _Sums:
 
 
 class Learner:
-    def __init__(self, model_dir: str, spec: LearnerSpec, seed: int = 0, rank: RankInfo = RankInfo(),
+    def __init__(self, model_dir: str, spec: LearnerSpec, seed: int = 0, rank: RankInfo | None = None,
                  sft_lr: float | None = None, num_threads: int | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if num_threads:
             torch.set_num_threads(num_threads)
+        rank = rank or RankInfo()
         init_distributed(rank)
         torch.manual_seed(seed)
         self.spec, self.rank, self.model_dir = spec, rank, str(model_dir)
@@ -105,6 +107,11 @@ class Learner:
         t0 = time.perf_counter()
         self.engine.train()
         self.focus = plan.focus
+        if plan.num_tokens == 0 or (plan.mode == "dpo" and plan.num_pairs == 0):
+            # nothing to learn from (e.g. no correct sample, no preference pair): no optimiser step,
+            # since Adam would still move the weights along its old moments; the version stays.
+            return StepMetrics(plan.mode, self.version, 0.0, 0.0, 0, plan.sequences if self.rank.rank == 0 else 0,
+                               0.0, 0.0, time.perf_counter() - t0)
         self._set_lr(plan.mode)
         sums = _Sums()
         for micro, adv, rows in self._micro_batches(plan):
