@@ -12,6 +12,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -74,8 +75,9 @@ def make_app(config: ServeConfig):
         finally:
             close = getattr(app.state.service.engine, "close", None)
             app.state.service = None
-            if close is not None:
-                close()
+            done = close() if close is not None else None
+            if inspect.isawaitable(done):  # the built-in engine closes asynchronously
+                await done
 
     return create_app(lifespan=lifespan)
 

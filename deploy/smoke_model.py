@@ -1,7 +1,7 @@
 """A smoke-test checkpoint: a small model that has memorised an environment's reference episodes.
 
 Used to check a deployment end to end (tool calls parsed, multi-turn episodes finished) without a
-trained model: `memorise_episodes(src, out, "calculator", seeds=[0, 1])` fine-tunes the checkpoint
+trained model: `memorise_episodes(src, out, "calculator", seeds=[0])` fine-tunes the checkpoint
 in `src` on the exact token ids of the reference solver's episodes for those seeds (rendered with
 the checkpoint's chat template and the task's tools, as the OpenAI app renders them) and saves
 model + tokenizer to `out`. Greedy decoding then replays those episodes.
@@ -66,7 +66,7 @@ def memorise_episodes(src: str | Path, out: str | Path, env_name: str, seeds: li
 
 
 def smoke_checkpoint(src: str | Path, folder: str | Path, env_name: str = "calculator",
-                     seeds: tuple[int, ...] = (0, 1)) -> Path:
+                     seeds: tuple[int, ...] = (0,)) -> Path:
     """`memorise_episodes` into `folder` unless it is already there (built once, then reused)."""
     folder = Path(folder)
     if (folder / "config.json").is_file():

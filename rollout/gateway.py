@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from kpop.deploy.openai_api import schemas as S
-from kpop.deploy.openai_api.app import create_app, session_id
+from kpop.deploy.openai_api.app import create_app, serving, session_id
 from kpop.deploy.openai_api.errors import APIError, bad_request
 from kpop.deploy.openai_api.generation import Finished
 from kpop.deploy.openai_api.prompting import as_env_message
@@ -181,23 +181,6 @@ class Gateway:
     def rewrites(self) -> int:
         return sum(s.rewrites for s in self.sessions.values())
 
-    @asynccontextmanager
-    async def running(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-        """Serve on the current event loop; yields the base URL (port 0: a free port)."""
-        import asyncio
-
-        import uvicorn
-
-        server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
-                                               access_log=False, lifespan="off"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        bound = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield f"http://{host}:{bound}"
-        finally:
-            server.should_exit = True
-            await task
+    def running(self, host: str = "127.0.0.1", port: int = 0) -> AbstractAsyncContextManager[str]:
+        """Serve on the current event loop; `async with gateway.running() as url` (port 0: a free port)."""
+        return serving(self.app, host, port)

@@ -115,4 +115,5 @@ def build_engine(checkpoint: Path, choice: BackendChoice, options: EngineOptions
         raise RuntimeError(
             f"{checkpoint} needs KPop's built-in engine ({choice.reason}), but kpop.rollout.builtin_engine "
             f"is not available in this install ({exc})") from None
-    return BuiltinEngine(str(checkpoint), max_model_len=length, seed=options.seed)
+    device = "cuda" if _has_gpu() else "cpu"
+    return BuiltinEngine(str(checkpoint), device=device, dtype=options.dtype, seed=options.seed, max_model_len=length)
