@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # (after the backend is chosen)
+from matplotlib.ticker import MaxNLocator
 
 from kpop.report.runs import RunData
 
@@ -59,6 +60,7 @@ def _lines(ax, runs: list[RunData], phase: str, keys: list[str] | Callable[[RunD
 
 def _finish(ax, drawn: int, xlabel: str = "RL step", ylabel: str = "") -> None:
     if drawn:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -120,17 +122,20 @@ def plot_env_latency(fig, runs: list[RunData]) -> None:
     drawn = _lines(ax, runs, "rl", ["env_latency_p50", "env_latency_p95", "env_latency_p99"], marker=".")
     _finish(ax, drawn, ylabel="seconds per environment step")
     if drawn:
-        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_ylim(bottom=0)
 
 
 def plot_pass_rates(fig, runs: list[RunData]) -> None:
     left, right = fig.subplots(1, 2)
     drawn = _lines(left, runs, "rl", lambda run: run.keys("rl", "pass_rate/"), marker=".")
     _finish(left, drawn, ylabel="pass rate (training samples)")
+    if drawn:
+        left.set_ylim(-0.02, 1.02)
     bars = [(run, label, key, rec[key]) for run in runs for label, rec in run.eval_by_label().items()
             for key in sorted(rec) if key.startswith("pass_rate/")]
     for n, (run, label, key, value) in enumerate(bars):
         right.barh(n, value, color=_colour(runs.index(run)), alpha=0.5 if label == "before_rl" else 1.0)
+        right.text(value + 0.01, n, f"{value:.2f}", va="center", fontsize=7)
     if bars:
         right.set_yticks(range(len(bars)), [_tag(run, runs, f"{k.split('/', 1)[1]} {label}")
                                             for run, label, k, _ in bars], fontsize=7)
