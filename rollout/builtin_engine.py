@@ -11,9 +11,10 @@ Contract and invariants (the same as `VLLMEngine` wherever both apply):
   version that produced it. The token that ends a request by EOS or `stop_token_ids` is included.
   Sampling draws from a per-request `torch.Generator` (`SamplingParams.seed`, else derived from
   the engine seed and the request's arrival number), so results do not depend on batching.
-- The decode loop is one asyncio task: each step (admit + prefill + one decode for all running)
-  runs in a worker thread while holding `_step_lock`; between steps the event loop dispatches
-  tokens, so streaming, abort, pause and weight updates stay responsive (latency <= one step).
+- The decode loop is one asyncio task: steps (admit + prefill + one decode for all running) run
+  in a worker thread, in bursts of up to `burst_s` (0.05 s) while holding `_step_lock`; between
+  bursts the event loop dispatches tokens. Abort, pause and weight updates interrupt a burst after
+  its current step, so they wait for at most one step; tokens stream once per burst.
 - `pause()` returns once no step is running; in-flight requests are kept ("keep" mode) and new
   ones queue. `resume()` continues them.
 - `update_weights` validates and stages the update (timeout: `WeightSyncError`, nothing loaded),
@@ -28,6 +29,7 @@ Contract and invariants (the same as `VLLMEngine` wherever both apply):
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -77,6 +79,8 @@ class BuiltinEngine:
         self._arrivals = 0
         self._step_lock, self._update_lock, self._wake = asyncio.Lock(), asyncio.Lock(), asyncio.Event()
         self._loop_task: asyncio.Task | None = None
+        self._interrupt = threading.Event()  # set by control calls: the running burst ends after its step
+        self.burst_s = 0.05
         self._background: set[asyncio.Task] = set()
         self.last_update_s: float | None = None
         self.startup_s = time.perf_counter() - start
@@ -155,18 +159,27 @@ class BuiltinEngine:
                 if self._paused or self._updating:
                     continue
                 try:
-                    events = await asyncio.to_thread(self._step, torch.get_num_threads(), self._version)
+                    events = await asyncio.to_thread(self._burst, torch.get_num_threads(), self._version)
                 except Exception as exc:  # noqa: BLE001 - a failed step fails every live request, not the loop
                     self._fail_all(exc)
                     continue
             self._dispatch(events)
             await asyncio.sleep(0)
 
-    def _step(self, num_threads: int, version: int) -> list[StepEvent]:
+    def _burst(self, num_threads: int, version: int) -> list[StepEvent]:
+        """Steps until `burst_s` has passed, a control call interrupts, or the work runs out.
+
+        Several steps per thread hop: on a loaded machine the hop costs as much as a small step.
+        """
         # OpenMP thread counts are per OS thread: follow the event loop thread's setting.
         if torch.get_num_threads() != num_threads:
             torch.set_num_threads(num_threads)
-        return self.scheduler.step(version)
+        self._interrupt.clear()
+        start, events = time.perf_counter(), []
+        while True:
+            events += self.scheduler.step(version)
+            if self._interrupt.is_set() or not self.scheduler.has_work() or time.perf_counter() - start > self.burst_s:
+                return events
 
     def _dispatch(self, events: list[StepEvent]) -> None:
         for ev in events:
@@ -182,6 +195,7 @@ class BuiltinEngine:
 
     # ----------------------------------------------------------------------------- control
     async def abort(self, request_id: str) -> None:
+        self._interrupt.set()
         async with self._step_lock:
             live = self.scheduler.abort(request_id)
         queue = self._queues.get(request_id)
@@ -189,11 +203,13 @@ class BuiltinEngine:
             queue.put_nowait(TokenDelta([], [], [], "abort"))
 
     async def _abort_quietly(self, request_id: str) -> None:
+        self._interrupt.set()
         async with self._step_lock:
             self.scheduler.abort(request_id)
 
     async def pause(self) -> None:
         self._paused = True
+        self._interrupt.set()
         async with self._step_lock:  # wait for a step in progress
             pass
 
@@ -214,6 +230,7 @@ class BuiltinEngine:
                     f"nothing was loaded, version {self._version} stays in service"
                 ) from None
             self._updating = True
+            self._interrupt.set()
             try:
                 async with self._step_lock:
                     await asyncio.shield(asyncio.to_thread(self._commit, staged, update.version))
