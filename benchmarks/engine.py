@@ -68,8 +68,8 @@ async def builtin_vs_hf(name: str, model_dir: Path, batches: list[int], max_toke
     hf_tokens_per_s(model, 2, 4)
     rows = []
     for b in batches:
-        ours = await best(lambda: engine_tokens_per_s(engine, b, max_tokens), repeats)
-        hf = await best(lambda: hf_tokens_per_s(model, b, max_tokens), repeats)
+        ours = await best(lambda b=b: engine_tokens_per_s(engine, b, max_tokens), repeats)
+        hf = await best(lambda b=b: hf_tokens_per_s(model, b, max_tokens), repeats)
         rows.append((name, b, "built-in", ours, "HF generate", hf))
         print(f"  {name} batch {b}: built-in {ours:.0f} tok/s, HF {hf:.0f} tok/s", flush=True)
     await engine.close()
@@ -87,8 +87,8 @@ async def vllm_vs_builtin(model_dir: Path, batches: list[int], max_tokens: int, 
     await engine_tokens_per_s(ours, 2, 4)
     rows = []
     for b in batches:
-        v = await best(lambda: engine_tokens_per_s(vllm, b, max_tokens), repeats)
-        o = await best(lambda: engine_tokens_per_s(ours, b, max_tokens), repeats)
+        v = await best(lambda b=b: engine_tokens_per_s(vllm, b, max_tokens), repeats)
+        o = await best(lambda b=b: engine_tokens_per_s(ours, b, max_tokens), repeats)
         rows.append(("llama", b, "vLLM", v, "built-in", o))
         print(f"  llama batch {b}: vLLM {v:.0f} tok/s, built-in {o:.0f} tok/s", flush=True)
     vllm.close()
@@ -105,7 +105,6 @@ def print_table(rows: list[tuple]) -> None:
 
 async def run(args, tmp: Path) -> None:
     import torch
-
     from kpop.rollout.builtin.tiny_models import tiny_hybrid_dir, tiny_llama_dir
 
     torch.set_num_threads(args.threads)

@@ -17,9 +17,14 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import ray
-
 from kpop.rollout.builtin_engine import BuiltinEngine, BuiltinEngineConfig
-from kpop.rollout.engine import EngineLoad, GenerationRequest, GenerationResult, TokenDelta, WeightUpdate
+from kpop.rollout.engine import (
+    EngineLoad,
+    GenerationRequest,
+    GenerationResult,
+    TokenDelta,
+    WeightUpdate,
+)
 
 
 class _BuiltinEngineActor:

@@ -36,12 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from kpop.rollout.builtin.adapters import adapter_for
 from kpop.rollout.builtin.sampling import new_generator
 from kpop.rollout.builtin.scheduler import Scheduler, Sequence, StepEvent
 from kpop.rollout.builtin.weights import WeightLoader, load_model
-from kpop.rollout.engine import EngineLoad, GenerationRequest, GenerationResult, TokenDelta, WeightUpdate
+from kpop.rollout.engine import (
+    EngineLoad,
+    GenerationRequest,
+    GenerationResult,
+    TokenDelta,
+    WeightUpdate,
+)
 from kpop.rollout.weight_sync import WeightSyncError
 
 

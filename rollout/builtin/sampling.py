@@ -15,7 +15,6 @@ Contract:
 from __future__ import annotations
 
 import torch
-
 from kpop.rollout.engine import SamplingParams
 
 
@@ -25,7 +24,7 @@ def new_generator(seed: int) -> torch.Generator:
 
 def filtered_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     """Temperature, top-k and top-p applied row-wise to float logits [B, V]; removed tokens are -inf."""
-    B, V = logits.shape
+    V = logits.shape[1]
     temps = torch.tensor([max(p.temperature, 1e-6) for p in params], dtype=logits.dtype)
     scaled = logits / temps[:, None]
     ks = [p.top_k if 0 < p.top_k < V else V for p in params]

@@ -42,7 +42,7 @@ def tiny_llama_dir(
         texts = [f"the quick brown fox jumps over {i} lazy dogs; 1+{i}={i + 1}" for i in range(300)]
         tok = train_tokenizer(texts, vocab, out)
         vocab = len(tok)
-        special = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,

@@ -19,8 +19,12 @@ import json
 from pathlib import Path
 
 import torch
-
-from kpop.rollout.weight_sync import WeightSyncError, chunks_to_state_dict, expected_params_from_dir, validate_update
+from kpop.rollout.weight_sync import (
+    WeightSyncError,
+    chunks_to_state_dict,
+    expected_params_from_dir,
+    validate_update,
+)
 
 
 def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
@@ -54,7 +58,7 @@ class WeightLoader:
             state = chunks_to_state_dict(chunks)
         except WeightSyncError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a corrupt safetensors payload, whatever the error type
+        except Exception as exc:  # a corrupt safetensors payload, whatever the error type
             raise WeightSyncError(f"weight update chunks could not be read: {exc}") from exc
         staged = {}
         for name, tensor in state.items():

@@ -10,7 +10,6 @@ import asyncio
 
 import pytest
 import torch
-
 from kpop.rollout.builtin.tiny_models import tiny_hybrid, tiny_hybrid_dir
 from kpop.rollout.builtin_engine import BuiltinEngine
 from kpop.rollout.engine import GenerationRequest, SamplingParams, WeightUpdate
