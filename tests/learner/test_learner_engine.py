@@ -82,3 +82,18 @@ def test_step_without_trainable_data_leaves_weights_and_version(learner_model_di
     assert (m.version, m.tokens, m.sequences) == (1, 0, 4)
     after = learner.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_zero3_publish_and_save_gather_the_full_model(learner_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    z0 = Learner(str(learner_model_dir), spec(zero_stage=0), seed=0)
+    z3 = Learner(str(learner_model_dir), spec(zero_stage=3), seed=0)
+    for s in (1, 2):
+        a, b = z0.train_step(make_batch(s), "sft"), z3.train_step(make_batch(s), "sft")
+        assert b.loss == pytest.approx(a.loss, abs=1e-5) and b.grad_norm == pytest.approx(a.grad_norm, rel=1e-4)
+    w0, w3 = chunks_to_state_dict(z0.publish().chunks), chunks_to_state_dict(z3.publish().chunks)
+    assert set(w3) == set(w0) and all(w3[k].shape == w0[k].shape for k in w0)
+    assert max(float((w3[k] - w0[k]).abs().max()) for k in w0) < 1e-5
+    saved = AutoModelForCausalLM.from_pretrained(str(z3.save(tmp_path / "z3"))).state_dict()
+    assert all(torch.equal(saved[k], w3[k]) for k in w3)

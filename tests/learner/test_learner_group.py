@@ -40,12 +40,14 @@ def case(**kw):
 
 
 @pytest.mark.slow   # two rank processes + one in-process rank: ~60 s on 2 idle cores, minutes when shared
-def test_two_zero2_ranks_match_one_rank(ray_session, learner_model_dir):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_match_one_rank(ray_session, learner_model_dir, stage):
+    """Stage 2: the issue's check. Stage 3: also publish gathers the two ranks' parameter shards."""
     import ray
 
-    group = LearnerGroup.create(str(learner_model_dir), case(num_ranks=2), seed=0, num_threads=1)
+    group = LearnerGroup.create(str(learner_model_dir), case(num_ranks=2, zero_stage=stage), seed=0, num_threads=1)
     assert ray.get(group.ready.remote(), timeout=300) == 0
-    single = Learner(str(learner_model_dir), case(), seed=0, num_threads=1)
+    single = Learner(str(learner_model_dir), case(zero_stage=stage), seed=0, num_threads=1)
     steps = [(make_batch(1, n=5), "sft"), (make_batch(2, n=5), "rl"), (make_batch(3, n=5), "rl")]
     for trajs, mode in steps:
         two = ray.get(group.train_step.remote(trajs, mode), timeout=300)
