@@ -18,24 +18,29 @@ import shutil
 from pathlib import Path
 
 
-def reference_sequences(tokenizer, env_name: str, seeds: list[int]) -> list[list[int]]:
+def reference_episodes(tokenizer, env_name: str, seeds: list[int]) -> list[tuple[list[int], list[int]]]:
+    """(token ids, loss mask) of the reference solver's episode for each seed."""
     from kpop.envs.registry import make_env
     from kpop.rollout.agent_loop import Episode, LoopLimits, run_episode, solver_policy
     from kpop.rollout.chat import ChatFormat
 
     chat = ChatFormat(tokenizer)
 
-    async def one(seed: int) -> list[int]:
+    async def one(seed: int) -> tuple[list[int], list[int]]:
         env = make_env(env_name)
         traj = await run_episode(env, Episode(env_name, seed), chat, solver_policy(env, chat),
                                  LoopLimits(max_turns=4, max_total_tokens=400, max_new_tokens=200))
-        return list(traj.token_ids)
+        return list(traj.token_ids), list(traj.loss_mask)
 
     return [asyncio.run(one(s)) for s in seeds]
 
 
+def reference_sequences(tokenizer, env_name: str, seeds: list[int]) -> list[list[int]]:
+    return [ids for ids, _ in reference_episodes(tokenizer, env_name, seeds)]
+
+
 def memorise_episodes(src: str | Path, out: str | Path, env_name: str, seeds: list[int],
-                      steps: int = 120, lr: float = 1e-2) -> Path:
+                      steps: int = 250, lr: float = 1e-2) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -44,12 +49,12 @@ def memorise_episodes(src: str | Path, out: str | Path, env_name: str, seeds: li
     torch.set_num_threads(1)  # a model this small only loses from thread hand-offs
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
-    seqs = reference_sequences(tokenizer, env_name, seeds)
-    width = max(len(s) for s in seqs)
+    episodes = reference_episodes(tokenizer, env_name, seeds)
+    width = max(len(s) for s, _ in episodes)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-    labels = torch.tensor([s + [-100] * (width - len(s)) for s in seqs])
-    attention = (labels != -100).long()
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s, _ in episodes])
+    labels = torch.tensor([s + [-100] * (width - len(s)) for s, _ in episodes])
+    attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in episodes])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for _ in range(steps):
