@@ -111,7 +111,7 @@ async def run(args, tmp: Path) -> None:
     batches = [int(b) for b in args.batches.split(",")]
     hybrid = tiny_hybrid_dir(tmp / "hybrid")
     # No EOS in the config, so vLLM (which stops at the config's EOS) generates full lengths too.
-    llama = tiny_llama_dir(tmp / "llama", hidden=128, heads=4, kv_heads=4, layers=2)
+    llama = tiny_llama_dir(tmp / "llama", hidden=128, heads=4, kv_heads=4, layers=2, with_tokenizer=True)
     _drop_eos(llama)
     rows = await builtin_vs_hf("hybrid", hybrid, batches, args.max_tokens, args.repeats)
     rows += await builtin_vs_hf("llama", llama, batches, args.max_tokens, args.repeats)
