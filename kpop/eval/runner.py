@@ -49,6 +49,7 @@ class EnvEval:
     greedy_gen_tokens: float     # mean generated tokens per greedy episode (the run logs it as gen_tokens)
     sampled_reward: float        # mean reward over all sampled episodes
     pass_at: dict[int, float]    # {1: pass@1, k: pass@k} over sampled episodes
+    greedy_reward_parts: dict[str, float] = field(default_factory=dict)  # mean of each reward part, greedy
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ def score(env: str, greedy: list[Trajectory], sampled: list[list[Trajectory]], k
     pass_at = {j: mean_pass_at_k(counts, j) for j in sorted({1, k})}
     return EnvEval(env, len(greedy), sum(t.reward for t in greedy) / n,
                    sum(passed(t, threshold) for t in greedy) / n, sum(t.num_generated for t in greedy) / n,
-                   sum(t.reward for t in flat) / max(len(flat), 1), pass_at)
+                   sum(t.reward for t in flat) / max(len(flat), 1), pass_at,
+                   {p: sum(t.reward_parts.get(p, 0.0) for t in greedy) / n
+                    for p in sorted({p for t in greedy for p in t.reward_parts})})
 
 
 def run_eval(cfg: EvalConfig) -> EvalResult:

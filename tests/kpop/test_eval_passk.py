@@ -56,7 +56,7 @@ def test_score_combines_greedy_and_sampled_episodes():
                [_traj("a", 0.0)] * 4]
     row = score("a", greedy, sampled, k=2)
     assert row.tasks == 2 and row.greedy_reward == 0.5 and row.greedy_pass == 0.5 and row.greedy_gen_tokens == 3.0
-    assert row.sampled_reward == pytest.approx(1 / 8)
+    assert row.sampled_reward == pytest.approx(1 / 8) and row.greedy_reward_parts == {"task": 0.5}
     assert row.pass_at[1] == pytest.approx((0.25 + 0) / 2)
     assert row.pass_at[2] == pytest.approx((pass_at_k(4, 1, 2) + 0) / 2)
 
