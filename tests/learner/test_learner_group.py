@@ -4,12 +4,11 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 
 from kpop.learner.group import LearnerGroup
 from kpop.learner.learner import Learner
-from kpop.learner.plan import plan_step, shard
 from kpop.learner.objectives.preference import FocusState
+from kpop.learner.plan import plan_step, shard
 from kpop.rollout.weight_sync import chunks_to_state_dict
 from kpop.spec.learner import LearnerSpec
 
