@@ -75,7 +75,7 @@ def test_agent_plays_a_calculator_episode_with_parsed_tool_calls_and_logprobs(cl
 
 
 def test_streaming_equals_non_streaming_and_reports_usage(client):
-    _, messages, tools = task_messages(1)
+    _, messages, _ = task_messages(1)
     whole = client.chat.completions.create(model=NAME, messages=messages, temperature=0, max_tokens=24)
     chunks = list(client.chat.completions.create(model=NAME, messages=messages, temperature=0, max_tokens=24,
                                                  stream=True, stream_options={"include_usage": True}))
@@ -84,7 +84,8 @@ def test_streaming_equals_non_streaming_and_reports_usage(client):
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
-    streamed_tools = list(client.chat.completions.create(model=NAME, messages=messages, tools=tools, temperature=0,
+    _, memorised, tools = task_messages(0)  # the episode the smoke model replays
+    streamed_tools = list(client.chat.completions.create(model=NAME, messages=memorised, tools=tools, temperature=0,
                                                          max_tokens=64, stream=True))
     calls = [tc for c in streamed_tools if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert [tc.function.name for tc in calls] == ["calculator"]

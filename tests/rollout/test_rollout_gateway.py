@@ -3,6 +3,7 @@ recorded Trajectory is, turn by turn, exactly what the engine received and produ
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -99,8 +100,10 @@ async def test_openai_harness_trajectory_equals_engine_io_turn_by_turn(tiny_llam
     from kpop.rollout.vllm_engine import VLLMEngine
     from transformers import AutoTokenizer
 
-    ckpt = smoke_checkpoint(tiny_llama_dir, tmp_path_factory.getbasetemp() / "smoke_calculator")
+    # both run episodes with asyncio.run: off this test's event loop
+    ckpt = await asyncio.to_thread(smoke_checkpoint, tiny_llama_dir, tmp_path_factory.getbasetemp() / "smoke_calculator")
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+    [reference] = await asyncio.to_thread(reference_sequences, tokenizer, "calculator", [0])
     vllm = VLLMEngine(str(ckpt), kv_cache_gib=0.25, max_model_len=512)
     try:
         engine = RecordingEngine(vllm)
@@ -127,7 +130,7 @@ async def test_openai_harness_trajectory_equals_engine_io_turn_by_turn(tiny_llam
     assert generated == expected_mask_positions
     assert traj.token_ids == engine.calls[-1][0] + engine.calls[-1][1].token_ids
     # and it is the same record the agent loop makes for the same episode
-    assert traj.token_ids == reference_sequences(tokenizer, "calculator", [0])[0]
+    assert traj.token_ids == reference
 
 
 async def test_rewritten_history_starts_a_counted_new_segment(tiny_tokenizer):
