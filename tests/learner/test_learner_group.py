@@ -1,6 +1,13 @@
-"""Two data-parallel ranks (Ray actors, gloo) end where one rank ends on the same data."""
+"""Two data-parallel ranks (gloo) end where one rank ends on the same data.
+
+Two drivers: LearnerGroup over Ray actors (the production path), and two plain processes running
+learner_rank_worker.py (no Ray; the same DeepSpeed data parallelism, robust when a loaded machine
+cannot start Ray).
+"""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +45,10 @@ def case(**kw):
                                        "objective": {"type": "lpo"}, **kw})
 
 
+def steps():
+    return [(make_batch(1, n=5), "sft"), (make_batch(2, n=5), "rl"), (make_batch(3, n=5), "rl")]
+
+
 @pytest.mark.slow   # two rank processes + one in-process rank: ~60 s on 2 idle cores, minutes when shared
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_ranks_match_one_rank(ray_session, learner_model_dir, stage):
@@ -47,8 +58,7 @@ def test_two_ranks_match_one_rank(ray_session, learner_model_dir, stage):
     group = LearnerGroup.create(str(learner_model_dir), case(num_ranks=2, zero_stage=stage), seed=0, num_threads=1)
     assert ray.get(group.ready.remote(), timeout=300) == 0
     single = Learner(str(learner_model_dir), case(zero_stage=stage), seed=0, num_threads=1)
-    steps = [(make_batch(1, n=5), "sft"), (make_batch(2, n=5), "rl"), (make_batch(3, n=5), "rl")]
-    for trajs, mode in steps:
+    for trajs, mode in steps():
         two = ray.get(group.train_step.remote(trajs, mode), timeout=300)
         one = single.train_step(trajs, mode)
         assert two.version == one.version and two.tokens == one.tokens and two.sequences == one.sequences == 5
@@ -70,3 +80,27 @@ def _initial(model_dir):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(model_dir)).state_dict()
+
+
+@pytest.mark.slow
+def test_two_spawned_zero2_ranks_match_one_rank(learner_model_dir, tmp_path):
+    from kpop.learner.deepspeed_engine import free_port
+
+    worker, port = Path(__file__).with_name("learner_rank_worker.py"), free_port()
+    procs = [subprocess.Popen([sys.executable, str(worker), str(learner_model_dir), str(r), "2", str(port), "2",
+                               str(tmp_path / f"rank{r}.pt")]) for r in range(2)]
+    single = Learner(str(learner_model_dir), case(), seed=0, num_threads=1)
+    ones = [single.train_step(trajs, mode) for trajs, mode in steps()]
+    assert [p.wait(timeout=900) for p in procs] == [0, 0]
+    import torch
+
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert r1["state"] is None                      # only rank 0 publishes
+    for one, a, b in zip(ones, r0["metrics"], r1["metrics"]):
+        assert a.loss + b.loss == pytest.approx(one.loss, abs=1e-5) and a.tokens + b.tokens == one.tokens
+        assert a.grad_norm == pytest.approx(one.grad_norm, rel=1e-4) and a.grad_norm == b.grad_norm > 0
+    ranks1 = single.state_dict()
+    worst = max(float((r0["state"][k] - ranks1[k]).abs().max()) for k in ranks1)
+    moved = max(float((ranks1[k] - v).abs().max()) for k, v in _initial(learner_model_dir).items())
+    print(f"spawned: max |theta_2ranks - theta_1rank| = {worst:.3e}; max |theta - theta_0| = {moved:.3e}")
+    assert worst < ATOL < moved
