@@ -83,13 +83,15 @@ def _initial(model_dir):
 
 
 @pytest.mark.slow
-def test_two_spawned_zero2_ranks_match_one_rank(learner_model_dir, tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_spawned_ranks_match_one_rank(learner_model_dir, tmp_path, stage):
+    """Stage 3 also checks that publish gathers both ranks' parameter shards on rank 0."""
     from kpop.learner.deepspeed_engine import free_port
 
     worker, port = Path(__file__).with_name("learner_rank_worker.py"), free_port()
-    procs = [subprocess.Popen([sys.executable, str(worker), str(learner_model_dir), str(r), "2", str(port), "2",
+    procs = [subprocess.Popen([sys.executable, str(worker), str(learner_model_dir), str(r), "2", str(port), str(stage),
                                str(tmp_path / f"rank{r}.pt")]) for r in range(2)]
-    single = Learner(str(learner_model_dir), case(), seed=0, num_threads=1)
+    single = Learner(str(learner_model_dir), case(zero_stage=stage), seed=0, num_threads=1)
     ones = [single.train_step(trajs, mode) for trajs, mode in steps()]
     assert [p.wait(timeout=900) for p in procs] == [0, 0]
     import torch
@@ -102,5 +104,5 @@ def test_two_spawned_zero2_ranks_match_one_rank(learner_model_dir, tmp_path):
     ranks1 = single.state_dict()
     worst = max(float((r0["state"][k] - ranks1[k]).abs().max()) for k in ranks1)
     moved = max(float((ranks1[k] - v).abs().max()) for k, v in _initial(learner_model_dir).items())
-    print(f"spawned: max |theta_2ranks - theta_1rank| = {worst:.3e}; max |theta - theta_0| = {moved:.3e}")
+    print(f"spawned ZeRO-{stage}: max |theta_2ranks - theta_1rank| = {worst:.3e}; max |theta - theta_0| = {moved:.3e}")
     assert worst < ATOL < moved
