@@ -135,7 +135,7 @@ def run(spec: RunSpec) -> dict:
     _start_ray(spec)
     engines, workers, learner = start_actors(spec, model_dir)
     ctx = RunContext(spec, run_dir, model_dir, engines, workers, learner,
-                     TaskSampler(spec.envs, spec.seed), MetricsWriter(run_dir))
+                     TaskSampler(spec.envs, spec.seed), MetricsWriter(run_dir, spec.logging, spec.model_dump(mode="json")))
     try:
         result = train(ctx, checkpoint)
     finally:

@@ -47,7 +47,9 @@ def _launch(spec) -> int:
     print(plan(spec), file=sys.stderr)
     result = run(spec)
     before, after = result["before_rl"], result["after_rl"]
-    print(f"held-out reward: before RL {before['reward']:.3f}, after RL {after['reward']:.3f} "
-          f"({int(after['episodes'])} tasks, greedy)")
+    print(f"held-out reward, greedy:  before RL {before['reward']:.3f}, after RL {after['reward']:.3f} "
+          f"({int(after['episodes'])} tasks)")
+    print(f"held-out reward, sampled: before RL {before['sampled_reward']:.3f}, after RL {after['sampled_reward']:.3f} "
+          f"(temperature {spec.rollout.sampling.temperature:g}, one sample per task)")
     print(f"checkpoint: {spec.run_dir}/checkpoints/last")
     return 0

@@ -51,10 +51,13 @@ class RunContext:
         return update.version
 
     def evaluate(self, episodes: list[Episode]) -> dict[str, float]:
-        """Greedy pass rate on held-out episodes."""
+        """Held-out rewards: greedy (`reward`, with the other summary stats) and one sample per task
+        from the training distribution (`sampled_reward`: what the policy itself earns)."""
         greedy = SamplingParams(temperature=0.0, max_tokens=self.spec.rollout.sampling.max_new_tokens)
-        trajs = self.rollout(episodes, greedy)
-        return summarize(trajs)
+        out = summarize(self.rollout(episodes, greedy))
+        sampled = self.rollout(episodes, self.training_sampling())
+        out["sampled_reward"] = sum(t.reward for t in sampled) / max(len(sampled), 1)
+        return out
 
 
 def summarize(trajs: list[Trajectory]) -> dict[str, float]:

@@ -67,7 +67,8 @@ def train(ctx: RunContext, checkpoint) -> dict[str, dict[str, float]]:
     progress = Progress(total, ctx.spec.logging.progress, label="rl")
     for step in range(1, total + 1):
         rec = rl_step(ctx, step)
-        progress.update(step, {"reward": rec["reward"], "tok/s": rec["gen_tokens_per_s"], "step_s": rec["step_s"]})
+        progress.update(step, {"reward": rec["reward"], "tok/s": rec["gen_tokens_per_s"], "step_s": rec["step_s"],
+                               "staleness": rec.get("staleness_max", 0.0), "mismatch": rec["mismatch"]})
         if ctx.spec.train.eval_every and step % ctx.spec.train.eval_every == 0 and step < total:
             evaluate(ctx, step, "during_rl")
         if step % ctx.spec.train.checkpoint_every == 0 or step == total:

@@ -25,7 +25,7 @@ def test_run_reports_before_and_after_evaluation(finished_run):
     spec, result = finished_run
     for label in ("before_rl", "after_rl"):
         assert result[label]["episodes"] == 4
-        assert 0.0 <= result[label]["reward"] <= 1.0
+        assert 0.0 <= result[label]["reward"] <= 1.0 and 0.0 <= result[label]["sampled_reward"] <= 1.0
     assert json.loads((spec.run_dir / "summary.json").read_text()) == result
 
 
