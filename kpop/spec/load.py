@@ -75,6 +75,9 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        # YAML 1.1 reads on/off/yes/no as booleans; on the command line they are meant as words.
+        value = raw.strip()
     node: Any = data
     default: Any = RunSpec().model_dump(mode="json")
     for i, part in enumerate(parts[:-1]):

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from kpop.spec.base import StrictModel, tagged_union
 
@@ -70,3 +70,9 @@ class LoggingSpec(StrictModel):
     progress: Literal["auto", "bar", "lines", "off"] = Field("auto", description="Progress display: a live bar on a terminal, plain lines otherwise.")
     tensorboard: bool = Field(True, description="Also write metrics as TensorBoard events under <run_dir>/tensorboard.")
     wandb: WandbSpec = Field(default_factory=WandbSpec, description="Weights & Biases logging (needs the optional `wandb` package unless disabled).")
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # YAML 1.1 reads a bare `off` as False.
+        return "off" if value is False else value

@@ -89,6 +89,15 @@ def test_set_overrides_are_typed_and_validated(tmp_path):
     assert "learner.lr:" in problems(None, ["learner.lr=-1"])[0]
 
 
+def test_yaml_off_means_the_word_off(tmp_path):
+    assert load_spec(write(tmp_path, "logging:\n  progress: off\n")).logging.progress == "off"
+
+
+def test_set_keeps_yaml_boolean_words_as_words():
+    assert load_spec(None, ["logging.progress=off"]).logging.progress == "off"
+    assert load_spec(None, ["rollout.engine.enforce_eager=false"]).rollout.engine.enforce_eager is False
+
+
 @pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1", "envs.5.weight=1", "name.x=1"])
 def test_bad_set_is_a_clear_error(bad):
     [msg] = problems(None, [bad])
