@@ -22,72 +22,25 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator
 
 import ray
 
-from kpop.rollout.engine import EngineLoad, GenerationRequest, GenerationResult, TokenDelta, WeightUpdate
+from kpop.rollout.engine_host import EngineHost
 from kpop.rollout.vllm_engine import VLLMEngine, VLLMEngineConfig
 
 # vLLM's own request/stat logging is per-request noise at RL rates.
 DEFAULT_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
 
 
-class _EngineActor:
+class _EngineActor(EngineHost):
     def __init__(self, config: VLLMEngineConfig, env: dict[str, str] | None = None) -> None:
         for key, value in {**DEFAULT_ENV, **(env or {})}.items():
             os.environ[key] = value
-        self._config = config
-        self._engine: VLLMEngine | None = None
-        self._building: asyncio.Lock | None = None
+        super().__init__(config)
 
-    async def _get(self) -> VLLMEngine:
-        if self._engine is None:
-            if self._building is None:
-                self._building = asyncio.Lock()
-            async with self._building:
-                if self._engine is None:
-                    self._engine = VLLMEngine.from_config(self._config)
-        return self._engine
-
-    async def start(self) -> float:
-        """Build the engine if needed; return its start-up time in seconds."""
-        return (await self._get()).startup_s
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        return await (await self._get()).generate(request)
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
-        async for delta in (await self._get()).stream(request):
-            yield delta
-
-    async def abort(self, request_id: str) -> None:
-        await (await self._get()).abort(request_id)
-
-    async def pause(self) -> None:
-        await (await self._get()).pause()
-
-    async def resume(self) -> None:
-        await (await self._get()).resume()
-
-    async def update_weights(self, update: WeightUpdate, timeout_s: float | None = None) -> float:
-        """Apply `update`; returns the time it took (seconds)."""
-        engine = await self._get()
-        await engine.update_weights(update, timeout_s=timeout_s)
-        return engine.last_update_s or 0.0
-
-    async def load(self) -> EngineLoad:
-        if self._engine is None:
-            return EngineLoad(running=0, waiting=0, version=self._config.initial_version, paused=False, generated_tokens=0)
-        return self._engine.load()
-
-    async def close(self) -> None:
-        """Free the vLLM engine (its subprocess and KV cache); the actor can then be killed."""
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+    def _build(self) -> VLLMEngine:
+        return VLLMEngine.from_config(self._config)
 
 
 EngineActor = ray.remote(num_cpus=1, max_concurrency=1000)(_EngineActor)
