@@ -108,14 +108,14 @@ class CgroupSlot:
         now = self._counters()
         return now["oom"] > self._base["oom"], now["pids"] > self._base["pids"]
 
-    def pids(self) -> list[int]:
-        return [int(p) for p in self._file("pids", "cgroup.procs").read_text().split()]
+    def pids(self, keep: int | None = None) -> list[int]:
+        return [int(p) for p in self._file("pids", "cgroup.procs").read_text().split() if int(p) != keep]
 
-    def kill_all(self, timeout_s: float = 5.0) -> bool:
-        """SIGKILL every process in the slot until none is left; False if some survived."""
+    def kill_all(self, timeout_s: float = 5.0, keep: int | None = None) -> bool:
+        """SIGKILL every process in the slot but `keep` until none is left; False if some survived."""
         deadline = time.monotonic() + timeout_s
-        while pids := self.pids():
-            if self.v2 and self._file("pids", "cgroup.kill").exists():
+        while pids := self.pids(keep):
+            if self.v2 and keep is None and self._file("pids", "cgroup.kill").exists():
                 self._file("pids", "cgroup.kill").write_text("1")
             for pid in pids:
                 try:

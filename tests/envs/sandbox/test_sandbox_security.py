@@ -115,12 +115,20 @@ async def test_runs_as_unprivileged_uid(box, small):
     assert result.ok and uid != 0 and euid != 0
 
 
+async def test_no_capabilities_and_no_supplementary_groups(box, small):
+    code = "import os\nst = dict(l.split(':\t') for l in open('/proc/self/status').read().splitlines() if ':\t' in l)\nprint(st['CapBnd'], st['CapEff'], st['CapPrm'], st['Groups'].strip() or '-')\n"
+    result = await box.run(SandboxRequest(code=code, limits=small))
+    bnd, eff, prm, groups = result.stdout.split()
+    assert result.ok and int(bnd, 16) == int(eff, 16) == int(prm, 16) == 0, result.stdout
+    assert groups in ("-", "65534"), groups
+
+
 async def test_fork_bomb_is_stopped_by_the_pids_limit(box, small):
     code = "import os, time\nfor _ in range(10000):\n    os.fork()\ntime.sleep(60)\n"
     result = await box.run(SandboxRequest(code=code, limits=small))
     assert result.status in (SandboxStatus.PIDS_LIMIT, SandboxStatus.TIMEOUT), result
     if box.has_cgroups:
-        assert result.status is SandboxStatus.PIDS_LIMIT and box._cgroup.pids() == []
+        assert result.status is SandboxStatus.PIDS_LIMIT and box.leftover_pids() == []
     assert result.wall_s < small.wall_s + 2
 
 
