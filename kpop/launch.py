@@ -78,21 +78,31 @@ def make_worker(spec: RunSpec, model_dir: Path, i: int):
 
 
 def start_actors(spec: RunSpec, model_dir: Path):
+    """Engines, environment workers and the learner, all ready."""
+    import ray
+
+    engines, workers, learner, starting = launch_actors(spec, model_dir)
+    startup = ray.get(starting, timeout=STARTUP_TIMEOUT_S)
+    log.info("actors ready: engine start-up %s s", ", ".join(f"{t:.1f}" for t in startup))
+    return engines, workers, learner
+
+
+def launch_actors(spec: RunSpec, model_dir: Path):
+    """Like `start_actors`, but returns once the learner and workers are ready, with the engines'
+    start() refs still running (the cold start needs no engine and overlaps their start-up)."""
     from kpop.learner.group import LearnerGroup
 
     import ray
 
     engines = [make_engine(spec, model_dir, i) for i in range(spec.rollout.engine.num_engines)]
+    starting = [e.start.remote() for e in engines]
     workers = [make_worker(spec, model_dir, i) for i in range(spec.rollout.num_env_workers)]
     lr = spec.learner
+    threads = lr.threads or max(1, (os.cpu_count() or 1) // lr.num_ranks)
     learner = LearnerGroup.create(  # coordinator actor over lr.num_ranks DeepSpeed ranks
-        str(model_dir), lr, spec.seed, sft_lr=spec.sft.lr, num_threads=max(1, int(lr.num_cpus)))
-    # Engines build and the learner JIT-compiles in parallel; wait for both before the loop so
-    # that later calls can use short timeouts.
-    startup = ray.get([e.start.remote() for e in engines] + [learner.ready.remote()]
-                      + [w.ping.remote() for w in workers], timeout=STARTUP_TIMEOUT_S)
-    log.info("actors ready: engine start-up %s s", ", ".join(f"{t:.1f}" for t in startup[: len(engines)]))
-    return engines, workers, learner
+        str(model_dir), lr, spec.seed, sft_lr=spec.sft.lr, num_threads=threads)
+    ray.get([learner.ready.remote()] + [w.ping.remote() for w in workers], timeout=STARTUP_TIMEOUT_S)
+    return engines, workers, learner, starting
 
 
 def checkpoint(ctx: RunContext, step: int, extra: dict[str, str] | None = None) -> Path:
@@ -133,9 +143,10 @@ def run(spec: RunSpec) -> dict:
     resume = find_checkpoint(run_dir) if spec.scheduler.type == "kpop" else None
     model_dir = resume or prepare_initial_model(spec)
     _start_ray(spec)
-    engines, workers, learner = start_actors(spec, model_dir)
+    engines, workers, learner, starting = launch_actors(spec, model_dir)
     ctx = RunContext(spec, run_dir, model_dir, engines, workers, learner,
-                     TaskSampler(spec.envs, spec.seed), MetricsWriter(run_dir, spec.logging, spec.model_dump(mode="json")))
+                     TaskSampler(spec.envs, spec.seed), MetricsWriter(run_dir, spec.logging, spec.model_dump(mode="json")),
+                     engine_start=starting)
     try:
         result = train(ctx, checkpoint)
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,13 @@ class RunContext:
     learner: Any             # LearnerActor handle
     sampler: TaskSampler
     metrics: MetricsWriter
+    engine_start: list[Any] = field(default_factory=list)  # start() refs still running: the cold
+    # start (env workers + learner only) overlaps engine start-up; the first engine use waits here
+
+    def wait_engines(self, timeout_s: float = 1800.0) -> None:
+        starting, self.engine_start = self.engine_start, []
+        if starting:
+            ray.get(starting, timeout=timeout_s)
 
     def training_sampling(self) -> SamplingParams:
         s = self.spec.rollout.sampling
@@ -34,18 +41,24 @@ class RunContext:
 
     def rollout(self, episodes: list[Episode], sampling: SamplingParams) -> list[Trajectory]:
         """Run episodes across workers and engines (round robin); results in input order."""
+        self.wait_engines()
         refs = [
             self.workers[i % len(self.workers)].rollout.remote(ep, self.engines[i % len(self.engines)], sampling)
             for i, ep in enumerate(episodes)
         ]
         return ray.get(refs)
 
-    def solve(self, episodes: list[Episode]) -> list[Trajectory]:
-        refs = [self.workers[i % len(self.workers)].solve.remote(ep) for i, ep in enumerate(episodes)]
-        return ray.get(refs)
+    def solve(self, episodes: list[Episode], chunk: int = 1024) -> list[Trajectory]:
+        """Reference-solver episodes, submitted in chunks (Ray warns past 5000 queued calls per actor)."""
+        out: list[Trajectory] = []
+        for start in range(0, len(episodes), chunk):
+            part = episodes[start:start + chunk]
+            out += ray.get([self.workers[i % len(self.workers)].solve.remote(ep) for i, ep in enumerate(part)])
+        return out
 
     def publish_weights(self, timeout_s: float = 120.0) -> int:
         """Push the learner's current weights to every engine; returns the new version."""
+        self.wait_engines()
         update = ray.get(self.learner.publish.remote(), timeout=timeout_s)
         ray.get([e.update_weights.remote(update) for e in self.engines], timeout=timeout_s)
         return update.version
