@@ -92,6 +92,7 @@ async def _collector(ctx: RunContext, state: SchedulerState | None) -> Collector
     from kpop.launch import make_engine, make_worker
 
     spec = ctx.spec.scheduler
+    await asyncio.to_thread(ctx.wait_engines)
     dpr = DynamicPassRating(spec.dpr) if spec.dpr.enabled else None
     ctx.sampler.curriculum, ctx.sampler.revisit_prob = dpr, spec.dpr.revisit_prob if dpr else 0.0
     router = EngineRouter.remote(ctx.engines)
