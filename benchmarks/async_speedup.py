@@ -1,17 +1,20 @@
 """Synchronous vs KPop scheduling on the same long-tailed agentic workload, side by side.
 
-Workload: the calculator task wrapped so that (a) every environment step waits a heavy-tailed
-latency (Pareto, asyncio.sleep: an awaitable tool call, capped) and (b) the number of model turns an
-episode gets before it ends is long-tailed (most episodes 1 turn, a few up to `max_turns`), so
-generated tokens per episode are long-tailed too. Both runs use the tiny model, the real vLLM
-engine, real environment workers and the real DeepSpeed learner, the same seed, cold start and
-number of trained samples (steps x tasks_per_step x group_size).
+Workload: the calculator task wrapped so that (a) every environment step waits a long-tailed
+latency, as tool calls, test runs and web fetches do (asyncio.sleep, an awaitable: 80% of steps
+take 0.05-0.3 s, 20% take 1.5-4 s), and (b) the number of model turns an episode gets before it
+ends is long-tailed (most episodes 1 turn, a few up to `max_turns`), so generated tokens per
+episode are long-tailed too. Latencies and turn budgets are drawn from the task's seed and the
+turn number, so both schedulers face exactly the same workload. One cold start (SFT on solver
+episodes) is trained first and saved; both runs start from that checkpoint, with the tiny model,
+the real vLLM engine, real environment workers and the real DeepSpeed learner, the same seed and
+the same number of trained samples (steps x tasks_per_step x group_size).
 
 Prints: RL wall-clock of each and the ratio, engine idle fraction (1 - share of engine polls with
 requests in flight, kpop.scheduler.monitor), final reward (mean reward of the last two steps'
 training batches and the held-out greedy evaluation).
 
-    .venv/bin/python benchmarks/async_speedup.py [--steps 6] [--eta 2]
+    .venv/bin/python benchmarks/async_speedup.py [--steps 8] [--eta 2] [--sft-steps 200]
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ def register_slow_env() -> None:
         Options = CalculatorEnv.Options
 
         def make_task(self, seed, options):
-            self.rng = random.Random(seed)
+            self.rng, self.task_seed = random.Random(seed), seed
             # long-tailed turn budget: P(1) = 0.6, P(2) = 0.2, P(3) = 0.1, P(6) = 0.1
             self.target_turns = self.rng.choices([1, 2, 3, 6], weights=[6, 2, 1, 1])[0]
             return super().make_task(seed, options)
 
         async def astep(self, action):
-            await asyncio.sleep(min(3.0, 0.05 * self.rng.paretovariate(1.3)))
+            latency = random.Random(f"{self.task_seed}/{self.turns}")
+            slow = latency.random() < 0.2
+            await asyncio.sleep(latency.uniform(1.5, 4.0) if slow else latency.uniform(0.05, 0.3))
             result = await super().astep(action)
             if result.terminated and result.reward == 0.0 and self.turns < self.target_turns:
                 return StepResult([Message("user", "Not quite. Try again.")], 0.0, False, False,
@@ -57,35 +62,66 @@ def register_slow_env() -> None:
         pass  # already registered in this process
 
 
-def overrides(run_dir: Path, scheduler: str, steps: int, eta: int) -> list[str]:
+ENV_OPTIONS = "{min_operand: 1, max_operand: 9}"
+LR = 3e-4
+
+
+def overrides(run_dir: Path, scheduler: str, steps: int, eta: int, init: Path | None, sft_steps: int = 0,
+              env: str = SLOW_ENV) -> list[str]:
     common = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1",
-              'logging.progress="off"', "sft.steps=10", "sft.num_examples=64", "sft.batch_size=16",
-              "train.eval_tasks=16", f"train.steps={steps}", "train.tasks_per_step=4", "rollout.group_size=4",
+              'logging.progress="off"', f"sft.steps={sft_steps}", "sft.num_examples=4096", "sft.batch_size=32",
+              "train.eval_tasks=64", f"train.steps={steps}", "train.tasks_per_step=4", "rollout.group_size=4",
               "rollout.max_turns=6", "rollout.max_total_tokens=512", "rollout.sampling.max_new_tokens=32",
-              "rollout.num_env_workers=2", f"train.checkpoint_every={steps}", "seed=3", f"run_dir={run_dir}",
-              f"envs=[{{name: {SLOW_ENV}}}]"]
+              "rollout.num_env_workers=2", f"train.checkpoint_every={max(steps, 1)}", "seed=3", f"run_dir={run_dir}",
+              f"envs=[{{name: {env}, options: {ENV_OPTIONS}}}]", f"learner.lr={LR}"]
+    if init is not None:
+        common += [f"model.path={init}", f"tokenizer.path={init}"]
     if scheduler == "kpop":
         common += ["scheduler.type=kpop", f"scheduler.max_staleness={eta}", "scheduler.dpr.enabled=false"]
     return common
 
 
-def run_one(run_dir: Path, scheduler: str, steps: int, eta: int) -> dict:
-    import ray
-
+def _context(spec, run_dir: Path):
     from kpop.bootstrap import prepare_initial_model
     from kpop.launch import start_actors
     from kpop.loop.context import RunContext
-    from kpop.metrics import MetricsWriter, read_metrics
-    from kpop.scheduler.monitor import EngineMonitor
-    from kpop.spec import load_spec
+    from kpop.metrics import MetricsWriter
     from kpop.tasks import TaskSampler
 
-    spec = load_spec(None, overrides(run_dir, scheduler, steps, eta))
     run_dir.mkdir(parents=True, exist_ok=True)
     model_dir = prepare_initial_model(spec)
     engines, workers, learner = start_actors(spec, model_dir)
-    ctx = RunContext(spec, run_dir, model_dir, engines, workers, learner, TaskSampler(spec.envs, spec.seed),
-                     MetricsWriter(run_dir))
+    return RunContext(spec, run_dir, model_dir, engines, workers, learner, TaskSampler(spec.envs, spec.seed),
+                      MetricsWriter(run_dir))
+
+
+def cold_start_once(run_dir: Path, sft_steps: int) -> Path:
+    """SFT the tiny model on solver episodes once; both schedulers start from this checkpoint.
+    The plain calculator (same tasks, no added latency) serves the tokenizer corpus and the solver
+    episodes, which would otherwise wait out thousands of simulated tool latencies."""
+    import ray
+
+    from kpop.launch import checkpoint
+    from kpop.loop.sync import cold_start
+    from kpop.spec import load_spec
+
+    ctx = _context(load_spec(None, overrides(run_dir, "sync", 0, 0, None, sft_steps, env="calculator")), run_dir)
+    try:
+        cold_start(ctx)
+        return checkpoint(ctx, 0)
+    finally:
+        for handle in [*ctx.engines, *ctx.workers, ctx.learner]:
+            ray.kill(handle)
+
+
+def run_one(run_dir: Path, scheduler: str, steps: int, eta: int, init: Path) -> dict:
+    import ray
+
+    from kpop.metrics import read_metrics
+    from kpop.scheduler.monitor import EngineMonitor
+    from kpop.spec import load_spec
+
+    ctx = _context(load_spec(None, overrides(run_dir, scheduler, steps, eta, init)), run_dir)
     monitor = EngineMonitor(lambda: ctx.engines).start()
     try:
         result = _train(ctx, scheduler, monitor)
@@ -95,7 +131,8 @@ def run_one(run_dir: Path, scheduler: str, steps: int, eta: int) -> dict:
             ray.kill(handle)
     rl = [r for r in read_metrics(run_dir) if r["phase"] == "rl"]
     return {"wall_s": result["wall_s"], "idle": 1.0 - result["util"], "samples": sum(r["episodes"] for r in rl),
-            "train_reward": sum(r["reward"] for r in rl[-2:]) / 2, "eval_reward": result["after_rl"]["reward"]}
+            "train_reward": sum(r["reward"] for r in rl[-2:]) / 2, "eval_reward": result["after_rl"]["reward"],
+            "eval_before": result["before_rl"]["reward"], "eval_tasks": ctx.spec.train.eval_tasks}
 
 
 def _train(ctx, scheduler: str, monitor) -> dict:
@@ -127,18 +164,22 @@ def main() -> None:
     import ray
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--sft-steps", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=LR, help="RL learning rate of both runs")
     parser.add_argument("--eta", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    globals()["LR"] = args.lr
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     register_slow_env()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": register_slow_env})
     root = Path(tempfile.mkdtemp(prefix="async_speedup_"))
+    init = cold_start_once(root / "cold_start", args.sft_steps)
     results = {}
     for scheduler in ("sync", "kpop"):
-        results[scheduler] = run_one(root / scheduler, scheduler, args.steps, args.eta)
+        results[scheduler] = run_one(root / scheduler, scheduler, args.steps, args.eta, init)
         print(scheduler, json.dumps(results[scheduler]), flush=True)
     s, k = results["sync"], results["kpop"]
     print(f"\n{'':22}{'sync':>10}{'kpop (eta=' + str(args.eta) + ')':>16}")
@@ -146,7 +187,11 @@ def main() -> None:
     print(f"{'engine idle fraction':22}{s['idle']:10.2f}{k['idle']:16.2f}")
     print(f"{'trained samples':22}{s['samples']:10.0f}{k['samples']:16.0f}")
     print(f"{'final train reward':22}{s['train_reward']:10.3f}{k['train_reward']:16.3f}")
-    print(f"{'final eval reward':22}{s['eval_reward']:10.3f}{k['eval_reward']:16.3f}")
+    print(f"{'eval reward before RL':22}{s['eval_before']:10.3f}{k['eval_before']:16.3f}")
+    print(f"{'eval reward after RL':22}{s['eval_reward']:10.3f}{k['eval_reward']:16.3f}")
+    n = s["eval_tasks"]
+    se = max((r["eval_reward"] * (1 - r["eval_reward"]) / n) ** 0.5 for r in (s, k))
+    print(f"(held-out greedy reward on {n} tasks; binomial standard error up to {se:.3f})")
     print(f"speed-up (sync / kpop wall-clock): {s['wall_s'] / k['wall_s']:.2f}x")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

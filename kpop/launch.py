@@ -90,9 +90,9 @@ def start_actors(spec: RunSpec, model_dir: Path):
 def launch_actors(spec: RunSpec, model_dir: Path):
     """Like `start_actors`, but returns once the learner and workers are ready, with the engines'
     start() refs still running (the cold start needs no engine and overlaps their start-up)."""
-    from kpop.learner.group import LearnerGroup
-
     import ray
+
+    from kpop.learner.group import LearnerGroup
 
     engines = [make_engine(spec, model_dir, i) for i in range(spec.rollout.engine.num_engines)]
     starting = [e.start.remote() for e in engines]
@@ -130,7 +130,8 @@ def run(spec: RunSpec) -> dict:
     import ray
 
     from kpop.bootstrap import prepare_initial_model
-    from kpop.loop.resume import find_checkpoint
+    from kpop.loop.resume import RUN_STATE, find_checkpoint
+    from kpop.scheduler.state import STATE_FILE
 
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +140,8 @@ def run(spec: RunSpec) -> dict:
         from kpop.loop.kpop_loop import train
     else:
         from kpop.loop.sync import train
-    # A KPop run directory with a checkpoint resumes from it: actors start from its weights.
-    resume = find_checkpoint(run_dir) if spec.scheduler.type == "kpop" else None
+    # A run directory with a checkpoint resumes from it: actors start from its weights.
+    resume = find_checkpoint(run_dir, STATE_FILE if spec.scheduler.type == "kpop" else RUN_STATE)
     model_dir = resume or prepare_initial_model(spec)
     _start_ray(spec)
     engines, workers, learner, starting = launch_actors(spec, model_dir)

@@ -1,8 +1,9 @@
 """Finding and reading the checkpoint a run resumes from, and trimming the ledger to it.
 
-A checkpoint is a resume point only once its `scheduler_state.json` is written (it is written
-before `checkpoints/last` moves to it). `find_checkpoint` prefers `last`; if the link is missing
-(killed between removing and re-creating it) the newest step folder with a state file is used.
+A checkpoint is a resume point only once its state file is written (`scheduler_state.json` for
+the KPop loop, `run_state.json` for the synchronous loop; both are written before
+`checkpoints/last` moves to it). `find_checkpoint` prefers `last`; if the link is missing (killed
+between removing and re-creating it) the newest step folder with the state file is used.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from pathlib import Path
 from kpop.metrics import read_metrics
 from kpop.scheduler.state import STATE_FILE, SchedulerState
 
+RUN_STATE = "run_state.json"  # {"step", "sampler_position"}: every checkpoint has it
 
-def find_checkpoint(run_dir: Path) -> Path | None:
+
+def find_checkpoint(run_dir: Path, marker: str = STATE_FILE) -> Path | None:
     root = Path(run_dir) / "checkpoints"
     last = root / "last"
-    if (last / STATE_FILE).is_file():
+    if (last / marker).is_file():
         return last.resolve()
-    folders = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
+    folders = sorted(p for p in root.glob("step_*") if (p / marker).is_file()) if root.is_dir() else []
     return folders[-1] if folders else None
 
 

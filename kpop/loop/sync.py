@@ -1,5 +1,7 @@
 """The synchronous RL loop, top to bottom (η = 0: every token is sampled by the current policy).
 
+    resume       if the run directory has a checkpoint: learner state, weights and sampler
+                 position from it (the RL steps after it run again on the same tasks); else:
     cold start   SFT on reference-solver episodes that verified correct
     evaluate     greedy pass rate on held-out tasks (before RL)
     each step    sample tasks × G → rollouts → learner step → push weights → log / checkpoint
@@ -8,13 +10,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from pathlib import Path
 
 import ray
 
 from kpop.loop.context import RunContext, summarize
+from kpop.loop.resume import RUN_STATE, find_checkpoint, previous_eval
 from kpop.progress import Progress
+from kpop.tasks import SamplerState
 
 
 def cold_start(ctx: RunContext) -> None:
@@ -60,12 +66,25 @@ def rl_step(ctx: RunContext, step: int) -> dict[str, float]:
     })
 
 
+def restore(ctx: RunContext, folder: Path) -> int:
+    """Learner (weights, optimiser, RNG) and sampler position from a checkpoint; returns its step.
+    The engines were started from the same folder's weights."""
+    state = json.loads((folder / RUN_STATE).read_text())
+    ray.get(ctx.learner.load.remote(str(folder)))
+    ctx.sampler.restore(SamplerState(state["sampler_position"]))
+    return int(state["step"])
+
+
 def train(ctx: RunContext, checkpoint) -> dict[str, dict[str, float]]:
-    cold_start(ctx)
-    before = evaluate(ctx, 0, "before_rl")
+    resume = find_checkpoint(ctx.run_dir, RUN_STATE)
+    if resume is None:
+        cold_start(ctx)
+        before, done = evaluate(ctx, 0, "before_rl"), 0
+    else:
+        done, before = restore(ctx, resume), previous_eval(ctx.run_dir, "before_rl")
     total = ctx.spec.train.steps
     progress = Progress(total, ctx.spec.logging.progress, label="rl")
-    for step in range(1, total + 1):
+    for step in range(done + 1, total + 1):
         rec = rl_step(ctx, step)
         progress.update(step, {"reward": rec["reward"], "tok/s": rec["gen_tokens_per_s"], "step_s": rec["step_s"],
                                "staleness": rec.get("staleness_max", 0.0), "mismatch": rec["mismatch"]})

@@ -8,7 +8,8 @@ Invariants:
 - every group id is in at most one of: pending (samples still running) or ready;
 - a sample index is recorded at most once per group (`add` of a duplicate raises), so a retried
   episode can never be counted twice;
-- `stale(v, eta)` lists ready groups whose oldest token is older than v - eta (in RL versions).
+- `stale(v, eta)` lists ready groups whose oldest token is older than v - eta (in RL versions);
+- `due(v, eta)` lists running groups that would be stale after the next update.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Group:
     episodes: list[Episode]
     trajs: dict[int, Trajectory] = field(default_factory=dict)
     base: int = 0                   # learner version that counts as RL version 0 for these tokens
+    admitted: int = 0               # RL version when (re)submitted: no token of it is older
 
     @property
     def complete(self) -> bool:
@@ -38,6 +40,10 @@ class Group:
         """Oldest RL version among generated tokens (a large number when none were generated)."""
         mins = [t.min_version() for t in self.trajs.values() if t.num_generated]
         return min(mins) - self.base if mins else 1 << 60
+
+    def oldest_bound(self) -> int:
+        """A lower bound on the oldest token version, also for samples still running."""
+        return min(self.admitted, self.oldest_version())
 
     def generated_tokens(self) -> int:
         return sum(t.num_generated for t in self.trajs.values())
@@ -67,6 +73,11 @@ class GroupBuffer:
 
     def stale(self, version: int, max_staleness: int) -> list[Group]:
         return [g for g in self.ready if version - g.oldest_version() > max_staleness]
+
+    def due(self, version: int, max_staleness: int) -> list[Group]:
+        """Pending groups that must be trained at this version: after the next update they would be
+        older than the bound (their oldest possible token is at v - eta or earlier)."""
+        return [g for g in self.pending.values() if g.oldest_bound() <= version - max_staleness]
 
     def remove(self, groups: list[Group]) -> None:
         ids = {g.group_id for g in groups}

@@ -7,9 +7,13 @@
 
 Admission: whenever a group completes (and at start / after each version), new groups are drawn
 from the sampler up to the staleness manager's capacity, so episodes keep running while the
-learner trains (overlap). Stale groups (oldest token older than v - eta) are dropped from the
-buffer and re-run from scratch under the same draw index: nothing is skipped, nothing trained
-twice. Dead engines reported by workers are replaced in the background with the latest weights.
+learner trains (overlap). A step may train on whichever groups finished first, except that it
+waits for every running group that would fall past the bound with this update (admitted at
+v - eta or earlier): slow groups get eta steps of head start instead of being thrown away, and
+eta = 0 waits for everything (synchronous). Groups that still went stale (oldest token older
+than v - eta, e.g. after a restore) are dropped from the buffer and re-run from scratch under
+the same draw index: nothing is skipped, nothing trained twice. Dead engines reported by
+workers are replaced in the background with the latest weights.
 
 Accounting invariant: every drawn index is in exactly one of {trained (ledger), ready, pending}.
 """
@@ -58,13 +62,14 @@ class Collector:
 
     def start(self, pending: list[Group]) -> None:
         for group in pending:
+            group.admitted = self.staleness.version
             self._submit(group)
         self._admit()
 
     def _admit(self) -> None:
         for _ in range(self.staleness.capacity()):
             index, episodes = self.sampler.next_group(self.group_size)
-            self._submit(Group(episodes[0].group_id, index, episodes, base=self.base))
+            self._submit(Group(episodes[0].group_id, index, episodes, base=self.base, admitted=self.staleness.version))
 
     def _submit(self, group: Group) -> None:
         self.buffer.open(group)
@@ -87,7 +92,7 @@ class Collector:
             self.buffer.remove([group])
             self.staleness.on_requeue()
             self.counters["requeued"] += 1
-            self._submit(Group(group.group_id, group.index, group.episodes, base=self.base))
+            self._submit(Group(group.group_id, group.index, group.episodes, base=self.base, admitted=self.staleness.version))
 
     # ------------------------------------------------------------------ the step boundary
 
@@ -100,7 +105,7 @@ class Collector:
             self._requeue_stale()
             await self._service_engines()
             starved = self.staleness.running == 0 and self.staleness.capacity() == 0
-            if self.budget.is_ready(self.buffer.ready) or (starved and self.buffer.ready):
+            if (self.budget.is_ready(self.buffer.ready) and not self._due_running()) or (starved and self.buffer.ready):
                 groups = self.budget.select(self.buffer.ready)
                 self.buffer.remove(groups)
                 return groups
@@ -110,6 +115,10 @@ class Collector:
                 pass
             if self.spec.tail_migration and len(self.engines) > 1:
                 await self.router.migrate_tail.remote(self.spec.tail_min_age_s, self.spec.tail_max_moves)
+
+    def _due_running(self) -> bool:
+        """A running group would be too stale after this step's update: the step waits for it."""
+        return bool(self.buffer.due(self.staleness.version, self.spec.max_staleness))
 
     def on_version(self, version: int) -> None:
         self.staleness.on_version(version)

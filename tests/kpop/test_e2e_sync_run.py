@@ -55,3 +55,19 @@ def test_checkpoint_is_a_loadable_hugging_face_folder_with_trained_weights(finis
     assert max(diffs) > 0
     assert json.loads((last / "run_state.json").read_text())["step"] == 2
     assert torch.isfinite(torch.stack([p.abs().sum() for p in trained.parameters()])).all()
+
+
+def test_rerun_on_the_run_directory_resumes_after_the_last_checkpoint(finished_run):
+    """Runs last in this module: it extends the finished run by one RL step."""
+    from kpop.launch import run
+
+    spec, first = finished_run
+    at_two = json.loads((spec.run_dir / "checkpoints" / "last" / "run_state.json").read_text())
+    result = run(load_spec(None, [*OVERRIDES, f"run_dir={spec.run_dir}", "train.steps=3"]))
+    records = read_metrics(spec.run_dir)
+    assert [r["step"] for r in records if r["phase"] == "sft"] == [1, 2, 3, 4]    # no second cold start
+    rl = [r for r in records if r["phase"] == "rl"]
+    assert [r["step"] for r in rl] == [1, 2, 3] and [r["version"] for r in rl] == [5, 6, 7]
+    state = json.loads((spec.run_dir / "checkpoints" / "last" / "run_state.json").read_text())
+    assert state == {"step": 3, "sampler_position": at_two["sampler_position"] + 2}   # the next 2 tasks
+    assert result["before_rl"] == first["before_rl"]

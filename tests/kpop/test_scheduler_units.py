@@ -74,6 +74,20 @@ def test_buffer_counts_each_sample_once_and_finds_stale_groups():
         buf.open(Group("a", 0, []))
 
 
+def test_running_groups_become_due_one_update_before_they_would_be_stale():
+    buf = GroupBuffer()
+    fresh = Group("fresh", 0, [Episode("calc", 1, "fresh", 0)], admitted=3)
+    old = Group("old", 1, [Episode("calc", 1, "old", 0), Episode("calc", 1, "old", 1)], admitted=3)
+    buf.open(fresh)
+    buf.open(old)
+    buf.add("old", 0, traj([1, 2]))          # a finished sample holds tokens of version 1 (base 0)
+    assert old.oldest_bound() == 1 and fresh.oldest_bound() == 3
+    assert buf.due(version=2, max_staleness=2) == []
+    assert buf.due(version=3, max_staleness=2) == [old]           # v - eta = 1: trained now or never
+    assert buf.due(version=5, max_staleness=2) == [fresh, old]
+    assert buf.due(version=3, max_staleness=0) == [fresh, old]    # eta = 0: wait for every group
+
+
 def test_budget_tokens_and_group_count_take_oldest_first():
     old, mid, new = group("old", [[0, 0, 0]]), group("mid", [[1] * 5]), group("new", [[2] * 4])
     ready = [new, mid, old]
