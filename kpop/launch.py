@@ -34,8 +34,8 @@ def plan(spec: RunSpec) -> str:
         f"  engines:   {r.engine.num_engines} x {r.engine.type}",
         f"  workers:   {r.num_env_workers} environment worker(s)",
         f"  learner:   {lr.num_ranks} DeepSpeed rank(s), ZeRO-{lr.zero_stage}, {lr.precision}, objective {lr.objective.type}",
-        f"  schedule:  {spec.scheduler.type}; cold start {spec.sft.steps} SFT steps; {t.steps} RL steps x "
-        f"{t.tasks_per_step} tasks x {r.group_size} samples; {t.eval_tasks} held-out tasks",
+        (f"  schedule:  {spec.scheduler.type}; cold start {spec.sft.steps} SFT steps; {t.steps} RL steps x "
+         f"{t.tasks_per_step} tasks x {r.group_size} samples; {t.eval_tasks} held-out tasks"),
         f"  cluster:   {spec.cluster.address or 'local Ray instance'}",
     ])
 
