@@ -64,6 +64,7 @@ def register_slow_env() -> None:
 
 ENV_OPTIONS = "{min_operand: 1, max_operand: 9}"
 LR = 3e-4
+SEED = 3
 
 
 def overrides(run_dir: Path, scheduler: str, steps: int, eta: int, init: Path | None, sft_steps: int = 0,
@@ -72,7 +73,7 @@ def overrides(run_dir: Path, scheduler: str, steps: int, eta: int, init: Path | 
               'logging.progress="off"', f"sft.steps={sft_steps}", "sft.num_examples=4096", "sft.batch_size=32",
               "train.eval_tasks=64", f"train.steps={steps}", "train.tasks_per_step=4", "rollout.group_size=4",
               "rollout.max_turns=6", "rollout.max_total_tokens=512", "rollout.sampling.max_new_tokens=32",
-              "rollout.num_env_workers=2", f"train.checkpoint_every={max(steps, 1)}", "seed=3", f"run_dir={run_dir}",
+              "rollout.num_env_workers=2", f"train.checkpoint_every={max(steps, 1)}", f"seed={SEED}", f"run_dir={run_dir}",
               f"envs=[{{name: {env}, options: {ENV_OPTIONS}}}]", f"learner.lr={LR}"]
     if init is not None:
         common += [f"model.path={init}", f"tokenizer.path={init}"]
@@ -167,10 +168,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--sft-steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=LR, help="RL learning rate of both runs")
+    parser.add_argument("--seed", type=int, default=SEED, help="run seed (tasks, init, sampling) of both runs")
     parser.add_argument("--eta", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    globals()["LR"] = args.lr
+    globals()["LR"], globals()["SEED"] = args.lr, args.seed
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     register_slow_env()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,

@@ -102,8 +102,9 @@ class Collector:
             self.wake.clear()
             if self.dispatcher.error or self.error:
                 raise RuntimeError("rollout collection failed") from (self.dispatcher.error or self.error)
-            self._requeue_stale()
             await self._service_engines()
+            # After the last await: a group that completed meanwhile is checked before selection.
+            self._requeue_stale()
             starved = self.staleness.running == 0 and self.staleness.capacity() == 0
             if (self.budget.is_ready(self.buffer.ready) and not self._due_running()) or (starved and self.buffer.ready):
                 groups = self.budget.select(self.buffer.ready)

@@ -2,7 +2,8 @@
 
 Keys (all per optimisation step unless noted):
     staleness_hist   list of trained-token counts indexed by version gap (current RL version minus
-                     the version that generated the token); length max_staleness + 1
+                     the version that generated the token); length max_staleness + 1, longer
+                     only if a token violated the bound (never clipped into the last bucket)
     max_gap          largest gap of any trained token (<= max_staleness by construction)
     buffer_size      complete groups left in the buffer after the step took its batch
     in_flight        episodes running when the step fired
@@ -22,13 +23,11 @@ from kpop.scheduler.buffer import Group
 
 
 def staleness_hist(groups: list[Group], version: int, max_staleness: int) -> list[int]:
-    hist = [0] * (max_staleness + 1)
-    for g in groups:
-        for t in g.trajs.values():
-            for v, m in zip(t.versions, t.loss_mask):
-                if m:
-                    gap = version - (v - g.base)
-                    hist[min(max(gap, 0), max_staleness)] += 1
+    gaps = [max(version - (v - g.base), 0) for g in groups for t in g.trajs.values()
+            for v, m in zip(t.versions, t.loss_mask) if m]
+    hist = [0] * (max([max_staleness, *gaps]) + 1)
+    for gap in gaps:
+        hist[gap] += 1
     return hist
 
 

@@ -3,7 +3,7 @@
 - eta = 0 behaves synchronously: every trained token is from the current version, nothing is in
   flight when a step fires, and step k trains exactly the k-th block of B draws;
 - eta = 1 with an environment worker and the engine killed mid-run (SIGKILL of their processes),
-  two environment families in the run and the DPR curriculum on: both actors are replaced, no
+  two environment families (calculator, search) and the DPR curriculum on: both actors are replaced, no
   trained token is older than the bound, both families are trained, the curriculum records
   pass rates, and every drawn task is trained, buffered or pending exactly once (tasks in =
   trajectories out).
@@ -82,7 +82,8 @@ def test_eta_one_bounds_staleness_and_survives_worker_and_engine_death(ray_sessi
 
     spec = load_spec(None, [*TINY, "train.steps=6", "scheduler.max_staleness=1", "rollout.num_env_workers=2",
                             "scheduler.max_retries=5", f"run_dir={tmp_path}", "scheduler.dpr.enabled=true",
-                            "envs=[{name: calculator, weight: 1.0}, {name: tool_use, weight: 1.0}]"])
+                            "envs=[{name: calculator, weight: 1.0}, {name: search, weight: 1.0}]",
+                            "rollout.max_total_tokens=512"])
     killed, errors = [], []
 
     def chaos():
@@ -111,5 +112,7 @@ def test_eta_one_bounds_staleness_and_survives_worker_and_engine_death(ray_sessi
     assert sum(r["paused"] for r in rl) > 0                                  # rollouts spanned updates
     assert_every_task_accounted(tmp_path, 2)
     families = {k.split("/", 1)[1] for r in rl for k in r if k.startswith("episodes/") and r[k] > 0}
-    assert families == {"calculator", "tool_use"}
-    assert last["dpr_tasks"] >= 12                       # pass-rate history of every trained task
+    assert families == {"calculator", "search"}
+    assert all(r["gen_tokens"] > 0 for r in rl)                         # every batch was generated
+    trained_tasks = {gid.rsplit(":", 1)[0] for line in ledger(tmp_path) for gid in line["group_ids"]}
+    assert last["dpr_tasks"] >= len(trained_tasks) > 0   # a pass-rate history for every trained task

@@ -149,6 +149,7 @@ def test_tail_migration_moves_oldest_from_busiest_to_idle():
 def test_metrics_histogram_percentiles_resumed():
     g = group("g", [[3, 3, 4], [2, 4]], base=0)
     assert staleness_hist([g], version=4, max_staleness=2) == [2, 2, 1]
+    assert staleness_hist([g], version=4, max_staleness=1) == [2, 2, 1]   # a violation shows, unclipped
     assert resumed_count([g]) == 2
     assert percentile([5.0, 1.0, 3.0, 2.0], 50) == 2.0 and percentile([1.0, 2.0], 99) == 2.0
 
