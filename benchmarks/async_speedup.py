@@ -65,13 +65,14 @@ def register_slow_env() -> None:
 ENV_OPTIONS = "{min_operand: 1, max_operand: 9}"
 LR = 3e-4
 SEED = 3
+TASKS = 4
 
 
 def overrides(run_dir: Path, scheduler: str, steps: int, eta: int, init: Path | None, sft_steps: int = 0,
               env: str = SLOW_ENV) -> list[str]:
     common = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1",
               'logging.progress="off"', f"sft.steps={sft_steps}", "sft.num_examples=4096", "sft.batch_size=32",
-              "train.eval_tasks=64", f"train.steps={steps}", "train.tasks_per_step=4", "rollout.group_size=4",
+              "train.eval_tasks=64", f"train.steps={steps}", f"train.tasks_per_step={TASKS}", "rollout.group_size=4",
               "rollout.max_turns=6", "rollout.max_total_tokens=512", "rollout.sampling.max_new_tokens=32",
               "rollout.num_env_workers=2", f"train.checkpoint_every={max(steps, 1)}", f"seed={SEED}", f"run_dir={run_dir}",
               f"envs=[{{name: {env}, options: {ENV_OPTIONS}}}]", f"learner.lr={LR}"]
@@ -169,10 +170,11 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=LR, help="RL learning rate of both runs")
     parser.add_argument("--seed", type=int, default=SEED, help="run seed (tasks, init, sampling) of both runs")
+    parser.add_argument("--tasks", type=int, default=TASKS, help="tasks per step (each sampled 4 times)")
     parser.add_argument("--eta", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    globals()["LR"], globals()["SEED"] = args.lr, args.seed
+    globals()["LR"], globals()["SEED"], globals()["TASKS"] = args.lr, args.seed, args.tasks
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     register_slow_env()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
