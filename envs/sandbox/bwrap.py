@@ -28,10 +28,9 @@ from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxResult
 from kpop.envs.sandbox.cgroups import CgroupSlot
 from kpop.envs.sandbox.classify import Observed, classify, signal_of
 from kpop.envs.sandbox.runner import RawOutcome, supervise
-from kpop.envs.sandbox.zygote_client import Zygote, ZygoteDied
+from kpop.envs.sandbox.zygote_client import HOST_PATH, Zygote, ZygoteDied
 
 ETC_FILES = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/python3", "/etc/python3.11", "/etc/python3.12")
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)

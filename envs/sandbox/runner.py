@@ -55,17 +55,6 @@ def kill_group(proc: asyncio.subprocess.Process) -> None:
             pass
 
 
-async def start_process(
-    argv: Sequence[str], *, env: dict[str, str] | None, cwd: str | None, with_stdin: bool, pass_fds: Sequence[int] = (),
-) -> asyncio.subprocess.Process:
-    """The child in a new session with piped stdout/stderr (and stdin if asked); raises OSError."""
-    return await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=env, cwd=cwd, start_new_session=True, pass_fds=tuple(pass_fds), close_fds=True,
-    )
-
-
 async def run_process(
     argv: Sequence[str],
     *,
@@ -79,7 +68,11 @@ async def run_process(
 ) -> RawOutcome:
     start = time.perf_counter()
     try:
-        proc = await start_process(argv, env=env, cwd=cwd, with_stdin=bool(stdin), pass_fds=pass_fds)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, cwd=cwd, start_new_session=True, pass_fds=tuple(pass_fds), close_fds=True,
+        )
     except OSError as exc:
         return RawOutcome(None, b"", b"", time.perf_counter() - start, spawn_error=f"cannot start {argv[0]!r}: {exc}")
     return await supervise(proc, stdin=stdin, wall_s=wall_s, max_output_bytes=max_output_bytes, on_started=on_started, start=start)
@@ -101,8 +94,6 @@ async def supervise(
     timed_out = False
     drains = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
     feeder = asyncio.ensure_future(_feed(proc, stdin)) if stdin else None
-    if not stdin and proc.stdin is not None:
-        proc.stdin.close()
     try:
         if on_started is not None:
             await asyncio.wait_for(on_started(proc.pid), timeout=wall_s)

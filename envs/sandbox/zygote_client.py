@@ -86,9 +86,13 @@ class Zygote:
         stdout, stderr = await _reader(loop, out_r), await _reader(loop, err_r)
         stdin = await _writer(loop, in_w) if in_w is not None else None
         started = await self._receive(loop)
-        done = loop.create_task(self._receive(loop))
-        done.add_done_callback(lambda t: t.exception())  # a dead zygote surfaces in wait(), not as a warning
-        return ZygoteChild(started["pid"], stdin, stdout, stderr, _returncode(done))
+        return ZygoteChild(started["pid"], stdin, stdout, stderr, loop.create_task(self._exit_code(loop)))
+
+    async def _exit_code(self, loop: asyncio.AbstractEventLoop) -> int:
+        try:
+            return (await self._receive(loop))["returncode"]
+        except ZygoteDied:
+            return -9  # the zygote died with the child: report it as killed
 
     async def _receive(self, loop: asyncio.AbstractEventLoop) -> dict:
         msg = await loop.sock_recv(self._sock, 4096)
@@ -104,15 +108,6 @@ class Zygote:
             self.proc.kill()
             self.proc.wait()
         self.proc.stdout.close()
-
-
-def _returncode(done: asyncio.Task) -> asyncio.Future:
-    async def get() -> int:
-        try:
-            return (await done)["returncode"]
-        except ZygoteDied:
-            return -9  # the zygote died with the child: report it as killed
-    return asyncio.ensure_future(get())
 
 
 async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
