@@ -26,6 +26,7 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 SLOW_ENV = "slow_calculator"
@@ -63,23 +64,30 @@ def register_slow_env() -> None:
 
 
 ENV_OPTIONS = "{min_operand: 1, max_operand: 9}"
-LR = 3e-4
-SEED = 3
-TASKS = 4
 
 
-def overrides(run_dir: Path, scheduler: str, steps: int, eta: int, init: Path | None, sft_steps: int = 0,
-              env: str = SLOW_ENV) -> list[str]:
+@dataclass(frozen=True)
+class Workload:
+    steps: int = 8
+    eta: int = 2
+    tasks: int = 4          # tasks per step, each sampled 4 times
+    seed: int = 3
+    lr: float = 3e-4        # RL learning rate
+    sft_steps: int = 200    # the shared cold start
+
+
+def overrides(run_dir: Path, scheduler: str, w: Workload, init: Path | None, env: str = SLOW_ENV) -> list[str]:
+    steps = 0 if init is None else w.steps  # without an init this is the cold start: SFT only
     common = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1",
-              'logging.progress="off"', f"sft.steps={sft_steps}", "sft.num_examples=4096", "sft.batch_size=32",
-              "train.eval_tasks=64", f"train.steps={steps}", f"train.tasks_per_step={TASKS}", "rollout.group_size=4",
-              "rollout.max_turns=6", "rollout.max_total_tokens=512", "rollout.sampling.max_new_tokens=32",
-              "rollout.num_env_workers=2", f"train.checkpoint_every={max(steps, 1)}", f"seed={SEED}", f"run_dir={run_dir}",
-              f"envs=[{{name: {env}, options: {ENV_OPTIONS}}}]", f"learner.lr={LR}"]
+              'logging.progress="off"', f"sft.steps={w.sft_steps if init is None else 0}", "sft.num_examples=4096",
+              "sft.batch_size=32", "train.eval_tasks=64", f"train.steps={steps}", f"train.tasks_per_step={w.tasks}",
+              "rollout.group_size=4", "rollout.max_turns=6", "rollout.max_total_tokens=512",
+              "rollout.sampling.max_new_tokens=32", "rollout.num_env_workers=2", f"train.checkpoint_every={max(steps, 1)}",
+              f"seed={w.seed}", f"run_dir={run_dir}", f"envs=[{{name: {env}, options: {ENV_OPTIONS}}}]", f"learner.lr={w.lr}"]
     if init is not None:
         common += [f"model.path={init}", f"tokenizer.path={init}"]
     if scheduler == "kpop":
-        common += ["scheduler.type=kpop", f"scheduler.max_staleness={eta}", "scheduler.dpr.enabled=false"]
+        common += ["scheduler.type=kpop", f"scheduler.max_staleness={w.eta}", "scheduler.dpr.enabled=false"]
     return common
 
 
@@ -97,7 +105,7 @@ def _context(spec, run_dir: Path):
                       MetricsWriter(run_dir))
 
 
-def cold_start_once(run_dir: Path, sft_steps: int) -> Path:
+def cold_start_once(run_dir: Path, w: Workload) -> Path:
     """SFT the tiny model on solver episodes once; both schedulers start from this checkpoint.
     The plain calculator (same tasks, no added latency) serves the tokenizer corpus and the solver
     episodes, which would otherwise wait out thousands of simulated tool latencies."""
@@ -107,7 +115,7 @@ def cold_start_once(run_dir: Path, sft_steps: int) -> Path:
     from kpop.loop.sync import cold_start
     from kpop.spec import load_spec
 
-    ctx = _context(load_spec(None, overrides(run_dir, "sync", 0, 0, None, sft_steps, env="calculator")), run_dir)
+    ctx = _context(load_spec(None, overrides(run_dir, "sync", w, None, env="calculator")), run_dir)
     try:
         cold_start(ctx)
         return checkpoint(ctx, 0)
@@ -116,14 +124,14 @@ def cold_start_once(run_dir: Path, sft_steps: int) -> Path:
             ray.kill(handle)
 
 
-def run_one(run_dir: Path, scheduler: str, steps: int, eta: int, init: Path) -> dict:
+def run_one(run_dir: Path, scheduler: str, w: Workload, init: Path) -> dict:
     import ray
 
     from kpop.metrics import read_metrics
     from kpop.scheduler.monitor import EngineMonitor
     from kpop.spec import load_spec
 
-    ctx = _context(load_spec(None, overrides(run_dir, scheduler, steps, eta, init)), run_dir)
+    ctx = _context(load_spec(None, overrides(run_dir, scheduler, w, init)), run_dir)
     monitor = EngineMonitor(lambda: ctx.engines).start()
     try:
         result = _train(ctx, scheduler, monitor)
@@ -165,25 +173,26 @@ def _train(ctx, scheduler: str, monitor) -> dict:
 def main() -> None:
     import ray
 
+    d = Workload()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--sft-steps", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=LR, help="RL learning rate of both runs")
-    parser.add_argument("--seed", type=int, default=SEED, help="run seed (tasks, init, sampling) of both runs")
-    parser.add_argument("--tasks", type=int, default=TASKS, help="tasks per step (each sampled 4 times)")
-    parser.add_argument("--eta", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--sft-steps", type=int, default=d.sft_steps)
+    parser.add_argument("--lr", type=float, default=d.lr, help="RL learning rate of both runs")
+    parser.add_argument("--seed", type=int, default=d.seed, help="run seed (tasks, init, sampling) of both runs")
+    parser.add_argument("--tasks", type=int, default=d.tasks, help="tasks per step (each sampled 4 times)")
+    parser.add_argument("--eta", type=int, default=d.eta)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    globals()["LR"], globals()["SEED"], globals()["TASKS"] = args.lr, args.seed, args.tasks
+    w = Workload(args.steps, args.eta, args.tasks, args.seed, args.lr, args.sft_steps)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     register_slow_env()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": register_slow_env})
     root = Path(tempfile.mkdtemp(prefix="async_speedup_"))
-    init = cold_start_once(root / "cold_start", args.sft_steps)
+    init = cold_start_once(root / "cold_start", w)
     results = {}
     for scheduler in ("sync", "kpop"):
-        results[scheduler] = run_one(root / scheduler, scheduler, args.steps, args.eta, init)
+        results[scheduler] = run_one(root / scheduler, scheduler, w, init)
         print(scheduler, json.dumps(results[scheduler]), flush=True)
     s, k = results["sync"], results["kpop"]
     print(f"\n{'':22}{'sync':>10}{'kpop (eta=' + str(args.eta) + ')':>16}")

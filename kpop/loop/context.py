@@ -26,8 +26,9 @@ class RunContext:
     learner: Any             # LearnerActor handle
     sampler: TaskSampler
     metrics: MetricsWriter
-    engine_start: list[Any] = field(default_factory=list)  # start() refs still running: the cold
-    # start (env workers + learner only) overlaps engine start-up; the first engine use waits here
+    # Engine start() refs still running: the cold start needs only workers and the learner, so it
+    # overlaps engine start-up; the first use of an engine waits here.
+    engine_start: list[Any] = field(default_factory=list)
 
     def wait_engines(self, timeout_s: float = 1800.0) -> None:
         starting, self.engine_start = self.engine_start, []
