@@ -10,11 +10,14 @@ episodes) is trained first and saved; both runs start from that checkpoint, with
 the real vLLM engine, real environment workers and the real DeepSpeed learner, the same seed and
 the same number of trained samples (steps x tasks_per_step x group_size).
 
-Prints: RL wall-clock of each and the ratio, engine idle fraction (1 - share of engine polls with
-requests in flight, kpop.scheduler.monitor), final reward (mean reward of the last two steps'
-training batches and the held-out greedy evaluation).
+Several seeds (`--seeds 3 4 5`) share the one cold start; each seed runs both schedulers.
 
-    .venv/bin/python benchmarks/async_speedup.py [--steps 8] [--eta 2] [--tasks 4] [--seed 3] [--lr 3e-4]
+Prints, per seed and over all seeds: RL wall-clock of each and the ratio, engine idle fraction
+(1 - share of engine polls with requests in flight, kpop.scheduler.monitor), trained samples, final
+reward (the held-out greedy evaluation after RL, and the mean reward of the last two steps'
+training batches); the mean held-out reward over seeds with its standard error.
+
+    .venv/bin/python benchmarks/async_speedup.py [--steps 8] [--eta 2] [--tasks 4] [--seeds 3 ...] [--lr 3e-4]
 """
 
 from __future__ import annotations
@@ -178,37 +181,52 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--sft-steps", type=int, default=d.sft_steps)
     parser.add_argument("--lr", type=float, default=d.lr, help="RL learning rate of both runs")
-    parser.add_argument("--seed", type=int, default=d.seed, help="run seed (tasks, init, sampling) of both runs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[d.seed],
+                        help="run seeds (tasks, held-out set, sampling); the first also seeds the shared cold start")
     parser.add_argument("--tasks", type=int, default=d.tasks, help="tasks per step (each sampled 4 times)")
     parser.add_argument("--eta", type=int, default=d.eta)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    w = Workload(args.steps, args.eta, args.tasks, args.seed, args.lr, args.sft_steps)
+    workloads = [Workload(args.steps, args.eta, args.tasks, seed, args.lr, args.sft_steps) for seed in args.seeds]
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     register_slow_env()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": register_slow_env})
     root = Path(tempfile.mkdtemp(prefix="async_speedup_"))
-    init = cold_start_once(root / "cold_start", w)
-    results = {}
-    for scheduler in ("sync", "kpop"):
-        results[scheduler] = run_one(root / scheduler, scheduler, w, init)
-        print(scheduler, json.dumps(results[scheduler]), flush=True)
-    s, k = results["sync"], results["kpop"]
-    print(f"\n{'':22}{'sync':>10}{'kpop (eta=' + str(args.eta) + ')':>16}")
-    print(f"{'RL wall-clock (s)':22}{s['wall_s']:10.1f}{k['wall_s']:16.1f}")
-    print(f"{'engine idle fraction':22}{s['idle']:10.2f}{k['idle']:16.2f}")
-    print(f"{'trained samples':22}{s['samples']:10.0f}{k['samples']:16.0f}")
-    print(f"{'final train reward':22}{s['train_reward']:10.3f}{k['train_reward']:16.3f}")
-    print(f"{'eval reward before RL':22}{s['eval_before']:10.3f}{k['eval_before']:16.3f}")
-    print(f"{'eval reward after RL':22}{s['eval_reward']:10.3f}{k['eval_reward']:16.3f}")
-    n = s["eval_tasks"]
-    se = max((r["eval_reward"] * (1 - r["eval_reward"]) / n) ** 0.5 for r in (s, k))
-    print(f"(held-out greedy reward on {n} tasks; binomial standard error up to {se:.3f})")
-    print(f"speed-up (sync / kpop wall-clock): {s['wall_s'] / k['wall_s']:.2f}x")
+    init = cold_start_once(root / "cold_start", workloads[0])
+    results = []
+    for w in workloads:
+        pair = {name: run_one(root / f"{name}_seed{w.seed}", name, w, init) for name in ("sync", "kpop")}
+        print(f"seed {w.seed}", json.dumps(pair), flush=True)
+        results.append(pair)
+    report(results, args.eta, workloads)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     ray.shutdown()
+
+
+def report(results: list[dict], eta: int, workloads: list[Workload]) -> None:
+    """One row per seed, then means over seeds; rewards with their standard errors."""
+    n = results[0]["sync"]["eval_tasks"]
+    print(f"\n{'seed':>5} {'sync s':>8} {'kpop s':>8} {'ratio':>6} {'idle sync':>10} {'idle kpop':>10} "
+          f"{'samples':>8} {'eval sync':>10} {'eval kpop':>10} {'train sync':>11} {'train kpop':>11}")
+    for w, r in zip(workloads, results):
+        s, k = r["sync"], r["kpop"]
+        print(f"{w.seed:>5} {s['wall_s']:8.1f} {k['wall_s']:8.1f} {s['wall_s'] / k['wall_s']:5.2f}x {s['idle']:10.2f} "
+              f"{k['idle']:10.2f} {s['samples']:4.0f}/{k['samples']:<3.0f} {s['eval_reward']:10.3f} "
+              f"{k['eval_reward']:10.3f} {s['train_reward']:11.3f} {k['train_reward']:11.3f}")
+    mean = lambda xs: sum(xs) / len(xs)
+    total = {name: sum(r[name]["wall_s"] for r in results) for name in ("sync", "kpop")}
+    print(f"\nKPop eta={eta}: {total['sync'] / total['kpop']:.2f}x faster over {len(results)} seed(s) "
+          f"({total['sync']:.1f} s vs {total['kpop']:.1f} s of RL wall-clock, same trained samples)")
+    for name in ("sync", "kpop"):
+        before = mean([r[name]["eval_before"] for r in results])
+        after = [r[name]["eval_reward"] for r in results]
+        # the standard error of the mean over seeds, with each seed's binomial error folded in
+        binom = mean([a * (1 - a) / n for a in after]) / len(after)
+        spread = sum((a - mean(after)) ** 2 for a in after) / max(len(after) - 1, 1) / len(after)
+        print(f"{name:>5}: held-out greedy reward {before:.3f} -> {mean(after):.3f} ± {(binom + spread) ** 0.5:.3f} "
+              f"({n} tasks per seed)")
 
 
 if __name__ == "__main__":

@@ -97,12 +97,25 @@ def launch_actors(spec: RunSpec, model_dir: Path):
     engines = [make_engine(spec, model_dir, i) for i in range(spec.rollout.engine.num_engines)]
     starting = [e.start.remote() for e in engines]
     workers = [make_worker(spec, model_dir, i) for i in range(spec.rollout.num_env_workers)]
-    lr = spec.learner
-    threads = lr.threads or max(1, (os.cpu_count() or 1) // lr.num_ranks)
-    learner = LearnerGroup.create(  # coordinator actor over lr.num_ranks DeepSpeed ranks
-        str(model_dir), lr, spec.seed, sft_lr=spec.sft.lr, num_threads=threads)
+    learner = LearnerGroup.create(  # coordinator actor over learner.num_ranks DeepSpeed ranks
+        str(model_dir), spec.learner, spec.seed, sft_lr=spec.sft.lr, num_threads=learner_threads(spec))
     ray.get([learner.ready.remote()] + [w.ping.remote() for w in workers], timeout=STARTUP_TIMEOUT_S)
     return engines, workers, learner, starting
+
+
+def learner_threads(spec: RunSpec, cores: int | None = None) -> int:
+    """Torch threads per learner rank: `learner.threads`, else the machine's cores / ranks. When
+    the KPop scheduler overlaps generation with training (eta > 0) the engines keep generating
+    while the learner trains, so the cores reserved for them are not the learner's to take (on a
+    small CPU machine, threads fighting the engine slowed the learner step 3x)."""
+    lr = spec.learner
+    if lr.threads:
+        return lr.threads
+    cores = cores or os.cpu_count() or 1
+    if spec.scheduler.type == "kpop" and spec.scheduler.max_staleness > 0:
+        eng = spec.rollout.engine
+        cores -= int(eng.num_cpus * eng.num_engines)
+    return max(1, cores // lr.num_ranks)
 
 
 def checkpoint(ctx: RunContext, step: int, extra: dict[str, str] | None = None) -> Path:

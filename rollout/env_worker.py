@@ -5,7 +5,8 @@ environment steps (tools, sandboxes) happen here, so they never block the schedu
 Each episode gets a fresh environment instance. Generation goes to an engine actor handle, an
 in-process Engine, or the KPop engine router (kpop.scheduler.router), which places each request
 on the least-loaded engine; routed turns survive migration and engine death by resuming from
-their prefix (see `_routed_turn`).
+their prefix (see `_routed_turn`). The finished turns of every running episode are recorded, so a
+checkpoint can keep them (`partials`) and a restarted run can replay them (kpop.rollout.replay).
 """
 
 from __future__ import annotations
@@ -15,9 +16,17 @@ import itertools
 from dataclasses import dataclass, replace
 
 from kpop.envs.registry import make_env
-from kpop.rollout.agent_loop import Episode, LoopLimits, Policy, run_episode, solver_policy
+from kpop.rollout.agent_loop import (
+    Episode,
+    LoopLimits,
+    Policy,
+    run_episode,
+    solver_policy,
+)
 from kpop.rollout.chat import ChatFormat
 from kpop.rollout.engine import GenerationRequest, GenerationResult, SamplingParams
+from kpop.rollout.replay import PartialEpisode, RecordedTurn, Replay, replaying
+
 from kpop.trajectory import Trajectory
 
 MAX_RESUMES = 16  # a turn interrupted more often than this ends with finish_reason "abort"
@@ -40,12 +49,27 @@ class EnvWorker:
         self.worker_id = worker_id
         self._ids = itertools.count()
         self.resumed = 0  # routed turns resumed from their prefix (migration, engine failure)
+        self.replayed = 0  # recorded turns replayed after a restart instead of generated again
+        self._live: dict[int, tuple[Episode, list[RecordedTurn]]] = {}
 
-    async def rollout(self, episode: Episode, engine, sampling: SamplingParams) -> Trajectory:
-        """One episode with the engine (a Ray actor handle or an Engine) as the policy."""
+    async def rollout(self, episode: Episode, engine, sampling: SamplingParams,
+                      prefix: tuple[RecordedTurn, ...] = ()) -> Trajectory:
+        """One episode with the engine (a Ray actor handle or an Engine) as the policy; `prefix`:
+        turns recorded before a restart, replayed while the environment reproduces their context."""
         env, options = self._make(episode.env_name)
-        return await run_episode(env, episode, self.chat, self._engine_policy(engine, sampling, episode),
-                                 self.limits, options)
+        key, record, replay = next(self._ids), [], Replay(prefix)
+        self._live[key] = (episode, record)
+        try:
+            policy = replaying(self._engine_policy(engine, sampling, episode), replay, record)
+            return await run_episode(env, episode, self.chat, policy, self.limits, options)
+        finally:
+            del self._live[key]
+            self.replayed += replay.replayed
+
+    def partials(self) -> list[PartialEpisode]:
+        """The finished turns of every running episode (episodes with none are left out)."""
+        return [PartialEpisode(ep.group_id, ep.sample, tuple(record))
+                for ep, record in self._live.values() if record]
 
     async def solve(self, episode: Episode) -> Trajectory:
         """One episode with the environment's reference solver as the policy."""
@@ -120,7 +144,7 @@ class EnvWorker:
         return GenerationResult(rid, tokens, logprobs, versions, reason)
 
     def stats(self) -> dict[str, int]:
-        return {"resumed": self.resumed}
+        return {"resumed": self.resumed, "replayed": self.replayed}
 
 
 def _is_router(engine) -> bool:

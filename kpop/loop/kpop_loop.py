@@ -151,7 +151,7 @@ async def _step(ctx: RunContext, collector: Collector, monitor: EngineMonitor, s
         "buffer_size": len(collector.buffer), "in_flight": in_flight, "paused": paused,
         "resumed": stats.resumed_count(groups), "engine_util": monitor.window(),
         "env_latency_p50": stats.percentile(env_s, 50), "env_latency_p95": stats.percentile(env_s, 95),
-        "env_latency_p99": stats.percentile(env_s, 99), "migrated": router["migrated"],
+        "env_latency_p99": stats.percentile(env_s, 99), "migrated": router["migrated"], "moved": router["moved"],
         **collector.snapshot(step).counters, **(ctx.sampler.curriculum.stats() if ctx.sampler.curriculum else {}),
     })
 
@@ -163,7 +163,6 @@ def _ledger(run_dir: Path, step: int, groups) -> None:
 
 
 async def _checkpoint(ctx: RunContext, collector: Collector, checkpoint, step: int) -> None:
-    # The snapshot is taken here, between awaits, so it is consistent; saving runs in a thread
-    # while rollouts continue.
-    state = collector.snapshot(step)
+    # Saving runs in a thread while rollouts continue.
+    state = await collector.checkpoint_state(step)
     await asyncio.to_thread(checkpoint, ctx, step, {STATE_FILE: state.model_dump_json()})

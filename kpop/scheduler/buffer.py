@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kpop.rollout.agent_loop import Episode
+from kpop.rollout.replay import RecordedTurn
 from kpop.trajectory import Trajectory
 
 
@@ -28,6 +29,17 @@ class Group:
     trajs: dict[int, Trajectory] = field(default_factory=dict)
     base: int = 0                   # learner version that counts as RL version 0 for these tokens
     admitted: int = 0               # RL version when (re)submitted: no token of it is older
+    prefixes: dict[int, tuple[RecordedTurn, ...]] = field(default_factory=dict)  # restored turns
+
+    def restart(self, version: int, max_staleness: int) -> None:
+        """Re-admit a group restored from a checkpoint at RL `version`: recorded prefixes already
+        past the bound are dropped (those samples start from scratch); the rest keep their tokens,
+        so the group counts as admitted when its oldest kept prefix token was sampled."""
+        def oldest(turns: tuple[RecordedTurn, ...]) -> int:
+            return min((v for t in turns for v in t.result.versions), default=version + self.base) - self.base
+
+        self.prefixes = {k: p for k, p in self.prefixes.items() if version - oldest(p) <= max_staleness}
+        self.admitted = min([version, *(oldest(p) for p in self.prefixes.values())])
 
     @property
     def complete(self) -> bool:

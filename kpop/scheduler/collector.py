@@ -3,7 +3,7 @@
     collector.start(restored)        re-submit restored pending groups, then fill capacity
     groups = await collector.next_batch()   waits until the step budget is met
     collector.on_version(v)          after the step's weight update
-    collector.snapshot(step)         SchedulerState for the checkpoint (taken between awaits)
+    await collector.checkpoint_state(step)   SchedulerState for the checkpoint, with paused turns
 
 Admission: whenever a group completes (and at start / after each version), new groups are drawn
 from the sampler up to the staleness manager's capacity, so episodes keep running while the
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kpop.rollout.agent_loop import Episode
+from kpop.rollout.replay import PartialEpisode
 from kpop.scheduler.budget import StepBudget
 from kpop.scheduler.buffer import Group, GroupBuffer
 from kpop.scheduler.dispatcher import Dispatcher
@@ -55,14 +56,15 @@ class Collector:
         self.weights_lock = asyncio.Lock()
         self.last_update = None
         self.replacing: dict[int, asyncio.Task] = {}
-        self.counters = {"requeued": 0, "engine_restarts": 0}
+        self.counters = {"requeued": 0, "engine_restarts": 0, "replayable_turns": 0}
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ admission and results
 
     def start(self, pending: list[Group]) -> None:
         for group in pending:
-            group.admitted = self.staleness.version
+            group.restart(self.staleness.version, self.spec.max_staleness)
+            self.counters["replayable_turns"] += sum(len(p) for p in group.prefixes.values())
             self._submit(group)
         self._admit()
 
@@ -76,7 +78,7 @@ class Collector:
         self.staleness.on_submit()
         for ep in group.episodes:
             if ep.sample not in group.trajs:
-                self.dispatcher.submit(ep)
+                self.dispatcher.submit(ep, group.prefixes.get(ep.sample, ()))
 
     def _on_result(self, episode: Episode, traj: Trajectory) -> None:
         group = self.buffer.add(episode.group_id, episode.sample, traj)
@@ -167,13 +169,19 @@ class Collector:
 
     # ------------------------------------------------------------------ checkpoint
 
-    def snapshot(self, step: int) -> SchedulerState:
+    async def checkpoint_state(self, step: int) -> SchedulerState:
+        """The state to checkpoint, with the finished turns of running episodes. The turns are asked
+        for first; the snapshot is then taken without an await in between, so it is consistent (a
+        sample that finished meanwhile is in its group's trajs and its recorded turns are ignored)."""
+        return self.snapshot(step, await self.dispatcher.partials())
+
+    def snapshot(self, step: int, partials: list[PartialEpisode] = ()) -> SchedulerState:
         state = self.sampler.state()
         return SchedulerState(
             step=step, rl_version=self.staleness.version, base=self.base, sampler_position=state.position,
             curriculum=state.curriculum, accepted=self.staleness.accepted,
             ready=[group_record(g) for g in self.buffer.ready],
-            pending=[group_record(g) for g in self.buffer.pending.values()],
+            pending=[group_record(g, partials) for g in self.buffer.pending.values()],
             counters={**self.counters, "worker_restarts": self.dispatcher.worker_restarts,
                       "retried": self.dispatcher.retried},
         )

@@ -20,6 +20,7 @@ from typing import Any
 
 from kpop.rollout.agent_loop import Episode
 from kpop.rollout.engine import SamplingParams
+from kpop.rollout.replay import PartialEpisode, RecordedTurn
 from kpop.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -39,17 +40,17 @@ class Dispatcher:
         self.worker_restarts = 0
         self.retried = 0
 
-    def submit(self, episode: Episode) -> None:
+    def submit(self, episode: Episode, prefix: tuple[RecordedTurn, ...] = ()) -> None:
         key = (episode.group_id, episode.sample)
         if key in self.tasks:
             raise ValueError(f"episode {key} is already in flight")
-        self.tasks[key] = asyncio.create_task(self._run(episode))
+        self.tasks[key] = asyncio.create_task(self._run(episode, prefix))
 
     @property
     def in_flight(self) -> int:
         return len(self.tasks)
 
-    async def _run(self, episode: Episode) -> None:
+    async def _run(self, episode: Episode, prefix: tuple[RecordedTurn, ...]) -> None:
         from ray.exceptions import RayActorError
 
         key = (episode.group_id, episode.sample)
@@ -59,7 +60,7 @@ class Dispatcher:
                 handle = self.workers[slot]
                 self.load[slot] += 1
                 try:
-                    traj = await handle.rollout.remote(episode, self.router, self.sampling)
+                    traj = await handle.rollout.remote(episode, self.router, self.sampling, prefix)
                 except RayActorError:
                     self._replace_worker(slot, handle)
                     self.retried += attempt < self.max_retries
@@ -83,6 +84,19 @@ class Dispatcher:
             log.warning("environment worker %d died; starting a replacement", slot)
             self.workers[slot] = self.make_worker(slot)
             self.worker_restarts += 1
+
+    async def partials(self, timeout_s: float = 10.0) -> list[PartialEpisode]:
+        """Finished turns of the episodes running on the workers. Best effort: a worker that is
+        dead or slow to answer contributes nothing (its episodes then restart from scratch)."""
+        async def ask(handle) -> list[PartialEpisode]:
+            try:
+                return await asyncio.wait_for(handle.partials.remote(), timeout_s)
+            except Exception:  # noqa: BLE001 (any failure only loses the optional prefixes)
+                return []
+
+        lists = await asyncio.gather(*(ask(h) for h in list(self.workers)))
+        running = set(self.tasks)
+        return [p for part in lists for p in part if (p.group_id, p.sample) in running]
 
     async def cancel_all(self) -> None:
         tasks = list(self.tasks.values())

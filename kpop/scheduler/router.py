@@ -10,7 +10,8 @@ Contract:
 - `acquire` waits while no engine is alive (the driver is starting a replacement).
 - `migrate_tail(...)` applies kpop.scheduler.tail: aborts the chosen requests on their congested
   engine; their workers resume them from the prefix elsewhere (`exclude` = the old engine).
-- `dead()` lists the indices waiting for a replacement; `live_requests()` and `stats()` report.
+- `dead()` lists the indices waiting for a replacement; `live_requests()` and `stats()` report
+  (`migrated`: aborts issued; `moved`: migrated turns that continued on another engine).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class _EngineRouter:
         self.live: dict[str, tuple[int, float]] = {}
         self.changed = asyncio.Event()
         self.migrated = 0
+        self.moved = 0      # migrated turns that continued on another engine (acquired with exclude)
 
     async def acquire(self, request_id: str, exclude: int | None = None):
         while True:
@@ -45,6 +47,7 @@ class _EngineRouter:
                     if i in load:
                         load[i] += 1
                 best = min(choices, key=lambda i: (load[i], i))
+                self.moved += exclude is not None and best != exclude
                 self.live[request_id] = (best, time.monotonic())
                 return best, self.engines[best]
             self.changed.clear()
@@ -82,7 +85,7 @@ class _EngineRouter:
         return {rid: i for rid, (i, _) in self.live.items()}
 
     def stats(self) -> dict[str, int]:
-        return {"live": len(self.live), "migrated": self.migrated, "dead": len(self.dead_set)}
+        return {"live": len(self.live), "migrated": self.migrated, "moved": self.moved, "dead": len(self.dead_set)}
 
 
 EngineRouter = ray.remote(num_cpus=0, max_concurrency=10_000)(_EngineRouter)

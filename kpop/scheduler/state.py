@@ -9,9 +9,10 @@ What it holds and why:
 - the sampler position and curriculum state: the next draw after resume is the next undrawn one;
 - accepted: the staleness manager's count, so admission capacity does not burst after restore;
 - ready groups (complete, not yet trained) with their trajectories;
-- pending groups: every group drawn but not complete, with the samples already finished; their
-  missing samples are re-run from scratch on resume (their in-flight tokens are the work since
-  the checkpoint that may be lost).
+- pending groups: every group drawn but not complete, with the samples already finished and the
+  finished turns of samples still running (paused rollouts; kpop.rollout.replay). On resume a
+  running sample replays its recorded turns and continues from there; only the turn each one was
+  in the middle of is generated again (and recorded turns past the staleness bound are dropped).
 Together: every draw index below `sampler_position` is either trained (ledger, steps <= step),
 ready, or pending, so after a restore no task is skipped or duplicated.
 """
@@ -23,6 +24,8 @@ from dataclasses import asdict
 from pydantic import BaseModel
 
 from kpop.rollout.agent_loop import Episode
+from kpop.rollout.engine import GenerationResult
+from kpop.rollout.replay import PartialEpisode, RecordedTurn
 from kpop.scheduler.buffer import Group
 from kpop.scheduler.dpr import DPRState
 from kpop.trajectory import PROMPT_VERSION, Timing, Trajectory
@@ -37,11 +40,20 @@ class EpisodeRecord(BaseModel):
     sample: int
 
 
+class TurnRecord(BaseModel):
+    context_digest: str
+    token_ids: list[int]
+    logprobs: list[float]
+    versions: list[int]
+    finish_reason: str
+
+
 class GroupRecord(BaseModel):
     group_id: str
     index: int
     episodes: list[EpisodeRecord]
     trajs: dict[int, dict]
+    partial: dict[int, list[TurnRecord]] = {}
 
 
 class SchedulerState(BaseModel):
@@ -56,17 +68,34 @@ class SchedulerState(BaseModel):
     counters: dict[str, float] = {}
 
 
-def group_record(group: Group) -> GroupRecord:
+def group_record(group: Group, partials: list[PartialEpisode] = ()) -> GroupRecord:
+    """`partials`: recorded turns of this group's running samples (others are ignored)."""
+    partial = {p.sample: [_turn_record(t) for t in p.turns] for p in partials
+               if p.group_id == group.group_id and p.sample not in group.trajs}
     return GroupRecord(group_id=group.group_id, index=group.index,
                        episodes=[EpisodeRecord(**asdict(e)) for e in group.episodes],
-                       trajs={k: asdict(t) for k, t in group.trajs.items()})
+                       trajs={k: asdict(t) for k, t in group.trajs.items()}, partial=partial)
 
 
 def restore_group(rec: GroupRecord, old_base: int, new_base: int) -> Group:
     """Rebuild a group; token versions are re-based onto the restored learner's numbering."""
     shift = new_base - old_base
     trajs = {int(k): _trajectory(d, shift) for k, d in rec.trajs.items()}
-    return Group(rec.group_id, rec.index, [Episode(**e.model_dump()) for e in rec.episodes], trajs, new_base)
+    prefixes = {int(k): tuple(_turn(t, shift) for t in turns) for k, turns in rec.partial.items()}
+    return Group(rec.group_id, rec.index, [Episode(**e.model_dump()) for e in rec.episodes], trajs, new_base,
+                 prefixes=prefixes)
+
+
+def _turn_record(turn: RecordedTurn) -> TurnRecord:
+    r = turn.result
+    return TurnRecord(context_digest=turn.context_digest, token_ids=r.token_ids, logprobs=r.logprobs,
+                      versions=r.versions, finish_reason=r.finish_reason)
+
+
+def _turn(rec: TurnRecord, shift: int) -> RecordedTurn:
+    versions = [v + shift for v in rec.versions]
+    return RecordedTurn(rec.context_digest, GenerationResult("replay", rec.token_ids, rec.logprobs, versions,
+                                                             rec.finish_reason))
 
 
 def _trajectory(d: dict, shift: int) -> Trajectory:

@@ -14,7 +14,9 @@ Keys (all per optimisation step unless noted):
     engine_util      fraction of engine samples with requests in flight during the step
     env_latency_p50/p95/p99   environment seconds per trained episode (Timing.env_s)
     tokens_per_s     generated tokens trained this step / step wall seconds
-    worker_restarts, engine_restarts, retried, migrated   fault and tail counters (cumulative)
+    worker_restarts, engine_restarts, retried   fault counters (cumulative)
+    migrated, moved  tail migration: aborts issued / turns that continued on another engine (cumulative)
+    replayable_turns finished turns of paused episodes restored from the checkpoint (cumulative)
 """
 
 from __future__ import annotations

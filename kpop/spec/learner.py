@@ -103,6 +103,6 @@ class LearnerSpec(StrictModel):
     micro_batch_size: int = Field(16, ge=1, le=65536, description="Sequences per forward/backward pass.")
     num_ranks: int = Field(1, ge=1, le=65536, description="Data-parallel learner ranks (Ray actors).")
     num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs per learner rank.")
-    threads: int | None = Field(None, ge=1, le=1024, description="Torch threads per rank (unset: the machine's cores / ranks; the learner and the engines take turns in a synchronous run).")
+    threads: int | None = Field(None, ge=1, le=1024, description="Torch threads per rank (unset: the machine's cores / ranks, less the engines' reserved CPUs when KPop overlaps generation and training, eta > 0).")
     num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per learner rank.")
     quant: QuantSpec = Field(default_factory=QuantSpec, description="FP4 (UFP4/NVFP4/MXFP4) training GEMMs; off by default.")

@@ -4,16 +4,27 @@
   failover do) is resumed by the worker from `prompt + partial tokens`; the result equals the
   uninterrupted greedy generation token for token, with matching log-probs;
 - across a weight update (the step boundary): the in-flight turn is frozen (pause "keep"), resumed
-  under the new version, and keeps every earlier token with its original version.
+  under the new version, and keeps every earlier token with its original version;
+- across a restart of the run: a running episode's finished turns are reported (what a checkpoint
+  keeps), and the episode re-run with them as its prefix replays them token for token, with their
+  log-probs and versions, while the engine generates only what comes after.
 """
 
 import asyncio
 
 import pytest
 import torch
-from kpop.rollout.agent_loop import LoopLimits
-from kpop.rollout.engine import GenerationRequest, SamplingParams, WeightUpdate
-from kpop.rollout.env_worker import EnvWorker
+from kpop.envs.contract import AgentEnv, Message, StepInfo, StepResult, Task
+from kpop.envs.registry import register_env
+from kpop.rollout.agent_loop import Episode, LoopLimits
+from kpop.rollout.engine import (
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    WeightUpdate,
+)
+from kpop.rollout.env_worker import EnvConfig, EnvWorker
+from kpop.rollout.replay import RecordedTurn, context_digest
 
 from kpop.scheduler.router import EngineRouter
 
@@ -84,3 +95,81 @@ async def test_turn_in_flight_across_a_weight_update_keeps_earlier_tokens_and_ve
     assert res.logprobs[:k] == pytest.approx(ref.logprobs[:k], abs=1e-3)
     # the tokens after the update come from the new weights (other tokens or other log-probs)
     assert res.token_ids[k:] != ref.token_ids[k:n] or res.logprobs[k:] != pytest.approx(ref.logprobs[k:n], abs=1e-3)
+
+
+def turns_of(traj):
+    """The trajectory's generated segments as recorded turns (context digest + tokens)."""
+    turns, i, ids = [], 0, traj.token_ids
+    while i < len(ids):
+        if traj.loss_mask[i]:
+            j = i
+            while j < len(ids) and traj.loss_mask[j]:
+                j += 1
+            result = GenerationResult("t", ids[i:j], traj.logprobs[i:j], traj.versions[i:j], "stop")
+            turns.append((j, RecordedTurn(context_digest(ids[:i]), result)))
+            i = j
+        else:
+            i += 1
+    return turns
+
+
+class TurnCounterEnv(AgentEnv):
+    """Deterministic multi-turn environment: whatever the model says, it answers with the turn
+    number until max_turns (an untrained model's junk would end a calculator episode at once)."""
+
+    def make_task(self, seed, options):
+        self.count = 0
+        return Task(f"count-{seed}", [Message("user", f"count from {seed}")])
+
+    async def astep(self, action):
+        self.count += 1
+        return StepResult([Message("user", f"turn {self.count}")], 0.0, False, False, StepInfo())
+
+
+def counter_worker(tiny_llama_dir, worker_id):
+    try:
+        register_env("turn_counter_test")(TurnCounterEnv)
+    except ValueError:
+        pass  # registered by the other test of this module
+    limits = LoopLimits(max_turns=3, max_total_tokens=400, max_new_tokens=8)
+    return EnvWorker(str(tiny_llama_dir), [EnvConfig("turn_counter_test", {})], limits, worker_id=worker_id)
+
+
+async def test_running_episode_reports_its_finished_turns(engine, tiny_llama_dir):
+    worker = counter_worker(tiny_llama_dir, 9)
+    task = asyncio.create_task(worker.rollout(Episode("turn_counter_test", 11, "g", 0), engine,
+                                              SamplingParams(temperature=1.0, max_tokens=8)))
+    seen = []
+    while not task.done():
+        seen += [p for p in worker.partials() if p.turns]
+        await asyncio.sleep(0.002)
+    traj = task.result()
+    assert worker.partials() == []                    # nothing left once the episode ended
+    assert seen and traj.num_turns == 3
+    final = [key(t) for _, t in turns_of(traj)]
+    for partial in seen:
+        assert (partial.group_id, partial.sample) == ("g", 0)
+        assert [key(t) for t in partial.turns] == final[:len(partial.turns)]
+
+
+def key(turn):
+    r = turn.result
+    return turn.context_digest, r.token_ids, r.logprobs, r.versions
+
+
+async def test_restarted_episode_replays_its_prefix_and_generates_only_the_rest(engine, tiny_llama_dir):
+    worker = counter_worker(tiny_llama_dir, 10)
+    sampling = SamplingParams(temperature=1.0, max_tokens=8)
+    episode = Episode("turn_counter_test", 12, "g", 1)
+    first = await worker.rollout(episode, engine, sampling)
+    turns = turns_of(first)
+    assert first.num_turns == len(turns) == 3
+    end, prefix = turns[-2][0], tuple(t for _, t in turns[:-1])
+    before = (await engine.load.remote()).generated_tokens
+    second = await worker.rollout(episode, engine, sampling, prefix)
+    generated = (await engine.load.remote()).generated_tokens - before
+    assert worker.replayed == len(prefix)
+    assert second.token_ids[:end] == first.token_ids[:end]
+    assert second.logprobs[:end] == first.logprobs[:end] and second.versions[:end] == first.versions[:end]
+    assert second.loss_mask[:end] == first.loss_mask[:end]
+    assert generated == second.num_generated - sum(len(t.result.token_ids) for t in prefix) > 0

@@ -1,6 +1,8 @@
 """Kill-and-resume: `kpop run` SIGKILLed mid-run, then rerun on the same directory, accounts for
 every task: each draw index is trained exactly once across both processes or is still buffered /
-pending in the last checkpoint; the ledger never holds a step the checkpoint does not cover."""
+pending in the last checkpoint; the ledger never holds a step the checkpoint does not cover; the
+finished turns of episodes running at the checkpoint are all restored for replay (none are past
+the bound at eta = 1)."""
 
 import json
 import os
@@ -37,8 +39,11 @@ def test_sigkill_mid_run_then_resume_accounts_for_every_task(tmp_path):
     time.sleep(1.0)                                    # mid-step 3: rollouts in flight
     os.killpg(first.pid, signal.SIGKILL)               # the run and its Ray instance
     first.wait()
-    killed_at = json.loads((tmp_path / "checkpoints" / "last" / "scheduler_state.json").read_text())["step"]
+    resumed_from = json.loads((tmp_path / "checkpoints" / "last" / "scheduler_state.json").read_text())
+    killed_at = resumed_from["step"]
     assert 2 <= killed_at < 5
+    # finished turns of episodes paused by the kill (kept by the checkpoint, replayed on resume)
+    paused_turns = sum(len(turns) for g in resumed_from["pending"] for turns in g["partial"].values())
 
     second = kpop_run(tmp_path)
     out = second.communicate(timeout=900)[0].decode()
@@ -50,6 +55,8 @@ def test_sigkill_mid_run_then_resume_accounts_for_every_task(tmp_path):
     left = [g["index"] for g in state["ready"] + state["pending"]]
     assert len(trained) == len(set(trained)) == 10 and not set(trained) & set(left)
     assert sorted(trained + left) == list(range(8, state["sampler_position"]))
+    first_resumed = [r for r in read_metrics(tmp_path) if r["phase"] == "rl" and r["step"] == killed_at + 1][-1]
+    assert first_resumed["replayable_turns"] == paused_turns
     # the resumed process did not redo the cold start and continued the step count
     sft = [r for r in read_metrics(tmp_path) if r["phase"] == "sft"]
     assert len(sft) == 2

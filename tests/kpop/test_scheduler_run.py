@@ -6,7 +6,10 @@
   two environment families (calculator, search) and the DPR curriculum on: both actors are replaced, no
   trained token is older than the bound, both families are trained, the curriculum records
   pass rates, and every drawn task is trained, buffered or pending exactly once (tasks in =
-  trajectories out).
+  trajectories out);
+- two engine replicas with tail migration: requests are moved off the busier replica mid-generation
+  and finished on the other (resumed from their prefix), and the run still bounds staleness and
+  accounts for every task.
 """
 
 import json
@@ -116,3 +119,20 @@ def test_eta_one_bounds_staleness_and_survives_worker_and_engine_death(ray_sessi
     assert all(r["gen_tokens"] > 0 for r in rl)                         # every batch was generated
     trained_tasks = {gid.rsplit(":", 1)[0] for line in ledger(tmp_path) for gid in line["group_ids"]}
     assert last["dpr_tasks"] >= len(trained_tasks) > 0   # a pass-rate history for every trained task
+
+
+@pytest.mark.slow
+def test_two_engines_migrate_tail_requests_and_account_for_every_task(ray_session, tmp_path):
+    from kpop.launch import run
+
+    spec = load_spec(None, [*TINY, "train.steps=4", "scheduler.max_staleness=1", "rollout.engine.num_engines=2",
+                            "rollout.group_size=4", "train.tasks_per_step=4", "rollout.num_env_workers=2",
+                            "scheduler.tail_min_age_s=0.0", "scheduler.tail_check_s=0.05",
+                            f"run_dir={tmp_path}"])
+    run(spec)
+    rl = rl_records(tmp_path)
+    assert [r["step"] for r in rl] == [1, 2, 3, 4]
+    assert rl[-1]["migrated"] >= rl[-1]["moved"] > 0       # turns really continued on the other replica
+    for r in rl:
+        assert r["max_gap"] <= 1 and r["episodes"] == 16 and r["gen_tokens"] > 0
+    assert_every_task_accounted(tmp_path, 4)

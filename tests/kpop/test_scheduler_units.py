@@ -159,3 +159,25 @@ def test_state_roundtrip_rebases_versions():
     back = restore_group(group_record(g), old_base=4, new_base=0)
     assert back.index == 9 and back.base == 0 and back.episodes == g.episodes
     assert back.trajs[0].versions == [-1, 1, 2] and back.oldest_version() == g.oldest_version() == 1
+
+
+def test_state_keeps_running_samples_turns_and_restart_drops_stale_prefixes():
+    from kpop.rollout.engine import GenerationResult
+    from kpop.rollout.replay import PartialEpisode, RecordedTurn
+
+    g = Group("g", 3, [Episode("calc", 1, "g", k) for k in range(3)], {0: traj([6, 6], gid="g")}, base=4)
+    turn = lambda v: RecordedTurn("d", GenerationResult("r", [7, 8], [-0.5, -0.25], [v, v], "stop"))
+    partials = [PartialEpisode("g", 1, (turn(5), turn(7))), PartialEpisode("g", 2, (turn(8),)),
+                PartialEpisode("g", 0, (turn(6),)),            # finished meanwhile: its trajectory wins
+                PartialEpisode("other", 1, (turn(8),))]
+    rec = group_record(g, partials)
+    assert sorted(rec.partial) == [1, 2]
+    back = restore_group(type(rec).model_validate_json(rec.model_dump_json()), old_base=4, new_base=10)
+    assert back.prefixes[1][0].result.versions == [11, 11] and back.prefixes[1][1].result.token_ids == [7, 8]
+    assert back.prefixes[1][0].result.logprobs == [-0.5, -0.25] and back.prefixes[2][0].context_digest == "d"
+    # RL versions: sample 1's prefix starts at 1, sample 2's at 4; at version 5 with eta 2 the
+    # first is past the bound (5 - 1 > 2) and restarts from scratch, the second is kept
+    back.restart(version=5, max_staleness=2)
+    assert sorted(back.prefixes) == [2] and back.admitted == 4
+    back.restart(version=5, max_staleness=0)
+    assert back.prefixes == {} and back.admitted == 5

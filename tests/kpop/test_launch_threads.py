@@ -1,0 +1,27 @@
+"""Learner thread defaults (kpop.launch.learner_threads), hand-computed for given core counts."""
+
+from kpop.launch import learner_threads
+from kpop.spec import load_spec
+
+
+def spec(*overrides):
+    return load_spec(None, list(overrides))
+
+
+def test_synchronous_runs_give_the_learner_every_core_per_rank():
+    assert learner_threads(spec(), cores=8) == 8
+    assert learner_threads(spec("learner.num_ranks=2"), cores=8) == 4
+    # eta = 0 alternates generation and training like the synchronous loop
+    assert learner_threads(spec("scheduler.type=kpop", "scheduler.max_staleness=0"), cores=8) == 8
+
+
+def test_overlapped_kpop_leaves_the_engines_their_cores():
+    assert learner_threads(spec("scheduler.type=kpop", "scheduler.max_staleness=2"), cores=8) == 7
+    two = spec("scheduler.type=kpop", "scheduler.max_staleness=1", "rollout.engine.num_engines=2",
+               "rollout.engine.num_cpus=2", "learner.num_ranks=2")
+    assert learner_threads(two, cores=8) == 2
+    assert learner_threads(spec("scheduler.type=kpop", "scheduler.max_staleness=2"), cores=1) == 1
+
+
+def test_an_explicit_setting_wins():
+    assert learner_threads(spec("scheduler.type=kpop", "learner.threads=3"), cores=2) == 3
