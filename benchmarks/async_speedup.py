@@ -17,7 +17,7 @@ Prints, per seed and over all seeds: RL wall-clock of each and the ratio, engine
 reward (the held-out greedy evaluation after RL, and the mean reward of the last two steps'
 training batches); the mean held-out reward over seeds with its standard error.
 
-    .venv/bin/python benchmarks/async_speedup.py [--steps 8] [--eta 2] [--tasks 4] [--seeds 3 ...] [--lr 3e-4]
+    .venv/bin/python benchmarks/async_speedup.py [--steps 16] [--eta 4] [--tasks 8] [--seeds 3 4 5] [--lr 3e-4]
 """
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ ENV_OPTIONS = "{min_operand: 1, max_operand: 9}"
 
 @dataclass(frozen=True)
 class Workload:
-    steps: int = 8
-    eta: int = 2
-    tasks: int = 4          # tasks per step, each sampled 4 times
+    steps: int = 16
+    eta: int = 4
+    tasks: int = 8          # tasks per step, each sampled 4 times
     seed: int = 3
     lr: float = 3e-4        # RL learning rate
     sft_steps: int = 200    # the shared cold start
@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--sft-steps", type=int, default=d.sft_steps)
     parser.add_argument("--lr", type=float, default=d.lr, help="RL learning rate of both runs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[d.seed],
+    parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5],
                         help="run seeds (tasks, held-out set, sampling); the first also seeds the shared cold start")
     parser.add_argument("--tasks", type=int, default=d.tasks, help="tasks per step (each sampled 4 times)")
     parser.add_argument("--eta", type=int, default=d.eta)

@@ -61,7 +61,7 @@ def make_engine(spec: RunSpec, model_dir: Path, i: int):
     eng = spec.rollout.engine
     return EngineActor.options(num_cpus=eng.num_cpus, num_gpus=eng.num_gpus).remote(
         VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib, enforce_eager=eng.enforce_eager,
-                         seed=spec.seed + i))
+                         seed=spec.seed + i), nice=rollout_nice(spec))
 
 
 def make_worker(spec: RunSpec, model_dir: Path, i: int):
@@ -74,7 +74,7 @@ def make_worker(spec: RunSpec, model_dir: Path, i: int):
     limits = LoopLimits(spec.rollout.max_turns, spec.rollout.max_total_tokens,
                         spec.rollout.sampling.max_new_tokens, spec.rollout.env_step_timeout_s)
     env_cfg = [EnvConfig(e.name, dict(e.options), tuple(e.rewards)) for e in spec.envs]
-    return ray.remote(EnvWorker).options(num_cpus=0).remote(str(model_dir), env_cfg, limits, i)
+    return ray.remote(EnvWorker).options(num_cpus=0).remote(str(model_dir), env_cfg, limits, i, rollout_nice(spec))
 
 
 def start_actors(spec: RunSpec, model_dir: Path):
@@ -116,6 +116,17 @@ def learner_threads(spec: RunSpec, cores: int | None = None) -> int:
         eng = spec.rollout.engine
         cores -= int(eng.num_cpus * eng.num_engines)
     return max(1, cores // lr.num_ranks)
+
+
+def rollout_nice(spec: RunSpec) -> int:
+    """Niceness of engine and worker processes: `rollout.nice`, else 10 when KPop overlaps
+    generation with training on CPU engines. Generation then runs ahead of the learner (the buffer
+    holds the next batches already), so the learner step is the critical path and should win the
+    shared cores; in a synchronous run the two take turns and nothing changes."""
+    if spec.rollout.nice is not None:
+        return spec.rollout.nice
+    overlapped = spec.scheduler.type == "kpop" and spec.scheduler.max_staleness > 0
+    return 10 if overlapped and spec.rollout.engine.num_gpus == 0 else 0
 
 
 def checkpoint(ctx: RunContext, step: int, extra: dict[str, str] | None = None) -> Path:

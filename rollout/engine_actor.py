@@ -16,6 +16,8 @@ Contract:
   on CPU), so calls made meanwhile wait; `start()` returns the build time.
 - vLLM spawns its engine-core process from the actor process; `env` is applied to the actor's
   environment before that, so settings like VLLM_CPU_OMP_THREADS_BIND reach it.
+- `nice` lowers the CPU priority of the actor and of the vLLM processes it spawns (so a learner
+  sharing the cores keeps them; kpop.launch.rollout_nice).
 - `load()` never waits for the engine build: before it, it reports an idle engine at the initial
   version. All methods are coroutines (Ray runs them on the actor's one event loop).
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 import os
 
 import ray
-
 from kpop.rollout.engine_host import EngineHost
 from kpop.rollout.vllm_engine import VLLMEngine, VLLMEngineConfig
 
@@ -34,9 +35,11 @@ DEFAULT_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false
 
 
 class _EngineActor(EngineHost):
-    def __init__(self, config: VLLMEngineConfig, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: VLLMEngineConfig, env: dict[str, str] | None = None, nice: int = 0) -> None:
         for key, value in {**DEFAULT_ENV, **(env or {})}.items():
             os.environ[key] = value
+        if nice:
+            os.nice(nice)  # inherited by the engine-core process vLLM spawns later
         super().__init__(config)
 
     def _build(self) -> VLLMEngine:

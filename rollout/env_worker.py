@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 from dataclasses import dataclass, replace
 
 from kpop.envs.registry import make_env
@@ -40,8 +41,12 @@ class EnvConfig:
 
 
 class EnvWorker:
-    def __init__(self, tokenizer_dir: str, envs: list[EnvConfig], limits: LoopLimits, worker_id: int = 0) -> None:
+    def __init__(self, tokenizer_dir: str, envs: list[EnvConfig], limits: LoopLimits, worker_id: int = 0,
+                 nice: int = 0) -> None:
         from transformers import AutoTokenizer
+
+        if nice:
+            os.nice(nice)  # only ever in the worker's own actor process (kpop.launch.rollout_nice)
 
         self.chat = ChatFormat(AutoTokenizer.from_pretrained(tokenizer_dir))
         self.configs = {e.name: e for e in envs}

@@ -34,3 +34,4 @@ class RolloutSpec(StrictModel):
     max_total_tokens: int = Field(256, ge=8, le=1048576, description="Token budget of a whole episode (prompt + turns + observations).")
     env_step_timeout_s: float = Field(10.0, gt=0, le=86400, description="Timeout of one environment step.")
     num_env_workers: int = Field(1, ge=1, le=4096, description="Environment worker actors.")
+    nice: int | None = Field(None, ge=0, le=19, description="CPU niceness of engine and environment-worker processes (unset: 10 when KPop overlaps generation with training on CPU engines, eta > 0 and num_gpus 0, so the learner step keeps the shared cores; else 0).")

@@ -1,4 +1,4 @@
-"""Learner thread defaults (kpop.launch.learner_threads), hand-computed for given core counts."""
+"""CPU sharing defaults (kpop.launch.learner_threads, rollout_nice), hand-computed."""
 
 from kpop.launch import learner_threads
 from kpop.spec import load_spec
@@ -25,3 +25,13 @@ def test_overlapped_kpop_leaves_the_engines_their_cores():
 
 def test_an_explicit_setting_wins():
     assert learner_threads(spec("scheduler.type=kpop", "learner.threads=3"), cores=2) == 3
+
+
+def test_generation_yields_the_cpu_only_when_kpop_overlaps_on_cpu_engines():
+    from kpop.launch import rollout_nice
+
+    assert rollout_nice(spec()) == 0
+    assert rollout_nice(spec("scheduler.type=kpop", "scheduler.max_staleness=0")) == 0
+    assert rollout_nice(spec("scheduler.type=kpop", "scheduler.max_staleness=2")) == 10
+    assert rollout_nice(spec("scheduler.type=kpop", "rollout.engine.num_gpus=1")) == 0
+    assert rollout_nice(spec("scheduler.type=kpop", "rollout.nice=3")) == 3
