@@ -17,7 +17,7 @@ Prints, per seed and over all seeds: RL wall-clock of each and the ratio, engine
 reward (the held-out greedy evaluation after RL, and the mean reward of the last two steps'
 training batches); the mean held-out reward over seeds with its standard error.
 
-    .venv/bin/python benchmarks/async_speedup.py [--steps 16] [--eta 4] [--tasks 8] [--seeds 3 4 5] [--lr 3e-4]
+    .venv/bin/python benchmarks/async_speedup.py [--steps 16] [--eta 4] [--tasks 8] [--seeds 3 4 5] [--lr 3e-4] [--kpop-set K=V]
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class Workload:
     seed: int = 3
     lr: float = 3e-4        # RL learning rate
     sft_steps: int = 200    # the shared cold start
+    kpop_set: tuple[str, ...] = ()  # extra spec overrides of the KPop run (scheduler knobs)
 
 
 def overrides(run_dir: Path, scheduler: str, w: Workload, init: Path | None, env: str = SLOW_ENV) -> list[str]:
@@ -90,7 +91,8 @@ def overrides(run_dir: Path, scheduler: str, w: Workload, init: Path | None, env
     if init is not None:
         common += [f"model.path={init}", f"tokenizer.path={init}"]
     if scheduler == "kpop":
-        common += ["scheduler.type=kpop", f"scheduler.max_staleness={w.eta}", "scheduler.dpr.enabled=false"]
+        common += ["scheduler.type=kpop", f"scheduler.max_staleness={w.eta}", "scheduler.dpr.enabled=false",
+                   *w.kpop_set]
     return common
 
 
@@ -185,9 +187,12 @@ def main() -> None:
                         help="run seeds (tasks, held-out set, sampling); the first also seeds the shared cold start")
     parser.add_argument("--tasks", type=int, default=d.tasks, help="tasks per step (each sampled 4 times)")
     parser.add_argument("--eta", type=int, default=d.eta)
+    parser.add_argument("--kpop-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra spec override for the KPop run only, e.g. scheduler.max_concurrent=24")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    workloads = [Workload(args.steps, args.eta, args.tasks, seed, args.lr, args.sft_steps) for seed in args.seeds]
+    workloads = [Workload(args.steps, args.eta, args.tasks, seed, args.lr, args.sft_steps, tuple(args.kpop_set))
+                 for seed in args.seeds]
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     register_slow_env()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
@@ -217,7 +222,8 @@ def report(results: list[dict], eta: int, workloads: list[Workload]) -> None:
               f"{k['eval_reward']:10.3f} {s['train_reward']:11.3f} {k['train_reward']:11.3f}")
     mean = lambda xs: sum(xs) / len(xs)
     total = {name: sum(r[name]["wall_s"] for r in results) for name in ("sync", "kpop")}
-    print(f"\nKPop eta={eta}: {total['sync'] / total['kpop']:.2f}x faster over {len(results)} seed(s) "
+    knobs = "".join(f", {kv}" for kv in workloads[0].kpop_set)
+    print(f"\nKPop eta={eta}{knobs}: {total['sync'] / total['kpop']:.2f}x faster over {len(results)} seed(s) "
           f"({total['sync']:.1f} s vs {total['kpop']:.1f} s of RL wall-clock, same trained samples)")
     for name in ("sync", "kpop"):
         before = mean([r[name]["eval_before"] for r in results])

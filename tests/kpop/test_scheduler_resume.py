@@ -15,8 +15,12 @@ import pytest
 
 from kpop.metrics import read_metrics
 
+# Enough cold start for the tiny model to write tool calls, so episodes take two turns and a kill
+# can catch some between their turns (their finished turns are then checkpointed and replayed).
+SFT_STEPS, SFT_DRAWS = 60, 256
 ARGS = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1",
-        "logging.progress=lines", "sft.steps=2", "sft.num_examples=8", "sft.batch_size=4", "train.eval_tasks=2",
+        "logging.progress=lines", f"sft.steps={SFT_STEPS}", f"sft.num_examples={SFT_DRAWS}", "sft.batch_size=16",
+        "train.eval_tasks=2",
         "scheduler.type=kpop", "scheduler.max_staleness=1", "rollout.group_size=2", "train.tasks_per_step=2",
         "train.steps=5", "train.checkpoint_every=1", "cluster.num_cpus=4"]
 
@@ -54,10 +58,10 @@ def test_sigkill_mid_run_then_resume_accounts_for_every_task(tmp_path):
     state = json.loads((tmp_path / "checkpoints" / "last" / "scheduler_state.json").read_text())
     left = [g["index"] for g in state["ready"] + state["pending"]]
     assert len(trained) == len(set(trained)) == 10 and not set(trained) & set(left)
-    assert sorted(trained + left) == list(range(8, state["sampler_position"]))
+    assert sorted(trained + left) == list(range(SFT_DRAWS, state["sampler_position"]))
     first_resumed = [r for r in read_metrics(tmp_path) if r["phase"] == "rl" and r["step"] == killed_at + 1][-1]
     assert first_resumed["replayable_turns"] == paused_turns
     # the resumed process did not redo the cold start and continued the step count
     sft = [r for r in read_metrics(tmp_path) if r["phase"] == "sft"]
-    assert len(sft) == 2
+    assert len(sft) == SFT_STEPS
     assert json.loads((tmp_path / "summary.json").read_text())["rl"]["steps"] == 5
