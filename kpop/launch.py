@@ -98,21 +98,28 @@ def launch_actors(spec: RunSpec, model_dir: Path):
     starting = [e.start.remote() for e in engines]
     workers = [make_worker(spec, model_dir, i) for i in range(spec.rollout.num_env_workers)]
     learner = LearnerGroup.create(  # coordinator actor over learner.num_ranks DeepSpeed ranks
-        str(model_dir), spec.learner, spec.seed, sft_lr=spec.sft.lr, num_threads=learner_threads(spec))
+        str(model_dir), spec.learner, spec.seed, sft_lr=spec.sft.lr, num_threads=learner_threads(spec),
+        rl_threads=learner_threads(spec, overlapped=overlaps(spec)))
     ray.get([learner.ready.remote()] + [w.ping.remote() for w in workers], timeout=STARTUP_TIMEOUT_S)
     return engines, workers, learner, starting
 
 
-def learner_threads(spec: RunSpec, cores: int | None = None) -> int:
-    """Torch threads per learner rank: `learner.threads`, else the machine's cores / ranks. When
-    the KPop scheduler overlaps generation with training (eta > 0) the engines keep generating
-    while the learner trains, so the cores reserved for them are not the learner's to take (on a
-    small CPU machine, threads fighting the engine slowed the learner step 3x)."""
+def overlaps(spec: RunSpec) -> bool:
+    """Whether generation keeps running while the learner trains (KPop with eta > 0)."""
+    return spec.scheduler.type == "kpop" and spec.scheduler.max_staleness > 0
+
+
+def learner_threads(spec: RunSpec, cores: int | None = None, overlapped: bool = False) -> int:
+    """Torch threads per learner rank: `learner.threads`, else the machine's cores / ranks. For RL
+    steps that overlap generation (`overlapped`) the engines keep generating while the learner
+    trains, so the cores reserved for them are not the learner's to take (on a small CPU machine,
+    threads fighting the engine slowed the learner step 3x); the cold start and other modes,
+    which overlap nothing, keep every core."""
     lr = spec.learner
     if lr.threads:
         return lr.threads
     cores = cores or os.cpu_count() or 1
-    if spec.scheduler.type == "kpop" and spec.scheduler.max_staleness > 0:
+    if overlapped:
         eng = spec.rollout.engine
         cores -= int(eng.num_cpus * eng.num_engines)
     return max(1, cores // lr.num_ranks)
@@ -125,8 +132,7 @@ def rollout_nice(spec: RunSpec) -> int:
     shared cores; in a synchronous run the two take turns and nothing changes."""
     if spec.rollout.nice is not None:
         return spec.rollout.nice
-    overlapped = spec.scheduler.type == "kpop" and spec.scheduler.max_staleness > 0
-    return 10 if overlapped and spec.rollout.engine.num_gpus == 0 else 0
+    return 10 if overlaps(spec) and spec.rollout.engine.num_gpus == 0 else 0
 
 
 def checkpoint(ctx: RunContext, step: int, extra: dict[str, str] | None = None) -> Path:

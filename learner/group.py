@@ -40,8 +40,9 @@ class RankWorker:
         return ray.util.get_node_ip_address(), free_port()
 
     def build(self, model_dir: str, spec: LearnerSpec, seed: int, rank: RankInfo, sft_lr: float | None,
-              num_threads: int | None) -> int:
-        self.learner = Learner(model_dir, spec, seed, rank, sft_lr=sft_lr, num_threads=num_threads)
+              num_threads: int | None, rl_threads: int | None = None) -> int:
+        self.learner = Learner(model_dir, spec, seed, rank, sft_lr=sft_lr, num_threads=num_threads,
+                               rl_threads=rl_threads)
         return self.learner.version
 
     def ready(self) -> int:
@@ -78,7 +79,7 @@ def combine(metrics: list[StepMetrics]) -> StepMetrics:
 
 class LearnerGroup:
     def __init__(self, model_dir: str, spec: LearnerSpec, seed: int = 0, sft_lr: float | None = None,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, rl_threads: int | None = None) -> None:
         import ray
 
         worker = ray.remote(RankWorker)
@@ -86,16 +87,17 @@ class LearnerGroup:
         self.spec, self.focus = spec, FocusState()
         self.ranks = [worker.options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus).remote() for _ in range(n)]
         addr, port = ray.get(self.ranks[0].address.remote())
-        ray.get([w.build.remote(str(model_dir), spec, seed, RankInfo(r, n, addr, port), sft_lr, num_threads)
+        ray.get([w.build.remote(str(model_dir), spec, seed, RankInfo(r, n, addr, port), sft_lr, num_threads,
+                              rl_threads)
                  for r, w in enumerate(self.ranks)])
 
     @classmethod
     def create(cls, model_dir: str, spec: LearnerSpec, seed: int = 0, sft_lr: float | None = None,
-               num_threads: int | None = None):
+               num_threads: int | None = None, rl_threads: int | None = None):
         """A coordinator actor (0 CPUs) owning the ranks; its methods mirror LearnerActor's."""
         import ray
 
-        return ray.remote(cls).options(num_cpus=0).remote(model_dir, spec, seed, sft_lr, num_threads)
+        return ray.remote(cls).options(num_cpus=0).remote(model_dir, spec, seed, sft_lr, num_threads, rl_threads)
 
     def _all(self, method: str, *args) -> list:
         import ray

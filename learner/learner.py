@@ -74,11 +74,13 @@ class _Sums:
 
 class Learner:
     def __init__(self, model_dir: str, spec: LearnerSpec, seed: int = 0, rank: RankInfo | None = None,
-                 sft_lr: float | None = None, num_threads: int | None = None) -> None:
+                 sft_lr: float | None = None, num_threads: int | None = None, rl_threads: int | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if num_threads:
             torch.set_num_threads(num_threads)
+        # "rl" steps may overlap generation on shared cores (KPop): they can use fewer threads.
+        self.threads = {"rl": rl_threads or torch.get_num_threads(), "other": torch.get_num_threads()}
         rank = rank or RankInfo()
         init_distributed(rank)
         torch.manual_seed(seed)
@@ -105,6 +107,7 @@ class Learner:
     def train_plan(self, plan: StepPlan) -> StepMetrics:
         """One rank's share of a step (all ranks call this with their shard, then step together)."""
         t0 = time.perf_counter()
+        torch.set_num_threads(self.threads["rl" if plan.mode == "rl" else "other"])
         self.engine.train()
         self.focus = plan.focus
         if plan.num_tokens == 0 or (plan.mode == "dpo" and plan.num_pairs == 0):

@@ -1,6 +1,6 @@
 """CPU sharing defaults (kpop.launch.learner_threads, rollout_nice), hand-computed."""
 
-from kpop.launch import learner_threads
+from kpop.launch import learner_threads, overlaps
 from kpop.spec import load_spec
 
 
@@ -12,19 +12,23 @@ def test_synchronous_runs_give_the_learner_every_core_per_rank():
     assert learner_threads(spec(), cores=8) == 8
     assert learner_threads(spec("learner.num_ranks=2"), cores=8) == 4
     # eta = 0 alternates generation and training like the synchronous loop
-    assert learner_threads(spec("scheduler.type=kpop", "scheduler.max_staleness=0"), cores=8) == 8
+    assert not overlaps(spec("scheduler.type=kpop", "scheduler.max_staleness=0"))
+    assert not overlaps(spec())
 
 
-def test_overlapped_kpop_leaves_the_engines_their_cores():
-    assert learner_threads(spec("scheduler.type=kpop", "scheduler.max_staleness=2"), cores=8) == 7
+def test_overlapped_rl_steps_leave_the_engines_their_cores():
+    kpop = spec("scheduler.type=kpop", "scheduler.max_staleness=2")
+    assert overlaps(kpop)
+    assert learner_threads(kpop, cores=8, overlapped=True) == 7
+    assert learner_threads(kpop, cores=8) == 8            # the cold start overlaps nothing
     two = spec("scheduler.type=kpop", "scheduler.max_staleness=1", "rollout.engine.num_engines=2",
                "rollout.engine.num_cpus=2", "learner.num_ranks=2")
-    assert learner_threads(two, cores=8) == 2
-    assert learner_threads(spec("scheduler.type=kpop", "scheduler.max_staleness=2"), cores=1) == 1
+    assert learner_threads(two, cores=8, overlapped=True) == 2
+    assert learner_threads(kpop, cores=1, overlapped=True) == 1
 
 
 def test_an_explicit_setting_wins():
-    assert learner_threads(spec("scheduler.type=kpop", "learner.threads=3"), cores=2) == 3
+    assert learner_threads(spec("scheduler.type=kpop", "learner.threads=3"), cores=2, overlapped=True) == 3
 
 
 def test_generation_yields_the_cpu_only_when_kpop_overlaps_on_cpu_engines():

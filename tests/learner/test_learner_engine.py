@@ -98,3 +98,15 @@ def test_zero3_publish_and_save_gather_the_full_model(learner_model_dir, tmp_pat
     assert max(float((w3[k] - w0[k]).abs().max()) for k in w0) < 1e-5
     saved = AutoModelForCausalLM.from_pretrained(str(z3.save(tmp_path / "z3"))).state_dict()
     assert all(torch.equal(saved[k], w3[k]) for k in w3)
+
+
+def test_rl_steps_use_their_own_thread_count(learner_model_dir):
+    threads = torch.get_num_threads()
+    try:
+        learner = Learner(str(learner_model_dir), spec(), seed=0, num_threads=2, rl_threads=1)
+        learner.train_step(make_batch(3), "rl")
+        assert torch.get_num_threads() == 1             # overlapping generation: fewer threads
+        learner.train_step(make_batch(3), "sft")
+        assert torch.get_num_threads() == 2             # the cold start keeps every core
+    finally:
+        torch.set_num_threads(threads)
