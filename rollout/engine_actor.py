@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 
 import ray
+
 from kpop.rollout.engine_host import EngineHost
 from kpop.rollout.vllm_engine import VLLMEngine, VLLMEngineConfig
 

@@ -17,17 +17,10 @@ import os
 from dataclasses import dataclass, replace
 
 from kpop.envs.registry import make_env
-from kpop.rollout.agent_loop import (
-    Episode,
-    LoopLimits,
-    Policy,
-    run_episode,
-    solver_policy,
-)
+from kpop.rollout.agent_loop import Episode, LoopLimits, Policy, run_episode, solver_policy
 from kpop.rollout.chat import ChatFormat
 from kpop.rollout.engine import GenerationRequest, GenerationResult, SamplingParams
 from kpop.rollout.replay import PartialEpisode, RecordedTurn, Replay, replaying
-
 from kpop.trajectory import Trajectory
 
 MAX_RESUMES = 16  # a turn interrupted more often than this ends with finish_reason "abort"

@@ -86,8 +86,9 @@ class Dispatcher:
             self.worker_restarts += 1
 
     async def partials(self, timeout_s: float = 10.0) -> list[PartialEpisode]:
-        """Finished turns of the episodes running on the workers. Best effort: a worker that is
-        dead or slow to answer contributes nothing (its episodes then restart from scratch)."""
+        """Finished turns of the episodes running on the workers (the checkpoint keeps those of its
+        pending groups' unfinished samples). Best effort: a worker that is dead or slow to answer
+        contributes nothing (its episodes then restart from scratch)."""
         async def ask(handle) -> list[PartialEpisode]:
             try:
                 return await asyncio.wait_for(handle.partials.remote(), timeout_s)
@@ -95,8 +96,7 @@ class Dispatcher:
                 return []
 
         lists = await asyncio.gather(*(ask(h) for h in list(self.workers)))
-        running = set(self.tasks)
-        return [p for part in lists for p in part if (p.group_id, p.sample) in running]
+        return [p for part in lists for p in part]
 
     async def cancel_all(self) -> None:
         tasks = list(self.tasks.values())

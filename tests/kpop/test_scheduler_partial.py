@@ -17,12 +17,7 @@ import torch
 from kpop.envs.contract import AgentEnv, Message, StepInfo, StepResult, Task
 from kpop.envs.registry import register_env
 from kpop.rollout.agent_loop import Episode, LoopLimits
-from kpop.rollout.engine import (
-    GenerationRequest,
-    GenerationResult,
-    SamplingParams,
-    WeightUpdate,
-)
+from kpop.rollout.engine import GenerationRequest, GenerationResult, SamplingParams, WeightUpdate
 from kpop.rollout.env_worker import EnvConfig, EnvWorker
 from kpop.rollout.replay import RecordedTurn, context_digest
 
