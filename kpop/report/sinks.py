@@ -90,6 +90,9 @@ class WandbSink:
 
     def close(self) -> None:
         self.run.finish()
+        # finish() can return before wandb-core has flushed the offline run file; teardown waits
+        # for the service to exit, so the files are complete once close() returns.
+        self._wandb.teardown()
 
 
 def open_sinks(run_dir: Path, spec: LoggingSpec, config: dict[str, Any]) -> list[Sink]:
