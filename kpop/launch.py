@@ -40,6 +40,11 @@ def plan(spec: RunSpec) -> str:
     ])
 
 
+# Ray's default worker niceness (15) would put the learner on a par with the generation processes
+# it must win the cores from; these start at 0 and yield by themselves (kpop.rollout.niceness).
+RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
+
+
 def _start_ray(spec: RunSpec) -> None:
     import ray
 
@@ -50,7 +55,7 @@ def _start_ray(spec: RunSpec) -> None:
         ray.init(address=spec.cluster.address, log_to_driver=False)
     else:
         ray.init(num_cpus=spec.cluster.num_cpus or max(os.cpu_count() or 2, 4),
-                 include_dashboard=False, log_to_driver=False)
+                 include_dashboard=False, log_to_driver=False, _system_config=RAY_SYSTEM_CONFIG)
 
 
 def make_engine(spec: RunSpec, model_dir: Path, i: int):
@@ -61,7 +66,7 @@ def make_engine(spec: RunSpec, model_dir: Path, i: int):
     eng = spec.rollout.engine
     return EngineActor.options(num_cpus=eng.num_cpus, num_gpus=eng.num_gpus).remote(
         VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib, enforce_eager=eng.enforce_eager,
-                         seed=spec.seed + i), nice=rollout_nice(spec))
+                         seed=spec.seed + i, max_num_seqs=eng.max_num_seqs), nice=rollout_nice(spec))
 
 
 def make_worker(spec: RunSpec, model_dir: Path, i: int):

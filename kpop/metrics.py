@@ -18,8 +18,8 @@ phase "rl" (one per RL step)
     loss, grad_norm             learner step
     mismatch                    mean |log p_trainer - log p_engine| over generated tokens
     clipped_fraction            fraction of generated tokens whose PPO ratio was clipped
-    masked_fraction             (reserved) fraction of generated tokens masked by an off-policy
-                                correction (e.g. importance-ratio masking)
+    masked_fraction             fraction of generated tokens the off-policy correction masked
+                                (KPop binary-KL test or weight cap, IcePop band)
     version                     policy version the engines serve after the step
     step_s, gen_s, train_s      wall-clock seconds: whole step, generation, learner step
     gen_tokens_per_s            generated tokens per second of generation

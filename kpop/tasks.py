@@ -65,7 +65,9 @@ class TaskSampler:
         name, seed = self._task(index, held_out=False)
         gid = f"{name}:{seed}:{index}"
         self.position += 1
-        return index, [Episode(name, seed, gid, sample=k) for k in range(group_size)]
+        # The draw index is the engine priority: the oldest groups generate first, matching the
+        # oldest-first step selection and the staleness bound's due rule.
+        return index, [Episode(name, seed, gid, sample=k, priority=index) for k in range(group_size)]
 
     def held_out(self, num_tasks: int) -> list[Episode]:
         out = []

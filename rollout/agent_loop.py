@@ -44,6 +44,7 @@ class Episode:
     seed: int
     group_id: str = ""
     sample: int = 0
+    priority: int = 0  # of its generation requests: lower first (training tasks: the draw index)
 
 
 async def run_episode(env: AgentEnv, episode: Episode, chat: ChatFormat, policy: Policy,

@@ -10,6 +10,8 @@ Contract:
   from a half-updated model.
 - `abort(request_id)` ends a request (finish_reason "abort") and frees its state.
 - `load()` is cheap and never blocks.
+- `request.priority`: when more requests wait than the engine runs at once, lower values start
+  first (the vLLM engine; the built-in engine admits in arrival order).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class GenerationRequest:
     request_id: str
     prompt_ids: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    priority: int = 0  # lower is scheduled first; ties in arrival order (vLLM's "priority" policy)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import os
 import ray
 
 from kpop.rollout.engine_host import EngineHost
+from kpop.rollout.niceness import yield_cpu
 from kpop.rollout.vllm_engine import VLLMEngine, VLLMEngineConfig
 
 # vLLM's own request/stat logging is per-request noise at RL rates.
@@ -40,7 +41,7 @@ class _EngineActor(EngineHost):
         for key, value in {**DEFAULT_ENV, **(env or {})}.items():
             os.environ[key] = value
         if nice:
-            os.nice(nice)  # inherited by the engine-core process vLLM spawns later
+            yield_cpu(nice)  # inherited by the engine-core process vLLM spawns later
         super().__init__(config)
 
     def _build(self) -> VLLMEngine:

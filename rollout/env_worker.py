@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 from dataclasses import dataclass, replace
 
 from kpop.envs.registry import make_env
 from kpop.rollout.agent_loop import Episode, LoopLimits, Policy, run_episode, solver_policy
 from kpop.rollout.chat import ChatFormat
 from kpop.rollout.engine import GenerationRequest, GenerationResult, SamplingParams
+from kpop.rollout.niceness import yield_cpu
 from kpop.rollout.replay import PartialEpisode, RecordedTurn, Replay, replaying
 from kpop.trajectory import Trajectory
 
@@ -39,7 +39,7 @@ class EnvWorker:
         from transformers import AutoTokenizer
 
         if nice:
-            os.nice(nice)  # only ever in the worker's own actor process (kpop.launch.rollout_nice)
+            yield_cpu(nice)  # only ever in the worker's own actor process (kpop.launch.rollout_nice)
 
         self.chat = ChatFormat(AutoTokenizer.from_pretrained(tokenizer_dir))
         self.configs = {e.name: e for e in envs}
@@ -92,14 +92,16 @@ class EnvWorker:
             seed = None if sampling.seed is None else _request_seed(sampling.seed, episode, next(turn))
             params = replace(sampling, max_tokens=max_tokens, stop_token_ids=stop_ids, seed=seed)
             if not routed:
-                request = GenerationRequest(f"w{self.worker_id}-{next(self._ids)}", context_ids, params)
+                request = GenerationRequest(f"w{self.worker_id}-{next(self._ids)}", context_ids, params,
+                                            episode.priority)
                 remote = getattr(engine.generate, "remote", None)
                 return await (remote(request) if remote is not None else engine.generate(request))
-            return await self._routed_turn(engine, context_ids, params)
+            return await self._routed_turn(engine, context_ids, params, episode.priority)
 
         return act
 
-    async def _routed_turn(self, router, context_ids: list[int], params: SamplingParams) -> GenerationResult:
+    async def _routed_turn(self, router, context_ids: list[int], params: SamplingParams,
+                           priority: int = 0) -> GenerationResult:
         """One model turn through the engine router, resumed from its prefix when interrupted.
 
         An "abort" (the scheduler migrated the request off a congested engine) or a dead engine
@@ -121,7 +123,7 @@ class EnvWorker:
                 break
             rid = f"w{self.worker_id}-{next(self._ids)}"
             index, handle = await router.acquire.remote(rid, exclude)
-            request = GenerationRequest(rid, [*context_ids, *tokens], replace(params, max_tokens=remaining))
+            request = GenerationRequest(rid, [*context_ids, *tokens], replace(params, max_tokens=remaining), priority)
             try:
                 res = await handle.generate.remote(request)
             except RayActorError:

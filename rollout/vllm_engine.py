@@ -68,6 +68,7 @@ class VLLMEngineConfig:
     max_num_seqs: int = 128
     logprobs_mode: str = "raw_logprobs"
     initial_version: int = 0
+    scheduling_policy: str = "priority"  # "fcfs" ignores GenerationRequest.priority
 
 
 @dataclass
@@ -97,10 +98,11 @@ class VLLMEngine:
         max_num_seqs: int = 128,
         logprobs_mode: str = "raw_logprobs",
         initial_version: int = 0,
+        scheduling_policy: str = "priority",
     ) -> None:
         self.config = VLLMEngineConfig(
             str(model_dir), kv_cache_gib, enforce_eager, dtype, seed, max_model_len,
-            weight_update_timeout_s, max_num_seqs, logprobs_mode, initial_version,
+            weight_update_timeout_s, max_num_seqs, logprobs_mode, initial_version, scheduling_policy,
         )
         check_model_supported(model_dir)
         self._expected = expected_params_from_dir(model_dir)
@@ -144,6 +146,7 @@ class VLLMEngine:
             seed=c.seed,
             max_model_len=c.max_model_len,
             max_num_seqs=c.max_num_seqs,
+            scheduling_policy=c.scheduling_policy,
             logprobs_mode=c.logprobs_mode,
             worker_extension_cls=WORKER_EXTENSION,
             disable_log_stats=True,
@@ -182,7 +185,8 @@ class VLLMEngine:
         live = self._live[rid] = _Live()
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
         try:
-            async for out in self._llm.generate(prompt, to_vllm_sampling(request.sampling, _SEEDED_OK), rid):
+            async for out in self._llm.generate(prompt, to_vllm_sampling(request.sampling, _SEEDED_OK), rid,
+                                                priority=request.priority):
                 c = out.outputs[0]
                 if live.state is None:
                     live.state = self._request_state(rid)

@@ -35,7 +35,10 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        from kpop.launch import RAY_SYSTEM_CONFIG
+
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, configure_logging=False,
+                 _system_config=RAY_SYSTEM_CONFIG)
     yield ray
     ray.shutdown()
 

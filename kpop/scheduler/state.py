@@ -38,6 +38,7 @@ class EpisodeRecord(BaseModel):
     seed: int
     group_id: str
     sample: int
+    priority: int = 0
 
 
 class TurnRecord(BaseModel):

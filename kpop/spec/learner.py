@@ -39,6 +39,7 @@ ObjectiveSpec = tagged_union(GRPOSpec, GSPOSpec, LPOSpec)
 class KPopMaskSpec(StrictModel):
     type: Literal["kpop"] = Field("kpop", description="Mask tokens whose binary KL between trainer and engine exceeds phi; decoupled-PPO weight p/q.")
     phi: float = Field(0.75, gt=0, le=100, description="Binary-KL threshold (report: 0.75 maths, 2.0 logic/code).")
+    cap: float | None = Field(5.0, gt=1, le=1e6, description="Also mask tokens whose weight p/q exceeds this (AReaL's behav_imp_weight_cap: stale rare tokens cannot dominate a step); null = no cap.")
 
 
 class IcePopSpec(StrictModel):

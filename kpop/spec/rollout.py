@@ -14,6 +14,7 @@ class VLLMEngineSpec(StrictModel):
     enforce_eager: bool = Field(True, description="Skip torch.compile / graph capture (faster start-up).")
     num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per engine actor.")
     num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per engine actor (0 on CPU machines).")
+    max_num_seqs: int = Field(128, ge=1, le=65536, description="Requests an engine decodes at once; more wait, oldest task first (engine priority = draw index).")
 
 
 EngineSpec = tagged_union(VLLMEngineSpec)

@@ -7,7 +7,10 @@ the original token count N, so masked tokens count in N but contribute 0):
 
 - KPop (binary KL; sampled token vs the rest of the vocabulary as a Bernoulli event):
       D(p||q) = p·log(p/q) + (1-p)·log((1-p)/(1-q))
-      w_t = 1[max(D(p||q), D(q||p)) <= φ] · exp(log p - log q)       (decoupled PPO weight)
+      w_t = 1[max(D(p||q), D(q||p)) <= φ] · 1[p/q <= C] · exp(log p - log q)   (decoupled PPO weight)
+  The binary-KL region admits large ratios for rare tokens (p = 0.2, q = 0.01: D = 0.43, ratio
+  20); with stale behaviour tokens these few dominate a step's direction, so tokens above the cap
+  C are filtered too (AReaL's behaviour-weight cap; C = None keeps every ratio).
 - IcePop (Ring-1T): k = p/q;  w_t = k if α <= k <= β else 0
 - TIS (truncated importance sampling): w_t = min(p/q, C)
 - none: w_t = 1
@@ -37,11 +40,15 @@ def binary_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
 
 
-def kpop_weights(logp: torch.Tensor, logq: torch.Tensor, mask: torch.Tensor, phi: float) -> Correction:
+def kpop_weights(logp: torch.Tensor, logq: torch.Tensor, mask: torch.Tensor, phi: float,
+                 cap: float | None = None) -> Correction:
     with torch.no_grad():
         d = torch.maximum(binary_kl(logp, logq), binary_kl(logq, logp))
+        ratio = torch.exp(logp - logq)
         keep = (d <= phi) & (mask > 0)
-        w = torch.exp(logp - logq) * keep
+        if cap is not None:
+            keep &= ratio <= cap
+        w = ratio * keep
     return Correction(w, (mask > 0) & ~keep)
 
 
@@ -62,7 +69,7 @@ def tis_weights(logp: torch.Tensor, logq: torch.Tensor, mask: torch.Tensor, cap:
 def correction_weights(spec, logp: torch.Tensor, logq: torch.Tensor, mask: torch.Tensor) -> Correction:
     """Dispatch on an `off_policy` spec (kpop.spec.learner.OffPolicySpec)."""
     if spec.type == "kpop":
-        return kpop_weights(logp, logq, mask, spec.phi)
+        return kpop_weights(logp, logq, mask, spec.phi, spec.cap)
     if spec.type == "icepop":
         return icepop_weights(logp, logq, mask, spec.alpha, spec.beta)
     if spec.type == "tis":

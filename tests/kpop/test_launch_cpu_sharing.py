@@ -39,3 +39,37 @@ def test_generation_yields_the_cpu_only_when_kpop_overlaps_on_cpu_engines():
     assert rollout_nice(spec("scheduler.type=kpop", "scheduler.max_staleness=2")) == 10
     assert rollout_nice(spec("scheduler.type=kpop", "rollout.engine.num_gpus=1")) == 0
     assert rollout_nice(spec("scheduler.type=kpop", "rollout.nice=3")) == 3
+
+
+YIELD_PROBE = """
+import os, threading
+from kpop.rollout.niceness import yield_cpu
+def prio(tid): return os.getpriority(os.PRIO_PROCESS, tid)
+go, done = threading.Event(), threading.Event()
+seen = {}
+t = threading.Thread(target=lambda: (go.wait(), seen.update(early=prio(0)), done.set())); t.start()
+yield_cpu(5)
+go.set(); done.wait()
+yield_cpu(2)                                           # never raises a priority back
+later = threading.Thread(target=lambda: seen.update(later=prio(0))); later.start(); later.join()
+print(seen["early"], prio(0), seen["later"])
+"""
+
+
+def test_yield_cpu_lowers_threads_started_before_and_after_it():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", YIELD_PROBE], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["5", "5", "5"]   # os.nice would have left the early thread at 0
+
+
+def test_ray_workers_start_at_the_drivers_priority(ray_session):
+    import os
+
+    @ray_session.remote
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+
+    # Ray's default is 15: the learner would then share the cores evenly with generation
+    assert ray_session.get(niceness.remote()) == os.getpriority(os.PRIO_PROCESS, 0)

@@ -65,6 +65,7 @@ def test_run_records_trajectory_stats_and_tensorboard_events(finished_run):
         assert 0.0 <= rec["pass_rate/calculator"] <= 1.0 and rec["episodes/calculator"] == rec["episodes"]
         assert 0.0 <= rec["env_latency_p50"] <= rec["env_latency_p95"] <= rec["env_latency_p99"]
         assert rec["response_len_p50"] <= rec["response_len_max"]
+        assert 0.0 <= rec["masked_fraction"] <= 1.0                    # logged with the mismatch
     assert list((spec.run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 

@@ -131,6 +131,7 @@ def test_sampler_with_curriculum_is_deterministic_and_resumable():
     other.restore(saved)
     assert [other.next_group(2) for _ in range(20)] == tail
     assert [i for i, _ in tail] == list(range(5, 25))                 # no index skipped or repeated
+    assert all(e.priority == i for i, eps in tail for e in eps)       # older draws generate first
     seen = {(e[0].env_name, e[0].seed) for _, e in first}
     assert any((e[0].env_name, e[0].seed) in seen for _, e in tail)   # some draws revisit
     assert {e[0].env_name for _, e in first + tail} == {"calculator", "search"}

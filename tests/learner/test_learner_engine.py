@@ -33,7 +33,7 @@ def spec(**kw) -> LearnerSpec:
 def test_every_mode_trains_and_publishes_hf_weights(learner_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    learner = Learner(str(learner_model_dir), spec(objective={"type": "lpo"}, off_policy={"phi": 0.5}), seed=0)
+    learner = Learner(str(learner_model_dir), spec(objective={"type": "lpo"}, off_policy={"phi": 0.5, "cap": None}), seed=0)
     before = {k: v.clone() for k, v in learner.state_dict().items()}
     metrics = {mode: learner.train_step(make_batch(1, confident_first=True), mode)
                for mode in ("dpo", "sft", "rl", "distill")}

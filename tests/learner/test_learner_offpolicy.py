@@ -37,6 +37,18 @@ def test_kpop_is_wide_for_rare_tokens_and_tight_for_likely_ones():
     assert torch.allclose(ice.weights, torch.tensor([[2.0, 0.0, 1.1]], dtype=torch.float64))
 
 
+def test_kpop_cap_filters_the_large_ratios_the_binary_kl_admits():
+    # p = 0.2, q = 0.01: D(p||q) = 0.2 ln 20 + 0.8 ln(0.8/0.99) = 0.4286, D(q||p) = 0.01 ln 0.05 +
+    # 0.99 ln(0.99/0.8) = 0.1810: inside phi = 0.75 with ratio 20. p = 0.3, q = 0.2: ratio 1.5.
+    p, q, mask = lg(0.2, 0.3), lg(0.01, 0.2), torch.ones(1, 2)
+    assert binary_kl(p, q)[0, 0].item() == pytest.approx(0.4286, abs=1e-4)
+    assert kpop_weights(p, q, mask, phi=0.75).masked.tolist() == [[False, False]]
+    capped = correction_weights(KPopMaskSpec(), p, q, mask)               # default cap 5
+    assert capped.masked.tolist() == [[True, False]]
+    assert torch.allclose(capped.weights, torch.tensor([[0.0, 1.5]], dtype=torch.float64))
+    assert not correction_weights(KPopMaskSpec(cap=None), p, q, mask).masked.any()
+
+
 def test_tis_truncates_and_respects_the_mask():
     c = tis_weights(lg(0.5, 0.01, 0.99), lg(0.25, 0.0015, 0.9), torch.tensor([[1.0, 1.0, 0.0]]), cap=1.5)
     assert torch.allclose(c.weights, torch.tensor([[1.5, 1.5, 0.0]], dtype=torch.float64))

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 LOGPROB_TOL = 2e-4  # fp32 vLLM (CPU kernels) vs fp32 transformers, log-prob units
 PROMPTS = [[0, 5, 6, 7], [0, 40, 41, 42, 43, 44, 45], [0, 100]]
+MAX_SEQS = 8  # the shared engine's max_num_seqs
 
 
 def build_tiny_llama_dir(out: Path) -> Path:
@@ -103,7 +104,9 @@ def current(hf) -> dict:
 async def engine(model_dir):
     from kpop.rollout.vllm_engine import VLLMEngine
 
-    eng = VLLMEngine(model_dir, kv_cache_gib=0.25, dtype="float32", seed=0, max_model_len=512)
+    # max_num_seqs below the largest test burst, so that admission order (priority) is observable
+    eng = VLLMEngine(model_dir, kv_cache_gib=0.25, dtype="float32", seed=0, max_model_len=512,
+                     max_num_seqs=MAX_SEQS)
     yield eng
     eng.close()
 
@@ -232,6 +235,29 @@ async def test_abort_while_paused_and_requests_queued_during_pause(engine):
         await engine.resume()
     res = await engine.generate(GenerationRequest("after-paused-abort", PROMPTS[0], greedy(4)))
     assert res.finish_reason == "length" and len(res.token_ids) == 4
+
+
+async def test_lower_priority_values_start_first_when_requests_wait(engine):
+    # Queued while paused, in arrival order: MAX_SEQS low-priority requests, then 4 urgent ones.
+    # On resume only MAX_SEQS start; the urgent ones must be among them although they came last
+    # (first-come-first-served would leave exactly those 4 waiting).
+    order: list[str] = []
+    prios = [("low", 9)] * MAX_SEQS + [("urgent", 1)] * 4
+
+    async def run(i: int, kind: str, prio: int) -> None:
+        await engine.generate(GenerationRequest(f"prio-{kind}-{i}", PROMPTS[0], greedy(6), prio))
+        order.append(kind)
+
+    await engine.pause()
+    try:
+        tasks = []
+        for i, (kind, prio) in enumerate(prios):
+            tasks.append(asyncio.create_task(run(i, kind, prio)))
+            await wait_until(lambda: engine.load().waiting == i + 1)  # arrival order is fixed
+    finally:
+        await engine.resume()
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert order[:MAX_SEQS].count("urgent") == 4 and order[MAX_SEQS:] == ["low"] * 4
 
 
 async def wait_until(cond, timeout: float = 60.0) -> None:
