@@ -3,14 +3,20 @@
 AReaL's capacity, in groups (B = groups per optimisation step, v = optimisation steps done,
 eta = max staleness):
 
-    capacity = min(max_concurrent - running, (eta + v + 1) * B - (accepted + running))
+    capacity = min(max_concurrent - running, (eta_v + v + 1) * B - (accepted + running))
+    eta_v    = min(eta, v + 1)
+
+The window opens one version per step (eta_v): before the first update every admitted group
+samples with version-0 weights; one batch ahead keeps the engines busy through the first learner
+step, and admitting all eta + 1 batches at once only adds a burst of episodes that slows the
+first batch (and gives those groups the oldest tokens of the run).
 
 `accepted` counts groups that completed and were kept (consumed or still buffered); `running`
 counts groups in flight. With eta = 0 exactly B groups are admitted per version and none more
 until the step that consumes them: synchronous RL. A group that is discarded (too stale) or
 re-run gives its slot back (`on_requeue`).
 
-Invariant: accepted + running <= (eta + v + 1) * B at all times. `recover` restores the counters
+Invariant: accepted + running <= (eta_v + v + 1) * B at all times. `recover` restores the counters
 from a checkpoint so capacity after a restore equals capacity before it (no burst).
 """
 
@@ -30,7 +36,8 @@ class StalenessManager:
 
     def capacity(self) -> int:
         by_concurrency = self.max_concurrent - self.running
-        by_staleness = (self.max_staleness + self.version + 1) * self.batch_groups - (self.accepted + self.running)
+        eta = min(self.max_staleness, self.version + 1)
+        by_staleness = (eta + self.version + 1) * self.batch_groups - (self.accepted + self.running)
         return max(0, min(by_concurrency, by_staleness))
 
     def on_submit(self, n: int = 1) -> None:

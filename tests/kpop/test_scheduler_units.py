@@ -40,12 +40,22 @@ def test_capacity_formula_and_eta_zero_is_synchronous():
     s.on_version(1)
     assert s.capacity() == 4                        # (0 + 1 + 1) * 4 - 4
     s2 = StalenessManager(max_staleness=2, batch_groups=3, max_concurrent=5)
-    assert s2.capacity() == 5                       # min(5 - 0, 3 * 3 - 0)
+    assert s2.capacity() == 5                       # min(5 - 0, (1 + 0 + 1) * 3 - 0): eta opens to 1
     s2.on_submit(5)
     s2.on_accept()
-    assert s2.capacity() == 1                       # min(5 - 4, 9 - (1 + 4))
+    assert s2.capacity() == 1                       # min(5 - 4, 6 - (1 + 4))
     s2.on_requeue()                                 # a stale group gives its slot back
     assert s2.accepted == 0 and s2.capacity() == 1
+
+
+def test_the_staleness_window_opens_one_version_per_step():
+    s = StalenessManager(max_staleness=4, batch_groups=2, max_concurrent=100)
+    totals = []
+    for v in range(7):
+        s.on_version(v)
+        totals.append(s.capacity() + s.accepted + s.running)
+    # (min(4, v + 1) + v + 1) * 2: 2B before the first update, full (eta + v + 1) * B from v = 3
+    assert totals == [4, 8, 12, 16, 18, 20, 22]
 
 
 def test_recover_restores_capacity_without_burst():
