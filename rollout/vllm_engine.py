@@ -68,7 +68,6 @@ class VLLMEngineConfig:
     max_num_seqs: int = 128
     logprobs_mode: str = "raw_logprobs"
     initial_version: int = 0
-    scheduling_policy: str = "priority"  # "fcfs" ignores GenerationRequest.priority
 
 
 @dataclass
@@ -98,11 +97,10 @@ class VLLMEngine:
         max_num_seqs: int = 128,
         logprobs_mode: str = "raw_logprobs",
         initial_version: int = 0,
-        scheduling_policy: str = "priority",
     ) -> None:
         self.config = VLLMEngineConfig(
             str(model_dir), kv_cache_gib, enforce_eager, dtype, seed, max_model_len,
-            weight_update_timeout_s, max_num_seqs, logprobs_mode, initial_version, scheduling_policy,
+            weight_update_timeout_s, max_num_seqs, logprobs_mode, initial_version,
         )
         check_model_supported(model_dir)
         self._expected = expected_params_from_dir(model_dir)
@@ -146,7 +144,8 @@ class VLLMEngine:
             seed=c.seed,
             max_model_len=c.max_model_len,
             max_num_seqs=c.max_num_seqs,
-            scheduling_policy=c.scheduling_policy,
+            # GenerationRequest.priority; all-equal priorities are served in arrival order
+            scheduling_policy="priority",
             logprobs_mode=c.logprobs_mode,
             worker_extension_cls=WORKER_EXTENSION,
             disable_log_stats=True,
