@@ -2,7 +2,8 @@
 
     resume       if the run directory has a checkpoint: restore the scheduler state from it
                  (buffer, pending groups, sampler position, curriculum); else cold start + evaluate
-    each step    batch = groups meeting the budget (Phi tokens or B groups), none older than eta
+    each step    batch = groups meeting the budget (Phi tokens or B groups), none older than eta;
+                 no group is drawn past the run's last step (the draw horizon)
                  train on it (rollouts keep running meanwhile: overlap)
                  publish weights (engines pause "keep": in-flight rollouts resume under v + 1)
                  ledger + metrics; checkpoint every N steps with the scheduler state
@@ -33,6 +34,7 @@ from kpop.progress import Progress
 from kpop.scheduler import stats
 from kpop.scheduler.collector import Collector
 from kpop.scheduler.dpr import DynamicPassRating
+from kpop.scheduler.horizon import DrawHorizon
 from kpop.scheduler.monitor import EngineMonitor
 from kpop.scheduler.router import EngineRouter
 from kpop.scheduler.state import STATE_FILE, SchedulerState, restore_group
@@ -114,6 +116,9 @@ async def _collector(ctx: RunContext, state: SchedulerState | None) -> Collector
         collector.buffer.ready = [restore_group(g, state.base, collector.base) for g in state.ready]
         pending = [restore_group(g, state.base, collector.base) for g in state.pending]
         collector.counters.update({k: v for k, v in state.counters.items() if k in collector.counters})
+    steps_left = ctx.spec.train.steps - (state.step if state else 0)
+    collector.horizon = DrawHorizon.for_run(steps_left, ctx.spec.train.tasks_per_step,
+                                            len(collector.buffer.ready) + len(pending))
     collector.start(pending)
     return collector
 

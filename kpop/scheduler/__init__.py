@@ -3,6 +3,7 @@
 One idea per module:
     staleness.py   admission capacity (AReaL's formula) and the version bound eta
     budget.py      when a step fires (token budget Phi or a group count) and which groups it takes
+    horizon.py     how many fresh groups the run may still draw (none past its last step)
     buffer.py      the cross-version rollout buffer of groups (a group of G samples is the unit)
     dpr.py         Dynamic Pass Rating curriculum over tasks
     state.py       the serialisable scheduler state a checkpoint holds (exact resume)

@@ -7,7 +7,8 @@
 
 Admission: whenever a group completes (and at start / after each version), new groups are drawn
 from the sampler up to the staleness manager's capacity, so episodes keep running while the
-learner trains (overlap). A step may train on whichever groups finished first, except that it
+learner trains (overlap), but not past the run's draw horizon (kpop.scheduler.horizon: no group
+that no step of this run would train). A step may train on whichever groups finished first, except that it
 waits for every running group that would fall past the bound with this update (admitted at
 v - eta or earlier): slow groups get eta steps of head start instead of being thrown away, and
 eta = 0 waits for everything (synchronous). Groups that still went stale (oldest token older
@@ -31,6 +32,7 @@ from kpop.scheduler.budget import StepBudget
 from kpop.scheduler.buffer import Group, GroupBuffer
 from kpop.scheduler.dispatcher import Dispatcher
 from kpop.scheduler.dpr import DynamicPassRating
+from kpop.scheduler.horizon import DrawHorizon
 from kpop.scheduler.router import actor_id
 from kpop.scheduler.staleness import StalenessManager
 from kpop.scheduler.state import SchedulerState, group_record
@@ -50,6 +52,8 @@ class Collector:
         self.staleness = StalenessManager(spec.max_staleness, batch_groups, spec.max_concurrent)
         self.budget = StepBudget(spec.token_budget, batch_groups)
         self.buffer = GroupBuffer()
+        self.horizon = DrawHorizon(None)
+        self.step_waiting = False
         self.wake = asyncio.Event()
         self.dispatcher = Dispatcher(**dispatcher_args, on_result=self._on_result, wake=self.wake)
         self.base = 0
@@ -69,7 +73,10 @@ class Collector:
         self._admit()
 
     def _admit(self) -> None:
-        for _ in range(self.staleness.capacity()):
+        # Past the horizon only when a step waits on groups that nothing running will supply.
+        starving = self.step_waiting and self.staleness.running == 0 and not self.budget.is_ready(self.buffer.ready)
+        for _ in range(self.horizon.allow(self.staleness.capacity(), starving)):
+            self.horizon.take()
             index, episodes = self.sampler.next_group(self.group_size)
             self._submit(Group(episodes[0].group_id, index, episodes, base=self.base, admitted=self.staleness.version))
 
@@ -100,6 +107,13 @@ class Collector:
 
     async def next_batch(self) -> list[Group]:
         """Wait until the budget is met; returns the groups (removed from the buffer)."""
+        self.step_waiting = True
+        try:
+            return await self._wait_for_batch()
+        finally:
+            self.step_waiting = False
+
+    async def _wait_for_batch(self) -> list[Group]:
         while True:
             self.wake.clear()
             if self.dispatcher.error or self.error:
@@ -107,6 +121,7 @@ class Collector:
             await self._service_engines()
             # After the last await: a group that completed meanwhile is checked before selection.
             self._requeue_stale()
+            self._admit()
             starved = self.staleness.running == 0 and self.staleness.capacity() == 0
             if (self.budget.is_ready(self.buffer.ready) and not self._due_running()) or (starved and self.buffer.ready):
                 groups = self.budget.select(self.buffer.ready)

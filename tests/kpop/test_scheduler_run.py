@@ -1,7 +1,8 @@
 """KPop runs through the real actors (vLLM engine, environment workers, DeepSpeed learner).
 
 - eta = 0 behaves synchronously: every trained token is from the current version, nothing is in
-  flight when a step fires, and step k trains exactly the k-th block of B draws;
+  flight when a step fires, and step k trains exactly the k-th block of B draws; no run draws a
+  task past its last step (the draw horizon);
 - eta = 1 with an environment worker and the engine killed mid-run (SIGKILL of their processes),
   two environment families (calculator, search) and the DPR curriculum on: both actors are replaced, no
   trained token is older than the bound, both families are trained, the curriculum records
@@ -66,6 +67,7 @@ def test_eta_zero_is_synchronous(ray_session, tmp_path):
     # step k trains exactly the k-th block of B = 2 draws, as the synchronous loop would
     assert [sorted(line["indices"]) for line in ledger(tmp_path)] == [[8, 9], [10, 11], [12, 13]]
     assert_every_task_accounted(tmp_path, 2)
+    assert final_state(tmp_path)["sampler_position"] == SFT_DRAWS + 3 * 2   # nothing drawn past the last step
 
 
 def kill_actor_process(class_name: str) -> int:
@@ -114,6 +116,7 @@ def test_eta_one_bounds_staleness_and_survives_worker_and_engine_death(ray_sessi
     assert last["worker_restarts"] >= 1 and last["engine_restarts"] >= 1
     assert sum(r["paused"] for r in rl) > 0                                  # rollouts spanned updates
     assert_every_task_accounted(tmp_path, 2)
+    assert final_state(tmp_path)["sampler_position"] == SFT_DRAWS + 6 * 2   # the draw horizon held
     families = {k.split("/", 1)[1] for r in rl for k in r if k.startswith("episodes/") and r[k] > 0}
     assert families == {"calculator", "search"}
     assert all(r["gen_tokens"] > 0 for r in rl)                         # every batch was generated

@@ -8,6 +8,7 @@ from kpop.rollout.agent_loop import Episode
 from kpop.scheduler.budget import StepBudget
 from kpop.scheduler.buffer import Group, GroupBuffer
 from kpop.scheduler.dpr import DynamicPassRating
+from kpop.scheduler.horizon import DrawHorizon
 from kpop.scheduler.staleness import StalenessManager
 from kpop.scheduler.state import group_record, restore_group
 from kpop.scheduler.stats import percentile, resumed_count, staleness_hist
@@ -56,6 +57,31 @@ def test_the_staleness_window_opens_one_version_per_step():
         totals.append(s.capacity() + s.accepted + s.running)
     # (min(4, v + 1) + v + 1) * 2: 2B before the first update, full (eta + v + 1) * B from v = 3
     assert totals == [4, 8, 12, 16, 18, 20, 22]
+
+
+def simulate_draws(horizon: DrawHorizon, steps: int, eta: int = 4, batch: int = 2) -> int:
+    """Admit up to capacity (capped by the horizon), every group completes at once, each step
+    consumes B: how many groups were drawn over the run (after its last version, too)."""
+    s, drawn = StalenessManager(max_staleness=eta, batch_groups=batch, max_concurrent=100), 0
+    for v in range(steps + 1):
+        s.on_version(v)
+        n = horizon.allow(s.capacity(), starving=False)
+        horizon.take(n)
+        s.on_submit(n)
+        for _ in range(n):
+            s.on_accept()
+        drawn += n
+    return drawn
+
+
+def test_the_draw_horizon_stops_admission_at_the_runs_last_step():
+    # 5 steps of B = 2: exactly 10 draws; staleness alone admits (4 + 5 + 1) * 2 = 20 by the end
+    assert simulate_draws(DrawHorizon.for_run(5, 2, held=0), 5) == 10
+    assert simulate_draws(DrawHorizon(None), 5) == 20
+    # resumed with 3 steps left and 4 groups already ready or pending: 2 fresh draws
+    assert simulate_draws(DrawHorizon.for_run(3, 2, held=4), 3) == 2
+    h = DrawHorizon(0)
+    assert h.allow(6, starving=False) == 0 and h.allow(6, starving=True) == 6   # never stalls a step
 
 
 def test_recover_restores_capacity_without_burst():
