@@ -14,11 +14,17 @@ Several seeds (`--seeds 3 4 5`) share the one cold start; each seed runs both sc
 
 Prints, per seed and over all seeds: RL wall-clock of each and the ratio (also for steps 2..N,
 without the one-off wait for the first batch, which a long run amortises), engine idle fraction
-(1 - share of engine polls with requests in flight, kpop.scheduler.monitor), trained samples, final
-reward (the held-out greedy evaluation after RL, and the mean reward of the last two steps'
-training batches); the mean held-out reward over seeds with its standard error.
+(1 - share of engine polls with requests in flight, kpop.scheduler.monitor), trained samples, and
+the reward: the held-out evaluation after RL, greedy (the cold start already solves most of it, so
+it mainly shows a collapse) and sampled at the training temperature (what the final policy earns),
+and the mean training reward over the run. Both runs train exactly the same tasks (same sampler
+seed, every draw trained once), so the run mean compares like with like; the reward of the last
+steps would not: KPop trains groups in completion order, and episodes run long when the model
+keeps failing, so its last batches hold the slow, failing groups. Means over seeds come with
+their standard errors.
 
-    .venv/bin/python benchmarks/async_speedup.py [--steps 16] [--eta 4] [--tasks 8] [--seeds 3 4 5] [--lr 1e-4] [--kpop-set K=V]
+    .venv/bin/python benchmarks/async_speedup.py [--steps 32] [--eta 8] [--max-concurrent 24] [--tasks 8]
+        [--seeds 3 4 5] [--lr 1e-4] [--kpop-set K=V]
 """
 
 from __future__ import annotations
@@ -72,8 +78,9 @@ ENV_OPTIONS = "{min_operand: 1, max_operand: 9}"
 
 @dataclass(frozen=True)
 class Workload:
-    steps: int = 16
-    eta: int = 4
+    steps: int = 32
+    eta: int = 8            # with max_concurrent: a tail group gets 8 versions, few episodes contend
+    max_concurrent: int = 24  # groups in flight (3 batches); eta alone would admit (eta + v + 1) batches
     tasks: int = 8          # tasks per step, each sampled 4 times
     seed: int = 3
     lr: float = 1e-4        # RL learning rate (at 3e-4 KPop's 3-4-version-old tokens destabilised 2 of 3 seeds)
@@ -93,7 +100,7 @@ def overrides(run_dir: Path, scheduler: str, w: Workload, init: Path | None, env
         common += [f"model.path={init}", f"tokenizer.path={init}"]
     if scheduler == "kpop":
         common += ["scheduler.type=kpop", f"scheduler.max_staleness={w.eta}", "scheduler.dpr.enabled=false",
-                   *w.kpop_set]
+                   f"scheduler.max_concurrent={w.max_concurrent}", *w.kpop_set]
     return common
 
 
@@ -146,11 +153,14 @@ def run_one(run_dir: Path, scheduler: str, w: Workload, init: Path) -> dict:
         for handle in [*ctx.engines, *ctx.workers, ctx.learner]:
             ray.kill(handle)
     rl = [r for r in read_metrics(run_dir) if r["phase"] == "rl"]
+    after, before = result["after_rl"], result["before_rl"]
     # steps 2..N: the one-off pipeline fill (the first batch) left out, as in a long run
     return {"wall_s": result["wall_s"], "steady_s": rl[-1]["time"] - rl[0]["time"],
             "idle": 1.0 - result["util"], "samples": sum(r["episodes"] for r in rl),
-            "train_reward": sum(r["reward"] for r in rl[-2:]) / 2, "eval_reward": result["after_rl"]["reward"],
-            "eval_before": result["before_rl"]["reward"], "eval_tasks": ctx.spec.train.eval_tasks}
+            "train_reward": sum(r["reward"] * r["episodes"] for r in rl) / sum(r["episodes"] for r in rl),
+            "eval_reward": after["reward"], "eval_before": before["reward"],
+            "eval_sampled": after["sampled_reward"], "eval_sampled_before": before["sampled_reward"],
+            "eval_tasks": ctx.spec.train.eval_tasks}
 
 
 def _train(ctx, scheduler: str, monitor) -> dict:
@@ -190,12 +200,13 @@ def main() -> None:
                         help="run seeds (tasks, held-out set, sampling); the first also seeds the shared cold start")
     parser.add_argument("--tasks", type=int, default=d.tasks, help="tasks per step (each sampled 4 times)")
     parser.add_argument("--eta", type=int, default=d.eta)
+    parser.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="KPop groups in flight at most")
     parser.add_argument("--kpop-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra spec override for the KPop run only, e.g. scheduler.max_concurrent=24")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    workloads = [Workload(args.steps, args.eta, args.tasks, seed, args.lr, args.sft_steps, tuple(args.kpop_set))
-                 for seed in args.seeds]
+    workloads = [Workload(args.steps, args.eta, args.max_concurrent, args.tasks, seed, args.lr, args.sft_steps,
+                          tuple(args.kpop_set)) for seed in args.seeds]
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     register_slow_env()
     from kpop.launch import RAY_SYSTEM_CONFIG
@@ -217,30 +228,39 @@ def main() -> None:
 
 def report(results: list[dict], eta: int, workloads: list[Workload]) -> None:
     """One row per seed, then means over seeds; rewards with their standard errors."""
-    n = results[0]["sync"]["eval_tasks"]
     print(f"\n{'seed':>5} {'sync s':>8} {'kpop s':>8} {'ratio':>6} {'2..N':>6} {'idle sync':>10} {'idle kpop':>10} "
-          f"{'samples':>8} {'eval sync':>10} {'eval kpop':>10} {'train sync':>11} {'train kpop':>11}")
+          f"{'samples':>8} {'greedy s/k':>12} {'sampled s/k':>12} {'train s/k':>12}")
     for w, r in zip(workloads, results):
         s, k = r["sync"], r["kpop"]
         print(f"{w.seed:>5} {s['wall_s']:8.1f} {k['wall_s']:8.1f} {s['wall_s'] / k['wall_s']:5.2f}x "
-              f"{s['steady_s'] / k['steady_s']:5.2f}x {s['idle']:10.2f} "
-              f"{k['idle']:10.2f} {s['samples']:4.0f}/{k['samples']:<3.0f} {s['eval_reward']:10.3f} "
-              f"{k['eval_reward']:10.3f} {s['train_reward']:11.3f} {k['train_reward']:11.3f}")
-    mean = lambda xs: sum(xs) / len(xs)
+              f"{s['steady_s'] / k['steady_s']:5.2f}x {s['idle']:10.2f} {k['idle']:10.2f} "
+              f"{s['samples']:4.0f}/{k['samples']:<3.0f} {s['eval_reward']:6.3f}/{k['eval_reward']:.3f} "
+              f"{s['eval_sampled']:6.3f}/{k['eval_sampled']:.3f} {s['train_reward']:6.3f}/{k['train_reward']:.3f}")
     total = {name: sum(r[name]["wall_s"] for r in results) for name in ("sync", "kpop")}
     steady = {name: sum(r[name]["steady_s"] for r in results) for name in ("sync", "kpop")}
     knobs = "".join(f", {kv}" for kv in workloads[0].kpop_set)
-    print(f"\nKPop eta={eta}{knobs}: {total['sync'] / total['kpop']:.2f}x faster over {len(results)} seed(s) "
+    print(f"\nKPop eta={eta}, max_concurrent={workloads[0].max_concurrent}{knobs}: {total['sync'] / total['kpop']:.2f}x faster over {len(results)} seed(s) "
           f"({total['sync']:.1f} s vs {total['kpop']:.1f} s of RL wall-clock, same trained samples); "
           f"steps 2..N: {steady['sync'] / steady['kpop']:.2f}x ({steady['sync']:.1f} s vs {steady['kpop']:.1f} s)")
-    for name in ("sync", "kpop"):
-        before = mean([r[name]["eval_before"] for r in results])
-        after = [r[name]["eval_reward"] for r in results]
-        # the standard error of the mean over seeds, with each seed's binomial error folded in
-        binom = mean([a * (1 - a) / n for a in after]) / len(after)
-        spread = sum((a - mean(after)) ** 2 for a in after) / max(len(after) - 1, 1) / len(after)
-        print(f"{name:>5}: held-out greedy reward {before:.3f} -> {mean(after):.3f} ± {(binom + spread) ** 0.5:.3f} "
-              f"({n} tasks per seed)")
+    n_eval = results[0]["sync"]["eval_tasks"]
+    for label, key, before, n in [("held-out greedy", "eval_reward", "eval_before", n_eval),
+                                  ("held-out sampled", "eval_sampled", "eval_sampled_before", n_eval),
+                                  ("training (run mean)", "train_reward", None, results[0]["sync"]["samples"])]:
+        line = []
+        for name in ("sync", "kpop"):
+            m, se = mean_se([r[name][key] for r in results], n)
+            start = f"{sum(r[name][before] for r in results) / len(results):.3f} -> " if before else ""
+            line.append(f"{name} {start}{m:.3f} ± {se:.3f}")
+        print(f"{label:>20} reward: " + "; ".join(line))
+
+
+def mean_se(values: list[float], n: int) -> tuple[float, float]:
+    """Mean over seeds and its standard error: the spread between seeds plus each seed's
+    binomial error (a rate measured on n samples)."""
+    m = sum(values) / len(values)
+    binom = sum(v * (1 - v) / n for v in values) / len(values) ** 2
+    spread = sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1) / len(values)
+    return m, (binom + spread) ** 0.5
 
 
 if __name__ == "__main__":
