@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--eta", type=int, default=d.eta)
     parser.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="KPop groups in flight at most")
     parser.add_argument("--kpop-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra spec override for the KPop run only, e.g. scheduler.max_concurrent=24")
+                        help="extra spec override for the KPop run only, e.g. rollout.engine.max_num_seqs=32")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     workloads = [Workload(args.steps, args.eta, args.max_concurrent, args.tasks, seed, args.lr, args.sft_steps,
@@ -220,13 +220,13 @@ def main() -> None:
         pair = {name: run_one(root / f"{name}_seed{w.seed}", name, w, init) for name in ("sync", "kpop")}
         print(f"seed {w.seed}", json.dumps(pair), flush=True)
         results.append(pair)
-    report(results, args.eta, workloads)
+    report(results, workloads)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     ray.shutdown()
 
 
-def report(results: list[dict], eta: int, workloads: list[Workload]) -> None:
+def report(results: list[dict], workloads: list[Workload]) -> None:
     """One row per seed, then means over seeds; rewards with their standard errors."""
     print(f"\n{'seed':>5} {'sync s':>8} {'kpop s':>8} {'ratio':>6} {'2..N':>6} {'idle sync':>10} {'idle kpop':>10} "
           f"{'samples':>8} {'greedy s/k':>12} {'sampled s/k':>12} {'train s/k':>12}")
@@ -238,8 +238,10 @@ def report(results: list[dict], eta: int, workloads: list[Workload]) -> None:
               f"{s['eval_sampled']:6.3f}/{k['eval_sampled']:.3f} {s['train_reward']:6.3f}/{k['train_reward']:.3f}")
     total = {name: sum(r[name]["wall_s"] for r in results) for name in ("sync", "kpop")}
     steady = {name: sum(r[name]["steady_s"] for r in results) for name in ("sync", "kpop")}
-    knobs = "".join(f", {kv}" for kv in workloads[0].kpop_set)
-    print(f"\nKPop eta={eta}, max_concurrent={workloads[0].max_concurrent}{knobs}: {total['sync'] / total['kpop']:.2f}x faster over {len(results)} seed(s) "
+    w0 = workloads[0]
+    knobs = "".join(f", {kv}" for kv in w0.kpop_set)
+    print(f"\nKPop eta={w0.eta}, max_concurrent={w0.max_concurrent}{knobs}: "
+          f"{total['sync'] / total['kpop']:.2f}x faster over {len(results)} seed(s) "
           f"({total['sync']:.1f} s vs {total['kpop']:.1f} s of RL wall-clock, same trained samples); "
           f"steps 2..N: {steady['sync'] / steady['kpop']:.2f}x ({steady['sync']:.1f} s vs {steady['kpop']:.1f} s)")
     n_eval = results[0]["sync"]["eval_tasks"]

@@ -13,8 +13,8 @@ except that it waits for every running group that would fall past the bound with
 (admitted at v - eta or earlier): slow groups get eta steps of head start instead of being thrown
 away, and eta = 0 waits for everything (synchronous). Groups that still went stale (oldest
 token older than v - eta, e.g. after a restore) are dropped from the buffer and re-run from
-scratch under the same draw index: nothing is skipped, nothing trained twice. Dead engines reported by
-workers are replaced in the background with the latest weights.
+scratch under the same draw index: nothing is skipped, nothing trained twice. Dead engines
+reported by workers are replaced in the background with the latest weights.
 
 Accounting invariant: every drawn index is in exactly one of {trained (ledger), ready, pending}.
 """
