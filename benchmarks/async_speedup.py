@@ -91,7 +91,7 @@ class Workload:
 def overrides(run_dir: Path, scheduler: str, w: Workload, init: Path | None, env: str = SLOW_ENV) -> list[str]:
     steps = 0 if init is None else w.steps  # without an init this is the cold start: SFT only
     common = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1",
-              'logging.progress="off"', f"sft.steps={w.sft_steps if init is None else 0}", "sft.num_examples=4096",
+              'logging.progress="off"', f"sft.steps={w.sft_steps if init is None else 0}", "sft.target_loss=0", "sft.num_examples=4096",
               "sft.batch_size=32", "train.eval_tasks=64", f"train.steps={steps}", f"train.tasks_per_step={w.tasks}",
               "rollout.group_size=4", "rollout.max_turns=6", "rollout.max_total_tokens=512",
               "rollout.sampling.max_new_tokens=32", "rollout.num_env_workers=2", f"train.checkpoint_every={max(steps, 1)}",

@@ -34,10 +34,17 @@ def plan(spec: RunSpec) -> str:
         f"  engines:   {r.engine.num_engines} x {r.engine.type}",
         f"  workers:   {r.num_env_workers} environment worker(s)",
         f"  learner:   {lr.num_ranks} DeepSpeed rank(s), ZeRO-{lr.zero_stage}, {lr.precision}, objective {lr.objective.type}",
-        (f"  schedule:  {spec.scheduler.type}; cold start {spec.sft.steps} SFT steps; {t.steps} RL steps x "
+        (f"  schedule:  {spec.scheduler.type}; cold start {_cold_start(spec)}; {t.steps} RL steps x "
          f"{t.tasks_per_step} tasks x {r.group_size} samples; {t.eval_tasks} held-out tasks"),
         f"  cluster:   {spec.cluster.address or 'local Ray instance'}",
     ])
+
+
+def _cold_start(spec: RunSpec) -> str:
+    cfg = spec.sft
+    if cfg.steps == 0 or cfg.target_loss == 0:
+        return f"{cfg.steps} SFT steps"
+    return f"up to {cfg.steps} SFT steps (until the 10-step mean loss is <= {cfg.target_loss:g})"
 
 
 # Ray's default worker niceness (15) would put the learner on a par with the generation processes

@@ -27,6 +27,7 @@ def llama_config(spec: LlamaModelSpec, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=spec.init_std,
         torch_dtype="float32",
     )
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from kpop.loop.context import RunContext, summarize
 from kpop.loop.resume import find_checkpoint, load_state, previous_eval, truncate_ledger
-from kpop.loop.sync import cold_start, evaluate
+from kpop.loop.sync import cold_start, evaluate, evaluate_start
 from kpop.progress import Progress
 from kpop.scheduler import stats
 from kpop.scheduler.collector import Collector
@@ -58,7 +58,7 @@ async def _train(ctx: RunContext, checkpoint) -> dict:
     state = load_state(resume) if resume else None
     if state is None:
         await asyncio.to_thread(cold_start, ctx)
-        before = await asyncio.to_thread(evaluate, ctx, 0, "before_rl")
+        before = await asyncio.to_thread(evaluate_start, ctx)
     else:
         before = previous_eval(ctx.run_dir, "before_rl")
         truncate_ledger(ctx.run_dir, state.step)

@@ -2,8 +2,10 @@
 
     resume       if the run directory has a checkpoint: learner state, weights and sampler
                  position from it (the RL steps after it run again on the same tasks); else:
-    cold start   SFT on reference-solver episodes that verified correct
-    evaluate     greedy pass rate on held-out tasks (before RL)
+    cold start   SFT on reference-solver episodes that verified correct, until the mean loss of
+                 the last 10 steps reaches sft.target_loss (at most sft.steps steps)
+    evaluate     greedy pass rate on held-out tasks (before RL); a warning when it is too low
+                 for RL to improve (kpop.loop.start_check)
     each step    sample tasks × G → rollouts → learner step → push weights → log / checkpoint
     evaluate     held-out pass rate after RL; final checkpoint
 """
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -19,8 +22,12 @@ import ray
 
 from kpop.loop.context import RunContext, summarize
 from kpop.loop.resume import RUN_STATE, find_checkpoint, previous_eval
+from kpop.loop.start_check import start_warning
 from kpop.progress import Progress
 from kpop.tasks import SamplerState
+
+log = logging.getLogger(__name__)
+TARGET_WINDOW = 10  # cold-start steps averaged for sft.target_loss (one step's loss is noisy)
 
 
 def cold_start(ctx: RunContext) -> None:
@@ -34,19 +41,45 @@ def cold_start(ctx: RunContext) -> None:
         raise RuntimeError("no reference-solver episode verified correct; cannot build cold-start data")
     rng = random.Random(ctx.spec.seed)
     progress = Progress(cfg.steps, ctx.spec.logging.progress, label="sft")
+    losses: list[float] = []
     for step in range(1, cfg.steps + 1):
         batch = rng.sample(verified, min(cfg.batch_size, len(verified)))
         m = ray.get(ctx.learner.train_step.remote(batch, "sft"))
         ctx.metrics.write("sft", step, {"loss": m.loss, "grad_norm": m.grad_norm, "tokens": m.tokens,
                                         "verified": len(verified), "solved": len(solved)})
         progress.update(step, {"loss": m.loss})
+        losses.append(m.loss)
+        if reached_target(losses, cfg.target_loss):
+            log.info("cold start reached its target loss %g at step %d (mean of the last %d steps %.4f)",
+                     cfg.target_loss, step, TARGET_WINDOW, sum(losses[-TARGET_WINDOW:]) / TARGET_WINDOW)
+            break
     progress.close()
     ctx.publish_weights()
+
+
+def reached_target(losses: list[float], target: float) -> bool:
+    """Whether the mean of the last TARGET_WINDOW losses is at most `target` (0: never)."""
+    if target <= 0 or len(losses) < TARGET_WINDOW:
+        return False
+    return sum(losses[-TARGET_WINDOW:]) / TARGET_WINDOW <= target
 
 
 def evaluate(ctx: RunContext, step: int, label: str) -> dict[str, float]:
     result = ctx.evaluate(ctx.sampler.held_out(ctx.spec.train.eval_tasks))
     ctx.metrics.write("eval", step, {"label": label, **result})
+    return result
+
+
+def evaluate_start(ctx: RunContext) -> dict[str, float]:
+    """Held-out evaluation of the policy RL starts from, logged, with a warning when it is too weak
+    for RL to improve (kpop.loop.start_check)."""
+    result = evaluate(ctx, 0, "before_rl")
+    log.info("RL starts from held-out reward greedy %.3f, sampled %.3f (%d tasks)",
+             result["reward"], result["sampled_reward"], int(result["episodes"]))
+    warning = start_warning(result["reward"], result["sampled_reward"], ctx.spec.train.min_start_reward,
+                            ctx.spec.sft.steps)
+    if warning:
+        log.warning(warning)
     return result
 
 
@@ -80,7 +113,7 @@ def train(ctx: RunContext, checkpoint) -> dict[str, dict[str, float]]:
     resume = find_checkpoint(ctx.run_dir, RUN_STATE)
     if resume is None:
         cold_start(ctx)
-        before, done = evaluate(ctx, 0, "before_rl"), 0
+        before, done = evaluate_start(ctx), 0
     else:
         done, before = restore(ctx, resume), previous_eval(ctx.run_dir, "before_rl")
     total = ctx.spec.train.steps

@@ -95,7 +95,7 @@ class LearnerSpec(StrictModel):
     distill: DistillSpec = Field(default_factory=DistillSpec, description="Shortest-correct-response distillation ('distill' mode).")
     preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="Bidirectional preference alignment ('dpo' mode).")
     warmup_steps: int = Field(0, ge=0, le=10**7, description="Linear LR warm-up steps, then constant (warmup-stable; merge with WSM instead of decaying).")
-    lr: float = Field(5e-4, gt=0, le=1.0, description="Adam learning rate for RL steps.")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate for RL steps.")
     weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas.")
     grad_clip: float = Field(1.0, ge=0, le=1e6, description="Gradient-norm clip (0 = off).")

@@ -26,6 +26,7 @@ class LlamaModelSpec(StrictModel):
     num_kv_heads: int = Field(2, ge=1, le=512, description="Key/value heads (grouped-query attention).")
     intermediate_size: int = Field(384, ge=8, le=262144, description="SwiGLU hidden width.")
     max_position_embeddings: int = Field(512, ge=16, le=1048576, description="Longest sequence the model accepts.")
+    init_std: float = Field(0.06, gt=0, le=1.0, description="Std of the normal initialisation of a fresh model's weights (HF's 0.02 suits widths near 1024; at width 128 it starts attention almost uniform and the tiny model learns to copy late, at a seed-dependent step).")
 
     _check_path = field_validator("path")(_existing_dir)
 

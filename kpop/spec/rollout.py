@@ -21,7 +21,7 @@ EngineSpec = tagged_union(VLLMEngineSpec)
 
 
 class SamplingSpec(StrictModel):
-    temperature: float = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature (0 = greedy).")
+    temperature: float = Field(0.7, ge=0.0, le=10.0, description="Sampling temperature of training rollouts (0 = greedy); below 1 the samples stay near the greedy answer, so RL works on the mistakes greedy decoding makes.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(-1, ge=-1, description="Top-k cut-off (-1 = off).")
     max_new_tokens: int = Field(48, ge=1, le=1048576, description="Generated tokens per model turn.")

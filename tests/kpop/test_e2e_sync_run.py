@@ -7,7 +7,9 @@ import pytest
 from kpop.metrics import read_metrics
 from kpop.spec import load_spec
 
-OVERRIDES = ["sft.steps=4", "sft.num_examples=32", "sft.batch_size=8", "train.steps=2", "train.tasks_per_step=2",
+# sft.target_loss=100: every loss is below it, so the cold start stops after its first 10-step window,
+# before the 12-step cap (the early stop of a real run).
+OVERRIDES = ["sft.steps=12", "sft.target_loss=100", "sft.num_examples=32", "sft.batch_size=8", "train.steps=2", "train.tasks_per_step=2",
              "rollout.group_size=4", "train.eval_tasks=4", "train.checkpoint_every=1", "model.hidden_size=64",
              "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1", "logging.progress=lines"]
 
@@ -32,11 +34,11 @@ def test_run_reports_before_and_after_evaluation(finished_run):
 def test_metrics_record_every_phase_and_weights_reach_the_engine(finished_run):
     spec, _ = finished_run
     records = read_metrics(spec.run_dir)
-    assert [r["step"] for r in records if r["phase"] == "sft"] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if r["phase"] == "sft"] == list(range(1, 11))
     rl = [r for r in records if r["phase"] == "rl"]
     assert [r["step"] for r in rl] == [1, 2]
     # one optimiser step per SFT and RL step; the engine serves each new version after the push
-    assert [r["version"] for r in rl] == [5, 6]
+    assert [r["version"] for r in rl] == [11, 12]
     assert all(r["episodes"] == 8 and r["gen_tokens"] > 0 for r in rl)
     assert [r["label"] for r in records if r["phase"] == "eval"] == ["before_rl", "after_rl"]
 
@@ -65,9 +67,9 @@ def test_rerun_on_the_run_directory_resumes_after_the_last_checkpoint(finished_r
     at_two = json.loads((spec.run_dir / "checkpoints" / "last" / "run_state.json").read_text())
     result = run(load_spec(None, [*OVERRIDES, f"run_dir={spec.run_dir}", "train.steps=3"]))
     records = read_metrics(spec.run_dir)
-    assert [r["step"] for r in records if r["phase"] == "sft"] == [1, 2, 3, 4]    # no second cold start
+    assert [r["step"] for r in records if r["phase"] == "sft"] == list(range(1, 11))    # no second cold start
     rl = [r for r in records if r["phase"] == "rl"]
-    assert [r["step"] for r in rl] == [1, 2, 3] and [r["version"] for r in rl] == [5, 6, 7]
+    assert [r["step"] for r in rl] == [1, 2, 3] and [r["version"] for r in rl] == [11, 12, 13]
     state = json.loads((spec.run_dir / "checkpoints" / "last" / "run_state.json").read_text())
     assert state == {"step": 3, "sampler_position": at_two["sampler_position"] + 2}   # the next 2 tasks
     assert result["before_rl"] == first["before_rl"]

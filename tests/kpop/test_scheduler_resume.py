@@ -19,7 +19,7 @@ from kpop.metrics import read_metrics
 # can catch some between their turns (their finished turns are then checkpointed and replayed).
 SFT_STEPS, SFT_DRAWS = 60, 256
 ARGS = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1",
-        "logging.progress=lines", f"sft.steps={SFT_STEPS}", f"sft.num_examples={SFT_DRAWS}", "sft.batch_size=16",
+        "logging.progress=lines", f"sft.steps={SFT_STEPS}", "sft.target_loss=0", f"sft.num_examples={SFT_DRAWS}", "sft.batch_size=16",
         "train.eval_tasks=2",
         "scheduler.type=kpop", "scheduler.max_staleness=1", "rollout.group_size=2", "train.tasks_per_step=2",
         "train.steps=5", "train.checkpoint_every=1", "cluster.num_cpus=4"]
