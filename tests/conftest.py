@@ -50,7 +50,10 @@ def tiny_llama_dir(tmp_path_factory):
     from kpop.spec import load_spec
 
     run_dir = tmp_path_factory.mktemp("tiny_llama_run")
-    spec = load_spec(None, [f"run_dir={run_dir}", "model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1"])
+    # init std 0.02: engine tests need long greedy generations from this random model; at the
+    # quickstart's 0.06 a random model may emit EOS within a few tokens.
+    spec = load_spec(None, [f"run_dir={run_dir}", "model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=2",
+                            "model.num_kv_heads=1", "model.init_std=0.02"])
     return prepare_initial_model(spec)
 
 

@@ -11,9 +11,14 @@ import torch
 
 from kpop.rollout.engine import GenerationRequest, SamplingParams, WeightUpdate
 from kpop.rollout.weight_sync import WeightSyncError, state_dict_to_chunks
+from kpop.spec.model import LlamaModelSpec
 
 PROMPT = [0, 5, 6, 7]
 LOGPROB_TOL = 2e-4
+
+# Engine mechanics need long greedy generations from a random model; at the quickstart's init
+# std (0.06) a random model may emit EOS within a few tokens, at 0.02 it does not.
+RANDOM_MODEL = LlamaModelSpec(init_std=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +35,14 @@ def model_dir(request, tmp_path_factory) -> Path:
         shared = Path(request.getfixturevalue("tiny_llama_dir"))
     except pytest.FixtureLookupError:
         texts = [f"the quick brown fox jumps over {i} lazy dogs; 1+{i}={i + 1}" for i in range(300)]
-        return build_tiny_llama(LlamaModelSpec(), train_tokenizer(texts, 320, out), out, seed=0)
+        return build_tiny_llama(RANDOM_MODEL, train_tokenizer(texts, 320, out), out, seed=0)
     try:
         check_model_supported(shared)
         return shared
     except ValueError:
         from transformers import AutoTokenizer
 
-        return build_tiny_llama(LlamaModelSpec(), AutoTokenizer.from_pretrained(str(shared)), out, seed=0)
+        return build_tiny_llama(RANDOM_MODEL, AutoTokenizer.from_pretrained(str(shared)), out, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,17 @@ import torch
 from kpop.rollout.engine import Engine, GenerationRequest, SamplingParams, WeightUpdate
 from kpop.rollout.vllm_engine import _SEEDED_OK as SEEDED_OK
 from kpop.rollout.weight_sync import WeightSyncError, state_dict_to_chunks
+from kpop.spec.model import LlamaModelSpec
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 LOGPROB_TOL = 2e-4  # fp32 vLLM (CPU kernels) vs fp32 transformers, log-prob units
 PROMPTS = [[0, 5, 6, 7], [0, 40, 41, 42, 43, 44, 45], [0, 100]]
 MAX_SEQS = 8  # the shared engine's max_num_seqs
+
+# Engine mechanics need long greedy generations from a random model; at the quickstart's init
+# std (0.06) a random model may emit EOS within a few tokens, at 0.02 it does not.
+RANDOM_MODEL = LlamaModelSpec(init_std=0.02)
 
 
 def build_tiny_llama_dir(out: Path) -> Path:
@@ -33,7 +38,7 @@ def build_tiny_llama_dir(out: Path) -> Path:
 
     texts = [f"the quick brown fox jumps over {i} lazy dogs; 1+{i}={i + 1}" for i in range(300)]
     tok = train_tokenizer(texts, 320, out)
-    return build_tiny_llama(LlamaModelSpec(), tok, out, seed=0)
+    return build_tiny_llama(RANDOM_MODEL, tok, out, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def model_dir(request, tmp_path_factory) -> Path:
         from kpop.spec.model import LlamaModelSpec
 
         tok = AutoTokenizer.from_pretrained(str(shared))
-        return build_tiny_llama(LlamaModelSpec(), tok, tmp_path_factory.mktemp("tiny_llama_vllm"), seed=0)
+        return build_tiny_llama(RANDOM_MODEL, tok, tmp_path_factory.mktemp("tiny_llama_vllm"), seed=0)
 
 
 class HFRef:
