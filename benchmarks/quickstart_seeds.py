@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import subprocess
 import sys
 import time
@@ -58,8 +58,7 @@ def read_run(run_dir: Path) -> tuple[float, dict, dict]:
 
 def run_one(seed: int, threads: str, out: Path, overrides: list[str]) -> Row:
     run_dir = out / f"seed{seed}_threads{threads}"
-    if run_dir.exists():
-        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     sets = [f"seed={seed}", f"run_dir={run_dir}", "logging.progress=lines", *overrides]
     if threads != "default":
         sets.append(f"learner.threads={threads}")
@@ -68,7 +67,7 @@ def run_one(seed: int, threads: str, out: Path, overrides: list[str]) -> Row:
         cmd += ["--set", s]
     t0 = time.perf_counter()
     with open(out / f"seed{seed}_threads{threads}.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         print(f"seed {seed} threads {threads}: kpop run failed (exit {proc.returncode}); see {log.name}", file=sys.stderr)

@@ -41,10 +41,12 @@ def plan(spec: RunSpec) -> str:
 
 
 def _cold_start(spec: RunSpec) -> str:
+    from kpop.loop.start_check import TARGET_WINDOW
+
     cfg = spec.sft
     if cfg.steps == 0 or cfg.target_loss == 0:
         return f"{cfg.steps} SFT steps"
-    return f"up to {cfg.steps} SFT steps (until the 10-step mean loss is <= {cfg.target_loss:g})"
+    return f"up to {cfg.steps} SFT steps (until the {TARGET_WINDOW}-step mean loss is <= {cfg.target_loss:g})"
 
 
 # Ray's default worker niceness (15) would put the learner on a par with the generation processes

@@ -1,4 +1,9 @@
-"""Is the policy RL starts from good enough for RL to improve it?
+"""When the cold start stops, and whether the policy RL starts from is good enough to improve.
+
+`reached_target`: the cold start stops once the mean loss of its last TARGET_WINDOW steps is at most
+`sft.target_loss` (one step's loss is noisy). The step at which a tiny model learns to copy varies
+with seed and machine; the loss it must reach does not.
+
 
 Group-relative RL learns only from groups whose samples disagree: a policy that almost never
 succeeds gives almost no group a non-zero advantage, so RL steps then change nothing (the
@@ -9,6 +14,15 @@ held-out tasks; `start_warning` turns that evaluation into a warning when the gr
 """
 
 from __future__ import annotations
+
+TARGET_WINDOW = 10
+
+
+def reached_target(losses: list[float], target: float) -> bool:
+    """Whether the mean of the last TARGET_WINDOW losses is at most `target` (0: never)."""
+    if target <= 0 or len(losses) < TARGET_WINDOW:
+        return False
+    return sum(losses[-TARGET_WINDOW:]) / TARGET_WINDOW <= target
 
 
 def start_warning(greedy: float, sampled: float, floor: float, sft_steps: int) -> str | None:

@@ -3,7 +3,7 @@
     resume       if the run directory has a checkpoint: learner state, weights and sampler
                  position from it (the RL steps after it run again on the same tasks); else:
     cold start   SFT on reference-solver episodes that verified correct, until the mean loss of
-                 the last 10 steps reaches sft.target_loss (at most sft.steps steps)
+                 its last steps reaches sft.target_loss (at most sft.steps steps)
     evaluate     greedy pass rate on held-out tasks (before RL); a warning when it is too low
                  for RL to improve (kpop.loop.start_check)
     each step    sample tasks × G → rollouts → learner step → push weights → log / checkpoint
@@ -22,12 +22,11 @@ import ray
 
 from kpop.loop.context import RunContext, summarize
 from kpop.loop.resume import RUN_STATE, find_checkpoint, previous_eval
-from kpop.loop.start_check import start_warning
+from kpop.loop.start_check import TARGET_WINDOW, reached_target, start_warning
 from kpop.progress import Progress
 from kpop.tasks import SamplerState
 
 log = logging.getLogger(__name__)
-TARGET_WINDOW = 10  # cold-start steps averaged for sft.target_loss (one step's loss is noisy)
 
 
 def cold_start(ctx: RunContext) -> None:
@@ -55,13 +54,6 @@ def cold_start(ctx: RunContext) -> None:
             break
     progress.close()
     ctx.publish_weights()
-
-
-def reached_target(losses: list[float], target: float) -> bool:
-    """Whether the mean of the last TARGET_WINDOW losses is at most `target` (0: never)."""
-    if target <= 0 or len(losses) < TARGET_WINDOW:
-        return False
-    return sum(losses[-TARGET_WINDOW:]) / TARGET_WINDOW <= target
 
 
 def evaluate(ctx: RunContext, step: int, label: str) -> dict[str, float]:

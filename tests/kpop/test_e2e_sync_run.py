@@ -1,6 +1,7 @@
 """A short end-to-end run through the real actors: vLLM engine, environment worker, DeepSpeed learner."""
 
 import json
+import logging
 
 import pytest
 
@@ -20,11 +21,30 @@ def finished_run(ray_session, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("e2e")
     spec = load_spec(None, [*OVERRIDES, f"run_dir={run_dir}"])
-    return spec, run(spec)
+    records = _LogRecords()
+    logger = logging.getLogger("kpop.loop.sync")
+    level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    try:
+        result = run(spec)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    return spec, result, records.messages
+
+
+class _LogRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append((record.levelno, record.getMessage()))
 
 
 def test_run_reports_before_and_after_evaluation(finished_run):
-    spec, result = finished_run
+    spec, result, _ = finished_run
     for label in ("before_rl", "after_rl"):
         assert result[label]["episodes"] == 4
         assert 0.0 <= result[label]["reward"] <= 1.0 and 0.0 <= result[label]["sampled_reward"] <= 1.0
@@ -32,7 +52,7 @@ def test_run_reports_before_and_after_evaluation(finished_run):
 
 
 def test_metrics_record_every_phase_and_weights_reach_the_engine(finished_run):
-    spec, _ = finished_run
+    spec, _, _ = finished_run
     records = read_metrics(spec.run_dir)
     assert [r["step"] for r in records if r["phase"] == "sft"] == list(range(1, 11))
     rl = [r for r in records if r["phase"] == "rl"]
@@ -47,7 +67,7 @@ def test_checkpoint_is_a_loadable_hugging_face_folder_with_trained_weights(finis
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec, _ = finished_run
+    spec, _, _ = finished_run
     last = spec.run_dir / "checkpoints" / "last"
     assert last.is_symlink() and (last / "model.safetensors").is_file() and (last / "tokenizer.json").is_file()
     trained = AutoModelForCausalLM.from_pretrained(str(last))
@@ -63,7 +83,7 @@ def test_rerun_on_the_run_directory_resumes_after_the_last_checkpoint(finished_r
     """Runs last in this module: it extends the finished run by one RL step."""
     from kpop.launch import run
 
-    spec, first = finished_run
+    spec, first, _ = finished_run
     at_two = json.loads((spec.run_dir / "checkpoints" / "last" / "run_state.json").read_text())
     result = run(load_spec(None, [*OVERRIDES, f"run_dir={spec.run_dir}", "train.steps=3"]))
     records = read_metrics(spec.run_dir)
@@ -73,3 +93,13 @@ def test_rerun_on_the_run_directory_resumes_after_the_last_checkpoint(finished_r
     state = json.loads((spec.run_dir / "checkpoints" / "last" / "run_state.json").read_text())
     assert state == {"step": 3, "sampler_position": at_two["sampler_position"] + 2}   # the next 2 tasks
     assert result["before_rl"] == first["before_rl"]
+
+
+def test_run_logs_its_starting_reward_and_warns_below_the_floor(finished_run):
+    spec, result, messages = finished_run
+    start = result["before_rl"]["reward"]
+    assert any(level == logging.INFO and msg.startswith(f"RL starts from held-out reward greedy {start:.3f}")
+               for level, msg in messages)
+    warned = any(level == logging.WARNING and "train.min_start_reward 0.1" in msg for level, msg in messages)
+    assert warned == (start < spec.train.min_start_reward)
+    assert any("cold start reached its target loss 100 at step 10" in msg for _, msg in messages)

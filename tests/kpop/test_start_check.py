@@ -28,7 +28,7 @@ def test_the_spec_floor_decides():
 
 
 def test_cold_start_target_is_the_mean_of_the_last_ten_losses():
-    from kpop.loop.sync import reached_target
+    from kpop.loop.start_check import reached_target
 
     assert not reached_target([0.05] * 9, 0.06)                      # fewer than ten steps
     assert reached_target([0.05] * 10, 0.06)
