@@ -8,11 +8,16 @@ Contract:
   (SFT on the shortest correct sample per prompt), "dpo" (preference pairs from the focus-weighted
   signed rubric score against a frozen reference copy of the initial model, kept on CPU).
   Batch-level decisions live in plan.py; `train_plan` runs one rank's share (used by LearnerGroup).
-- Every token's trainer log-prob is recomputed here. In "rl", p = the recomputation at θ_old: one
-  optimiser step per batch means the weights do not move between micro-batches, so the detached
-  log-probs of the training forward *are* the no-grad recomputation at θ_old (no second forward).
-  q = the engine's behaviour log-prob. Mismatch metrics (mean |log p - log q|, masked fraction)
-  are returned every RL step.
+- Every token's trainer log-prob is recomputed here. In "rl", p_old = the policy at the start of
+  the step (θ_old, decoupled PPO): with one mini-batch and one epoch the weights do not move
+  between micro-batches, so the detached log-probs of the training forward *are* the recomputation
+  at θ_old (no second forward); with `minibatches` x `epochs` > 1 optimiser steps per RL step,
+  p_old is recomputed once, without gradients, before the first update, and the clipped ratio
+  p / p_old leaves 1 as the mini-batches move the weights. q = the engine's behaviour log-prob; it
+  feeds only the off-policy correction (p_old against q). Mismatch metrics (mean |log p_old -
+  log q|, masked fraction) are returned every RL step, over the trained rows; `clipped_fraction`
+  is the share of (token, update) pairs whose ratio was clipped; `grad_norm` the largest of the
+  step's updates. The version grows by one per `train_step`, whatever its optimiser step count.
 - Gradient accumulation is unmanaged (deepspeed_engine.py): each micro-batch's loss is normalised
   by the whole batch's token (or pair) count and multiplied by the world size, because DeepSpeed
   averages gradients over ranks; the sum over micro-batches and ranks is the batch loss.
@@ -110,25 +115,38 @@ class Learner:
         torch.set_num_threads(self.threads["rl" if plan.mode == "rl" else "other"])
         self.engine.train()
         self.focus = plan.focus
-        if plan.num_tokens == 0 or (plan.mode == "dpo" and plan.num_pairs == 0):
-            # nothing to learn from (e.g. no correct sample, no preference pair): no optimiser step,
-            # since Adam would still move the weights along its old moments; the version stays.
+        if plan.trained_tokens == 0 or (plan.mode == "dpo" and plan.num_pairs == 0):
+            # nothing to learn from (e.g. no correct sample, every group's samples scored alike, no
+            # preference pair): no optimiser step, since Adam would still move the weights along
+            # its old moments; the version stays.
             return StepMetrics(plan.mode, self.version, 0.0, 0.0, 0, plan.sequences if self.rank.rank == 0 else 0,
                                0.0, 0.0, time.perf_counter() - t0)
         self._set_lr(plan.mode)
-        sums = _Sums()
-        for micro, adv, rows in self._micro_batches(plan):
-            loss = self._micro_loss(plan, micro, adv, rows, sums)
-            self.engine.backward(loss * plan.world_size, scale_wrt_gas=False)
-            sums.loss += float(loss.detach())
-        self.engine.step()
+        pieces = [list(self._micro_batches(plan, rows)) for rows in plan.pieces]
+        old = self._proximal_logprobs(pieces) if plan.epochs * len(pieces) > 1 else None
+        sums, norms = _Sums(), []
+        for epoch in range(plan.epochs):
+            for k, piece in enumerate(pieces):
+                for j, (micro, adv, rows) in enumerate(piece):
+                    logp_old = old[k][j] if old is not None else None
+                    loss = self._micro_loss(plan, micro, adv, rows, sums if epoch == 0 else _Sums(), logp_old, sums)
+                    self.engine.backward(loss * plan.world_size, scale_wrt_gas=False)
+                    sums.loss += float(loss.detach())
+                self.engine.step()
+                self.steps += 1
+                norms.append(self.grad_norm())
         self.version += 1
-        self.steps += 1
-        n = max(plan.num_tokens, 1)
-        return StepMetrics(plan.mode, self.version, sums.loss, self.grad_norm(),
+        n = max(plan.trained_tokens, 1)
+        return StepMetrics(plan.mode, self.version, sums.loss / plan.epochs, max(norms),
                            sum(t.num_generated for t in plan.rows), plan.sequences if self.rank.rank == 0 else 0,
-                           sums.mismatch / n, sums.clipped / n, time.perf_counter() - t0, sums.masked / n,
-                           sums.correct_pairs / max(plan.num_pairs, 1))
+                           sums.mismatch / n, sums.clipped / (n * plan.epochs), time.perf_counter() - t0,
+                           sums.masked / n, sums.correct_pairs / max(plan.num_pairs, 1))
+
+    def _proximal_logprobs(self, pieces) -> list[list[torch.Tensor]]:
+        """Log-probs of every micro-batch at the weights the step starts from (θ_old), no gradients."""
+        with torch.no_grad():
+            return [[token_logprobs(self.engine, micro.input_ids, micro.attention_mask) for micro, _, _ in piece]
+                    for piece in pieces]
 
     def lr_for(self, mode: str) -> float:
         """Mode's base learning rate times the linear warm-up factor (then constant: warmup-stable)."""
@@ -141,14 +159,15 @@ class Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_for(mode)
 
-    def _micro_batches(self, plan: StepPlan):
-        """(Batch on the engine's device, advantages [B], rows); dummy all-padding batches fill up
-        to `plan.micro_batches` so every rank runs the same number of forwards."""
+    def _micro_batches(self, plan: StepPlan, indices: list[int]):
+        """(Batch on the engine's device, advantages [B], rows) of one mini-batch's rows; dummy
+        all-padding batches fill up to `plan.micro_batches` so every rank runs the same number of
+        forwards."""
         size = micro_batch_rows(plan.mode, self.spec.micro_batch_size)
-        count = max(plan.micro_batches, -(-len(plan.rows) // size))
+        count = max(plan.micro_batches, -(-len(indices) // size))
         for i in range(count):
-            rows = plan.rows[i * size:(i + 1) * size]
-            adv = plan.advantages[i * size:(i + 1) * size]
+            chunk = indices[i * size:(i + 1) * size]
+            rows, adv = [plan.rows[j] for j in chunk], [plan.advantages[j] for j in chunk]
             if not rows:
                 rows, adv = [self._padding_row()], [0.0]
             batch = collate(rows, self.pad_id).to(self.engine.device)
@@ -158,18 +177,22 @@ class Learner:
         return Trajectory("padding", "padding", [self.pad_id] * 2, [0, 0], [0.0, 0.0], [-1, -1])
 
     def _micro_loss(self, plan: StepPlan, micro: Batch, adv: torch.Tensor, rows: list[Trajectory],
-                    sums: _Sums) -> torch.Tensor:
+                    sums: _Sums, logp_old: torch.Tensor | None = None, clip_sums: _Sums | None = None) -> torch.Tensor:
+        """`sums` collects the per-batch metrics (the caller passes a scratch one after the first
+        epoch); `clip_sums` the clipped-token count, which every update adds to."""
         logp = token_logprobs(self.engine, micro.input_ids, micro.attention_mask)
         if plan.mode in ("sft", "distill"):
             return sft_loss(logp, micro.loss_mask, plan.num_tokens)
         if plan.mode == "dpo":
             return self._dpo_loss(plan, micro, logp, sums)
-        return self._rl_loss(plan, micro, logp, adv, rows, sums)
+        # one optimiser step per batch: the weights are θ_old until step(), so the detached
+        # training forward is the recomputation at θ_old
+        old = logp.detach() if logp_old is None else logp_old
+        return self._rl_loss(plan, micro, logp, old, adv, rows, sums, clip_sums or sums)
 
-    def _rl_loss(self, plan: StepPlan, micro: Batch, logp: torch.Tensor, adv: torch.Tensor,
-                 rows: list[Trajectory], sums: _Sums) -> torch.Tensor:
+    def _rl_loss(self, plan: StepPlan, micro: Batch, logp: torch.Tensor, logp_old: torch.Tensor,
+                 adv: torch.Tensor, rows: list[Trajectory], sums: _Sums, clip_sums: _Sums) -> torch.Tensor:
         obj, mask, logq = self.spec.objective, micro.loss_mask, micro.behaviour_logprobs
-        logp_old = logp.detach()     # = no-grad recomputation at θ_old (weights fixed until step())
         corr = correction_weights(self.spec.off_policy, logp_old, logq, mask)
         if obj.type == "lpo":
             units = self._sentence_units(rows, obj.punctuation, logp.shape[1]).to(logp.device)
@@ -179,7 +202,7 @@ class Learner:
         else:
             loss, stats = grpo_loss(logp, logp_old, adv, mask, obj.clip_eps, plan.num_tokens, corr.weights)
         mm = mismatch_sums(logp_old, logq, mask, corr.masked)
-        sums.clipped += stats.clipped_fraction * float(mask.sum())
+        clip_sums.clipped += stats.clipped_fraction * float(mask.sum())
         sums.mismatch += mm.abs_logratio
         sums.masked += mm.masked
         return loss

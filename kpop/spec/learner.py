@@ -102,6 +102,8 @@ class LearnerSpec(StrictModel):
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision.")
     micro_batch_size: int = Field(16, ge=1, le=65536, description="Sequences per forward/backward pass.")
+    minibatches: int = Field(1, ge=1, le=4096, description="PPO mini-batches per RL step: the batch is split into this many, each trained with its own optimiser step against the policy at the start of the step (π_old, recomputed once), so the clipped ratio can leave 1 (1 = one optimiser step per batch).")
+    epochs: int = Field(1, ge=1, le=64, description="Passes over an RL step's mini-batches (PPO epochs).")
     num_ranks: int = Field(1, ge=1, le=65536, description="Data-parallel learner ranks (Ray actors).")
     num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs per learner rank.")
     threads: int | None = Field(None, ge=1, le=1024, description="Torch threads per rank (unset: the machine's cores / ranks, less the engines' reserved CPUs when KPop overlaps generation and training, eta > 0).")

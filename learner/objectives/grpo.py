@@ -34,6 +34,6 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
     loss = (per_token * weights).sum() / max(num_tokens, 1)
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
-        was_clipped = ((unclipped != clipped) & (mask > 0)).float().sum() / n
+        was_clipped = ((clipped < unclipped) & (mask > 0)).float().sum() / n   # the clip took effect
         mean_ratio = (ratio * mask).sum() / n
     return loss, PGStats(float(was_clipped), float(mean_ratio))

@@ -30,11 +30,12 @@ ATOL = 2e-5
 
 
 def test_shard_splits_evenly_and_keeps_pairs():
-    rows = make_batch(0, n=5)
+    rows = make_batch(0, n=7)          # groups of two (rewards 0, 1) and a last group of one
     plan = plan_step(rows, "rl", LearnerSpec(), FocusState())
+    assert plan.rows == rows[:6]       # the lone sample's advantage is 0: not forwarded
     parts = shard(plan, 2, micro_batch_size=2)
-    assert [len(p.rows) for p in parts] == [3, 2] and [p.micro_batches for p in parts] == [2, 2]
-    assert [t for p in parts for t in p.rows] == rows
+    assert [len(p.rows) for p in parts] == [3, 3] and [p.micro_batches for p in parts] == [2, 2]
+    assert [t for p in parts for t in p.rows] == rows[:6]
     assert all(p.num_tokens == plan.num_tokens and p.world_size == 2 for p in parts)
     dpo = plan_step(make_batch(0, n=6), "dpo", LearnerSpec(), FocusState())
     assert dpo.num_pairs == 3 and [len(p.rows) for p in shard(dpo, 2, 3)] == [4, 2]
@@ -42,7 +43,7 @@ def test_shard_splits_evenly_and_keeps_pairs():
 
 def case(**kw):
     return LearnerSpec.model_validate({"micro_batch_size": 2, "lr": 1e-3, "zero_stage": 2, "num_cpus": 1,
-                                       "objective": {"type": "lpo"}, **kw})
+                                       "objective": {"type": "lpo"}, "minibatches": 2, **kw})
 
 
 def steps():
