@@ -2,7 +2,8 @@
 
 Unknown keys are errors and defaults are validated too. A variant field (`tagged_union`) picks
 its model by the `type` key and falls back to the first variant when `type` is left out, so a user
-can tune the default variant without naming it.
+can tune the default variant without naming it. Naming another `type` gives that variant's own
+defaults: kpop/spec/load.py never writes one variant's defaults into the data it validates.
 """
 
 from typing import Annotated, Any, Union

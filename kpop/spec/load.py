@@ -3,11 +3,15 @@
 Contract: `load_spec` either returns a valid RunSpec or raises SpecError whose `.problems` name the
 YAML path of every bad field, what is allowed there, and (for misspelt keys) the closest valid key.
 It never lets a pydantic or YAML traceback reach the user.
+
+The data validated holds only what the user wrote (YAML or `--set`), never a materialised default
+of a `type`-tagged variant: so `type: NAME` (in the file or by `--set PATH.type=NAME`) gets NAME's
+own defaults for every field the user left out, and a field the user set that NAME lacks is a
+problem naming its path, the chosen type and what that type accepts.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 import typing
 from dataclasses import dataclass
@@ -16,6 +20,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from kpop.spec.schema import RunSpec
 
@@ -79,14 +84,13 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
         # YAML 1.1 reads on/off/yes/no as booleans; on the command line they are meant as words.
         value = raw.strip()
     node: Any = data
-    default: Any = RunSpec().model_dump(mode="json")
     for i, part in enumerate(parts[:-1]):
-        default = _child(default, part)
         if isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
-        elif isinstance(node, dict) and part not in node and default is not None:
-            # Overriding inside a section the file leaves at its defaults: start from those.
-            node[part] = copy.deepcopy(default)
+        elif isinstance(node, dict) and part not in node and (default := _default_data(_loc(parts[: i + 1]), data)) is not None:
+            # Overriding inside a field the file leaves at its default (e.g. an entry of the default
+            # envs list, one key of a default mapping): start from that default.
+            node[part] = default
             node = node[part]
         elif isinstance(node, dict) and parts[i + 1].isdigit() and not isinstance(node.get(part), list):
             raise SpecError(source, [Problem(".".join(parts[: i + 1]), f"bad --set {item!r}: no list entry {parts[i + 1]} to change here (set list entries in the YAML file)")])
@@ -103,24 +107,40 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
         raise SpecError(source, [Problem(key, f"bad --set {item!r}: the parent is not a mapping")])
 
 
-def _child(node: Any, part: str) -> Any:
-    if isinstance(node, dict):
-        return node.get(part)
-    if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-        return node[int(part)]
-    return None
+def _loc(parts: list[str]) -> list[str | int]:
+    return [int(p) if p.isdigit() else p for p in parts]
+
+
+def _default_data(loc: list[Any], data: Any) -> Any:
+    """The default of the field at `loc`, in the variant `data` picks there, as data (see
+    `_least_data`); None where the schema gives no default."""
+    *parent, name = loc
+    model = _model_at(parent, data)
+    field = model.model_fields.get(name) if model is not None and isinstance(name, str) else None
+    if field is None or field.is_required():
+        return None
+    return _least_data(field.get_default(call_default_factory=True))
+
+
+def _least_data(value: Any) -> Any:
+    """`value` as the least YAML-like data that validates back to it: a model keeps its `type` tag,
+    its required fields and the fields that differ from their defaults. A full dump would write the
+    default variant's fields into the data, where they would outlive a later switch of `type`."""
+    if isinstance(value, BaseModel):
+        return {name: _least_data(getattr(value, name)) for name, field in type(value).model_fields.items()
+                if name == "type" or field.is_required() or getattr(value, name) != field.get_default(call_default_factory=True)}
+    if isinstance(value, (list, tuple)):
+        return [_least_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _least_data(v) for k, v in value.items()}
+    return to_jsonable_python(value)
 
 
 def _explain(err: dict[str, Any], data: dict[str, Any]) -> Problem:
     loc = _user_path(err["loc"], data)
     path = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1], data)
-        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.4)
-        msg = f"unknown key {loc[-1]!r}"
-        if hint:
-            msg += f"; did you mean {hint[0]!r}?"
-        return Problem(path, f"{msg} (allowed here: {', '.join(allowed)})")
+        return Problem(path, _unknown_key(loc, data))
     if err["type"] == "union_tag_invalid":
         return Problem(path, f"unknown type {err['ctx']['tag']!r}; allowed types: {err['ctx']['expected_tags']}")
     field = _field_at(loc, data)
@@ -171,26 +191,49 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
-def _model_at(loc: list[Any], data: Any) -> type[BaseModel] | None:
+def _unknown_key(loc: list[Any], data: Any) -> str:
+    key, parent = str(loc[-1]), ".".join(str(p) for p in loc[:-1])
+    variants, model = _variants_at(loc[:-1], data)
+    allowed = sorted(model.model_fields) if model is not None else []
+    tag = _tag(model)
+    owners = [_tag(m) for m in variants if m is not model and key in m.model_fields]
+    if tag is not None and owners:
+        # The key belongs to another variant: the user switched `type` and kept that variant's field.
+        return (f"{key!r} is a field of type {' / '.join(repr(o) for o in owners)}, not of type {tag!r} chosen here: "
+                f"remove it, or set {parent}.type to {owners[0]!r} (type {tag!r} accepts: {', '.join(allowed)})")
+    hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.4)
+    where = f"allowed for type {tag!r}" if tag is not None and len(variants) > 1 else "allowed here"
+    return f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "") + f" ({where}: {', '.join(allowed)})"
+
+
+def _tag(model: type[BaseModel] | None) -> str | None:
+    field = model.model_fields.get("type") if model is not None else None
+    return field.default if field is not None and isinstance(field.default, str) else None
+
+
+def _variants_at(loc: list[Any], data: Any) -> tuple[list[type[BaseModel]], type[BaseModel] | None]:
+    """The models the schema allows at `loc` (a tagged union's variants, or one model) and the one
+    the data's `type` tags pick (the first variant where `type` is left out, as `tagged_union` does)."""
+    variants: list[type[BaseModel]] = [RunSpec]
     model: type[BaseModel] | None = RunSpec
     node = data
     for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            if isinstance(part, int):
-                node = node[part] if isinstance(node, list) and part < len(node) else None
-                continue
-            return None
-        candidates = _models_in(model.model_fields[part].annotation)
-        node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(part, int):
+            # A list entry: its own `type` picks its variant.
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        elif model is not None and part in model.model_fields:
+            variants = _models_in(model.model_fields[part].annotation)
+            node = node.get(part) if isinstance(node, dict) else None
+        else:
+            return [], None
         tag = node.get("type") if isinstance(node, dict) else None
-        chosen = [m for m in candidates if "type" in m.model_fields and m.model_fields["type"].default == tag]
-        model = (chosen or candidates or [None])[0]
-    return model
+        chosen = [m for m in variants if tag is not None and _tag(m) == tag]
+        model = (chosen or variants or [None])[0]
+    return variants, model
 
 
-def _allowed_keys(loc: list[Any], data: Any) -> list[str]:
-    model = _model_at(loc, data)
-    return sorted(model.model_fields) if model is not None else []
+def _model_at(loc: list[Any], data: Any) -> type[BaseModel] | None:
+    return _variants_at(loc, data)[1]
 
 
 def _field_at(loc: list[Any], data: Any):
