@@ -15,9 +15,13 @@ phase "eval" (greedy decoding on held-out tasks)
 phase "rl" (one per RL step)
     reward, reward/<part>       mean total reward and its parts (e.g. reward/task)
     gen_tokens, turns, episodes mean generated tokens and turns per episode; episodes in the batch
-    loss, grad_norm             learner step
-    mismatch                    mean |log p_trainer - log p_engine| over generated tokens
-    clipped_fraction            fraction of generated tokens whose PPO ratio was clipped
+    loss, grad_norm             learner step (grad_norm: the largest of its optimiser updates)
+    trained_fraction            share of generated tokens the learner trained on: those of samples
+                                with a non-zero advantage (a group whose samples all scored the
+                                same teaches nothing)
+    mismatch                    mean |log p_trainer - log p_engine| over trained tokens
+    clipped_fraction            share of (trained token, optimiser update) pairs where the PPO
+                                clip took effect (0 unless learner.minibatches x epochs > 1)
     masked_fraction             fraction of generated tokens the off-policy correction masked
                                 (KPop binary-KL test or weight cap, IcePop band)
     version                     policy version the engines serve after the step

@@ -150,6 +150,7 @@ async def _step(ctx: RunContext, collector: Collector, monitor: EngineMonitor, s
     return ctx.metrics.write("rl", step, {
         **summarize(trajs), "loss": m.loss, "grad_norm": m.grad_norm, "mismatch": m.mismatch,
         "clipped_fraction": m.clipped_fraction, "masked_fraction": m.masked_fraction,
+        "trained_fraction": m.tokens / max(gen_tokens, 1),
         "version": learner_version, "rl_version": version + 1,
         "step_s": elapsed, "gen_s": t_gen, "train_s": m.step_s, "gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
         "tokens_per_s": gen_tokens / max(elapsed, 1e-9), "groups": len(groups),

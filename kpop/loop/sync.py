@@ -87,6 +87,7 @@ def rl_step(ctx: RunContext, step: int) -> dict[str, float]:
     return ctx.metrics.write("rl", step, {
         **summarize(trajs), "loss": m.loss, "grad_norm": m.grad_norm, "mismatch": m.mismatch,
         "clipped_fraction": m.clipped_fraction, "masked_fraction": m.masked_fraction,
+        "trained_fraction": m.tokens / max(gen_tokens, 1),
         "version": version, "step_s": elapsed,
         "gen_s": t_gen, "train_s": m.step_s, "gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
     })
