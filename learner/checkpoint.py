@@ -6,7 +6,7 @@ Layout of a checkpoint folder:
     trainer_state/state/...                          DeepSpeed checkpoint: module, optimiser (each rank
                                                      its ZeRO partition) and the learner's client state
     rng/rank{r}.pt                                   torch, CUDA, numpy and python RNG states of rank r
-    learner.json                                     version, step count, focus state, spec (for people)
+    learner.json                                     version, step count, focus state, last step's mode, spec (for people)
 
 Exact-resume invariant: `save(d)` then `load(d)` on a freshly built learner with the same spec and
 world size restores parameters, optimiser moments, LR-schedule position (the step count), RNG and
@@ -52,7 +52,8 @@ def save_checkpoint(learner, directory: str | Path) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     state_dict = learner.full_state_dict()          # collective under ZeRO-3; None off rank 0
-    client = {"version": learner.version, "steps": learner.steps, "focus": asdict(learner.focus)}
+    client = {"version": learner.version, "steps": learner.steps, "focus": asdict(learner.focus),
+              "last_mode": learner.last_mode}
     if learner.rank.rank == 0:
         learner.engine.module.save_pretrained(str(out), state_dict=state_dict)
         learner.tokenizer.save_pretrained(str(out))
@@ -72,6 +73,7 @@ def load_checkpoint(learner, directory: str | Path) -> int:
     if path is None:
         raise FileNotFoundError(f"no learner state under {folder / STATE_DIR}")
     learner.version, learner.steps = int(client["version"]), int(client["steps"])
+    learner.last_mode = client.get("last_mode")
     focus = client.get("focus") or {}
     learner.focus = FocusState(dict(focus.get("saturation", {})), int(focus.get("updates", 0)))
     set_rng_state(torch.load(folder / "rng" / f"rank{learner.rank.rank}.pt", weights_only=False))

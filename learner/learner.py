@@ -18,6 +18,10 @@ Contract:
   log q|, masked fraction) are returned every RL step, over the trained rows; `clipped_fraction`
   is the share of (token, update) pairs whose ratio was clipped; `grad_norm` the largest of the
   step's updates. The version grows by one per `train_step`, whatever its optimiser step count.
+- The first "rl" step after an "sft" step zeroes Adam's moments (and its step count, so bias
+  correction starts over) when `fresh_rl_moments` is on: RL starts like a run of its own. The mode
+  of the last step is part of the checkpoint, so a run resumed at the end of its cold start does
+  the same.
 - Gradient accumulation is unmanaged (deepspeed_engine.py): each micro-batch's loss is normalised
   by the whole batch's token (or pair) count and multiplied by the world size, because DeepSpeed
   averages gradients over ranks; the sum over micro-batches and ranks is the batch loss.
@@ -101,6 +105,7 @@ class Learner:
             apply_spec(model, spec.quant)
         self.engine, self.optimizer, self.grad_norm = build_engine(model, spec, spec.lr)
         self.version, self.steps = 0, 0
+        self.last_mode: str | None = None
         self.focus = FocusState()
         self._reference = None
 
@@ -121,6 +126,9 @@ class Learner:
             # its old moments; the version stays.
             return StepMetrics(plan.mode, self.version, 0.0, 0.0, 0, plan.sequences if self.rank.rank == 0 else 0,
                                0.0, 0.0, time.perf_counter() - t0)
+        if plan.mode == "rl" and self.last_mode == "sft" and self.spec.fresh_rl_moments:
+            self._zero_moments()
+        self.last_mode = plan.mode
         self._set_lr(plan.mode)
         pieces = [list(self._micro_batches(plan, rows)) for rows in plan.pieces]
         old = self._proximal_logprobs(pieces) if plan.epochs * len(pieces) > 1 else None
@@ -141,6 +149,17 @@ class Learner:
                            sum(t.num_generated for t in plan.rows), plan.sequences if self.rank.rank == 0 else 0,
                            sums.mismatch / n, sums.clipped / (n * plan.epochs), time.perf_counter() - t0,
                            sums.masked / n, sums.correct_pairs / max(plan.num_pairs, 1))
+
+    def _zero_moments(self) -> None:
+        """Adam restarts: first and second moments and step count to zero, in place (DeepSpeed's
+        ZeRO optimisers keep references to these tensors)."""
+        base = getattr(self.optimizer, "optimizer", self.optimizer)
+        for state in base.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    value.zero_()
+                elif key == "step":
+                    state[key] = 0
 
     def _proximal_logprobs(self, pieces) -> list[list[torch.Tensor]]:
         """Log-probs of every micro-batch at the weights the step starts from (θ_old), no gradients."""

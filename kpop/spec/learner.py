@@ -3,7 +3,9 @@
 Objectives (`objective.type`): "grpo" (token ratio), "gspo" (sequence ratio), "lpo" (sentence
 ratio, the Ling 2.0 default). Off-policy corrections (`off_policy.type`): "kpop" (binary-KL mask,
 decoupled PPO weight), "icepop" (ratio band), "tis" (truncated importance sampling), "none".
-Distillation ("distill" mode) and preference alignment ("dpo" mode) have their own sections.
+Distillation ("distill" mode) and preference alignment ("dpo" mode) have their own sections; the
+learner implements both modes, but no loop runs them yet, so a RunSpec rejects either section set to
+anything but its defaults (`runs_only_rl_modes`) instead of accepting settings no run would use.
 """
 
 from typing import Literal
@@ -104,8 +106,22 @@ class LearnerSpec(StrictModel):
     micro_batch_size: int = Field(16, ge=1, le=65536, description="Sequences per forward/backward pass.")
     minibatches: int = Field(1, ge=1, le=4096, description="PPO mini-batches per RL step: the batch is split into this many, each trained with its own optimiser step against the policy at the start of the step (π_old, recomputed once), so the clipped ratio can leave 1 (1 = one optimiser step per batch).")
     epochs: int = Field(1, ge=1, le=64, description="Passes over an RL step's mini-batches (PPO epochs).")
+    fresh_rl_moments: bool = Field(True, description="Zero Adam's moments when RL follows the cold start: the cold start's gradients are several times larger than RL's, and their second moments (decaying by betas[1] per update) would shrink the first hundreds of RL updates far below learner.lr.")
     num_ranks: int = Field(1, ge=1, le=65536, description="Data-parallel learner ranks (Ray actors).")
     num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs per learner rank.")
     threads: int | None = Field(None, ge=1, le=1024, description="Torch threads per rank (unset: the machine's cores / ranks, less the engines' reserved CPUs when KPop overlaps generation and training, eta > 0).")
     num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per learner rank.")
     quant: QuantSpec = Field(default_factory=QuantSpec, description="FP4 (UFP4/NVFP4/MXFP4) training GEMMs; off by default.")
+
+
+def runs_only_rl_modes(spec: LearnerSpec) -> LearnerSpec:
+    """A run's learner trains in the "sft" and "rl" modes only: `distill` and `preference` settings
+    would be accepted and never used, so they must stay at their defaults."""
+    unrun = [f"learner.{name} ({mode})" for name, mode, default in
+             (("distill", "'distill' mode", DistillSpec()), ("preference", "'dpo' mode", PreferenceSpec()))
+             if getattr(spec, name) != default]
+    if unrun:
+        verb, noun, it = ("is", "that mode is", "it") if len(unrun) == 1 else ("are", "these modes are", "them")
+        raise ValueError(f"{' and '.join(unrun)} {verb} set, but {noun} not yet run by any loop (kpop run trains "
+                         f"the cold start and RL only): leave {it} at the defaults")
+    return spec

@@ -167,3 +167,26 @@ def test_epochs_pass_over_the_minibatches_again(learner_model_dir):
     assert (once.steps, twice.steps) == (2, 4)
     assert a.mismatch == pytest.approx(b.mismatch)          # batch metrics count each token once
     assert _relative(twice.state_dict(), once.state_dict(), _initial(learner_model_dir)) > 0.1
+
+
+def test_rl_after_the_cold_start_starts_adam_afresh(learner_model_dir, tmp_path):
+    """With fresh_rl_moments the first RL step equals a fresh AdamW's from the cold start's weights
+    (also after resuming from a checkpoint written at the end of the cold start); without it the
+    cold start's moments change the update."""
+    rows, cold = make_batch(5, n=12), make_batch(1)
+    cfg = rl_spec(minibatches=2)
+    fresh = Learner(str(learner_model_dir), cfg, seed=0)
+    fresh.train_step(cold, "sft")
+    fresh.save(tmp_path / "sft")
+    fresh.train_step(rows, "rl")
+    kept = Learner(str(learner_model_dir), rl_spec(minibatches=2, fresh_rl_moments=False), seed=0)
+    kept.train_step(cold, "sft")
+    kept.train_step(rows, "rl")
+    resumed = Learner(str(learner_model_dir), cfg, seed=1)
+    resumed.load(tmp_path / "sft")
+    resumed.train_step(rows, "rl")
+    reference, _, _ = naive_step(tmp_path / "sft", rows, cfg)
+    start = _initial(tmp_path / "sft")
+    gaps = [_relative(x.state_dict(), reference, start) for x in (fresh, resumed, kept)]
+    print(f"relative gap to a fresh AdamW: fresh {gaps[0]:.1e}, resumed {gaps[1]:.1e}, kept moments {gaps[2]:.1e}")
+    assert gaps[0] < 1e-3 and gaps[1] < 1e-3 and gaps[2] > 0.1
