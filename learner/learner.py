@@ -18,8 +18,8 @@ Contract:
   log q|, masked fraction) are returned every RL step, over the trained rows; `clipped_fraction`
   is the share of (token, update) pairs whose ratio was clipped; `grad_norm` the largest of the
   step's updates. The version grows by one per `train_step`, whatever its optimiser step count.
-- The first "rl" step after an "sft" step zeroes Adam's moments (and its step count, so bias
-  correction starts over) when `fresh_rl_moments` is on: RL starts like a run of its own. The mode
+- With `fresh_rl_moments` on, the first "rl" step after an "sft" step zeroes Adam's moments (and
+  its step count, so bias correction starts over): RL starts like a run of its own. The mode
   of the last step is part of the checkpoint, so a run resumed at the end of its cold start does
   the same.
 - Gradient accumulation is unmanaged (deepspeed_engine.py): each micro-batch's loss is normalised

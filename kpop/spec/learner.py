@@ -106,7 +106,7 @@ class LearnerSpec(StrictModel):
     micro_batch_size: int = Field(16, ge=1, le=65536, description="Sequences per forward/backward pass.")
     minibatches: int = Field(1, ge=1, le=4096, description="PPO mini-batches per RL step: the batch is split into this many, each trained with its own optimiser step against the policy at the start of the step (π_old, recomputed once), so the clipped ratio can leave 1 (1 = one optimiser step per batch).")
     epochs: int = Field(1, ge=1, le=64, description="Passes over an RL step's mini-batches (PPO epochs).")
-    fresh_rl_moments: bool = Field(True, description="Zero Adam's moments when RL follows the cold start: the cold start's gradients are several times larger than RL's, and their second moments (decaying by betas[1] per update) would shrink the first hundreds of RL updates far below learner.lr.")
+    fresh_rl_moments: bool = Field(False, description="Zero Adam's moments when RL follows the cold start. Off, RL inherits the cold start's moments: its gradients are several times larger than RL's, so the second moments (decaying by betas[1] per update) keep the first hundreds of RL updates well below learner.lr, which also keeps parameters RL barely touches still; on, RL starts like a run of its own and wants a smaller learner.lr (quickstart: 3e-4 learns, 1e-3 breaks the tool-call format within 5 steps).")
     num_ranks: int = Field(1, ge=1, le=65536, description="Data-parallel learner ranks (Ray actors).")
     num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs per learner rank.")
     threads: int | None = Field(None, ge=1, le=1024, description="Torch threads per rank (unset: the machine's cores / ranks, less the engines' reserved CPUs when KPop overlaps generation and training, eta > 0).")

@@ -174,12 +174,12 @@ def test_rl_after_the_cold_start_starts_adam_afresh(learner_model_dir, tmp_path)
     (also after resuming from a checkpoint written at the end of the cold start); without it the
     cold start's moments change the update."""
     rows, cold = make_batch(5, n=12), make_batch(1)
-    cfg = rl_spec(minibatches=2)
+    cfg = rl_spec(minibatches=2, fresh_rl_moments=True)
     fresh = Learner(str(learner_model_dir), cfg, seed=0)
     fresh.train_step(cold, "sft")
     fresh.save(tmp_path / "sft")
     fresh.train_step(rows, "rl")
-    kept = Learner(str(learner_model_dir), rl_spec(minibatches=2, fresh_rl_moments=False), seed=0)
+    kept = Learner(str(learner_model_dir), rl_spec(minibatches=2), seed=0)     # the default: off
     kept.train_step(cold, "sft")
     kept.train_step(rows, "rl")
     resumed = Learner(str(learner_model_dir), cfg, seed=1)
