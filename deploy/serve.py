@@ -42,6 +42,7 @@ class ServeConfig:
     kv_cache_gib: float = 0.25
     max_model_len: int | None = None
     seed: int = 0
+    max_num_seqs: int = 128
     log_level: str = "warning"
 
 
@@ -57,7 +58,8 @@ def build_service(config: ServeConfig) -> OpenAIService:
 
     folder = Path(config.checkpoint)
     choice = resolve_backend(config)
-    options = EngineOptions(kv_cache_gib=config.kv_cache_gib, max_model_len=config.max_model_len, seed=config.seed)
+    options = EngineOptions(kv_cache_gib=config.kv_cache_gib, max_model_len=config.max_model_len, seed=config.seed,
+                            max_num_seqs=config.max_num_seqs)
     log.warning("serving %s with the %s backend (%s)", folder, choice.kind, choice.reason)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     engine = build_engine(folder, choice, options)

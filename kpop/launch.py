@@ -1,7 +1,10 @@
 """Launch a run: resolve the spec, start Ray and the actors, run the loop, shut everything down.
 
-Placement is the only thing that differs between a laptop and a cluster: with `cluster.address`
-unset a local Ray instance is started; otherwise the same actors are placed on the cluster.
+Engines, environment workers (with their sandbox) and the metrics sinks are built from the run's
+runtime configuration (kpop.runtime), the one conversion of a RunSpec that `kpop eval` and
+`kpop serve` use too. Placement is the only thing that differs between a laptop and a cluster:
+with `cluster.address` unset a local Ray instance is started; otherwise the same actors are placed
+on the cluster. The loops are handed `checkpoint` and import nothing from here.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ from pathlib import Path
 
 from kpop.loop.context import RunContext
 from kpop.metrics import MetricsWriter
+from kpop.runtime.actors import start_engine, start_worker
+from kpop.runtime.build import overlaps, runtime_config
+from kpop.runtime.config import RayStart
 from kpop.spec import RunSpec
+from kpop.spec.sandbox import SandboxSpec
 from kpop.tasks import TaskSampler
 
 log = logging.getLogger(__name__)
@@ -25,7 +32,7 @@ STARTUP_TIMEOUT_S = 1800.0
 def plan(spec: RunSpec) -> str:
     """A human-readable summary of what `run` would start."""
     r, lr, t = spec.rollout, spec.learner, spec.train
-    envs = ", ".join(f"{e.name} (weight {e.weight:g})" for e in spec.envs)
+    envs = ", ".join(f"{e.name} (weight {e.weight:g}{_terms(e.rewards)})" for e in spec.envs)
     model = f"{spec.model.type} from {spec.model.path}" if spec.model.path else f"fresh {spec.model.type}"
     return "\n".join([
         f"run {spec.name!r} -> {spec.run_dir}",
@@ -33,11 +40,35 @@ def plan(spec: RunSpec) -> str:
         f"  envs:      {envs}",
         f"  engines:   {r.engine.num_engines} x {r.engine.type}",
         f"  workers:   {r.num_env_workers} environment worker(s)",
+        f"  sandbox:   {describe_sandbox(spec.sandbox)}",
         f"  learner:   {lr.num_ranks} DeepSpeed rank(s), ZeRO-{lr.zero_stage}, {lr.precision}, objective {lr.objective.type}",
         (f"  schedule:  {spec.scheduler.type}; cold start {_cold_start(spec)}; {t.steps} RL steps x "
          f"{t.tasks_per_step} tasks x {r.group_size} samples; {t.eval_tasks} held-out tasks"),
         f"  cluster:   {spec.cluster.address or 'local Ray instance'}",
     ])
+
+
+def _terms(rewards) -> str:
+    return f", rewards {' + '.join(term.type for term in rewards)}" if rewards else ""
+
+
+def describe_sandbox(sandbox: SandboxSpec) -> str:
+    """The sandbox every environment worker is given (kpop.runtime.build.worker_config), with its
+    limits as the pool applies them (kpop.envs.sandbox.factory), as one line of the plan."""
+    from kpop.envs.sandbox.factory import limits_from_spec
+
+    b, lim, mib = sandbox.backend, limits_from_spec(sandbox.limits), 2**20
+    if b.type == "bwrap":
+        binds = f", {len(b.ro_binds)} extra read-only binds" if b.ro_binds else ""
+        backend = f"bwrap ({b.python}{', cgroups' if b.use_cgroups else ''}{binds})"
+    elif b.type == "docker":
+        backend = f"docker (image {b.image}, {b.python}{', engine ' + b.base_url if b.base_url else ''})"
+    else:
+        backend = "process (NO isolation)"
+    return (f"{backend}, {sandbox.pool_size} at once per worker; each execution: wall {lim.wall_s:g} s, "
+            f"cpu {lim.cpu_s:g} s, memory {lim.memory_bytes // mib} MiB, {lim.max_processes} processes, "
+            f"files {lim.max_file_bytes // mib} MiB, output {lim.max_output_bytes // 1024} KiB per stream, "
+            f"returned files {lim.max_output_files_bytes // mib} MiB")
 
 
 def _cold_start(spec: RunSpec) -> str:
@@ -54,41 +85,17 @@ def _cold_start(spec: RunSpec) -> str:
 RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
-def _start_ray(spec: RunSpec) -> None:
+def _start_ray(start: RayStart) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return
-    if spec.cluster.address:
-        ray.init(address=spec.cluster.address, log_to_driver=False)
+    if start.address:
+        ray.init(address=start.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=spec.cluster.num_cpus or max(os.cpu_count() or 2, 4),
-                 include_dashboard=False, log_to_driver=False, _system_config=RAY_SYSTEM_CONFIG)
-
-
-def make_engine(spec: RunSpec, model_dir: Path, i: int):
-    """Engine replica `i` (also used by the KPop scheduler to replace a dead one)."""
-    from kpop.rollout.engine_actor import EngineActor
-    from kpop.rollout.vllm_engine import VLLMEngineConfig
-
-    eng = spec.rollout.engine
-    return EngineActor.options(num_cpus=eng.num_cpus, num_gpus=eng.num_gpus).remote(
-        VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib, enforce_eager=eng.enforce_eager,
-                         seed=spec.seed + i, max_num_seqs=eng.max_num_seqs), nice=rollout_nice(spec))
-
-
-def make_worker(spec: RunSpec, model_dir: Path, i: int):
-    """Environment worker `i` (also used by the KPop scheduler to replace a dead one)."""
-    import ray
-
-    from kpop.rollout.agent_loop import LoopLimits
-    from kpop.rollout.env_worker import EnvConfig, EnvWorker
-
-    limits = LoopLimits(spec.rollout.max_turns, spec.rollout.max_total_tokens,
-                        spec.rollout.sampling.max_new_tokens, spec.rollout.env_step_timeout_s)
-    env_cfg = [EnvConfig(e.name, dict(e.options), tuple(e.rewards)) for e in spec.envs]
-    return ray.remote(EnvWorker).options(num_cpus=0).remote(str(model_dir), env_cfg, limits, i, rollout_nice(spec))
+        ray.init(num_cpus=start.num_cpus, include_dashboard=False, log_to_driver=False,
+                 _system_config=RAY_SYSTEM_CONFIG)
 
 
 def start_actors(spec: RunSpec, model_dir: Path):
@@ -108,19 +115,15 @@ def launch_actors(spec: RunSpec, model_dir: Path):
 
     from kpop.learner.group import LearnerGroup
 
-    engines = [make_engine(spec, model_dir, i) for i in range(spec.rollout.engine.num_engines)]
+    runtime = runtime_config(spec, model_dir)
+    engines = [start_engine(launch) for launch in runtime.engines]
     starting = [e.start.remote() for e in engines]
-    workers = [make_worker(spec, model_dir, i) for i in range(spec.rollout.num_env_workers)]
+    workers = [start_worker(config) for config in runtime.workers]
     learner = LearnerGroup.create(  # coordinator actor over learner.num_ranks DeepSpeed ranks
         str(model_dir), spec.learner, spec.seed, sft_lr=spec.sft.lr, num_threads=learner_threads(spec),
         rl_threads=learner_threads(spec, overlapped=overlaps(spec)))
     ray.get([learner.ready.remote()] + [w.ping.remote() for w in workers], timeout=STARTUP_TIMEOUT_S)
     return engines, workers, learner, starting
-
-
-def overlaps(spec: RunSpec) -> bool:
-    """Whether generation keeps running while the learner trains (KPop with eta > 0)."""
-    return spec.scheduler.type == "kpop" and spec.scheduler.max_staleness > 0
 
 
 def learner_threads(spec: RunSpec, cores: int | None = None, overlapped: bool = False) -> int:
@@ -137,16 +140,6 @@ def learner_threads(spec: RunSpec, cores: int | None = None, overlapped: bool = 
         eng = spec.rollout.engine
         cores -= int(eng.num_cpus * eng.num_engines)
     return max(1, cores // lr.num_ranks)
-
-
-def rollout_nice(spec: RunSpec) -> int:
-    """Niceness of engine and worker processes: `rollout.nice`, else 10 when KPop overlaps
-    generation with training on CPU engines. Generation then runs ahead of the learner (the buffer
-    holds the next batches already), so the learner step is the critical path and should win the
-    shared cores; in a synchronous run the two take turns and nothing changes."""
-    if spec.rollout.nice is not None:
-        return spec.rollout.nice
-    return 10 if overlaps(spec) and spec.rollout.engine.num_gpus == 0 else 0
 
 
 def checkpoint(ctx: RunContext, step: int, extra: dict[str, str] | None = None) -> Path:
@@ -187,10 +180,11 @@ def run(spec: RunSpec) -> dict:
     # A run directory with a checkpoint resumes from it: actors start from its weights.
     resume = find_checkpoint(run_dir, STATE_FILE if spec.scheduler.type == "kpop" else RUN_STATE)
     model_dir = resume or prepare_initial_model(spec)
-    _start_ray(spec)
+    runtime = runtime_config(spec, model_dir)
+    _start_ray(runtime.ray)
     engines, workers, learner, starting = launch_actors(spec, model_dir)
-    ctx = RunContext(spec, run_dir, model_dir, engines, workers, learner,
-                     TaskSampler(spec.envs, spec.seed), MetricsWriter(run_dir, spec.logging, spec.model_dump(mode="json")),
+    metrics = MetricsWriter(runtime.metrics.run_dir, runtime.metrics.logging, spec.model_dump(mode="json"))
+    ctx = RunContext(spec, run_dir, model_dir, engines, workers, learner, TaskSampler(spec.envs, spec.seed), metrics,
                      engine_start=starting)
     try:
         result = train(ctx, checkpoint)

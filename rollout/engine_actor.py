@@ -17,7 +17,7 @@ Contract:
 - vLLM spawns its engine-core process from the actor process; `env` is applied to the actor's
   environment before that, so settings like VLLM_CPU_OMP_THREADS_BIND reach it.
 - `nice` lowers the CPU priority of the actor and of the vLLM processes it spawns (so a learner
-  sharing the cores keeps them; kpop.launch.rollout_nice).
+  sharing the cores keeps them; kpop.runtime.build.rollout_nice).
 - `load()` never waits for the engine build: before it, it reports an idle engine at the initial
   version. All methods are coroutines (Ray runs them on the actor's one event loop).
 """

@@ -7,20 +7,27 @@ in-process Engine, or the KPop engine router (kpop.scheduler.router), which plac
 on the least-loaded engine; routed turns survive migration and engine death by resuming from
 their prefix (see `_routed_turn`). The finished turns of every running episode are recorded, so a
 checkpoint can keep them (`partials`) and a restarted run can replay them (kpop.rollout.replay).
+
+A worker is built from one `WorkerConfig` (made from the RunSpec by kpop.runtime), which crosses into
+its actor process as it is: the environments it may run (options and reward terms), the agent-loop
+limits, and the sandbox section, which configures this process's sandbox pool (backend, limits,
+pool size) before any episode runs. An episode of an environment not in the config is an error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from kpop.envs.registry import make_env
+from kpop.envs.sandbox.default import configure as configure_sandbox
 from kpop.rollout.agent_loop import Episode, LoopLimits, Policy, run_episode, solver_policy
 from kpop.rollout.chat import ChatFormat
 from kpop.rollout.engine import GenerationRequest, GenerationResult, SamplingParams
 from kpop.rollout.niceness import yield_cpu
 from kpop.rollout.replay import PartialEpisode, RecordedTurn, Replay, replaying
+from kpop.spec.sandbox import SandboxSpec
 from kpop.trajectory import Trajectory
 
 MAX_RESUMES = 16  # a turn interrupted more often than this ends with finish_reason "abort"
@@ -30,21 +37,30 @@ MAX_RESUMES = 16  # a turn interrupted more often than this ends with finish_rea
 class EnvConfig:
     name: str
     options: dict
-    rewards: tuple = ()  # reward-shaping terms (kpop.spec.envs.RewardTermSpec)
+    rewards: tuple  # reward-shaping terms (kpop.spec.envs.RewardTermSpec)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    tokenizer_dir: str
+    envs: tuple[EnvConfig, ...]
+    limits: LoopLimits
+    sandbox: SandboxSpec = field(default_factory=SandboxSpec)
+    worker_id: int = 0
+    nice: int = 0  # CPU niceness of the worker's process (kpop.runtime.build.rollout_nice)
 
 
 class EnvWorker:
-    def __init__(self, tokenizer_dir: str, envs: list[EnvConfig], limits: LoopLimits, worker_id: int = 0,
-                 nice: int = 0) -> None:
+    def __init__(self, config: WorkerConfig) -> None:
         from transformers import AutoTokenizer
 
-        if nice:
-            yield_cpu(nice)  # only ever in the worker's own actor process (kpop.launch.rollout_nice)
-
-        self.chat = ChatFormat(AutoTokenizer.from_pretrained(tokenizer_dir))
-        self.configs = {e.name: e for e in envs}
-        self.limits = limits
-        self.worker_id = worker_id
+        if config.nice:
+            yield_cpu(config.nice)  # only ever in the worker's own actor process
+        configure_sandbox(config.sandbox)
+        self.chat = ChatFormat(AutoTokenizer.from_pretrained(config.tokenizer_dir))
+        self.configs = {e.name: e for e in config.envs}
+        self.limits = config.limits
+        self.worker_id = config.worker_id
         self._ids = itertools.count()
         self.resumed = 0  # routed turns resumed from their prefix (migration, engine failure)
         self.replayed = 0  # recorded turns replayed after a restart instead of generated again
@@ -75,7 +91,9 @@ class EnvWorker:
         return await run_episode(env, episode, self.chat, solver_policy(env, self.chat), self.limits, options)
 
     def _make(self, name: str):
-        config = self.configs.get(name, EnvConfig(name, {}))
+        config = self.configs.get(name)
+        if config is None:
+            raise KeyError(f"environment {name!r} is not configured on this worker (configured: {sorted(self.configs)})")
         env = make_env(name, config.options)
         env.set_reward_terms(config.rewards)
         return env, config.options

@@ -2,8 +2,11 @@
 
 The smallest verifiable multi-turn tool task, used by the quickstart: the user asks for `a op b`;
 the model should call `calculator(expression)`, read the result from the tool observation and reply
-`Answer: N`. Reward 1.0 when the final answer equals the exact value, else 0.0. The tool evaluates
-integer +, -, * expressions only (parsed with `ast`, never `eval`), so it needs no sandbox.
+`Answer: N`. Task score 1.0 when the final answer equals the exact value, else 0.0 (reward part
+`task`, with `correct`, `format`, `used_tool`); the RunSpec's reward terms shape it on the final step
+like every other family (kpop.envs.rewards.shape_reward; the reference call for `tool_sequence` is
+the one calculator call of the question's expression), so the reward lies in [-1, 1]. The tool
+evaluates integer +, -, * expressions only (parsed with `ast`, never `eval`), so it needs no sandbox.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kpop.envs.contract import Action, AgentEnv, Message, StepInfo, StepResult, Task
 from kpop.envs.registry import register_env
+from kpop.envs.rewards.compose import EpisodeView, shape_reward
 
 SYSTEM = "Use the calculator tool, then reply with Answer: <number>."
 TOOL = {
@@ -58,6 +62,8 @@ def evaluate(expression: str) -> int:
 
 @register_env("calculator")
 class CalculatorEnv(AgentEnv):
+    reward_range = (-1.0, 1.0)  # shaping terms may subtract from the 0/1 task score
+
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
         min_operand: int = Field(10, ge=0, le=10**6, description="Smallest operand.")
@@ -72,6 +78,7 @@ class CalculatorEnv(AgentEnv):
         self.expression, self.answer = "", 0
         self.tool_result: str | None = None
         self.turns = 0
+        self.view = EpisodeView()
 
     def make_task(self, seed, options):
         rng = random.Random(seed)
@@ -79,6 +86,7 @@ class CalculatorEnv(AgentEnv):
         self.expression = f"{a}{rng.choice(self.ops)}{b}"
         self.answer = evaluate(self.expression)
         self.tool_result, self.turns = None, 0
+        self.view = EpisodeView(reference_calls=[("calculator", {"expression": self.expression})])
         messages = [Message("system", SYSTEM), Message("user", f"What is {self.expression}?")]
         return Task(task_id=f"calculator-{seed}", messages=messages, tools=[TOOL])
 
@@ -89,15 +97,19 @@ class CalculatorEnv(AgentEnv):
 
     async def astep(self, action: Action) -> StepResult:
         self.turns += 1
+        self.view.texts.append(action.text)
         if action.parse_errors:
             return self._observe([Message("tool", "error: " + "; ".join(action.parse_errors), name="calculator")])
         if action.tool_calls:
+            self.view.calls.extend((c.name, c.arguments) for c in action.tool_calls)
             replies = [Message("tool", self._call(c.name, c.arguments), name=c.name, tool_call_id=c.id) for c in action.tool_calls]
             return self._observe(replies)
         match = _ANSWER.search(action.text)
         correct = float(match is not None and int(match.group(1)) == self.answer)
-        parts = {"correct": correct, "format": float(match is not None), "used_tool": float(self.tool_result is not None)}
-        return StepResult([], correct, True, False, StepInfo(parts, {"expected": self.answer}))
+        parts = {"task": correct, "correct": correct, "format": float(match is not None),
+                 "used_tool": float(self.tool_result is not None)}
+        reward, parts = shape_reward(correct, parts, self.view, self.reward_terms)
+        return StepResult([], reward, True, False, StepInfo(parts, {"expected": self.answer}))
 
     def _call(self, name: str, arguments: dict) -> str:
         if name != "calculator":

@@ -8,6 +8,11 @@
 Each applied term records its value in the returned parts under `shape/<type>`. The result is
 clipped to [-1, 1], the reward range of every shaped KPop environment. With no terms the base
 reward comes back unchanged, so shaping is strictly opt-in.
+
+`group_shaping(rewards, lengths, correct, terms)` applies the group-level terms (dynamic_length) to
+the final rewards of the G samples of one prompt and, like `shape_reward`, reports each term's
+value per sample under `shape/<type>`; it does not clip (the term is a bonus on top of the
+episode's reward). The loops call it once a group is complete (kpop.loop.group_rewards).
 """
 
 from __future__ import annotations
@@ -62,10 +67,13 @@ def shape_reward(base: float, parts: dict[str, float], view: EpisodeView, terms:
     return max(-1.0, min(1.0, reward)), parts
 
 
-def group_shaping(rewards: Sequence[float], lengths: Sequence[float], correct: Sequence[bool], terms: Sequence[Any]) -> list[float]:
-    """Group-level terms (dynamic_length) added to the final rewards of the G samples of one prompt."""
-    out = [float(r) for r in rewards]
+def group_shaping(rewards: Sequence[float], lengths: Sequence[float], correct: Sequence[bool],
+                  terms: Sequence[Any]) -> list[tuple[float, dict[str, float]]]:
+    """Each sample's reward after the group-level terms, with the parts those terms added."""
+    out: list[tuple[float, dict[str, float]]] = [(float(r), {}) for r in rewards]
     for term in parse_terms(terms):
         if term.type == "dynamic_length":
-            out = [r + d for r, d in zip(out, dynamic_length_rewards(lengths, correct, term.alpha))]
+            bonus = dynamic_length_rewards(lengths, correct, term.alpha)
+            out = [(r + d, {**parts, f"shape/{term.type}": parts.get(f"shape/{term.type}", 0.0) + d})
+                   for (r, parts), d in zip(out, bonus)]
     return out

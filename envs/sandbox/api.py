@@ -43,8 +43,8 @@ class SandboxStatus(str, enum.Enum):
 class SandboxLimits:
     """Resource limits of one execution. Sizes in bytes, times in seconds."""
 
-    wall_s: float = 10.0
-    cpu_s: float = 10.0
+    wall_s: float = 5.0
+    cpu_s: float = 5.0
     memory_bytes: int = 512 * 2**20
     max_processes: int = 64
     max_file_bytes: int = 16 * 2**20

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from kpop.eval.runner import EvalConfig, run_eval
     from kpop.eval.table import format_table
+    from kpop.spec import SpecError
 
     if not os.path.isdir(args.checkpoint):
         print(f"error: {args.checkpoint}: not a checkpoint folder", file=sys.stderr)
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _stdout_to_stderr():
             result = run_eval(config)
-    except ValueError as exc:
+    except (ValueError, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_json(), indent=2) if args.json else format_table(result))

@@ -18,11 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kpop.spec import SpecError, load_spec
-    from kpop.spec.resolve import check_envs
+    from kpop.spec.resolve import check_run
 
     try:
         spec = load_spec(args.spec, args.overrides)
-        check_envs(spec, args.spec or "<embedded defaults>")
+        check_run(spec, args.spec or "<embedded defaults>")
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

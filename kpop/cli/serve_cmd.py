@@ -3,7 +3,9 @@
 Serves Hugging Face-format checkpoints (what `kpop run` writes under checkpoints/) with KPop's own
 OpenAI-compatible app (kpop.deploy.serve): vLLM where vLLM can run the checkpoint, KPop's built-in
 engine otherwise. Binds loopback by default. Routes: /v1/models, /v1/completions,
-/v1/chat/completions, /health, /metrics.
+/v1/chat/completions, /health, /metrics. Engine settings the flags leave unset (KV cache, seed,
+concurrent requests) are those of the run that wrote the checkpoint, through the runtime
+configuration a run's own engines get (kpop.runtime), or the RunSpec defaults without a record.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model-name", default=None, help="model name clients use (default: the folder name)")
     parser.add_argument("--backend", choices=["auto", "vllm", "builtin"], default="auto",
                         help="engine (default: vLLM where it can run the checkpoint, the built-in engine otherwise)")
-    parser.add_argument("--kv-cache-gib", type=float, default=0.25, help="KV-cache memory, GiB (vLLM)")
+    parser.add_argument("--kv-cache-gib", type=float, default=None, help="KV-cache memory, GiB (vLLM; default: the run's)")
     parser.add_argument("--max-model-len", type=int, default=None, help="longest sequence served")
-    parser.add_argument("--seed", type=int, default=0, help="engine seed")
+    parser.add_argument("--seed", type=int, default=None, help="engine seed (default: the run's)")
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -36,9 +38,19 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     from kpop.deploy.serve import ServeConfig, serve
+    from kpop.runtime.build import engine_launch
+    from kpop.runtime.recorded import recorded_spec
+    from kpop.spec import SpecError
 
+    try:
+        spec, _ = recorded_spec(folder)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    engine = engine_launch(spec, folder, 0).config
     serve(ServeConfig(checkpoint=str(folder), host=args.host, port=args.port,
                       served_model_name=args.served_model_name, backend=args.backend,
-                      kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len, seed=args.seed,
-                      log_level=args.log_level))
+                      kv_cache_gib=engine.kv_cache_gib if args.kv_cache_gib is None else args.kv_cache_gib,
+                      max_model_len=args.max_model_len, seed=engine.seed if args.seed is None else args.seed,
+                      max_num_seqs=engine.max_num_seqs, log_level=args.log_level))
     return 0

@@ -6,25 +6,28 @@
     score     greedy reward and pass rate; pass@1 and pass@k (unbiased estimator, kpop.eval.passk)
 
 Contract: settings the checkpoint's run used (environment options and reward terms, agent-loop
-limits, max new tokens, KV cache, run seed) come from the run's spec.json when it is found, so a
-greedy evaluation of the run's held-out tasks repeats the run's own "after_rl" evaluation. The
-engine (vLLM, in this process) and the environment worker (in this process, no Ray) are the
-classes a run uses. The engine is always shut down, also on errors.
+limits, sampling, engine settings, sandbox, run seed) come from the run's spec.json when it is found
+(kpop.runtime.recorded), and the engine and environment worker are configured from it by the same
+conversion a run uses (kpop.runtime.build), so a greedy evaluation of the run's held-out tasks
+repeats the run's own "after_rl" evaluation. An environment the run did not train on runs with its
+spec defaults. The engine (vLLM, in this process) and the environment worker (in this process, no
+Ray) are the classes a run uses. The engine is always shut down, also on errors.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kpop.eval.passk import mean_pass_at_k
-from kpop.eval.tasks import find_run_spec, held_out_tasks
+from kpop.eval.tasks import held_out_tasks
 from kpop.report.stats import PASS_THRESHOLD, passed
 from kpop.rollout.agent_loop import Episode
+from kpop.runtime.recorded import recorded_spec
+from kpop.spec import RunSpec
 from kpop.spec.envs import EnvEntrySpec
-from kpop.spec.rollout import RolloutSpec
 from kpop.trajectory import Trajectory
 
 
@@ -69,19 +72,6 @@ class EvalResult:
         return data
 
 
-@dataclass(frozen=True)
-class _RunSettings:
-    envs: list[EnvEntrySpec]
-    rollout: RolloutSpec
-    seed: int
-
-
-def _run_settings(data: dict | None) -> _RunSettings:
-    data = data or {}
-    envs = [EnvEntrySpec.model_validate(e) for e in data.get("envs", [])]
-    return _RunSettings(envs, RolloutSpec.model_validate(data.get("rollout", {})), int(data.get("seed", 0)))
-
-
 def score(env: str, greedy: list[Trajectory], sampled: list[list[Trajectory]], k: int,
           threshold: float = PASS_THRESHOLD) -> EnvEval:
     """One table row from per-task greedy episodes and per-task lists of sampled episodes."""
@@ -99,40 +89,36 @@ def score(env: str, greedy: list[Trajectory], sampled: list[list[Trajectory]], k
 def run_eval(cfg: EvalConfig) -> EvalResult:
     if cfg.k < 1 or (cfg.samples or cfg.k) < cfg.k:
         raise ValueError(f"need 1 <= k <= samples (k={cfg.k}, samples={cfg.samples})")
-    data = find_run_spec(cfg.checkpoint)
-    settings = _run_settings(data)
-    seed = settings.seed if cfg.seed is None else cfg.seed
-    names = cfg.envs or [e.name for e in settings.envs] or ["calculator"]
-    episodes = held_out_tasks(settings.envs, seed, names, cfg.tasks)
+    spec, found = recorded_spec(cfg.checkpoint)
+    seed = spec.seed if cfg.seed is None else cfg.seed
+    names = cfg.envs or [e.name for e in spec.envs]
+    episodes = held_out_tasks(spec.envs, seed, names, cfg.tasks)
     if not episodes:
         raise ValueError(f"no held-out tasks for environments {names}")
-    greedy, sampled = asyncio.run(_rollouts(cfg, settings, seed, episodes))
+    trained = {e.name for e in spec.envs}
+    # The run's settings with the evaluation's seed, and every evaluated environment configured.
+    spec = spec.model_copy(update={"seed": seed, "envs": [*spec.envs, *(EnvEntrySpec(name=n) for n in names if n not in trained)]})
+    greedy, sampled = asyncio.run(_rollouts(cfg, spec, episodes))
     rows = []
     for env in [*sorted({ep.env_name for ep in episodes}), "all"]:
         idx = [i for i, ep in enumerate(episodes) if env in ("all", ep.env_name)]
         rows.append(score(env, [greedy[i] for i in idx], [sampled[i] for i in idx], cfg.k, cfg.threshold))
-    return EvalResult(str(cfg.checkpoint), cfg.samples or cfg.k, cfg.k, cfg.temperature, seed, rows, data is not None)
+    return EvalResult(str(cfg.checkpoint), cfg.samples or cfg.k, cfg.k, cfg.temperature, seed, rows, found)
 
 
-async def _rollouts(cfg: EvalConfig, settings: _RunSettings, seed: int,
+async def _rollouts(cfg: EvalConfig, spec: RunSpec,
                     episodes: list[Episode]) -> tuple[list[Trajectory], list[list[Trajectory]]]:
-    from kpop.rollout.agent_loop import LoopLimits
-    from kpop.rollout.engine import SamplingParams
-    from kpop.rollout.env_worker import EnvConfig, EnvWorker
-    from kpop.rollout.vllm_engine import VLLMEngine, VLLMEngineConfig
+    from kpop.rollout.env_worker import EnvWorker
+    from kpop.rollout.vllm_engine import VLLMEngine
+    from kpop.runtime import runtime_config
 
-    r = settings.rollout
     model_dir = str(Path(cfg.checkpoint).resolve())
-    limits = LoopLimits(r.max_turns, r.max_total_tokens, r.sampling.max_new_tokens, r.env_step_timeout_s)
-    configs = [EnvConfig(e.name, dict(e.options), tuple(e.rewards)) for e in settings.envs]
-    worker = EnvWorker(model_dir, configs, limits, 0)
-    engine = VLLMEngine.from_config(VLLMEngineConfig(model_dir=model_dir, kv_cache_gib=r.engine.kv_cache_gib,
-                                                     enforce_eager=r.engine.enforce_eager, seed=seed))
+    runtime = runtime_config(spec, model_dir)
+    worker = EnvWorker(runtime.workers[0])
+    engine = VLLMEngine.from_config(runtime.engines[0].config)
     try:
-        greedy_params = SamplingParams(temperature=0.0, max_tokens=r.sampling.max_new_tokens)
-        greedy = await asyncio.gather(*(worker.rollout(ep, engine, greedy_params) for ep in episodes))
-        sampling = SamplingParams(temperature=cfg.temperature, top_p=r.sampling.top_p, top_k=r.sampling.top_k,
-                                  max_tokens=r.sampling.max_new_tokens, seed=seed)
+        greedy = await asyncio.gather(*(worker.rollout(ep, engine, runtime.greedy) for ep in episodes))
+        sampling = replace(runtime.sampling, temperature=cfg.temperature)
         n = cfg.samples or cfg.k
         flat = await asyncio.gather(*(
             worker.rollout(Episode(ep.env_name, ep.seed, f"{ep.group_id}:eval", sample=j), engine, sampling)

@@ -1,4 +1,4 @@
-"""Which held-out tasks an evaluation uses, and the run settings it inherits.
+"""Which held-out tasks an evaluation uses.
 
 Contract: `held_out_tasks(envs, seed, names, n)` returns the run's first `n` held-out tasks
 (`TaskSampler(envs, seed).held_out(n)`: same run seed, same env weights) that belong to the named
@@ -7,14 +7,10 @@ these are exactly the tasks of the run's own before/after evaluation. An environ
 not train on gets `n` tasks from a sampler of its own. Held-out seeds never overlap training
 seeds (kpop.tasks).
 
-`find_run_spec(checkpoint)` locates the resolved spec of the run that wrote a checkpoint
-(`<run_dir>/checkpoints/<step>/` -> `<run_dir>/spec.json`), or None.
+The run settings an evaluation inherits come from kpop.runtime.recorded.
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 from kpop.rollout.agent_loop import Episode
 from kpop.spec.envs import EnvEntrySpec
@@ -28,12 +24,3 @@ def held_out_tasks(envs: list[EnvEntrySpec], seed: int, names: list[str], n: int
         if name not in trained:
             out.extend(TaskSampler([EnvEntrySpec(name=name)], seed).held_out(n))
     return out
-
-
-def find_run_spec(checkpoint: str | Path) -> dict | None:
-    folder = Path(checkpoint).resolve()
-    for parent in (folder.parent.parent, folder.parent, folder):
-        path = parent / "spec.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-    return None

@@ -1,4 +1,9 @@
-"""The handles a loop works with, and the few operations every loop needs on them."""
+"""The handles a loop works with, and the few operations every loop needs on them.
+
+`runtime` is the run's runtime configuration (kpop.runtime), derived from the spec and the model
+folder the actors were started from: the loops take sampling parameters, reward terms and the
+configuration of replacement actors from it, never from a second reading of the spec.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import ray
 from kpop.metrics import MetricsWriter, trajectory_stats
 from kpop.rollout.agent_loop import Episode
 from kpop.rollout.engine import SamplingParams
+from kpop.runtime import RunRuntime, runtime_config
 from kpop.spec import RunSpec
 from kpop.tasks import TaskSampler
 from kpop.trajectory import Trajectory
@@ -29,16 +35,15 @@ class RunContext:
     # Engine start() refs still running: the cold start needs only workers and the learner, so it
     # overlaps engine start-up; the first use of an engine waits here.
     engine_start: list[Any] = field(default_factory=list)
+    runtime: RunRuntime = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runtime = runtime_config(self.spec, self.model_dir)
 
     def wait_engines(self, timeout_s: float = 1800.0) -> None:
         starting, self.engine_start = self.engine_start, []
         if starting:
             ray.get(starting, timeout=timeout_s)
-
-    def training_sampling(self) -> SamplingParams:
-        s = self.spec.rollout.sampling
-        return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                              max_tokens=s.max_new_tokens, seed=self.spec.seed)
 
     def rollout(self, episodes: list[Episode], sampling: SamplingParams) -> list[Trajectory]:
         """Run episodes across workers and engines (round robin); results in input order."""
@@ -67,9 +72,8 @@ class RunContext:
     def evaluate(self, episodes: list[Episode]) -> dict[str, float]:
         """Held-out rewards: greedy (`reward`, with the other summary stats) and one sample per task
         from the training distribution (`sampled_reward`: what the policy itself earns)."""
-        greedy = SamplingParams(temperature=0.0, max_tokens=self.spec.rollout.sampling.max_new_tokens)
-        out = summarize(self.rollout(episodes, greedy))
-        sampled = self.rollout(episodes, self.training_sampling())
+        out = summarize(self.rollout(episodes, self.runtime.greedy))
+        sampled = self.rollout(episodes, self.runtime.sampling)
         out["sampled_reward"] = sum(t.reward for t in sampled) / max(len(sampled), 1)
         return out
 

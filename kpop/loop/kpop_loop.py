@@ -4,6 +4,7 @@
                  (buffer, pending groups, sampler position, curriculum); else cold start + evaluate
     each step    batch = groups meeting the budget (Phi tokens or B groups), none older than eta;
                  no group is drawn past the run's last step (the draw horizon)
+                 group-level reward terms on the complete groups (kpop.loop.group_rewards)
                  train on it (rollouts keep running meanwhile: overlap)
                  publish weights (engines pause "keep": in-flight rollouts resume under v + 1)
                  ledger + metrics; checkpoint every N steps with the scheduler state
@@ -28,9 +29,11 @@ import time
 from pathlib import Path
 
 from kpop.loop.context import RunContext, summarize
+from kpop.loop.group_rewards import shape_groups
 from kpop.loop.resume import find_checkpoint, load_state, previous_eval, truncate_ledger
 from kpop.loop.sync import cold_start, evaluate, evaluate_start
 from kpop.progress import Progress
+from kpop.runtime.actors import start_engine, start_worker
 from kpop.scheduler import stats
 from kpop.scheduler.collector import Collector
 from kpop.scheduler.dpr import DynamicPassRating
@@ -91,17 +94,15 @@ async def _train(ctx: RunContext, checkpoint) -> dict:
 
 
 async def _collector(ctx: RunContext, state: SchedulerState | None) -> Collector:
-    from kpop.launch import make_engine, make_worker
-
-    spec = ctx.spec.scheduler
+    spec, runtime = ctx.spec.scheduler, ctx.runtime
     await asyncio.to_thread(ctx.wait_engines)
     dpr = DynamicPassRating(spec.dpr) if spec.dpr.enabled else None
     ctx.sampler.curriculum, ctx.sampler.revisit_prob = dpr, spec.dpr.revisit_prob if dpr else 0.0
     router = EngineRouter.remote(ctx.engines)
-    dispatcher_args = {"workers": ctx.workers, "router": router, "sampling": ctx.training_sampling(),
-                       "make_worker": lambda i: make_worker(ctx.spec, ctx.model_dir, i), "max_retries": spec.max_retries}
+    dispatcher_args = {"workers": ctx.workers, "router": router, "sampling": runtime.sampling,
+                       "make_worker": lambda i: start_worker(runtime.workers[i]), "max_retries": spec.max_retries}
     collector = Collector(spec, ctx.sampler, dpr, ctx.spec.rollout.group_size, ctx.spec.train.tasks_per_step,
-                          ctx.engines, router, lambda i: make_engine(ctx.spec, ctx.model_dir, i), dispatcher_args)
+                          ctx.engines, router, lambda i: start_engine(runtime.engines[i]), dispatcher_args)
     if state is not None and hasattr(ctx.learner, "load"):
         await ctx.learner.load.remote(str(find_checkpoint(ctx.run_dir)))
     # One publish up front: engines label tokens with the learner's numbering whatever they were
@@ -130,7 +131,7 @@ async def _step(ctx: RunContext, collector: Collector, monitor: EngineMonitor, s
     groups = await collector.next_batch()
     t_gen = time.perf_counter() - t0
     version, eta = collector.staleness.version, ctx.spec.scheduler.max_staleness
-    trajs = [t for g in groups for t in g.ordered()]
+    trajs = shape_groups([t for g in groups for t in g.ordered()], ctx.runtime.reward_terms)
     in_flight = collector.dispatcher.in_flight
     try:
         m = await ctx.learner.train_step.remote(trajs, "rl")

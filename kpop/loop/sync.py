@@ -6,7 +6,8 @@
                  its last steps reaches sft.target_loss (at most sft.steps steps)
     evaluate     greedy pass rate on held-out tasks (before RL); a warning when it is too low
                  for RL to improve (kpop.loop.start_check)
-    each step    sample tasks × G → rollouts → learner step → push weights → log / checkpoint
+    each step    sample tasks × G → rollouts → group-level reward terms (kpop.loop.group_rewards)
+                 → learner step → push weights → log / checkpoint
     evaluate     held-out pass rate after RL; final checkpoint
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import ray
 
 from kpop.loop.context import RunContext, summarize
+from kpop.loop.group_rewards import shape_groups
 from kpop.loop.resume import RUN_STATE, find_checkpoint, previous_eval
 from kpop.loop.start_check import TARGET_WINDOW, reached_target, start_warning
 from kpop.progress import Progress
@@ -78,7 +80,7 @@ def evaluate_start(ctx: RunContext) -> dict[str, float]:
 def rl_step(ctx: RunContext, step: int) -> dict[str, float]:
     t0 = time.perf_counter()
     groups = ctx.sampler.next_groups(ctx.spec.train.tasks_per_step, ctx.spec.rollout.group_size)
-    trajs = ctx.rollout([ep for g in groups for ep in g], ctx.training_sampling())
+    trajs = shape_groups(ctx.rollout([ep for g in groups for ep in g], ctx.runtime.sampling), ctx.runtime.reward_terms)
     t_gen = time.perf_counter() - t0
     m = ray.get(ctx.learner.train_step.remote(trajs, "rl"))
     version = ctx.publish_weights()

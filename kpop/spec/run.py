@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kpop.spec.base import StrictModel, tagged_union
 
@@ -57,7 +57,14 @@ SchedulerSpec = tagged_union(SyncSchedulerSpec, KPopSchedulerSpec)
 
 class ClusterSpec(StrictModel):
     address: str | None = Field(None, description="Ray address (ray://host:10001 or auto); unset starts a local Ray instance.")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all).")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all, at least 4); only without an address.")
+
+    @model_validator(mode="after")
+    def _local_only_cpus(self) -> "ClusterSpec":
+        if self.address is not None and self.num_cpus is not None:
+            raise ValueError("cluster.num_cpus sizes the local Ray instance started when cluster.address is unset; "
+                             "a cluster at an address brings its own CPUs: remove one of the two")
+        return self
 
 
 class WandbSpec(StrictModel):

@@ -44,8 +44,8 @@ SandboxBackendSpec = tagged_union(BwrapBackendSpec, DockerBackendSpec, ProcessBa
 
 
 class SandboxLimitsSpec(StrictModel):
-    wall_s: float = Field(10.0, gt=0, le=86400, description="Wall-clock limit of one execution, seconds.")
-    cpu_s: float = Field(10.0, gt=0, le=86400, description="CPU-time limit per process, seconds (whole seconds in effect).")
+    wall_s: float = Field(5.0, gt=0, le=86400, description="Wall-clock limit of one execution, seconds (below rollout.env_step_timeout_s, which bounds the step that waits for it).")
+    cpu_s: float = Field(5.0, gt=0, le=86400, description="CPU-time limit per process, seconds (whole seconds in effect).")
     memory_mib: int = Field(512, ge=16, le=1048576, description="Memory limit of one execution, MiB.")
     max_processes: int = Field(64, ge=1, le=65536, description="Processes/threads one execution may have at once.")
     max_file_mib: int = Field(16, ge=1, le=1048576, description="Largest file the code may write, MiB.")
@@ -55,5 +55,5 @@ class SandboxLimitsSpec(StrictModel):
 
 class SandboxSpec(StrictModel):
     backend: SandboxBackendSpec = Field(default_factory=BwrapBackendSpec, description="Which sandbox backend runs the code.")
-    limits: SandboxLimitsSpec = Field(default_factory=SandboxLimitsSpec, description="Default limits of one execution.")
+    limits: SandboxLimitsSpec = Field(default_factory=SandboxLimitsSpec, description="Limits of every execution of the run's environments (code tools and verifiers).")
     pool_size: int = Field(4, ge=1, le=256, description="Executions running at once per process; more requests queue.")

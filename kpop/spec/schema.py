@@ -2,16 +2,19 @@
 
 Every field has a default (the quickstart), bounds and a one-line description; unknown keys are
 rejected. `kpop/spec/load.py` turns YAML + `--set` overrides into a RunSpec or a list of
-path-named errors.
+path-named errors. A field no run can honour yet is rejected here with a message that says so
+(learner.distill / learner.preference); checks that need the environment registry or compare
+sections are `kpop run`'s (kpop/spec/resolve.py). What each field configures at run time:
+kpop.runtime (tests/kpop/test_runtime_coverage.py).
 """
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kpop.spec.base import StrictModel
 from kpop.spec.envs import EnvEntrySpec
-from kpop.spec.learner import LearnerSpec
+from kpop.spec.learner import LearnerSpec, runs_only_rl_modes
 from kpop.spec.model import LlamaModelSpec, ModelSpec, TokenizerSpec
 from kpop.spec.rollout import RolloutSpec
 from kpop.spec.sandbox import SandboxSpec
@@ -37,6 +40,8 @@ class RunSpec(StrictModel):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Where actors run.")
     logging: LoggingSpec = Field(default_factory=LoggingSpec, description="Progress display.")
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec, description="Where model-written code runs, with which limits.")
+
+    _run_modes = field_validator("learner")(runs_only_rl_modes)
 
     @model_validator(mode="after")
     def _fill_run_dir(self) -> "RunSpec":

@@ -61,19 +61,48 @@ def test_shape_reward_composes_terms_from_the_spec_in_order_and_clips():
     assert shape_reward(0.7, {}, view, [])[0] == 0.7
 
 
-def test_group_shaping_applies_the_length_term():
-    out = group_shaping([1.0, 1.0], [10, 30], [True, True], [{"type": "dynamic_length", "alpha": 0.2}])
-    assert out[0] == pytest.approx(1.1) and out[1] == pytest.approx(0.9)
+def test_group_shaping_applies_the_length_term_and_reports_it_as_a_part():
+    (short, short_parts), (long, long_parts) = group_shaping([1.0, 1.0], [10, 30], [True, True],
+                                                             [{"type": "dynamic_length", "alpha": 0.2}])
+    assert short == pytest.approx(1.1) and long == pytest.approx(0.9)
+    assert short_parts["shape/dynamic_length"] == pytest.approx(0.1) and long_parts["shape/dynamic_length"] == pytest.approx(-0.1)
+    # episode-level terms are the environment's: nothing added here, no part
+    assert group_shaping([0.5], [10], [False], [{"type": "format"}]) == [(0.5, {})]
 
 
-def test_env_applies_spec_terms_on_the_final_step():
+@pytest.mark.parametrize("name", ["calculator", "coding", "search", "tool_use", "workflow"])
+def test_every_family_applies_spec_terms_on_the_final_step(name):
     import asyncio
 
     from kpop.envs.contract import Action
     from kpop.envs.registry import make_env
 
-    env = make_env("workflow")
+    env = make_env(name)
     env.set_reward_terms([{"type": "format", "penalty": 0.3}])
     env.reset_task(0)
     result = asyncio.run(env.astep(Action("<think>no</think> Done.")))
     assert result.terminated and result.reward == pytest.approx(-0.3) and result.info.reward_parts["shape/format"] == -0.3
+    assert result.info.reward_parts["task"] == 0.0
+
+
+def test_the_calculator_shapes_its_task_score_with_the_reference_call():
+    import asyncio
+
+    from kpop.envs.registry import make_env
+    from kpop.rollout.tool_parser import parse_action
+
+    async def episode(terms, turns):
+        env = make_env("calculator")
+        env.set_reward_terms(terms)
+        env.reset_task(4)
+        for text in [t.format(expr=env.expression, answer=env.answer) for t in turns]:
+            result = await env.astep(parse_action(text))
+        return result
+
+    call = '<tool_call>{{"name": "calculator", "arguments": {{"expression": "{expr}"}}}}</tool_call>'
+    solved = asyncio.run(episode([{"type": "tool_sequence", "weight": 0.5}], [call, "Answer: {answer}"]))
+    assert solved.reward == 1.0 and solved.info.reward_parts["shape/tool_sequence"] == 1.0
+    guessed = asyncio.run(episode([{"type": "tool_sequence", "weight": 0.5}], ["Answer: {answer}"]))
+    assert guessed.reward == pytest.approx(0.5) and guessed.info.reward_parts == {
+        "task": 1.0, "correct": 1.0, "format": 1.0, "used_tool": 0.0, "shape/tool_sequence": 0.0}
+    assert asyncio.run(episode([], ["Answer: {answer}"])).reward == 1.0          # no terms: the task score

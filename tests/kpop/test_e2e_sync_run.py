@@ -1,4 +1,8 @@
-"""A short end-to-end run through the real actors: vLLM engine, environment worker, DeepSpeed learner."""
+"""A short end-to-end run through the real actors: vLLM engine, environment worker, DeepSpeed learner.
+
+The calculator carries the group-level dynamic_length term: the loop applies it to each complete
+group before the learner step and logs it as a reward part.
+"""
 
 import json
 import logging
@@ -12,7 +16,8 @@ from kpop.spec import load_spec
 # before the 12-step cap (the early stop of a real run).
 OVERRIDES = ["sft.steps=12", "sft.target_loss=100", "sft.num_examples=32", "sft.batch_size=8", "train.steps=2", "train.tasks_per_step=2",
              "rollout.group_size=4", "train.eval_tasks=4", "train.checkpoint_every=1", "model.hidden_size=64",
-             "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1", "logging.progress=lines"]
+             "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1", "logging.progress=lines",
+             "envs.0.rewards=[{type: dynamic_length, alpha: 0.1}]"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +66,15 @@ def test_metrics_record_every_phase_and_weights_reach_the_engine(finished_run):
     assert [r["version"] for r in rl] == [11, 12]
     assert all(r["episodes"] == 8 and r["gen_tokens"] > 0 for r in rl)
     assert [r["label"] for r in records if r["phase"] == "eval"] == ["before_rl", "after_rl"]
+
+
+def test_the_group_level_reward_term_is_applied_to_training_groups_and_logged(finished_run):
+    spec, _, _ = finished_run
+    records = read_metrics(spec.run_dir)
+    rl = [r for r in records if r["phase"] == "rl"]
+    assert all("reward/shape/dynamic_length" in r and abs(r["reward/shape/dynamic_length"]) <= 0.05 for r in rl)
+    # the term needs a group: held-out evaluation (one episode per task) has none
+    assert not any("reward/shape/dynamic_length" in r for r in records if r["phase"] == "eval")
 
 
 def test_checkpoint_is_a_loadable_hugging_face_folder_with_trained_weights(finished_run):

@@ -8,7 +8,8 @@ import pytest
 from kpop.eval.passk import mean_pass_at_k, pass_at_k
 from kpop.eval.runner import EvalResult, score
 from kpop.eval.table import format_table
-from kpop.eval.tasks import find_run_spec, held_out_tasks
+from kpop.eval.tasks import held_out_tasks
+from kpop.runtime.recorded import find_run_spec
 from kpop.spec.envs import EnvEntrySpec
 from kpop.tasks import TaskSampler
 from kpop.trajectory import Trajectory

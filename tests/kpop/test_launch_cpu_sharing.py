@@ -1,6 +1,8 @@
-"""CPU sharing defaults (kpop.launch.learner_threads, rollout_nice), hand-computed."""
+"""CPU sharing defaults (kpop.launch.learner_threads, kpop.runtime.build.rollout_nice), hand-computed."""
 
-from kpop.launch import learner_threads, overlaps
+from kpop.launch import learner_threads
+from kpop.runtime import runtime_config
+from kpop.runtime.build import overlaps, rollout_nice
 from kpop.spec import load_spec
 
 
@@ -32,13 +34,14 @@ def test_an_explicit_setting_wins():
 
 
 def test_generation_yields_the_cpu_only_when_kpop_overlaps_on_cpu_engines():
-    from kpop.launch import rollout_nice
-
     assert rollout_nice(spec()) == 0
     assert rollout_nice(spec("scheduler.type=kpop", "scheduler.max_staleness=0")) == 0
     assert rollout_nice(spec("scheduler.type=kpop", "scheduler.max_staleness=2")) == 10
     assert rollout_nice(spec("scheduler.type=kpop", "rollout.engine.num_gpus=1")) == 0
     assert rollout_nice(spec("scheduler.type=kpop", "rollout.nice=3")) == 3
+    # ... and the engine and worker processes a run starts are given that niceness
+    runtime = runtime_config(spec("scheduler.type=kpop", "scheduler.max_staleness=2"), "/m")
+    assert [e.nice for e in runtime.engines] == [w.nice for w in runtime.workers] == [10]
 
 
 YIELD_PROBE = """

@@ -18,7 +18,9 @@ from kpop.envs.contract import AgentEnv, Message, StepInfo, StepResult, Task
 from kpop.envs.registry import register_env
 from kpop.rollout.agent_loop import Episode, LoopLimits
 from kpop.rollout.engine import GenerationRequest, GenerationResult, SamplingParams, WeightUpdate
-from kpop.rollout.env_worker import EnvConfig, EnvWorker
+from kpop.rollout.env_worker import EnvWorker, WorkerConfig
+from kpop.runtime.build import env_config
+from kpop.spec.envs import EnvEntrySpec
 from kpop.rollout.replay import RecordedTurn, context_digest
 
 from kpop.scheduler.router import EngineRouter
@@ -56,7 +58,7 @@ async def started(engine, router, min_tokens: int = 8) -> str:
 
 async def test_aborted_turn_resumes_from_its_prefix_token_for_token(engine, tiny_llama_dir):
     router = EngineRouter.remote([engine])
-    worker = EnvWorker(str(tiny_llama_dir), [], LoopLimits(), worker_id=7)
+    worker = EnvWorker(WorkerConfig(str(tiny_llama_dir), (), LoopLimits(), worker_id=7))
     ref = await engine.generate.remote(GenerationRequest("ref", PROMPT, greedy(N)))
     assert len(ref.token_ids) == N
     turn = asyncio.create_task(worker._routed_turn(router, PROMPT, greedy(N)))
@@ -74,7 +76,7 @@ async def test_turn_in_flight_across_a_weight_update_keeps_earlier_tokens_and_ve
     from transformers import AutoModelForCausalLM
 
     router = EngineRouter.remote([engine])
-    worker = EnvWorker(str(tiny_llama_dir), [], LoopLimits(), worker_id=8)
+    worker = EnvWorker(WorkerConfig(str(tiny_llama_dir), (), LoopLimits(), worker_id=8))
     old = (await engine.load.remote()).version
     ref = await engine.generate.remote(GenerationRequest("ref-2", PROMPT, greedy(N)))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32)
@@ -127,7 +129,8 @@ def counter_worker(tiny_llama_dir, worker_id):
     except ValueError:
         pass  # registered by the other test of this module
     limits = LoopLimits(max_turns=3, max_total_tokens=400, max_new_tokens=8)
-    return EnvWorker(str(tiny_llama_dir), [EnvConfig("turn_counter_test", {})], limits, worker_id=worker_id)
+    envs = (env_config(EnvEntrySpec(name="turn_counter_test")),)
+    return EnvWorker(WorkerConfig(str(tiny_llama_dir), envs, limits, worker_id=worker_id))
 
 
 async def test_running_episode_reports_its_finished_turns(engine, tiny_llama_dir):

@@ -105,11 +105,35 @@ def test_bad_set_is_a_clear_error(bad):
 
 
 def test_unknown_env_and_bad_env_options_name_their_entries(tmp_path):
-    from kpop.spec.resolve import check_envs
+    from kpop.spec.resolve import check_run
 
     spec = load_spec(write(tmp_path, "envs:\n  - name: calculater\n  - name: calculator\n    options: {max_operand: -3}\n"))
     with pytest.raises(SpecError) as info:
-        check_envs(spec, "spec.yaml")
+        check_run(spec, "spec.yaml")
     msgs = [str(p) for p in info.value.problems]
     assert msgs[0].startswith("envs.0.name:") and "did you mean 'calculator'" in msgs[0]
     assert msgs[1].startswith("envs.1.options:") and "max_operand" in msgs[1]
+
+
+def test_run_refuses_what_it_cannot_do_yet(tmp_path):
+    from kpop.spec.resolve import check_run
+
+    # modes no loop runs: refused when the spec is read, naming the field and why
+    for overrides in (["learner.distill.lr=0.01"], ["learner.preference.beta=0.3"]):
+        [msg] = problems(None, overrides)
+        assert msg.startswith("learner: learner.") and "not yet run by any loop" in msg
+    assert load_spec(None).learner.distill.lr is None                  # the defaults are fine
+    # a fresh hybrid model is not built yet; a hybrid checkpoint folder is used as it is
+    with pytest.raises(SpecError) as info:
+        check_run(load_spec(None, ["model.type=hybrid", "model.preset=flash"]), "spec.yaml")
+    assert [p.path for p in info.value.problems] == ["model.path"]
+    check_run(load_spec(None, ["model.type=hybrid", f"model.path={tmp_path}"]), "spec.yaml")
+    # a sandbox wall clock the environment step would cut short
+    with pytest.raises(SpecError) as info:
+        check_run(load_spec(None, ["sandbox.limits.wall_s=10"]), "spec.yaml")
+    [problem] = info.value.problems
+    assert problem.path == "sandbox.limits.wall_s" and "rollout.env_step_timeout_s (10 s)" in problem.message
+    check_run(load_spec(None, ["sandbox.limits.wall_s=10", "rollout.env_step_timeout_s=30"]), "spec.yaml")
+    # a local Ray size next to a cluster address
+    [msg] = problems(None, ["cluster.address=auto", "cluster.num_cpus=4"])
+    assert msg.startswith("cluster:") and "remove one of the two" in msg

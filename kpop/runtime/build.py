@@ -1,0 +1,85 @@
+"""RunSpec -> runtime configuration (kpop.runtime.config): the one place where a spec becomes the
+configuration of engines, environment workers (their environments, agent-loop limits and sandbox),
+training and evaluation sampling, reward terms, the Ray start and the metrics sinks.
+
+Environment settings come from the spec's `envs:` entries only (`env_config`), so their defaults
+are stated once, in kpop.spec.envs; a worker runs exactly the environments it is given. CPU sharing
+on a shared machine (`overlaps`, `rollout_nice`) is decided here too, because it is part of how
+engine and worker processes are started.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kpop.rollout.agent_loop import LoopLimits
+from kpop.rollout.engine import SamplingParams
+from kpop.rollout.env_worker import EnvConfig, WorkerConfig
+from kpop.runtime.config import EngineLaunch, MetricsConfig, RayStart, RunRuntime
+from kpop.spec import RunSpec
+from kpop.spec.envs import EnvEntrySpec
+from kpop.spec.rollout import RolloutSpec
+
+
+def runtime_config(spec: RunSpec, model_dir: str | Path) -> RunRuntime:
+    """Everything a run's processes are built from; `model_dir` holds the starting weights and tokenizer."""
+    return RunRuntime(
+        engines=tuple(engine_launch(spec, model_dir, i) for i in range(spec.rollout.engine.num_engines)),
+        workers=tuple(worker_config(spec, model_dir, i) for i in range(spec.rollout.num_env_workers)),
+        sampling=training_sampling(spec),
+        greedy=greedy_sampling(spec),
+        reward_terms={e.name: tuple(e.rewards) for e in spec.envs},
+        ray=RayStart(spec.cluster.address, spec.cluster.num_cpus or max(os.cpu_count() or 2, 4)),
+        metrics=MetricsConfig(Path(spec.run_dir), spec.logging),
+    )
+
+
+def engine_launch(spec: RunSpec, model_dir: str | Path, index: int) -> EngineLaunch:
+    """Engine replica `index`: its own sampling seed, the shared engine settings and placement."""
+    from kpop.rollout.vllm_engine import VLLMEngineConfig  # its module imports torch
+
+    eng = spec.rollout.engine
+    config = VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib, enforce_eager=eng.enforce_eager,
+                              seed=spec.seed + index, max_num_seqs=eng.max_num_seqs)
+    return EngineLaunch(config, eng.num_cpus, eng.num_gpus, rollout_nice(spec))
+
+
+def worker_config(spec: RunSpec, model_dir: str | Path, index: int) -> WorkerConfig:
+    """Environment worker `index`: every environment of the run, the loop limits and the sandbox."""
+    return WorkerConfig(str(model_dir), tuple(env_config(e) for e in spec.envs), loop_limits(spec.rollout),
+                        spec.sandbox, index, rollout_nice(spec))
+
+
+def env_config(entry: EnvEntrySpec) -> EnvConfig:
+    return EnvConfig(entry.name, dict(entry.options), tuple(entry.rewards))
+
+
+def loop_limits(rollout: RolloutSpec) -> LoopLimits:
+    return LoopLimits(rollout.max_turns, rollout.max_total_tokens, rollout.sampling.max_new_tokens,
+                      rollout.env_step_timeout_s)
+
+
+def training_sampling(spec: RunSpec) -> SamplingParams:
+    s = spec.rollout.sampling
+    return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_new_tokens,
+                          seed=spec.seed)
+
+
+def greedy_sampling(spec: RunSpec) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=spec.rollout.sampling.max_new_tokens)
+
+
+def overlaps(spec: RunSpec) -> bool:
+    """Whether generation keeps running while the learner trains (KPop with eta > 0)."""
+    return spec.scheduler.type == "kpop" and spec.scheduler.max_staleness > 0
+
+
+def rollout_nice(spec: RunSpec) -> int:
+    """Niceness of engine and worker processes: `rollout.nice`, else 10 when KPop overlaps
+    generation with training on CPU engines. Generation then runs ahead of the learner (the buffer
+    holds the next batches already), so the learner step is the critical path and should win the
+    shared cores; in a synchronous run the two take turns and nothing changes."""
+    if spec.rollout.nice is not None:
+        return spec.rollout.nice
+    return 10 if overlaps(spec) and spec.rollout.engine.num_gpus == 0 else 0

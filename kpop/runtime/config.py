@@ -1,0 +1,57 @@
+"""The runtime configuration of a run: typed objects, one per kind of process, made from a RunSpec.
+
+Invariants:
+- plain frozen data (dataclasses holding dataclasses and frozen spec models): an engine's
+  `VLLMEngineConfig` and a worker's `WorkerConfig` cross into their Ray actors as they are;
+- a pure function of (spec, model folder, the machine's CPU count): equal inputs give equal
+  objects, so the objects can be compared to tell what a spec change does at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engine config's module imports torch; these are annotations only
+    from kpop.rollout.engine import SamplingParams
+    from kpop.rollout.env_worker import WorkerConfig
+    from kpop.rollout.vllm_engine import VLLMEngineConfig
+    from kpop.spec.run import LoggingSpec
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    """One engine replica: the engine's own config and where and how its actor runs."""
+
+    config: VLLMEngineConfig
+    num_cpus: float
+    num_gpus: float
+    nice: int  # CPU niceness of the actor and the engine processes it spawns
+
+
+@dataclass(frozen=True)
+class RayStart:
+    """How the driver joins Ray: a cluster address, or a local instance of `num_cpus` CPUs."""
+
+    address: str | None
+    num_cpus: int
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Where the run's records go and which sinks and progress display it uses (kpop.metrics)."""
+
+    run_dir: Path
+    logging: LoggingSpec
+
+
+@dataclass(frozen=True)
+class RunRuntime:
+    engines: tuple[EngineLaunch, ...]
+    workers: tuple[WorkerConfig, ...]
+    sampling: SamplingParams   # training rollouts, and the held-out "sampled" reward
+    greedy: SamplingParams     # held-out greedy evaluation
+    reward_terms: dict[str, tuple]  # environment name -> its reward terms (group-level ones: the loops)
+    ray: RayStart
+    metrics: MetricsConfig
