@@ -1,0 +1,75 @@
+"""`instructions`: single-turn instruction following with itemised, verifiable rules.
+
+Each task (tasks.py) is a request about a topic plus 1-4 rules (rules.py): length bounds, required
+and forbidden words, a numbered list or a JSON object with given keys, lowercase or uppercase. The
+model answers in one turn and has no tools; that turn ends the episode, whatever it is.
+
+Reward: the task score of scoring.py, S = (1 - errors) * informative * constraints * (1 - verbosity)
+in [0, 1] (reward part `task`, next to `constraints`, `informative`, `errors`, `hallucinated`,
+`verbosity` and one `rule/<kind>` per rule), shaped by the RunSpec's reward terms like every other
+family (kpop.envs.rewards.shape_reward), so reward_range is [-1, 1]; without terms (the default)
+the reward is S. The reference solver (`reference_action`) sends the generator's reference reply,
+which satisfies every rule (S = 1.0); the random policy scores 0, as it never names the topic.
+A malformed turn (a tool call, binary or oversized text) ends the episode with reward 0, an
+`error:` observation and `errors` = 1; stepping a finished or never-reset episode returns a terminal
+result with an error detail. Nothing the model sends raises.
+Held-out tasks: seeds >= kpop.tasks.HELD_OUT_BASE use topics that training seeds never use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpop.envs.contract import MAX_TEXT, Action, AgentEnv, Message, StepInfo, StepResult, Task
+from kpop.envs.families.instructions.scoring import grade
+from kpop.envs.families.instructions.tasks import SLOTS, InstructionTask, generate
+from kpop.envs.registry import register_env
+from kpop.envs.rewards.compose import EpisodeView, shape_reward
+from pydantic import BaseModel, ConfigDict, Field
+
+SYSTEM = ("Answer the request in a single reply that follows every rule it lists. There are no tools. "
+          "Words are runs of letters: numbers and punctuation do not count as words.")
+
+
+@register_env("instructions")
+class InstructionsEnv(AgentEnv):
+    reward_range = (-1.0, 1.0)  # shaping terms may subtract from the [0, 1] task score
+    max_turns = 1
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        min_rules: int = Field(1, ge=1, le=len(SLOTS), description="Fewest rules per task.")
+        max_rules: int = Field(4, ge=1, le=len(SLOTS), description="Most rules per task.")
+        verbosity_budget: int = Field(120, ge=10, le=10_000, description="Words a reply may use before `verbosity` grows, where no max_words rule bounds it.")
+        max_chars: int = Field(8000, ge=256, le=MAX_TEXT, description="Longer replies are malformed (errors = 1, reward 0).")
+
+    def __init__(self, min_rules: int = 1, max_rules: int = 4, verbosity_budget: int = 120, max_chars: int = 8000) -> None:
+        super().__init__()
+        if min_rules > max_rules:
+            raise ValueError(f"min_rules {min_rules} is larger than max_rules {max_rules}")
+        self.min_rules, self.max_rules = min_rules, max_rules
+        self.verbosity_budget, self.max_chars = verbosity_budget, max_chars
+        self.current: InstructionTask | None = None
+        self.done = False
+        self.view = EpisodeView()
+
+    def make_task(self, seed: int, options: dict[str, Any] | None) -> Task:
+        self.current = generate(seed, self.min_rules, self.max_rules)
+        self.done = False
+        self.view = EpisodeView()
+        messages = [Message("system", SYSTEM), Message("user", self.current.request)]
+        return Task(task_id=f"instructions-{seed}", messages=messages, tools=[])
+
+    def reference_action(self) -> str | None:
+        return None if self.current is None or self.done else self.current.reference
+
+    async def astep(self, action: Action) -> StepResult:
+        if self.current is None or self.done:
+            why = "the episode is over; call reset" if self.done else "no task; call reset first"
+            return StepResult([], 0.0, True, False, StepInfo({}, {"error": why}))
+        self.done = True
+        self.view.texts.append(action.text)
+        result = grade(self.current, action, self.verbosity_budget, self.max_chars)
+        reward, parts = shape_reward(result.score, {"task": result.score, **result.parts}, self.view, self.reward_terms)
+        notes = [Message("user", f"error: {result.details['error']}")] if "error" in result.details else []
+        return StepResult(notes, reward, True, False, StepInfo(parts, result.details))
