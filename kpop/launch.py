@@ -19,7 +19,7 @@ from kpop.loop.context import RunContext
 from kpop.metrics import MetricsWriter
 from kpop.runtime.actors import start_engine, start_worker
 from kpop.runtime.build import overlaps, runtime_config
-from kpop.runtime.config import RayStart
+from kpop.runtime.config import RayStart, RunRuntime
 from kpop.spec import RunSpec
 from kpop.spec.sandbox import SandboxSpec
 from kpop.tasks import TaskSampler
@@ -48,7 +48,7 @@ def plan(spec: RunSpec) -> str:
     ])
 
 
-def _terms(rewards) -> str:
+def _terms(rewards: list) -> str:
     return f", rewards {' + '.join(term.type for term in rewards)}" if rewards else ""
 
 
@@ -102,20 +102,19 @@ def start_actors(spec: RunSpec, model_dir: Path):
     """Engines, environment workers and the learner, all ready."""
     import ray
 
-    engines, workers, learner, starting = launch_actors(spec, model_dir)
+    engines, workers, learner, starting = launch_actors(spec, model_dir, runtime_config(spec, model_dir))
     startup = ray.get(starting, timeout=STARTUP_TIMEOUT_S)
     log.info("actors ready: engine start-up %s s", ", ".join(f"{t:.1f}" for t in startup))
     return engines, workers, learner
 
 
-def launch_actors(spec: RunSpec, model_dir: Path):
+def launch_actors(spec: RunSpec, model_dir: Path, runtime: RunRuntime):
     """Like `start_actors`, but returns once the learner and workers are ready, with the engines'
     start() refs still running (the cold start needs no engine and overlaps their start-up)."""
     import ray
 
     from kpop.learner.group import LearnerGroup
 
-    runtime = runtime_config(spec, model_dir)
     engines = [start_engine(launch) for launch in runtime.engines]
     starting = [e.start.remote() for e in engines]
     workers = [start_worker(config) for config in runtime.workers]
@@ -182,7 +181,7 @@ def run(spec: RunSpec) -> dict:
     model_dir = resume or prepare_initial_model(spec)
     runtime = runtime_config(spec, model_dir)
     _start_ray(runtime.ray)
-    engines, workers, learner, starting = launch_actors(spec, model_dir)
+    engines, workers, learner, starting = launch_actors(spec, model_dir, runtime)
     metrics = MetricsWriter(runtime.metrics.run_dir, runtime.metrics.logging, spec.model_dump(mode="json"))
     ctx = RunContext(spec, run_dir, model_dir, engines, workers, learner, TaskSampler(spec.envs, spec.seed), metrics,
                      engine_start=starting)

@@ -27,10 +27,14 @@ def test_help_lists_the_commands():
 
 
 def test_dry_run_prints_resolved_spec_and_plan():
-    result = kpop("run", "examples/quickstart.yaml", "--dry-run", "--set", "train.steps=3")
+    result = kpop("run", "examples/quickstart.yaml", "--dry-run", "--set", "train.steps=3", "--set", "sandbox.limits.wall_s=1",
+                  "--set", "sandbox.pool_size=2")
     assert result.returncode == 0, result.stderr
     assert "steps: 3" in result.stdout and "3 RL steps" in result.stdout
     assert "1 x vllm" in result.stdout
+    # the sandbox every environment worker configures, with the limits its pool applies
+    [sandbox] = [line for line in result.stdout.splitlines() if line.strip().startswith("sandbox:") and "bwrap" in line]
+    assert "2 at once per worker" in sandbox and "wall 1 s" in sandbox and "memory 512 MiB" in sandbox
 
 
 def test_bad_spec_exits_2_with_paths_and_no_traceback(tmp_path):

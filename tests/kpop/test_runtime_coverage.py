@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import itertools
 import types
 import typing
 from collections.abc import Iterator
@@ -104,7 +105,7 @@ def _put(data: dict, keys: tuple, value: Any) -> dict:
     value is merged into the mapping already there."""
     data = copy.deepcopy(data)
     node: Any = data
-    for key, nxt in zip(keys[:-1], keys[1:]):
+    for key, nxt in itertools.pairwise(keys):
         if isinstance(key, int):
             node.extend({} for _ in range(key + 1 - len(node)))
             node = node[key]
@@ -277,7 +278,7 @@ def test_every_listed_consumer_is_needed_and_names_a_real_test(prefix, consumer)
 
 def test_bootstrap_reads_the_model_and_tokenizer_sections(tmp_path, monkeypatch):
     """A fresh model is built from model.* and a tokenizer of tokenizer.vocab_size; given folders are used as they are."""
-    import kpop.bootstrap as bootstrap
+    from kpop import bootstrap
 
     built = {}
     monkeypatch.setattr(bootstrap, "solver_corpus", lambda spec, num: ["1 + 2 = 3"] * 8)

@@ -2,7 +2,8 @@
 
 - eta = 0 behaves synchronously: every trained token is from the current version, nothing is in
   flight when a step fires, and step k trains exactly the k-th block of B draws; no run draws a
-  task past its last step (the draw horizon);
+  task past its last step (the draw horizon); the group-level dynamic_length term is applied to
+  the complete groups of each batch and logged;
 - eta = 1 with an environment worker and the engine killed mid-run (SIGKILL of their processes),
   two environment families (calculator, search) and the DPR curriculum on: both actors are replaced, no
   trained token is older than the bound, both families are trained, the curriculum records
@@ -56,10 +57,12 @@ def rl_records(run_dir):
 def test_eta_zero_is_synchronous(ray_session, tmp_path):
     from kpop.launch import run
 
-    spec = load_spec(None, [*TINY, "train.steps=3", "scheduler.max_staleness=0", f"run_dir={tmp_path}"])
+    spec = load_spec(None, [*TINY, "train.steps=3", "scheduler.max_staleness=0", f"run_dir={tmp_path}",
+                            "envs.0.rewards=[{type: dynamic_length, alpha: 0.1}]"])
     run(spec)
     rl = rl_records(tmp_path)
     assert [r["step"] for r in rl] == [1, 2, 3]
+    assert all(abs(r["reward/shape/dynamic_length"]) <= 0.05 for r in rl)
     for r in rl:
         assert r["max_gap"] == 0 and r["staleness_hist"][0] == pytest.approx(r["gen_tokens"] * r["episodes"])
         assert sum(r["staleness_hist"]) == r["staleness_hist"][0] > 0
