@@ -14,6 +14,7 @@ from kpop.envs.rewards import (
     tool_sequence_agreement,
 )
 
+from kpop.envs.registry import list_envs
 from kpop.spec.envs import EnvEntrySpec
 
 
@@ -70,19 +71,26 @@ def test_group_shaping_applies_the_length_term_and_reports_it_as_a_part():
     assert group_shaping([0.5], [10], [False], [{"type": "format"}]) == [(0.5, {})]
 
 
-@pytest.mark.parametrize("name", ["calculator", "coding", "search", "tool_use", "workflow"])
+BUILTIN = [r.name for r in list_envs() if r.source == "builtin"]
+
+
+@pytest.mark.parametrize("name", BUILTIN)
 def test_every_family_applies_spec_terms_on_the_final_step(name):
     import asyncio
 
     from kpop.envs.contract import Action
     from kpop.envs.registry import make_env
 
-    env = make_env(name)
-    env.set_reward_terms([{"type": "format", "penalty": 0.3}])
-    env.reset_task(0)
-    result = asyncio.run(env.astep(Action("<think>no</think> Done.")))
-    assert result.terminated and result.reward == pytest.approx(-0.3) and result.info.reward_parts["shape/format"] == -0.3
-    assert result.info.reward_parts["task"] == 0.0
+    def final(terms):
+        env = make_env(name)
+        env.set_reward_terms(terms)
+        env.reset_task(0)
+        return asyncio.run(env.astep(Action("<think>no</think> Done.")))
+
+    plain, shaped = final([]), final([{"type": "format", "penalty": 0.3}])
+    assert shaped.terminated and shaped.info.reward_parts["shape/format"] == -0.3
+    assert shaped.reward == pytest.approx(max(-1.0, plain.reward - 0.3))
+    assert shaped.info.reward_parts["task"] == plain.info.reward_parts["task"]   # the task score stays unshaped
 
 
 def test_the_calculator_shapes_its_task_score_with_the_reference_call():
