@@ -3,7 +3,8 @@
 With `model.path` / `tokenizer.path` set, those folders are used as they are. Otherwise the
 tokenizer is trained on reference-solver transcripts of the run's own environments and a fresh
 model is initialised from the spec's sizes, both saved under `<run_dir>/init` (reused when present,
-so re-running is cheap and deterministic).
+so re-running is cheap and deterministic). The transcripts run the reference solvers in this process,
+whose sandbox executions (coding) use the run's `sandbox:` section, as the workers' do.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ async def _transcript(env_name: str, options: dict, seed: int, max_turns: int) -
 
 
 def solver_corpus(spec: RunSpec, num: int) -> list[str]:
+    from kpop.envs.sandbox.default import configure as configure_sandbox
+
+    configure_sandbox(spec.sandbox)
     rng = random.Random(spec.seed)
 
     async def collect() -> list[str]:

@@ -69,3 +69,16 @@ def test_the_loops_import_nothing_from_the_launcher():
             "print(json.dumps('kpop.launch' in sys.modules))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(out.stdout) is False
+
+
+def test_the_drivers_solver_transcripts_use_the_runs_sandbox_too():
+    from kpop.bootstrap import solver_corpus
+    from kpop.envs.sandbox import default
+
+    spec = load_spec(None, ["sandbox.pool_size=1", "sandbox.limits.wall_s=2"])
+    try:
+        assert len(solver_corpus(spec, 2)) == 2
+        pool = default.default_pool()
+        assert pool.size == 1 and pool.default_limits == limits_from_spec(spec.sandbox.limits)
+    finally:
+        default.configure(None)
