@@ -105,6 +105,7 @@ def print_table(rows: list[tuple]) -> None:
 
 async def run(args, tmp: Path) -> None:
     import torch
+
     from kpop.rollout.builtin.tiny_models import tiny_hybrid_dir, tiny_llama_dir
 
     torch.set_num_threads(args.threads)

@@ -71,6 +71,7 @@ class PlainTorch:
 
     def train_step(self, trajs) -> int:
         import torch
+
         from kpop.learner.batch import collate, split
         from kpop.learner.logprobs import token_logprobs
 
@@ -96,7 +97,6 @@ def tokens_per_s(step_fn, data) -> float:
 
 def throughput(args) -> dict:
     from kpop.learner.learner import Learner
-
     from kpop.spec.learner import LearnerSpec
 
     folder = make_model_dir(Path(tempfile.mkdtemp()) / "m", args.hidden, args.layers, args.vocab)
@@ -115,7 +115,6 @@ def throughput(args) -> dict:
 
 def publish_times(args) -> list[dict]:
     from kpop.learner.learner import Learner
-
     from kpop.spec.learner import LearnerSpec
 
     rows = []

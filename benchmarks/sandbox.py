@@ -16,7 +16,6 @@ import time
 from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest
 from kpop.envs.sandbox.bwrap import BwrapSandbox
 from kpop.envs.sandbox.factory import make_pool
-
 from kpop.spec.sandbox import SandboxSpec
 
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from importlib import import_module, metadata
 from typing import Any
 
-from kpop.envs.contract import AgentEnv
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kpop.envs.contract import AgentEnv
 
 ENTRY_POINT_GROUP = "kpop.envs"
 

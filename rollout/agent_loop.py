@@ -16,8 +16,8 @@ truncated; it never raises into the caller.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from kpop.envs.contract import AgentEnv, Message, bounded_step
 from kpop.rollout.chat import ChatFormat

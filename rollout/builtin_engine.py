@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from kpop.rollout.builtin.adapters import adapter_for
 from kpop.rollout.builtin.sampling import new_generator
 from kpop.rollout.builtin.scheduler import Scheduler, Sequence, StepEvent

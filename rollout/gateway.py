@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+
 from kpop.deploy.openai_api import schemas as S
 from kpop.deploy.openai_api.app import create_app, serving, session_id
 from kpop.deploy.openai_api.errors import APIError, bad_request
@@ -43,7 +44,6 @@ from kpop.deploy.openai_api.prompting import as_env_message
 from kpop.deploy.openai_api.service import ModelInfo, OpenAIService
 from kpop.rollout.chat import ChatFormat
 from kpop.rollout.engine import Engine
-
 from kpop.trajectory import Trajectory, TrajectoryBuilder
 
 

@@ -55,14 +55,14 @@ class KPopWorkerExtension:
             chunks = [staged[i] for i in range(num_chunks)]
             validate_update(chunks, self._kpop_expected_params())
             weights = chunks_to_state_dict(chunks)
-        except Exception as exc:  # reported to the frontend, which raises WeightSyncError
+        except Exception as exc:  # noqa: BLE001 (reported to the frontend, which raises WeightSyncError)
             self.kpop_discard()
             return {"ok": False, "stage": "validate", "error": f"{type(exc).__name__}: {exc}", "seconds": 0.0}
         self.kpop_discard()
         start = time.perf_counter()
         try:
             self.reload_weights(weights_iterator=iter(weights.items()))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (reported to the frontend, which raises WeightSyncError)
             return {"ok": False, "stage": "reload", "error": f"{type(exc).__name__}: {exc}", "seconds": 0.0}
         return {"ok": True, "stage": "done", "error": "", "seconds": time.perf_counter() - start}
 

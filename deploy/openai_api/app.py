@@ -23,10 +23,11 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
 from kpop.deploy.openai_api import schemas as S
 from kpop.deploy.openai_api.errors import APIError, install_handlers, validation_error
 from kpop.deploy.openai_api.service import OpenAIService, PromptPolicy, StatelessPolicy
-from pydantic import ValidationError
 
 SESSION_HEADER = "x-kpop-session"
 

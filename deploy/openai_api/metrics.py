@@ -11,7 +11,6 @@ Invariant: counters only grow; a request is counted once, when its response ends
 
 from __future__ import annotations
 
-from kpop.rollout.engine import Engine
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -20,6 +19,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from kpop.rollout.engine import Engine
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

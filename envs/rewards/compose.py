@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from kpop.envs.rewards.format import format_penalty
 from kpop.envs.rewards.length import dynamic_length_rewards
 from kpop.envs.rewards.repetition import repetition_penalty
 from kpop.envs.rewards.tool_sequence import Call, tool_sequence_agreement
-from pydantic import TypeAdapter
-
 from kpop.spec.envs import RewardTermSpec
 
 _ADAPTER = TypeAdapter(list[RewardTermSpec])

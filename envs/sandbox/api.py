@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-class SandboxStatus(str, enum.Enum):
+class SandboxStatus(str, enum.Enum):  # noqa: UP042 (values compare and serialise as plain strings)
     OK = "ok"  # exited by itself within the limits (any exit code)
     TIMEOUT = "timeout"  # wall-clock limit reached, killed
     CPU_TIMEOUT = "cpu_timeout"  # CPU-time limit reached (SIGXCPU / SIGKILL by RLIMIT_CPU)

@@ -18,7 +18,6 @@ def configure(spec) -> SandboxPool:
     """Make the default pool from a `kpop.spec.sandbox.SandboxSpec` (or a dict of one)."""
     global _pool
     from kpop.envs.sandbox.factory import make_pool
-
     from kpop.spec.sandbox import SandboxSpec
 
     old, _pool = _pool, make_pool(spec if isinstance(spec, SandboxSpec) else SandboxSpec.model_validate(spec or {}))

@@ -133,7 +133,7 @@ def plot_pass_rates(fig, runs: list[RunData]) -> None:
         left.set_ylim(-0.02, 1.02)
     bars = [(run, label, key, rec[key]) for run in runs for label, rec in run.eval_by_label().items()
             for key in sorted(rec) if key.startswith("pass_rate/")]
-    for n, (run, label, key, value) in enumerate(bars):
+    for n, (run, label, _key, value) in enumerate(bars):
         right.barh(n, value, color=_colour(runs.index(run)), alpha=0.5 if label == "before_rl" else 1.0)
         right.text(value + 0.01, n, f"{value:.2f}", va="center", fontsize=7)
     if bars:

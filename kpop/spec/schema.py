@@ -17,8 +17,8 @@ from kpop.spec.envs import EnvEntrySpec
 from kpop.spec.learner import LearnerSpec, runs_only_rl_modes
 from kpop.spec.model import LlamaModelSpec, ModelSpec, TokenizerSpec
 from kpop.spec.rollout import RolloutSpec
-from kpop.spec.sandbox import SandboxSpec
 from kpop.spec.run import ClusterSpec, LoggingSpec, SchedulerSpec, SFTSpec, SyncSchedulerSpec, TrainSpec
+from kpop.spec.sandbox import SandboxSpec
 
 
 def _default_envs() -> list[EnvEntrySpec]:

@@ -34,7 +34,7 @@ _logged: set[str] = set()
 def _fla_import_error() -> str | None:
     try:
         import fla.ops.simple_gla  # noqa: F401
-    except Exception as exc:  # any failure (missing triton, driver) means: use PyTorch
+    except Exception as exc:  # noqa: BLE001 (any failure, missing triton or driver, means: use PyTorch)
         return f"{type(exc).__name__}: {exc}"
     return None
 

@@ -16,6 +16,7 @@ run under `torch.inference_mode()`; neither mutates its input slab.
 from __future__ import annotations
 
 import torch
+
 from kpop.rollout.builtin.slab import Slab, new_slab
 
 

@@ -15,6 +15,7 @@ Contract:
 from __future__ import annotations
 
 import torch
+
 from kpop.rollout.engine import SamplingParams
 
 

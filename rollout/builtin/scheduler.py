@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
+
 from kpop.rollout.builtin.sampling import sample
 from kpop.rollout.builtin.slab import Slab, merge, select
 from kpop.rollout.engine import SamplingParams

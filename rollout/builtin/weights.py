@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from kpop.rollout.weight_sync import (
     WeightSyncError,
     chunks_to_state_dict,

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+
 from kpop.deploy.openai_api.app import create_app, serving
 from kpop.deploy.openai_api.backends import (
     BackendChoice,
@@ -43,8 +44,9 @@ def test_standard_llama_goes_to_vllm_and_odd_or_hybrid_checkpoints_to_the_builti
 
 async def test_builtin_backend_serves_chat_and_streams_through_the_same_app(tiny_llama_dir):
     import openai
-    from kpop.deploy.openai_api.service import ModelInfo, OpenAIService
     from transformers import AutoTokenizer
+
+    from kpop.deploy.openai_api.service import ModelInfo, OpenAIService
 
     engine = build_engine(tiny_llama_dir, BackendChoice("builtin", "test"), EngineOptions(max_model_len=256))
     try:

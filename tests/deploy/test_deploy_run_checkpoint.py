@@ -8,9 +8,9 @@ import json
 
 import openai
 import pytest
+
 from kpop.envs.contract import Action, ToolCall
 from kpop.envs.registry import make_env
-
 from kpop.spec import load_spec
 
 FAST = ["sft.steps=2", "sft.num_examples=8", "sft.batch_size=4", "train.steps=1", "train.tasks_per_step=1",
@@ -21,7 +21,6 @@ FAST = ["sft.steps=2", "sft.num_examples=8", "sft.batch_size=4", "train.steps=1"
 @pytest.fixture(scope="module")
 def served_run(ray_session, tmp_path_factory):
     from kpop.deploy.server_process import ServerProcess
-
     from kpop.launch import run
 
     spec = load_spec(None, [*FAST, f"run_dir={tmp_path_factory.mktemp('served_run')}"])

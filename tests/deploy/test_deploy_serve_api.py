@@ -12,6 +12,7 @@ import json
 import httpx
 import openai
 import pytest
+
 from kpop.envs.contract import Action, ToolCall
 from kpop.envs.families.calculator import evaluate
 from kpop.envs.registry import make_env

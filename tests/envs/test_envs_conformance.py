@@ -7,6 +7,7 @@ import json
 import random
 
 import pytest
+
 from kpop.envs.conformance import run_conformance
 from kpop.envs.contract import AgentEnv, Message, StepResult, Task
 from kpop.envs.registry import _REGISTRY, register_env

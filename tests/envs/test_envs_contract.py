@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+
 from kpop.envs.contract import (
     Action,
     AgentEnv,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from kpop.envs.conformance import malformed_actions
 from kpop.envs.contract import Action, bounded_step
 from kpop.envs.random_policy import RandomPolicy

@@ -9,6 +9,7 @@ import asyncio
 import json
 
 import pytest
+
 from kpop.envs.conformance import run_conformance
 from kpop.envs.contract import Action
 from kpop.envs.families.instructions.rules import KINDS, Rule, words
@@ -26,7 +27,6 @@ from kpop.envs.random_policy import RandomPolicy
 from kpop.envs.registry import make_env
 from kpop.envs.solver import reference_policy, run_episode
 from kpop.rollout.tool_parser import parse_action
-
 from kpop.spec.envs import EnvEntrySpec
 from kpop.tasks import HELD_OUT_BASE, TaskSampler
 

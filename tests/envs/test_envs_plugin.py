@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from kpop.envs import registry
 from kpop.envs.solver import reference_policy, run_episode
 

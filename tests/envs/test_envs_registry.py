@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import metadata
 
 import pytest
+
 from kpop.envs import registry
 from kpop.envs.families.search.env import SearchEnv
 

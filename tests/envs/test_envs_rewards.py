@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from kpop.envs.registry import list_envs
 from kpop.envs.rewards import (
     EpisodeView,
     compression_ratio,
@@ -13,8 +15,6 @@ from kpop.envs.rewards import (
     shape_reward,
     tool_sequence_agreement,
 )
-
-from kpop.envs.registry import list_envs
 from kpop.spec.envs import EnvEntrySpec
 
 

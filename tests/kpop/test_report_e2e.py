@@ -75,7 +75,7 @@ def test_report_of_the_run_references_every_plot_and_every_png_is_valid(finished
     out = spec.run_dir / "report"
     assert str(out / "index.html") in capsys.readouterr().out
     page = (out / "index.html").read_text()
-    for name, title, _, _ in PLOTS:
+    for name, _title, _, _ in PLOTS:
         assert_valid_png((out / f"{name}.png").read_bytes())
         assert f'href="{name}.png"' in page and f'id="{name}"' in page
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from kpop.envs.sandbox.factory import limits_from_spec
-
 from kpop.runtime import runtime_config
 from kpop.runtime.recorded import recorded_spec
 from kpop.spec import load_spec
@@ -52,7 +51,6 @@ def test_eval_and_serve_rebuild_the_runs_engines_and_workers_from_its_record(tmp
 
 def _serve_config(checkpoint, monkeypatch, *flags):
     import kpop.deploy.serve
-
     from kpop.cli import serve_cmd
 
     (checkpoint / "config.json").write_text("{}")

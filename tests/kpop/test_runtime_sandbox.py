@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from kpop.envs.families.coding.generated import make_problem
 from kpop.rollout.agent_loop import Episode
 from kpop.rollout.engine import SamplingParams
-
 from kpop.runtime import runtime_config
 from kpop.runtime.actors import start_worker
 from kpop.spec import load_spec

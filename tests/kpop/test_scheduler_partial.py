@@ -14,16 +14,16 @@ import asyncio
 
 import pytest
 import torch
+
 from kpop.envs.contract import AgentEnv, Message, StepInfo, StepResult, Task
 from kpop.envs.registry import register_env
 from kpop.rollout.agent_loop import Episode, LoopLimits
 from kpop.rollout.engine import GenerationRequest, GenerationResult, SamplingParams, WeightUpdate
 from kpop.rollout.env_worker import EnvWorker, WorkerConfig
-from kpop.runtime.build import env_config
-from kpop.spec.envs import EnvEntrySpec
 from kpop.rollout.replay import RecordedTurn, context_digest
-
+from kpop.runtime.build import env_config
 from kpop.scheduler.router import EngineRouter
+from kpop.spec.envs import EnvEntrySpec
 
 PROMPT = [0, 5, 6, 7]
 N = 96
@@ -72,8 +72,9 @@ async def test_aborted_turn_resumes_from_its_prefix_token_for_token(engine, tiny
 
 
 async def test_turn_in_flight_across_a_weight_update_keeps_earlier_tokens_and_versions(engine, tiny_llama_dir):
-    from kpop.rollout.weight_sync import state_dict_to_chunks
     from transformers import AutoModelForCausalLM
+
+    from kpop.rollout.weight_sync import state_dict_to_chunks
 
     router = EngineRouter.remote([engine])
     worker = EnvWorker(WorkerConfig(str(tiny_llama_dir), (), LoopLimits(), worker_id=8))

@@ -3,8 +3,8 @@
 import random
 
 import pytest
-from kpop.rollout.agent_loop import Episode
 
+from kpop.rollout.agent_loop import Episode
 from kpop.scheduler.budget import StepBudget
 from kpop.scheduler.buffer import Group, GroupBuffer
 from kpop.scheduler.dpr import DynamicPassRating
@@ -143,7 +143,8 @@ def test_dpr_weights_and_pick():
     assert dpr.weight(dpr.tasks[("calc", 1)]) == 0.1                  # solved
     assert dpr.weight(dpr.tasks[("calc", 2)]) == pytest.approx(1 + 4 * 0.25 * 0.75)   # unstable: 1.75
     assert dpr.weight(dpr.tasks[("calc", 3)]) == 1.0                  # unsolved
-    dpr.record("calc", 2, [1.0, 1.0]); dpr.record("calc", 2, [1.0, 1.0])
+    dpr.record("calc", 2, [1.0, 1.0])
+    dpr.record("calc", 2, [1.0, 1.0])
     assert dpr.tasks[("calc", 2)] == [1.0, 1.0]                        # window of 2
     rng = random.Random(0)
     picks = [dpr.pick("calc", rng) for _ in range(2000)]

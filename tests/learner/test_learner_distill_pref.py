@@ -5,7 +5,12 @@ import torch
 
 from kpop.learner.objectives.distill import select_shortest_correct
 from kpop.learner.objectives.preference import (
-    FocusState, build_preference_pairs, dpo_loss, focus_weights, rubric_score, update_focus,
+    FocusState,
+    build_preference_pairs,
+    dpo_loss,
+    focus_weights,
+    rubric_score,
+    update_focus,
 )
 from kpop.trajectory import Trajectory
 

@@ -7,7 +7,12 @@ import torch
 
 from kpop.learner.objectives.grpo import grpo_loss
 from kpop.learner.objectives.offpolicy import (
-    binary_kl, correction_weights, icepop_weights, kpop_weights, mismatch_sums, tis_weights,
+    binary_kl,
+    correction_weights,
+    icepop_weights,
+    kpop_weights,
+    mismatch_sums,
+    tis_weights,
 )
 from kpop.spec.learner import KPopMaskSpec, NoCorrectionSpec
 

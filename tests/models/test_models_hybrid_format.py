@@ -93,8 +93,9 @@ def test_save_load_roundtrip_ours_is_bit_exact(tiny_model, tmp_path):
 
 
 def test_save_load_roundtrip_through_auto_classes(tiny_model, tmp_path):
-    import kpop.models.hybrid  # noqa: F401  (registers bailing_hybrid)
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    import kpop.models.hybrid  # noqa: F401  (registers bailing_hybrid)
 
     save_checkpoint(tiny_model, tmp_path / "ours")
     auto = AutoModelForCausalLM.from_pretrained(tmp_path / "ours")

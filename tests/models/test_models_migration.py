@@ -124,8 +124,9 @@ def test_migrate_cli_end_to_end(llama_dir, tmp_path):
     migrate_cmd.add_arguments(parser)
     dst = tmp_path / "hybrid"
     assert migrate_cmd.run(parser.parse_args([str(llama_dir), str(dst), "--layer-group-size", "2"])) == 0
-    import kpop.models.hybrid  # noqa: F401
     from transformers import AutoModelForCausalLM
+
+    import kpop.models.hybrid  # noqa: F401
 
     model = AutoModelForCausalLM.from_pretrained(dst)
     assert model.config.model_type == "bailing_hybrid" and model.config.is_mla_layer(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kpop.rollout.builtin.tiny_models import tiny_hybrid, tiny_hybrid_dir
 from kpop.rollout.engine import GenerationRequest, SamplingParams, WeightUpdate
 from kpop.rollout.weight_sync import WeightSyncError, state_dict_to_chunks

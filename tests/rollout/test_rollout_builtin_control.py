@@ -10,6 +10,7 @@ import asyncio
 
 import pytest
 import torch
+
 from kpop.rollout.builtin.tiny_models import tiny_hybrid, tiny_hybrid_dir
 from kpop.rollout.builtin_engine import BuiltinEngine
 from kpop.rollout.engine import GenerationRequest, SamplingParams, WeightUpdate

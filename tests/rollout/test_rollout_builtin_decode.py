@@ -11,6 +11,7 @@ import asyncio
 
 import pytest
 import torch
+
 from kpop.learner.logprobs import token_logprobs
 from kpop.rollout.builtin.tiny_models import tiny_hybrid_dir, tiny_llama_dir
 from kpop.rollout.builtin.weights import load_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from kpop.rollout.builtin.sampling import filtered_logits, new_generator, sample
 from kpop.rollout.engine import SamplingParams
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import openai
 import pytest
+
 from kpop.envs.contract import Action, ToolCall
 from kpop.envs.registry import make_env
 from kpop.rollout.engine import (
@@ -95,10 +96,11 @@ async def play_calculator(client: openai.AsyncOpenAI, seed: int, stream_second: 
 
 @pytest.mark.slow
 async def test_openai_harness_trajectory_equals_engine_io_turn_by_turn(tiny_llama_dir, tmp_path_factory):
+    from transformers import AutoTokenizer
+
     from kpop.deploy.smoke_model import reference_sequences, smoke_checkpoint
     from kpop.rollout.gateway import Gateway
     from kpop.rollout.vllm_engine import VLLMEngine
-    from transformers import AutoTokenizer
 
     # both run episodes with asyncio.run: off this test's event loop
     ckpt = await asyncio.to_thread(smoke_checkpoint, tiny_llama_dir, tmp_path_factory.getbasetemp() / "smoke_calculator")

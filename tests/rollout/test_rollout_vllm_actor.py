@@ -28,7 +28,6 @@ def model_dir(request, tmp_path_factory) -> Path:
     from kpop.models.tiny_llama import build_tiny_llama
     from kpop.models.tokenizer import train_tokenizer
     from kpop.rollout.vllm_engine import check_model_supported
-    from kpop.spec.model import LlamaModelSpec
 
     out = tmp_path_factory.mktemp("tiny_llama_actor")
     try:

@@ -34,7 +34,6 @@ def build_tiny_llama_dir(out: Path) -> Path:
     """Same recipe as the tests' shared `tiny_llama_dir` fixture, for when it is not available."""
     from kpop.models.tiny_llama import build_tiny_llama
     from kpop.models.tokenizer import train_tokenizer
-    from kpop.spec.model import LlamaModelSpec
 
     texts = [f"the quick brown fox jumps over {i} lazy dogs; 1+{i}={i + 1}" for i in range(300)]
     tok = train_tokenizer(texts, 320, out)
@@ -58,7 +57,6 @@ def model_dir(request, tmp_path_factory) -> Path:
         from transformers import AutoTokenizer
 
         from kpop.models.tiny_llama import build_tiny_llama
-        from kpop.spec.model import LlamaModelSpec
 
         tok = AutoTokenizer.from_pretrained(str(shared))
         return build_tiny_llama(RANDOM_MODEL, tok, tmp_path_factory.mktemp("tiny_llama_vllm"), seed=0)
@@ -258,7 +256,7 @@ async def test_lower_priority_values_start_first_when_requests_wait(engine):
         tasks = []
         for i, (kind, prio) in enumerate(prios):
             tasks.append(asyncio.create_task(run(i, kind, prio)))
-            await wait_until(lambda: engine.load().waiting == i + 1)  # arrival order is fixed
+            await wait_until(lambda i=i: engine.load().waiting == i + 1)  # arrival order is fixed
     finally:
         await engine.resume()
     await asyncio.wait_for(asyncio.gather(*tasks), 60)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import random
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from kpop.envs.families.coding.generated import make_problem
 from kpop.envs.families.coding.problems import Problem, humaneval
 from kpop.envs.families.coding.verifier import extract_code, verify
 from kpop.envs.registry import register_env
 from kpop.envs.tool_env import Episode, ToolEnv, Verdict
 from kpop.envs.tools import Tool, params
-from pydantic import BaseModel, ConfigDict, Field
 
 SYSTEM = "You are a careful Python programmer. You may test code with the run_python tool. Finish with your solution in one ```python code block."
 

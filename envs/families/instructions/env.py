@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from kpop.envs.contract import MAX_TEXT, Action, AgentEnv, Message, StepInfo, StepResult, Task
 from kpop.envs.families.instructions.scoring import grade
 from kpop.envs.families.instructions.tasks import SLOTS, InstructionTask, generate
 from kpop.envs.registry import register_env
 from kpop.envs.rewards.compose import EpisodeView, shape_reward
-from pydantic import BaseModel, ConfigDict, Field
 
 SYSTEM = ("Answer the request in a single reply that follows every rule it lists. There are no tools. "
           "Words are runs of letters: numbers and punctuation do not count as words.")

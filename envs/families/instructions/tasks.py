@@ -28,7 +28,6 @@ import random
 from dataclasses import dataclass
 
 from kpop.envs.families.instructions.rules import Rule, words
-
 from kpop.tasks import HELD_OUT_BASE
 
 SLOTS = ("length", "include", "forbid", "format", "case")

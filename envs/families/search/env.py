@@ -12,13 +12,14 @@ from __future__ import annotations
 import random
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from kpop.envs.families.search.index import corpus_index
 from kpop.envs.families.search.metrics import exact_match, extract_answer, f1_score
 from kpop.envs.families.search.world import make_question
 from kpop.envs.registry import register_env
 from kpop.envs.tool_env import Episode, ToolEnv, Verdict, tool_call_text
 from kpop.envs.tools import Tool, ToolError, params
-from pydantic import BaseModel, ConfigDict, Field
 
 SYSTEM = ("Answer the question using the search and open tools over the document collection. "
           "Questions need several documents. When you know the answer, reply with: Answer: <answer>")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import random
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from kpop.envs.families.tool_use.backend import CANCEL_REASONS, POLICIES, Store
 from kpop.envs.families.tool_use.tasks import make_task
 from kpop.envs.registry import register_env
 from kpop.envs.rewards.tool_sequence import tool_sequence_agreement
 from kpop.envs.tool_env import Episode, ToolEnv, Verdict, tool_call_text
 from kpop.envs.tools import Tool, params
-from pydantic import BaseModel, ConfigDict, Field
 
 SYSTEM = ("You are a customer-service agent. Identify the customer by email first, check the order and the "
           "policies, make only the changes the customer asks for and the policies allow, then reply to the customer. "

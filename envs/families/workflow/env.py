@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import random
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from kpop.envs.families.workflow.backend import Workspace
 from kpop.envs.families.workflow.tasks import make_task
 from kpop.envs.registry import register_env
 from kpop.envs.tool_env import Episode, ToolEnv, Verdict, tool_call_text
 from kpop.envs.tools import Tool, params
-from pydantic import BaseModel, ConfigDict, Field
 
 SYSTEM = "You operate a workspace with files, an SQLite database and a calendar. Do the job with the tools, then say Done."
 _DATE = {"type": "string", "maxLength": 10, "description": "YYYY-MM-DD"}

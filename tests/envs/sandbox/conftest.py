@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
 from kpop.envs.sandbox.api import SandboxLimits
 from kpop.envs.sandbox.bwrap import BwrapSandbox
 

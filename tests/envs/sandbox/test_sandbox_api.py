@@ -8,11 +8,11 @@ import json
 import logging
 
 import pytest
+from pydantic import ValidationError
+
 from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxStatus
 from kpop.envs.sandbox.factory import limits_from_spec, make_pool
 from kpop.envs.sandbox.pool import SandboxPool
-from pydantic import ValidationError
-
 from kpop.spec.sandbox import SandboxSpec
 
 

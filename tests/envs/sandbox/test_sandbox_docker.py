@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxStatus
 from kpop.envs.sandbox.docker_backend import DockerSandbox
 
