@@ -3,28 +3,33 @@ token staleness at 8 to 1,024 engines, with and without tail migration, against 
 
 The simulation (kpop.scheduler.sim) drives the real policy modules of kpop.scheduler (staleness
 admission, draw horizon, due rule, step budget, tail migration, DPR through the real sampler) on
-simulated time; engines, environments and the learner are models fitted to measurements:
+simulated time; engines, environments and the learner are models of measured figures:
 - engines: a decode step of b sequences takes tau(b) = a + c b, fitted to benchmarks/engine.py's
-  vLLM figures in the README (69 / 513 / 867 tok/s at batch 1 / 16 / 64);
-- environments: the async benchmark's workload (benchmarks/async_speedup.py): step latencies 80%
-  U(0.05, 0.3) s and 20% U(1.5, 4) s per task and step, long-tailed turn budgets, 20 generated
-  tokens for the tool call and 5 per answer (its tokenizer on the solver's actions), answers right
-  with p = 0.55 (episode success 0.62, the README's training reward);
-- learner: LEARNER_S per RL step, publish PUBLISH_S with the engines paused (see the constants).
+  vLLM figures in the README (69 / 513 / 867 tok/s at batch 1 / 16 / 64), plus a serial cost per
+  request (prefill, scheduling, handing back) fitted below;
+- environments: the async benchmark's workload (benchmarks/async_speedup.py), task for task: its
+  step latencies (80% U(0.05, 0.3) s, 20% U(1.5, 4) s, seeded by task and step) and turn budgets;
+  20 generated tokens for the tool call and 5 per answer (its tokenizer on the solver's actions,
+  and the runs measured here: 25.3-25.8 per solved episode); answers right with p = 0.55 (episode
+  success 0.62, the README's training reward);
+- learner: LEARNER_S per RL step and PUBLISH_S with the engines paused (see the constants).
 
-1. Validation: one engine, the async benchmark's run (32 steps x 8 tasks x 4 samples, eta 8,
-   max_concurrent 24, DPR off, seeds 3 4 5); the simulated sync/KPop wall-clock ratio must be
+1. Fit: the per-request cost that reproduces the README's eta 4 / max_concurrent 64 run (2.32x).
+2. Validation: one engine, the async benchmark's run (32 steps x 8 tasks x 4 samples, eta 8,
+   max_concurrent 24, DPR off, seeds 3 4 5): the simulated sync/KPop wall-clock ratio must be
    within 15% of the measured one (README: 640.6 s vs 242.9 s, 2.64x).
-2. Scale: E engines, B = E groups of 4 per step (one per engine), --steps steps, with heavy tails
+3. Scale: E engines, B = E groups of 4 per step (one per engine), --steps steps, with heavy tails
    added: 2% of environment steps wait Pareto(x_m 4 s, alpha 1.5) capped at the 10 s step timeout,
    2% of turns generate Pareto(64 tokens, alpha 1.2) capped at 512, task success varies
-   (Beta, concentration 2), DPR on. The learner is assumed to grow with the batch (its step time
-   stays LEARNER_S). Per scale: eta in {1, 2, 4, 8} with max_concurrent (eta + 1) B (no cap),
-   then max_concurrent 2B and 3B under the chosen eta; recommended: the smallest eta, then the
-   smallest max_concurrent, within 3% of the fastest wall-clock. Printed: sync and the
-   recommended KPop with and without tail migration.
+   (Beta, concentration 2), DPR on. The learner is assumed to grow with the batch: its step stays
+   --learner-s (default the benchmark's, 0.29 s: generation-bound, like the benchmark; a learner
+   step as long as a step's generation is the regime of AReaL's comparison). Per scale: eta in
+   {1, 2, 4, 8} with max_concurrent (eta + 1) B (no cap), then 3B under the chosen eta;
+   recommended: the smallest eta, then the smallest max_concurrent, within 3% of the fastest
+   wall-clock. Printed: sync and the recommended KPop with and without tail migration.
 
-    .venv/bin/python benchmarks/scale_sim.py [--engines 8 64 256 1024] [--steps 16] [--validate-only]
+    .venv/bin/python benchmarks/scale_sim.py [--engines 8 64 256 1024] [--steps 16] [--learner-s 0.29]
+                                             [--validate-only]
 """
 
 from __future__ import annotations
@@ -83,7 +88,8 @@ def one_engine(request_s: float, eta: int, max_concurrent: int) -> dict[str, flo
         setup = SimSetup(engines=1, steps=32, batch_groups=8, group_size=4, workload=benchmark_workload(),
                          decode=decode, learner_s=LEARNER_S["sync"], publish_s=PUBLISH_S, seed=seed)
         sync = SyncLoop(setup).run()
-        kpop = KPopLoop(replace(setup, learner_s=LEARNER_S["kpop"]), kpop_spec(eta, max_concurrent, tail=False, dpr=False)).run()
+        spec = kpop_spec(eta, max_concurrent, tail=False, dpr=False)
+        kpop = KPopLoop(replace(setup, learner_s=LEARNER_S["kpop"]), spec).run()
         out["sync"] += sync.wall_s
         out["kpop"] += kpop.wall_s
         out["idle_sync"] += sync.engine_idle / len(SEEDS)
@@ -100,10 +106,10 @@ def fit_request_s() -> float:
         mid = (low + high) / 2
         low, high = (mid, high) if one_engine(mid, *FIT_RUN)["ratio"] > FIT_RATIO else (low, mid)
     request_s = (low + high) / 2
+    curve, ratio = DecodeCurve.fit(ENGINE_PY_VLLM), one_engine(request_s, *FIT_RUN)["ratio"]
     print(f"fit: {request_s * 1e3:.1f} ms per request on the engine (prefill, scheduling, handing back) makes the "
-          f"simulated eta {FIT_RUN[0]} / max_concurrent {FIT_RUN[1]} run {one_engine(request_s, *FIT_RUN)['ratio']:.2f}x "
-          f"(measured {FIT_RATIO:.2f}x); decode tau(b) = {DecodeCurve.fit(ENGINE_PY_VLLM).base_s * 1e3:.1f} ms + "
-          f"{DecodeCurve.fit(ENGINE_PY_VLLM).per_seq_s * 1e3:.2f} ms x b (engine.py)")
+          f"simulated eta {FIT_RUN[0]} / max_concurrent {FIT_RUN[1]} run {ratio:.2f}x (measured {FIT_RATIO:.2f}x); "
+          f"decode tau(b) = {curve.base_s * 1e3:.1f} ms + {curve.per_seq_s * 1e3:.2f} ms x b (engine.py)")
     return request_s
 
 
@@ -149,7 +155,8 @@ def sweep(engines: int, steps: int, request_s: float, learner_s: float) -> Row:
     sweeping (it moves too little to change the choice, and it is the costliest part to simulate)."""
     setup = replace(scale_setup(engines, steps, request_s), learner_s=learner_s)
     b = setup.batch_groups
-    runs = {(eta, (eta + 1) * b): KPopLoop(setup, kpop_spec(eta, (eta + 1) * b, tail=False)).run() for eta in (1, 2, 4, 8)}
+    runs = {(eta, (eta + 1) * b): KPopLoop(setup, kpop_spec(eta, (eta + 1) * b, tail=False)).run()
+            for eta in (1, 2, 4, 8)}
     eta, _ = fastest(runs)
     if 3 * b < (eta + 1) * b:
         runs[(eta, 3 * b)] = KPopLoop(setup, kpop_spec(eta, 3 * b, tail=False)).run()
@@ -163,16 +170,17 @@ def sweep(engines: int, steps: int, request_s: float, learner_s: float) -> Row:
 def print_table(rows: list[Row], steps: int, learner_s: float) -> None:
     print(f"\n{steps} steps, learner step {learner_s:.2f} s + publish {PUBLISH_S:.2f} s "
           "(sync gen/step: the synchronous loop's mean generation per step)")
-    print("\n| engines | groups/step | sync gen/step | tail migration | eta | max_concurrent | sync s | KPop s | sync/KPop | "
-          "vs AReaL 2.77x | engine idle sync / KPop | token staleness mean / max | moved |")
+    print("\n| engines | groups/step | sync gen/step | tail migration | eta | max_concurrent | sync s | KPop s "
+          "| sync/KPop | vs AReaL 2.77x | engine idle sync / KPop | token staleness mean / max | moved |")
     print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for r in rows:
         gen = r.sync.wall_s / steps - learner_s - PUBLISH_S
         for label, k in (("on", r.kpop), ("off", r.kpop_no_tail)):
             ratio = r.sync.wall_s / k.wall_s
-            print(f"| {r.engines} | {r.groups} | {gen:.1f} s | {label} | {r.eta} | {r.max_concurrent} ({r.max_concurrent // r.groups}B) | "
-                  f"{r.sync.wall_s:.1f} | {k.wall_s:.1f} | {ratio:.2f}x | {ratio / AREAL:.2f} | "
-                  f"{r.sync.engine_idle:.2f} / {k.engine_idle:.2f} | {k.staleness_mean:.2f} / {k.staleness_max} | {k.moved} |")
+            print(f"| {r.engines} | {r.groups} | {gen:.1f} s | {label} | {r.eta} | "
+                  f"{r.max_concurrent} ({r.max_concurrent // r.groups}B) | {r.sync.wall_s:.1f} | {k.wall_s:.1f} | "
+                  f"{ratio:.2f}x | {ratio / AREAL:.2f} | {r.sync.engine_idle:.2f} / {k.engine_idle:.2f} | "
+                  f"{k.staleness_mean:.2f} / {k.staleness_max} | {k.moved} |")
 
 
 def main() -> None:

@@ -46,7 +46,8 @@ say() { printf '[gpu-check] %s\n' "$*"; }
 rep() { python3 deploy/gpu_checks/report.py "$@"; }
 
 CHECKS=(setup cuda gpu_tests fla_kernels fp8_gemm hybrid_vllm quickstart)
-declare -A LIMIT=([setup]=150 [cuda]=30 [gpu_tests]=90 [fla_kernels]=40 [fp8_gemm]=40 [hybrid_vllm]=100 [quickstart]=140)
+declare -A LIMIT=([setup]=150 [cuda]=30 [gpu_tests]=90 [fla_kernels]=40 [fp8_gemm]=40 [hybrid_vllm]=100
+                 [quickstart]=140)
 mapfile -t gpu_files < <(grep -rlw --include='test_*.py' gpu tests | sort)
 qs_steps=2
 qs_dir="$work/quickstart"
@@ -101,9 +102,12 @@ dry_run() {
   done
   local failed=0
   run_check preflight_helpers "python3 -m py_compile deploy/gpu_checks/*.py && echo helpers compile" 60 || failed=1
-  run_check preflight_gpu_tests "$(printf '%q ' "$py" -m pytest --collect-only -q -m gpu -p no:cacheprovider "${gpu_files[@]}")" 120 || failed=1
+  local collect spec
+  collect="$(printf '%q ' "$py" -m pytest --collect-only -q -m gpu -p no:cacheprovider "${gpu_files[@]}")"
+  spec="$(printf '%q ' "$py" -m kpop.cli.main run "${qs_args[@]}" --dry-run)"
+  run_check preflight_gpu_tests "$collect" 120 || failed=1
   rep tests "$report" "$logs/preflight_gpu_tests.log"
-  run_check preflight_quickstart_spec "$(printf '%q ' "$py" -m kpop.cli.main run "${qs_args[@]}" --dry-run)" 60 || failed=1
+  run_check preflight_quickstart_spec "$spec" 60 || failed=1
   rep finish "$report"
   say "report: $report"
   return "$failed"

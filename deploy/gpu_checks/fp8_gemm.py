@@ -50,7 +50,8 @@ def main() -> int:
         _, emu_s = timed(fp4_linear, xg, wg, None, emulated)
         err = float((got.cpu() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
         worst = max(worst, err)
-        rows.append({"shape": [m, k, n], "relative_error": err, "fp8_s": round(fp8_s, 5), "emulated_gpu_s": round(emu_s, 5)})
+        rows.append({"shape": [m, k, n], "relative_error": err, "fp8_s": round(fp8_s, 5),
+                     "emulated_gpu_s": round(emu_s, 5)})
     ok = worst <= TOL
     print(json.dumps({"ok": ok, "message": f"UFP4 FP8 GEMM vs CPU emulation on {len(rows)} shapes: worst relative "
                       f"error {worst:.2e} ({'<=' if ok else '>'} {TOL:g})", "shapes": rows}))

@@ -63,8 +63,8 @@ def builtin_greedy(model_dir: Path, prompt: list[int], new: int) -> list[int]:
     async def go() -> list[int]:
         engine = BuiltinEngine(model_dir, max_batch=1)
         try:
-            res = await engine.generate(GenerationRequest("gpu-check", prompt, SamplingParams(temperature=0.0, max_tokens=new)))
-            return res.token_ids
+            greedy = SamplingParams(temperature=0.0, max_tokens=new)
+            return (await engine.generate(GenerationRequest("gpu-check", prompt, greedy))).token_ids
         finally:
             await engine.close()
 
@@ -84,7 +84,8 @@ def main() -> int:
     from kpop.rollout.builtin.tiny_models import tiny_hybrid_dir
 
     model_dir = tiny_hybrid_dir(Path(tempfile.mkdtemp(prefix="kpop_gpu_hybrid_")), seed=0, **GPU_SIZES)
-    prompt = torch.randint(1, GPU_SIZES["vocab_size"], (args.prompt,), generator=torch.Generator().manual_seed(0)).tolist()
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(1, GPU_SIZES["vocab_size"], (args.prompt,), generator=gen).tolist()
     prompt_lp, tokens, token_lp = vllm_run(model_dir, prompt, args.new, args.dtype)
     prefill = float((torch.tensor(prompt_lp) - reference_logprobs(model_dir, prompt)).abs().max())
     decode = float((torch.tensor(token_lp) - reference_logprobs(model_dir, prompt + tokens)[-len(tokens):]).abs().max())

@@ -16,7 +16,8 @@ from pathlib import Path
 
 def main(run_dir: Path, steps: int) -> int:
     metrics = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    records = [json.loads(line) for line in lines if line.strip()]
     rl = [r for r in records if r.get("phase") == "rl"]
     problems = []
     if len(rl) != steps:

@@ -30,7 +30,8 @@ def spec(eta: int, max_concurrent: int = 64, **kw) -> KPopSchedulerSpec:
 
 def setup(workload: Workload, engines: int = 1, steps: int = 6, groups: int = 4, **kw) -> SimSetup:
     return SimSetup(engines=engines, steps=steps, batch_groups=groups, group_size=4, workload=workload,
-                    decode=kw.pop("decode", FLAT), learner_s=kw.pop("learner_s", 0.5), publish_s=kw.pop("publish_s", 0.1), **kw)
+                    decode=kw.pop("decode", FLAT), learner_s=kw.pop("learner_s", 0.5),
+                    publish_s=kw.pop("publish_s", 0.1), **kw)
 
 
 def two_turns(latency: StepLatency = NO_WAIT) -> Workload:
@@ -63,8 +64,13 @@ def test_waiting_requests_start_by_priority_and_tokens_split_by_version():
     clock = Clock()
     cluster = Cluster(clock, 1, FLAT, max_seqs=1)
     order, versions = [], {}
+
+    def done(req):
+        order.append(req.priority)
+        versions[req.priority] = req.versions
+
     for prio in (5, 1, 3):
-        cluster.generate(10, prio, lambda req: (order.append(req.priority), versions.update({req.priority: req.versions})), engine=0)
+        cluster.generate(10, prio, done, engine=0)
     # priority 5 started first (the engine was free); at 0.05 s, 5 tokens in, a weight update
     clock.at(0.05, cluster.pause)
     clock.at(0.15, cluster.publish, 1)   # paused 0.1 s: nothing advances

@@ -80,7 +80,8 @@ class Cluster:
         self.ids = itertools.count()
         self.migrated = self.moved = 0
 
-    def generate(self, tokens: int, priority: int, on_done: Callable[[Request], None], engine: int | None = None) -> None:
+    def generate(self, tokens: int, priority: int, on_done: Callable[[Request], None],
+                 engine: int | None = None) -> None:
         self._place(Request(next(self.ids), priority, float(tokens), on_done), engine)
 
     def _place(self, req: Request, engine: int | None = None, exclude: int | None = None) -> None:

@@ -1,10 +1,10 @@
 """The KPop loop (kpop.loop.kpop_loop with kpop.scheduler.collector), simulated.
 
 The decisions are the real policy objects': admission by StalenessManager.capacity capped by
-DrawHorizon.allow, groups in the real GroupBuffer (its duplicate check indexed), step readiness and batch choice by StepBudget,
-the due rule by GroupBuffer.due, draws by the real TaskSampler with the DynamicPassRating
-curriculum, tail moves by choose_migrations (through cluster.py). This module is only the glue
-the Collector is, replayed on simulated time:
+DrawHorizon.allow, groups in the real GroupBuffer (its duplicate check indexed), step readiness
+and batch choice by StepBudget, the due rule by GroupBuffer.due, draws by the real TaskSampler
+with the DynamicPassRating curriculum, tail moves by choose_migrations (through cluster.py).
+This module is only the glue the Collector is, replayed on simulated time:
 
     on every completed group     staleness.on_accept, dpr.record, admit
     while a step waits           after every episode result (the collector's wake) and every
