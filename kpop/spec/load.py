@@ -13,7 +13,6 @@ problem naming its path, the chosen type and what that type accepts.
 from __future__ import annotations
 
 import difflib
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
+from kpop.spec.base import models_in, variant_tag
 from kpop.spec.schema import RunSpec
 
 
@@ -175,7 +175,7 @@ def _collect_default_tags() -> set[str]:
             return
         seen.add(model)
         for f in model.model_fields.values():
-            for m in _models_in(f.annotation):
+            for m in models_in(f.annotation):
                 t = m.model_fields.get("type")
                 if t is not None and isinstance(t.default, str):
                     tags.add(t.default)
@@ -185,18 +185,12 @@ def _collect_default_tags() -> set[str]:
     return tags
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
-
-
 def _unknown_key(loc: list[Any], data: Any) -> str:
     key, parent = str(loc[-1]), ".".join(str(p) for p in loc[:-1])
     variants, model = _variants_at(loc[:-1], data)
     allowed = sorted(model.model_fields) if model is not None else []
-    tag = _tag(model)
-    owners = [_tag(m) for m in variants if m is not model and key in m.model_fields]
+    tag = variant_tag(model)
+    owners = [variant_tag(m) for m in variants if m is not model and key in m.model_fields]
     if tag is not None and owners:
         # The key belongs to another variant: the user switched `type` and kept that variant's field.
         return (f"{key!r} is a field of type {' / '.join(repr(o) for o in owners)}, not of type {tag!r} chosen here: "
@@ -204,11 +198,6 @@ def _unknown_key(loc: list[Any], data: Any) -> str:
     hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.4)
     where = f"allowed for type {tag!r}" if tag is not None and len(variants) > 1 else "allowed here"
     return f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "") + f" ({where}: {', '.join(allowed)})"
-
-
-def _tag(model: type[BaseModel] | None) -> str | None:
-    field = model.model_fields.get("type") if model is not None else None
-    return field.default if field is not None and isinstance(field.default, str) else None
 
 
 def _variants_at(loc: list[Any], data: Any) -> tuple[list[type[BaseModel]], type[BaseModel] | None]:
@@ -222,12 +211,12 @@ def _variants_at(loc: list[Any], data: Any) -> tuple[list[type[BaseModel]], type
             # A list entry: its own `type` picks its variant.
             node = node[part] if isinstance(node, list) and part < len(node) else None
         elif model is not None and part in model.model_fields:
-            variants = _models_in(model.model_fields[part].annotation)
+            variants = models_in(model.model_fields[part].annotation)
             node = node.get(part) if isinstance(node, dict) else None
         else:
             return [], None
         tag = node.get("type") if isinstance(node, dict) else None
-        chosen = [m for m in variants if tag is not None and _tag(m) == tag]
+        chosen = [m for m in variants if tag is not None and variant_tag(m) == tag]
         model = (chosen or variants or [None])[0]
     return variants, model
 

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from kpop.runtime import runtime_config
 from kpop.spec import RunSpec, SpecError, validate_spec
+from kpop.spec.base import models_in, variant_tag
 from kpop.spec.envs import EnvEntrySpec
 from kpop.spec.sandbox import ProcessBackendSpec
 
@@ -90,16 +91,6 @@ class Change:
     name: str          # the field's name (what a consumer reads)
 
 
-def _members(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _members(arg)]
-
-
-def _tag(model: type[BaseModel]) -> str:
-    return model.model_fields["type"].default
-
-
 def _put(data: dict, keys: tuple, value: Any) -> dict:
     """A copy of `data` with `value` at `keys` (ints index lists, created as needed); a mapping
     value is merged into the mapping already there."""
@@ -149,7 +140,7 @@ def _candidates(annotation: Any, current: Any) -> list[Any]:
 def _walk(model: type[BaseModel] = RunSpec, keys: tuple = (), label: str = "", base: dict | None = None) -> Iterator[Change]:
     base = base or {}
     for name, field in model.model_fields.items():
-        members = _members(field.annotation)
+        members = models_in(field.annotation)
         if not members:
             if name != "type":
                 yield Change(label + name, base, keys + (name,), field, name)
@@ -158,12 +149,12 @@ def _walk(model: type[BaseModel] = RunSpec, keys: tuple = (), label: str = "", b
         tagged = all("type" in m.model_fields for m in members)
         sub = keys + ((name, 0) if in_list else (name,))
         for i, member in enumerate(members):
-            chosen = {**({"type": _tag(member)} if tagged else {}), **NEEDS.get(member, {})}
+            chosen = {**({"type": variant_tag(member)} if tagged else {}), **NEEDS.get(member, {})}
             inner = _put(base, sub, chosen) if chosen or in_list else base
-            path = f"{label}{name}{'.0' if in_list else ''}{f'[{_tag(member)}]' if tagged else ''}"
+            path = f"{label}{name}{'.0' if in_list else ''}{f'[{variant_tag(member)}]' if tagged else ''}"
             if tagged and (in_list or i > 0):
                 # a list entry of this variant versus none; a field's variant versus its default one
-                first = {"type": _tag(members[0]), **NEEDS.get(members[0], {})}
+                first = {"type": variant_tag(members[0]), **NEEDS.get(members[0], {})}
                 yield Change(path + ".type", base if in_list else _put(base, sub, first), sub, chosen, "type")
             elif tagged and len(members) == 1:
                 yield Change(path + ".type", inner, sub, None, "type")

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from kpop.spec import RunSpec, SpecError, load_spec
+from kpop.spec.base import models_in, variant_tag
 from kpop.spec.envs import EnvEntrySpec, RepetitionTermSpec
 from kpop.spec.learner import IcePopSpec, LPOSpec
 from kpop.spec.sandbox import ProcessBackendSpec
@@ -65,27 +66,17 @@ class TaggedUnion:
         return yaml.safe_dump(node or {})
 
 
-def _members(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _members(arg)]
-
-
-def _tag(model: type[BaseModel]) -> str:
-    return model.model_fields["type"].default
-
-
 def _settings(model: type[BaseModel] | None) -> dict[str, Any]:
     """What the data of an enclosing model must hold: its needs, and its `type` when it has one."""
     if model is None:
         return {}
-    return {**({"type": _tag(model)} if "type" in model.model_fields else {}), **NEEDS.get(model, {})}
+    return {**({"type": variant_tag(model)} if "type" in model.model_fields else {}), **NEEDS.get(model, {})}
 
 
 def _unions(model: type[BaseModel] = RunSpec, steps: tuple[Step, ...] = ()) -> Iterator[TaggedUnion]:
     for name, field in model.model_fields.items():
         in_list = typing.get_origin(field.annotation) is list
-        members = _members(field.annotation)
+        members = models_in(field.annotation)
         if members and all("type" in m.model_fields for m in members):
             yield TaggedUnion(steps + ((name, in_list, None),), tuple(members))
         for member in members:
@@ -139,7 +130,7 @@ def test_the_walk_finds_every_tagged_union_of_the_spec():
     found = {u.dotted for u in UNIONS}
     assert {"model", "rollout.engine", "envs.0.rewards.0", "scheduler", "learner.objective",
             "learner.off_policy", "sandbox.backend"} <= found
-    assert all(len({_tag(v) for v in u.variants}) == len(u.variants) for u in UNIONS)
+    assert all(len({variant_tag(v) for v in u.variants}) == len(u.variants) for u in UNIONS)
 
 
 @pytest.mark.parametrize(("union", "variant"), SWITCHES, ids=_switch_id)
@@ -147,33 +138,33 @@ def test_set_type_gives_the_variants_own_defaults(tmp_path, union, variant):
     # The variant's needs are set before the switch: a field set on the default variant that the
     # new variant has is kept.
     needs = [f"{union.dotted}.{k}={json.dumps(v)}" for k, v in NEEDS.get(variant, {}).items()]
-    spec = load_spec(write(tmp_path, union.yaml(None)), [*needs, f"{union.dotted}.type={_tag(variant)}"])
+    spec = load_spec(write(tmp_path, union.yaml(None)), [*needs, f"{union.dotted}.type={variant_tag(variant)}"])
     assert _at(spec, union) == _expected(variant)
 
 
 @pytest.mark.parametrize(("union", "variant"), SWITCHES, ids=_switch_id)
 def test_yaml_type_gives_the_variants_own_defaults(tmp_path, union, variant):
-    spec = load_spec(write(tmp_path, union.yaml({"type": _tag(variant), **NEEDS.get(variant, {})})))
+    spec = load_spec(write(tmp_path, union.yaml({"type": variant_tag(variant), **NEEDS.get(variant, {})})))
     assert _at(spec, union) == _expected(variant)
 
 
 @pytest.mark.parametrize(("union", "target", "source", "field"), STRAYS, ids=_switch_id)
 def test_a_set_field_the_new_variant_lacks_is_an_error_naming_it(tmp_path, union, target, source, field):
     value, needs = _default_json(source, field), NEEDS.get(target, {})
-    leaf = {"type": _tag(source), field: value}
-    set_type = f"{union.dotted}.type={_tag(target)}"
+    leaf = {"type": variant_tag(source), field: value}
+    set_type = f"{union.dotted}.type={variant_tag(target)}"
     set_needs = [f"{union.dotted}.{k}={json.dumps(v)}" for k, v in needs.items()]
     cases = {
         "set in the YAML, type switched by --set": (union.yaml({**leaf, **needs}), [set_type]),
-        "set by --set, type switched by --set": (union.yaml(None), [f"{union.dotted}.type={_tag(source)}",
+        "set by --set, type switched by --set": (union.yaml(None), [f"{union.dotted}.type={variant_tag(source)}",
                                                                     f"{union.dotted}.{field}={json.dumps(value)}", *set_needs, set_type]),
-        "set in the YAML next to its type": (union.yaml({**leaf, **needs, "type": _tag(target)}), []),
+        "set in the YAML next to its type": (union.yaml({**leaf, **needs, "type": variant_tag(target)}), []),
     }
     for how, (text, overrides) in cases.items():
         msgs = problems(write(tmp_path, text), overrides)
         assert len(msgs) == 1, (how, msgs)
         assert msgs[0].startswith(f"{union.dotted}.{field}: "), (how, msgs)
-        assert f"not of type {_tag(target)!r}" in msgs[0] and "remove it" in msgs[0], (how, msgs)
+        assert f"not of type {variant_tag(target)!r}" in msgs[0] and "remove it" in msgs[0], (how, msgs)
 
 
 def test_set_lpo_and_gspo_take_their_own_clip_range():
