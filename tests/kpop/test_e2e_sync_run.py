@@ -17,7 +17,9 @@ from kpop.spec import load_spec
 OVERRIDES = ["sft.steps=12", "sft.target_loss=100", "sft.num_examples=32", "sft.batch_size=8", "train.steps=2", "train.tasks_per_step=2",
              "rollout.group_size=4", "train.eval_tasks=4", "train.checkpoint_every=1", "model.hidden_size=64",
              "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1", "logging.progress=lines",
-             "envs.0.rewards=[{type: dynamic_length, alpha: 0.1}]"]
+             "envs.0.rewards=[{type: dynamic_length, alpha: 0.1}]",
+             # PPO mini-batches, epochs and fresh RL moments run through real actors too
+             "learner.minibatches=2", "learner.epochs=2", "learner.fresh_rl_moments=true"]
 
 
 @pytest.fixture(scope="module")
