@@ -15,9 +15,18 @@ if TYPE_CHECKING:
 
 
 def start_engine(launch: EngineLaunch) -> Any:
+    from kpop.rollout.builtin_engine import BuiltinEngineConfig
+
+    options = {"num_cpus": launch.num_cpus, "num_gpus": launch.num_gpus}
+    if isinstance(launch.config, BuiltinEngineConfig):
+        from kpop.rollout.builtin_actor import BuiltinEngineActor
+
+        # torch threads = the CPUs the actor reserves (at least one)
+        threads = max(1, int(launch.num_cpus))
+        return BuiltinEngineActor.options(**options).remote(launch.config, num_threads=threads, nice=launch.nice)
     from kpop.rollout.engine_actor import EngineActor
 
-    return EngineActor.options(num_cpus=launch.num_cpus, num_gpus=launch.num_gpus).remote(launch.config, nice=launch.nice)
+    return EngineActor.options(**options).remote(launch.config, nice=launch.nice)
 
 
 def start_worker(config: WorkerConfig) -> Any:
