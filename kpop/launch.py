@@ -38,7 +38,7 @@ def plan(spec: RunSpec) -> str:
         f"run {spec.name!r} -> {spec.run_dir}",
         f"  model:     {model}",
         f"  envs:      {envs}",
-        f"  engines:   {r.engine.num_engines} x {r.engine.type}",
+        f"  engines:   {r.engine.num_engines} x {_engine(spec)}",
         f"  workers:   {r.num_env_workers} environment worker(s)",
         f"  sandbox:   {describe_sandbox(spec.sandbox)}",
         f"  learner:   {lr.num_ranks} DeepSpeed rank(s), ZeRO-{lr.zero_stage}, {lr.precision}, objective {lr.objective.type}",
@@ -46,6 +46,13 @@ def plan(spec: RunSpec) -> str:
          f"{t.tasks_per_step} tasks x {r.group_size} samples; {t.eval_tasks} held-out tasks"),
         f"  cluster:   {spec.cluster.address or 'local Ray instance'}",
     ])
+
+
+def _engine(spec: RunSpec) -> str:
+    from kpop.runtime.build import engine_choice
+
+    choice = engine_choice(spec, spec.model.path)
+    return choice.kind if spec.rollout.engine.type != "auto" else f"{choice.kind} (auto: {choice.reason})"
 
 
 def _terms(rewards: list) -> str:

@@ -22,6 +22,8 @@ Contract and invariants (the same as `VLLMEngine` wherever both apply):
   running requests are re-prefilled (prompt + output) under the new weights, so their later tokens
   are exactly the new policy's and carry the new version. A rejected update raises
   `WeightSyncError` and the old weights and version keep serving.
+- `request.priority`: when more requests wait than `max_batch` run at once, lower values are
+  admitted first (ties in arrival order), as in the vLLM engine.
 - `abort(request_id)` frees the request's cache rows before returning; its result/stream ends with
   finish_reason "abort". `load()` reads counters only.
 """
@@ -147,7 +149,8 @@ class BuiltinEngine:
             raise ValueError("max_tokens must be >= 1")
         self._arrivals += 1
         seed = sp.seed if sp.seed is not None else hash((self.seed, self._arrivals))
-        return Sequence(rid, prompt, sp, new_generator(seed), frozenset(sp.stop_token_ids) | self.eos_ids)
+        return Sequence(rid, prompt, sp, new_generator(seed), frozenset(sp.stop_token_ids) | self.eos_ids,
+                        priority=request.priority, arrival=self._arrivals)
 
     # ----------------------------------------------------------------------------- the loop
     def _kick(self) -> None:

@@ -11,7 +11,7 @@ Contract:
 - `abort(request_id)` ends a request (finish_reason "abort") and frees its state.
 - `load()` is cheap and never blocks.
 - `request.priority`: when more requests wait than the engine runs at once, lower values start
-  first (the vLLM engine; the built-in engine admits in arrival order).
+  first, ties in arrival order (both engines).
 """
 
 from __future__ import annotations

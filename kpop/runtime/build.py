@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kpop.rollout.agent_loop import LoopLimits
 from kpop.rollout.engine import SamplingParams
+from kpop.rollout.engine_choice import EngineChoice, ModelFacts, choose_engine, facts_from_checkpoint
 from kpop.rollout.env_worker import EnvConfig, WorkerConfig
 from kpop.runtime.config import EngineLaunch, MetricsConfig, RayStart, RunRuntime
 from kpop.spec import RunSpec
@@ -36,13 +37,43 @@ def runtime_config(spec: RunSpec, model_dir: str | Path) -> RunRuntime:
 
 
 def engine_launch(spec: RunSpec, model_dir: str | Path, index: int) -> EngineLaunch:
-    """Engine replica `index`: its own sampling seed, the shared engine settings and placement."""
-    from kpop.rollout.vllm_engine import VLLMEngineConfig  # its module imports torch
-
+    """Engine replica `index`: the chosen engine's config (its own sampling seed, the shared engine
+    settings) and placement."""
     eng = spec.rollout.engine
-    config = VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib, enforce_eager=eng.enforce_eager,
-                              seed=spec.seed + index, max_num_seqs=eng.max_num_seqs)
+    if engine_choice(spec, model_dir).kind == "builtin":
+        from kpop.rollout.builtin_engine import BuiltinEngineConfig  # its module imports torch
+
+        config = BuiltinEngineConfig(model_dir=str(model_dir), max_batch=eng.max_num_seqs, seed=spec.seed + index,
+                                     device="cuda" if eng.num_gpus > 0 else "cpu")
+    else:
+        from kpop.rollout.vllm_engine import VLLMEngineConfig  # its module imports torch
+
+        config = VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib,
+                                  enforce_eager=eng.enforce_eager, seed=spec.seed + index,
+                                  max_num_seqs=eng.max_num_seqs)
     return EngineLaunch(config, eng.num_cpus, eng.num_gpus, rollout_nice(spec))
+
+
+def engine_choice(spec: RunSpec, model_dir: str | Path | None = None) -> EngineChoice:
+    """The engine a run's engines are: `rollout.engine.type`, or for "auto" the one engine rule
+    (kpop.rollout.engine_choice) applied to the model, on GPUs when the engines get GPUs."""
+    eng = spec.rollout.engine
+    if eng.type != "auto":
+        return EngineChoice(eng.type, f"rollout.engine.type is {eng.type}")
+    return choose_engine(model_facts(spec, model_dir), gpu=eng.num_gpus > 0)
+
+
+def model_facts(spec: RunSpec, model_dir: str | Path | None = None) -> ModelFacts:
+    """What the engine rule needs to know of the run's model: from the config.json of the folder
+    the run starts from (`model_dir`, else `model.path`) when there is one, else from the sizes of
+    the fresh model the run will build."""
+    for folder in (model_dir, spec.model.path):
+        if folder is not None and (Path(folder) / "config.json").is_file():
+            return facts_from_checkpoint(folder)
+    m = spec.model
+    if m.type == "hybrid":
+        return ModelFacts("bailing_hybrid", ("BailingMoeV2_5ForCausalLM",), None)
+    return ModelFacts("llama", ("LlamaForCausalLM",), m.hidden_size // m.num_heads)
 
 
 def worker_config(spec: RunSpec, model_dir: str | Path, index: int) -> WorkerConfig:

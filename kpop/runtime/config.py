@@ -2,9 +2,10 @@
 
 Invariants:
 - plain frozen data (dataclasses holding dataclasses and frozen spec models): an engine's
-  `VLLMEngineConfig` and a worker's `WorkerConfig` cross into their Ray actors as they are;
-- a pure function of (spec, model folder, the machine's CPU count): equal inputs give equal
-  objects, so the objects can be compared to tell what a spec change does at run time.
+  `VLLMEngineConfig` or `BuiltinEngineConfig` (the engine `rollout.engine.type` names or "auto"
+  chooses) and a worker's `WorkerConfig` cross into their Ray actors as they are;
+- a pure function of (spec, model folder, the machine's CPU count and, for an "auto" engine,
+  whether vLLM is installed): equal inputs give equal objects, so the objects can be compared to tell what a spec change does at run time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the engine config's module imports torch; these are annotations only
+    from kpop.rollout.builtin_engine import BuiltinEngineConfig
     from kpop.rollout.engine import SamplingParams
     from kpop.rollout.env_worker import WorkerConfig
     from kpop.rollout.vllm_engine import VLLMEngineConfig
@@ -22,9 +24,10 @@ if TYPE_CHECKING:  # the engine config's module imports torch; these are annotat
 
 @dataclass(frozen=True)
 class EngineLaunch:
-    """One engine replica: the engine's own config and where and how its actor runs."""
+    """One engine replica: the engine's own config (its type says which engine) and where and how
+    its actor runs."""
 
-    config: VLLMEngineConfig
+    config: VLLMEngineConfig | BuiltinEngineConfig
     num_cpus: float
     num_gpus: float
     nice: int  # CPU niceness of the actor and the engine processes it spawns

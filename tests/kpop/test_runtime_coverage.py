@@ -59,6 +59,10 @@ CONSUMED_ELSEWHERE: dict[str, Consumer] = {
     # (kpop/spec/resolve.py), whose sizes only the hybrid config builder reads so far.
     "model[hybrid].": Consumer(("kpop/bootstrap.py", "kpop/spec/resolve.py", "models/hybrid/presets.py"),
                                "tests/kpop/test_spec.py::test_run_refuses_what_it_cannot_do_yet"),
+    # "auto" picks vLLM for the walk's default model (a fresh Llama, head size 32), as "vllm" does;
+    # for a hybrid model or another head size it picks the built-in engine.
+    "rollout.engine[auto].type": Consumer(("kpop/runtime/build.py",),
+                                          "tests/kpop/test_runtime_config.py::test_the_engine_type_picks_the_engine_config_and_auto_follows_the_serving_rule"),
     "tokenizer.": Consumer(("kpop/bootstrap.py",), "tests/kpop/test_runtime_coverage.py::test_bootstrap_reads_the_model_and_tokenizer_sections"),
     # Task sampling and the loops' shape of a step.
     "envs.0.weight": Consumer(("kpop/tasks.py",), "tests/kpop/test_scheduler_units.py::test_sampler_with_curriculum_is_deterministic_and_resumable"),
@@ -79,7 +83,7 @@ CONSUMED_ELSEWHERE: dict[str, Consumer] = {
 REFUSED = {"learner.distill.": "not yet run by any loop", "learner.preference.": "not yet run by any loop"}
 
 # Fields with no other valid value: a one-variant union's tag, and an acknowledgement that must be true.
-FIXED = {"rollout.engine[vllm].type", "sandbox.backend[process].unsafe"}
+FIXED = {"sandbox.backend[process].unsafe"}
 
 
 @dataclass(frozen=True)

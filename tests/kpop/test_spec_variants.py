@@ -225,7 +225,12 @@ def test_set_inside_a_default_list_of_a_variant_starts_from_that_variants_defaul
     assert term.forbidden_tags == ["answer"]
 
 
-def test_the_single_variant_engine_accepts_its_type_and_rejects_others():
+def test_the_engine_variants_accept_their_types_and_reject_others():
     assert load_spec(None, ["rollout.engine.type=vllm"]).rollout.engine.kv_cache_gib == 0.25
+    builtin = load_spec(None, ["rollout.engine.type=builtin", "rollout.engine.max_num_seqs=8"]).rollout.engine
+    assert (builtin.type, builtin.max_num_seqs) == ("builtin", 8)
+    [msg] = problems(None, ["rollout.engine.type=builtin", "rollout.engine.kv_cache_gib=1"])
+    assert msg.startswith("rollout.engine.kv_cache_gib:") and "builtin" in msg
+    assert load_spec(None, ["rollout.engine.type=auto"]).rollout.engine.kv_cache_gib == 0.25
     [msg] = problems(None, ["rollout.engine.type=sglang"])
-    assert msg.startswith("rollout.engine:") and "'vllm'" in msg
+    assert msg.startswith("rollout.engine:") and "'vllm'" in msg and "'builtin'" in msg and "'auto'" in msg

@@ -125,3 +125,23 @@ async def test_update_while_running_applies_between_steps(hybrid_dir):
     assert res.versions == [0] * n_old + [7] * (16 - n_old) and n_old < 16
     assert res.token_ids[n_old:] == argmax_continue(new, [3, 4] + res.token_ids[:n_old], 16 - n_old)
     await engine.close()
+
+
+async def test_waiting_requests_start_by_priority_then_arrival(hybrid_dir):
+    """max_batch 1: requests queued behind a paused engine run one at a time, lowest priority value
+    first, ties in arrival order (the contract the vLLM engine keeps with its "priority" policy)."""
+    engine = BuiltinEngine(hybrid_dir, max_batch=1)
+    await engine.pause()
+    sp = SamplingParams(temperature=0, max_tokens=3)
+    finished: list[str] = []
+
+    async def run(rid: str, priority: int) -> None:
+        await engine.generate(GenerationRequest(rid, [1, 2, 3], sp, priority=priority))
+        finished.append(rid)
+
+    tasks = [asyncio.ensure_future(run(rid, p)) for rid, p in (("a", 5), ("b", 1), ("c", 5), ("d", 0), ("e", 1))]
+    await _wait_until(lambda: engine.load().waiting == 5)
+    await engine.resume()
+    await asyncio.gather(*tasks)
+    await engine.close()
+    assert finished == ["d", "b", "e", "a", "c"]
