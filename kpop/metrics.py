@@ -7,42 +7,11 @@ run continues the file). Common keys: `phase` ("sft" | "eval" | "rl"), `step` (i
 (seconds since the writer started). Values are numbers, strings (only `label`) or lists of
 numbers (only keys ending in `_hist`). A key absent from a record means "not measured", never 0.
 
-phase "sft" (one per supervised cold-start step)
-    loss, grad_norm, tokens, verified, solved
-phase "eval" (greedy decoding on held-out tasks)
-    label ("before_rl" | "during_rl" | "after_rl"), reward, reward/<part>, gen_tokens, turns,
-    episodes, and the trajectory statistics below
-phase "rl" (one per RL step)
-    reward, reward/<part>       mean total reward and its parts (e.g. reward/task)
-    gen_tokens, turns, episodes mean generated tokens and turns per episode; episodes in the batch
-    loss, grad_norm             learner step (grad_norm: the largest of its optimiser updates)
-    trained_fraction            share of generated tokens the learner trained on: those of samples
-                                with a non-zero advantage (a group whose samples all scored the
-                                same teaches nothing)
-    mismatch                    mean |log p_trainer - log p_engine| over trained tokens
-    clipped_fraction            share of (trained token, optimiser update) pairs where the PPO
-                                clip took effect (0 unless learner.minibatches x epochs > 1)
-    masked_fraction             fraction of generated tokens the off-policy correction masked
-                                (KPop binary-KL test or weight cap, IcePop band)
-    version                     policy version the engines serve after the step
-    step_s, gen_s, train_s      wall-clock seconds: whole step, generation, learner step
-    gen_tokens_per_s            generated tokens per second of generation
-    and the trajectory statistics below.
-
-Trajectory statistics (`trajectory_stats`, in "rl" and "eval" records)
-    response_len_p50, response_len_max   generated tokens per episode
-    pass_rate                            fraction of episodes that passed (task score >= 0.99)
-    pass_rate/<env>, episodes/<env>      the same per environment family (Trajectory.env_id)
-    env_latency_p50/_p95/_p99            seconds per environment step (an episode's env time
-                                         divided by its turns), percentiles over episodes
-    episode_s_p50, episode_s_max         wall-clock seconds per episode
-    staleness_hist                       counts of generated tokens by version gap: index g
-                                         counts tokens sampled g versions behind the policy
-    staleness_mean, staleness_max        mean and largest version gap over generated tokens
-
-Reserved for the asynchronous scheduler (same "rl" records): buffer_size, buffer_capacity,
-paused, resumed (counts in the step), engine_util (0..1, mean over engines); it may overwrite the
-staleness_* and env_latency_* keys with its own, more exact, measurements.
+Every other key has exactly one definition: its entry in `KEYS` below (phases and meaning). A
+name with `<...>` is a family (`reward/<part>` covers `reward/task`, `reward/shape/format`, ...).
+`MetricsWriter.write` refuses a key that has no entry, so a new metric is defined here first; the
+README's metric table is `markdown_table()` (a test keeps the two equal). Both loops build their
+"rl" record with kpop.loop.record.rl_record; the KPop loop adds the scheduler's keys.
 
 Sinks
 -----
@@ -61,7 +30,9 @@ import atexit
 import json
 import logging
 import math
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +40,109 @@ from kpop.report.sinks import Sink, open_sinks
 from kpop.report.stats import PASS_THRESHOLD, trajectory_stats
 from kpop.spec.run import LoggingSpec
 
-__all__ = ["PASS_THRESHOLD", "MetricsWriter", "read_metrics", "trajectory_stats"]
+__all__ = ["KEYS", "PASS_THRESHOLD", "MetricKey", "MetricsWriter", "definition", "markdown_table", "read_metrics",
+           "trajectory_stats"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    name: str                 # a key, or a family with one `<...>` placeholder (any non-empty rest)
+    phases: tuple[str, ...]   # the record phases that carry it
+    meaning: str
+    scheduler_only: bool = False  # written only by the KPop loop
+
+
+SFT, EVAL, RL, EVAL_RL = ("sft",), ("eval",), ("rl",), ("eval", "rl")
+
+
+def _scheduler(name: str, meaning: str) -> MetricKey:
+    return MetricKey(name, RL, meaning, scheduler_only=True)
+
+
+KEYS: tuple[MetricKey, ...] = (
+    MetricKey("loss", ("sft", "rl"), "the learner step's loss (SFT: mean token cross-entropy)"),
+    MetricKey("grad_norm", ("sft", "rl"), "gradient norm before clipping (RL: the largest of the step's optimiser updates)"),
+    MetricKey("tokens", SFT, "tokens trained in the step"),
+    MetricKey("verified", SFT, "reference-solver episodes that verified correct (the cold-start data)"),
+    MetricKey("solved", SFT, "reference-solver episodes played"),
+    MetricKey("label", EVAL, "which evaluation: before_rl, during_rl or after_rl"),
+    MetricKey("reward", EVAL_RL, "mean total reward per episode (eval: greedy decoding on held-out tasks)"),
+    MetricKey("sampled_reward", EVAL, "mean reward of one sampled episode per held-out task (what the policy earns)"),
+    MetricKey("reward/<part>", EVAL_RL, "mean of one reward part: reward/task is the unshaped task score, "
+              "reward/shape/<term> each reward term (the group-level dynamic_length included)"),
+    MetricKey("gen_tokens", EVAL_RL, "mean generated tokens per episode"),
+    MetricKey("turns", EVAL_RL, "mean model turns per episode"),
+    MetricKey("episodes", EVAL_RL, "episodes in the batch or evaluation"),
+    MetricKey("trained_fraction", RL, "share of generated tokens the learner trained on: those of samples with a "
+              "non-zero advantage (a group whose samples all scored the same teaches nothing)"),
+    MetricKey("mismatch", RL, "mean |log p_trainer - log p_engine| over trained tokens"),
+    MetricKey("clipped_fraction", RL, "share of (trained token, optimiser update) pairs where the PPO clip took "
+              "effect (0 unless learner.minibatches x epochs > 1)"),
+    MetricKey("masked_fraction", RL, "share of generated tokens the off-policy correction masked (KPop "
+              "binary-KL test or weight cap, IcePop band)"),
+    MetricKey("version", RL, "policy version (learner numbering) the engines serve after the step"),
+    MetricKey("step_s", RL, "wall-clock seconds of the whole step"),
+    MetricKey("gen_s", RL, "seconds from the step's start until its batch was ready (generation; KPop: waiting)"),
+    MetricKey("train_s", RL, "seconds of the learner step"),
+    MetricKey("gen_tokens_per_s", RL, "generated tokens of the batch per second of gen_s"),
+    MetricKey("tokens_per_s", RL, "generated tokens of the batch per second of step_s"),
+    MetricKey("response_len_p50", EVAL_RL, "median generated tokens per episode"),
+    MetricKey("response_len_max", EVAL_RL, "most generated tokens of an episode"),
+    MetricKey("pass_rate", EVAL_RL, "share of episodes whose task score is at least 0.99"),
+    MetricKey("pass_rate/<env>", EVAL_RL, "pass_rate of one environment family"),
+    MetricKey("episodes/<env>", EVAL_RL, "episodes of one environment family"),
+    MetricKey("env_latency_p50", EVAL_RL, "median over episodes of seconds per environment step (an episode's "
+              "environment time divided by its turns)"),
+    MetricKey("env_latency_p95", EVAL_RL, "95th percentile of the same"),
+    MetricKey("env_latency_p99", EVAL_RL, "99th percentile of the same"),
+    MetricKey("episode_s_p50", EVAL_RL, "median wall-clock seconds per episode"),
+    MetricKey("episode_s_max", EVAL_RL, "longest episode in seconds"),
+    MetricKey("staleness_hist", EVAL_RL, "generated tokens counted by version gap: index g counts tokens sampled "
+              "g versions behind the policy the step trains (synchronous loop: all at 0)"),
+    MetricKey("staleness_mean", EVAL_RL, "mean version gap over the same tokens"),
+    MetricKey("staleness_max", EVAL_RL, "largest version gap of any of the same tokens (at most max_staleness)"),
+    _scheduler("rl_version", "RL steps trained so far (the scheduler's version numbering)"),
+    _scheduler("groups", "groups in the step's batch"),
+    _scheduler("buffer_size", "complete groups left in the buffer after the step took its batch"),
+    _scheduler("in_flight", "episodes running when the step fired"),
+    _scheduler("paused", "episodes in flight across the step's weight update (kept, resumed under the new "
+              "version)"),
+    _scheduler("resumed", "trained trajectories whose tokens span more than one version"),
+    _scheduler("engine_util", "share of engine samples with requests in flight during the step (0..1)"),
+    _scheduler("migrated", "tail migration: requests aborted on a congested engine (cumulative)"),
+    _scheduler("moved", "tail migration: migrated turns that continued on another engine (cumulative)"),
+    _scheduler("requeued", "groups dropped as too stale and re-run (cumulative)"),
+    _scheduler("engine_restarts", "engines replaced after dying (cumulative)"),
+    _scheduler("worker_restarts", "environment workers replaced after dying (cumulative)"),
+    _scheduler("retried", "episodes re-dispatched after an actor failure (cumulative)"),
+    _scheduler("replayable_turns", "finished turns of paused episodes restored from the checkpoint (cumulative)"),
+    _scheduler("dpr_tasks", "tasks whose pass-rate history the DPR curriculum keeps"),
+    _scheduler("dpr_solved", "share of those tasks counted as solved"),
+)
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(re.sub(r"<[a-z_]+>", ".+", re.escape(name)) + r"\Z")
+
+
+_EXACT = {k.name: k for k in KEYS if "<" not in k.name}
+_FAMILIES = [(_pattern(k.name), k) for k in KEYS if "<" in k.name]
+
+
+def definition(key: str, phase: str) -> MetricKey | None:
+    """The definition of `key` in records of `phase`; None when it has none."""
+    found = _EXACT.get(key) or next((k for p, k in _FAMILIES if p.match(key)), None)
+    return found if found is not None and phase in found.phases else None
+
+
+def markdown_table() -> str:
+    """The README's metric table: one row per key, in KEYS order."""
+    rows = ["| key | phases | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{k.name}` | {', '.join(k.phases)}{' (KPop)' if k.scheduler_only else ''} | "
+             f"{k.meaning.replace('|', chr(92) + '|')} |" for k in KEYS]
+    return "\n".join(rows)
 
 
 class MetricsWriter:
@@ -88,6 +159,10 @@ class MetricsWriter:
         atexit.register(self.close)
 
     def write(self, phase: str, step: int, values: dict[str, Any]) -> dict[str, Any]:
+        undefined = sorted(k for k in values if definition(k, phase) is None)
+        if undefined:
+            raise ValueError(f"metric key(s) {undefined} of phase {phase!r} have no definition in "
+                             "kpop/metrics.py KEYS; define each key once there (and in the README table)")
         record = {"phase": phase, "step": step, "time": round(time.time() - self.t0, 3), **values}
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")

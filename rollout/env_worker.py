@@ -3,8 +3,8 @@
 One async Ray actor holds the tokenizer and runs many episodes concurrently on its own event loop;
 environment steps (tools, sandboxes) happen here, so they never block the scheduler or the engines.
 Each episode gets a fresh environment instance. Generation goes to an engine actor handle, an
-in-process Engine, or the KPop engine router (kpop.scheduler.router), which places each request
-on the least-loaded engine; routed turns survive migration and engine death by resuming from
+in-process Engine, or `Routed` (kpop.rollout.routing): the KPop engine router, which places each
+request on the least-loaded engine; routed turns survive migration and engine death by resuming from
 their prefix (see `_routed_turn`). The finished turns of every running episode are recorded, so a
 checkpoint can keep them (`partials`) and a restarted run can replay them (kpop.rollout.replay).
 
@@ -27,6 +27,7 @@ from kpop.rollout.chat import ChatFormat
 from kpop.rollout.engine import GenerationRequest, GenerationResult, SamplingParams
 from kpop.rollout.niceness import yield_cpu
 from kpop.rollout.replay import PartialEpisode, RecordedTurn, Replay, replaying
+from kpop.rollout.routing import Routed
 from kpop.spec.sandbox import SandboxSpec
 from kpop.trajectory import Trajectory
 
@@ -68,7 +69,7 @@ class EnvWorker:
 
     async def rollout(self, episode: Episode, engine, sampling: SamplingParams,
                       prefix: tuple[RecordedTurn, ...] = ()) -> Trajectory:
-        """One episode with the engine (a Ray actor handle or an Engine) as the policy; `prefix`:
+        """One episode with the engine (a Ray actor handle, an Engine or `Routed`) as the policy; `prefix`:
         turns recorded before a restart, replayed while the environment reproduces their context."""
         env, options = self._make(episode.env_name)
         key, record, replay = next(self._ids), [], Replay(prefix)
@@ -104,17 +105,16 @@ class EnvWorker:
     def _engine_policy(self, engine, sampling: SamplingParams, episode: Episode) -> Policy:
         stop_ids = list(dict.fromkeys([*sampling.stop_token_ids, self.chat.eos_token_id]))
         turn = itertools.count()
-        routed = _is_router(engine)
 
         async def act(context_ids: list[int], max_tokens: int) -> GenerationResult:
             seed = None if sampling.seed is None else _request_seed(sampling.seed, episode, next(turn))
             params = replace(sampling, max_tokens=max_tokens, stop_token_ids=stop_ids, seed=seed)
-            if not routed:
+            if not isinstance(engine, Routed):
                 request = GenerationRequest(f"w{self.worker_id}-{next(self._ids)}", context_ids, params,
                                             episode.priority)
                 remote = getattr(engine.generate, "remote", None)
                 return await (remote(request) if remote is not None else engine.generate(request))
-            return await self._routed_turn(engine, context_ids, params, episode.priority)
+            return await self._routed_turn(engine.router, context_ids, params, episode.priority)
 
         return act
 
@@ -140,12 +140,12 @@ class EnvWorker:
                 reason = "length"
                 break
             rid = f"w{self.worker_id}-{next(self._ids)}"
-            index, handle = await router.acquire.remote(rid, exclude)
+            lease = await router.acquire.remote(rid, exclude)
             request = GenerationRequest(rid, [*context_ids, *tokens], replace(params, max_tokens=remaining), priority)
             try:
-                res = await handle.generate.remote(request)
+                res = await lease.handle.generate.remote(request)
             except RayActorError:
-                await router.report_dead.remote(index, handle._actor_id.hex())
+                await router.report_dead.remote(lease.index, lease.generation)
                 self.resumed += 1
                 exclude = None
                 continue
@@ -158,18 +158,11 @@ class EnvWorker:
             if reason != "abort":
                 break
             self.resumed += 1
-            exclude = index
+            exclude = lease.index
         return GenerationResult(rid, tokens, logprobs, versions, reason)
 
     def stats(self) -> dict[str, int]:
         return {"resumed": self.resumed, "replayed": self.replayed}
-
-
-def _is_router(engine) -> bool:
-    try:
-        return hasattr(engine, "acquire")
-    except Exception:  # noqa: BLE001 (a handle's attribute lookup may raise other errors)
-        return False
 
 
 def _request_seed(base: int, episode: Episode, turn: int) -> int:

@@ -78,7 +78,7 @@ class RunContext:
         return out
 
 
-def summarize(trajs: list[Trajectory]) -> dict[str, float]:
+def summarize(trajs: list[Trajectory], policy_version: int | None = None) -> dict[str, float]:
     n = max(len(trajs), 1)
     out = {
         "reward": sum(t.reward for t in trajs) / n,
@@ -89,5 +89,5 @@ def summarize(trajs: list[Trajectory]) -> dict[str, float]:
     parts = sorted({k for t in trajs for k in t.reward_parts})
     for k in parts:
         out[f"reward/{k}"] = sum(t.reward_parts.get(k, 0.0) for t in trajs) / n
-    out.update(trajectory_stats(trajs))
+    out.update(trajectory_stats(trajs, policy_version))
     return out

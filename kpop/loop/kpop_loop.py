@@ -28,8 +28,9 @@ import json
 import time
 from pathlib import Path
 
-from kpop.loop.context import RunContext, summarize
+from kpop.loop.context import RunContext
 from kpop.loop.group_rewards import shape_groups
+from kpop.loop.record import StepTimes, rl_record
 from kpop.loop.resume import find_checkpoint, load_state, previous_eval, truncate_ledger
 from kpop.loop.sync import cold_start, evaluate, evaluate_start
 from kpop.progress import Progress
@@ -37,11 +38,9 @@ from kpop.runtime.actors import start_engine, start_worker
 from kpop.scheduler import stats
 from kpop.scheduler.collector import Collector
 from kpop.scheduler.dpr import DynamicPassRating
-from kpop.scheduler.horizon import DrawHorizon
 from kpop.scheduler.monitor import EngineMonitor
 from kpop.scheduler.router import EngineRouter
-from kpop.scheduler.state import STATE_FILE, SchedulerState, restore_group
-from kpop.tasks import SamplerState
+from kpop.scheduler.state import STATE_FILE, SchedulerState
 
 
 class LearnerFailed(RuntimeError):
@@ -108,19 +107,7 @@ async def _collector(ctx: RunContext, state: SchedulerState | None) -> Collector
     # One publish up front: engines label tokens with the learner's numbering whatever they were
     # built from, and a replacement engine always has a full update to load.
     version = await collector.publish(ctx.learner)
-    rl_version = state.rl_version if state else 0
-    collector.base = version - rl_version
-    pending = []
-    if state is not None:
-        ctx.sampler.restore(SamplerState(state.sampler_position, state.curriculum))
-        collector.staleness.recover(rl_version, state.accepted)
-        collector.buffer.ready = [restore_group(g, state.base, collector.base) for g in state.ready]
-        pending = [restore_group(g, state.base, collector.base) for g in state.pending]
-        collector.counters.update({k: v for k, v in state.counters.items() if k in collector.counters})
-    steps_left = ctx.spec.train.steps - (state.step if state else 0)
-    collector.horizon = DrawHorizon.for_run(steps_left, ctx.spec.train.tasks_per_step,
-                                            len(collector.buffer.ready) + len(pending))
-    collector.start(pending)
+    collector.resume(state, version, ctx.spec.train.steps - (state.step if state else 0))
     return collector
 
 
@@ -130,7 +117,7 @@ async def _step(ctx: RunContext, collector: Collector, monitor: EngineMonitor, s
     t0 = time.perf_counter()
     groups = await collector.next_batch()
     t_gen = time.perf_counter() - t0
-    version, eta = collector.staleness.version, ctx.spec.scheduler.max_staleness
+    version = collector.staleness.version
     trajs = shape_groups([t for g in groups for t in g.ordered()], ctx.runtime.reward_terms)
     in_flight = collector.dispatcher.in_flight
     try:
@@ -143,23 +130,15 @@ async def _step(ctx: RunContext, collector: Collector, monitor: EngineMonitor, s
     paused = collector.dispatcher.in_flight
     learner_version = await collector.publish(ctx.learner)
     collector.on_version(version + 1)
-    elapsed = time.perf_counter() - t0
     _ledger(ctx.run_dir, step, groups)
-    gen_tokens = sum(t.num_generated for t in trajs)
-    env_s = [t.timing.env_s for t in trajs]
+    times = StepTimes(time.perf_counter() - t0, t_gen, m.step_s)
     router = await collector.router.stats.remote()
     return ctx.metrics.write("rl", step, {
-        **summarize(trajs), "loss": m.loss, "grad_norm": m.grad_norm, "mismatch": m.mismatch,
-        "clipped_fraction": m.clipped_fraction, "masked_fraction": m.masked_fraction,
-        "trained_fraction": m.tokens / max(gen_tokens, 1),
-        "version": learner_version, "rl_version": version + 1,
-        "step_s": elapsed, "gen_s": t_gen, "train_s": m.step_s, "gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
-        "tokens_per_s": gen_tokens / max(elapsed, 1e-9), "groups": len(groups),
-        "staleness_hist": stats.staleness_hist(groups, version, eta), "max_gap": stats.max_gap(groups, version),
+        **rl_record(trajs, m, learner_version, times, policy_version=version + collector.base),
+        "rl_version": version + 1, "groups": len(groups),
         "buffer_size": len(collector.buffer), "in_flight": in_flight, "paused": paused,
         "resumed": stats.resumed_count(groups), "engine_util": monitor.window(),
-        "env_latency_p50": stats.percentile(env_s, 50), "env_latency_p95": stats.percentile(env_s, 95),
-        "env_latency_p99": stats.percentile(env_s, 99), "migrated": router["migrated"], "moved": router["moved"],
+        "migrated": router["migrated"], "moved": router["moved"],
         **collector.snapshot(step).counters, **(ctx.sampler.curriculum.stats() if ctx.sampler.curriculum else {}),
     })
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import ray
 
-from kpop.loop.context import RunContext, summarize
+from kpop.loop.context import RunContext
 from kpop.loop.group_rewards import shape_groups
+from kpop.loop.record import StepTimes, rl_record
 from kpop.loop.resume import RUN_STATE, find_checkpoint, previous_eval
 from kpop.loop.start_check import TARGET_WINDOW, reached_target, start_warning
 from kpop.progress import Progress
@@ -84,15 +85,8 @@ def rl_step(ctx: RunContext, step: int) -> dict[str, float]:
     t_gen = time.perf_counter() - t0
     m = ray.get(ctx.learner.train_step.remote(trajs, "rl"))
     version = ctx.publish_weights()
-    elapsed = time.perf_counter() - t0
-    gen_tokens = sum(t.num_generated for t in trajs)
-    return ctx.metrics.write("rl", step, {
-        **summarize(trajs), "loss": m.loss, "grad_norm": m.grad_norm, "mismatch": m.mismatch,
-        "clipped_fraction": m.clipped_fraction, "masked_fraction": m.masked_fraction,
-        "trained_fraction": m.tokens / max(gen_tokens, 1),
-        "version": version, "step_s": elapsed,
-        "gen_s": t_gen, "train_s": m.step_s, "gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
-    })
+    times = StepTimes(time.perf_counter() - t0, t_gen, m.step_s)
+    return ctx.metrics.write("rl", step, rl_record(trajs, m, version, times))
 
 
 def restore(ctx: RunContext, folder: Path) -> int:

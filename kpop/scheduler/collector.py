@@ -1,6 +1,6 @@
 """The collector: admission, dispatch, the buffer and failure recovery behind one small API.
 
-    collector.start(restored)        re-submit restored pending groups, then fill capacity
+    collector.resume(state, v, steps_left)   take over a checkpointed state (or none) and start
     groups = await collector.next_batch()   waits until the step budget is met
     collector.on_version(v)          after the step's weight update
     await collector.checkpoint_state(step)   SchedulerState for the checkpoint, with paused turns
@@ -33,11 +33,10 @@ from kpop.scheduler.buffer import Group, GroupBuffer
 from kpop.scheduler.dispatcher import Dispatcher
 from kpop.scheduler.dpr import DynamicPassRating
 from kpop.scheduler.horizon import DrawHorizon
-from kpop.scheduler.router import actor_id
 from kpop.scheduler.staleness import StalenessManager
-from kpop.scheduler.state import SchedulerState, group_record
+from kpop.scheduler.state import SchedulerState, group_record, restore_group
 from kpop.spec.run import KPopSchedulerSpec
-from kpop.tasks import TaskSampler
+from kpop.tasks import SamplerState, TaskSampler
 from kpop.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,9 @@ class Collector:
                  group_size: int, batch_groups: int, engines: list[Any], router: Any,
                  make_engine: Callable[[int], Any], dispatcher_args: dict) -> None:
         self.spec, self.sampler, self.dpr, self.group_size = spec, sampler, dpr, group_size
+        self.batch_groups = batch_groups
         self.engines, self.router, self.make_engine = engines, router, make_engine
+        self.generations = [0] * len(engines)  # the router's generation of each engine slot
         self.staleness = StalenessManager(spec.max_staleness, batch_groups, spec.max_concurrent)
         self.budget = StepBudget(spec.token_budget, batch_groups)
         self.buffer = GroupBuffer()
@@ -64,6 +65,24 @@ class Collector:
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ admission and results
+
+    def resume(self, state: SchedulerState | None, engine_version: int, steps_left: int) -> None:
+        """Take over a checkpointed scheduler state (None: a fresh run) and start dispatching.
+
+        `engine_version` is the version the engines were just published at; the state's versions
+        are re-based onto it (`base`), so staleness keeps counting RL steps across restarts. The
+        draw horizon covers the `steps_left` steps, counting the restored groups first."""
+        rl_version = state.rl_version if state else 0
+        self.base = engine_version - rl_version
+        pending: list[Group] = []
+        if state is not None:
+            self.sampler.restore(SamplerState(state.sampler_position, state.curriculum))
+            self.staleness.recover(rl_version, state.accepted)
+            self.buffer.ready = [restore_group(g, state.base, self.base) for g in state.ready]
+            pending = [restore_group(g, state.base, self.base) for g in state.pending]
+            self.counters.update({k: v for k, v in state.counters.items() if k in self.counters})
+        self.horizon = DrawHorizon.for_run(steps_left, self.batch_groups, len(self.buffer.ready) + len(pending))
+        self.start(pending)
 
     def start(self, pending: list[Group]) -> None:
         for group in pending:
@@ -151,11 +170,11 @@ class Collector:
         update = await learner.publish.remote()
         async with self.weights_lock:
             self.last_update = update
-            engines = list(self.engines)
+            engines, generations = list(self.engines), list(self.generations)
             results = await asyncio.gather(*(e.update_weights.remote(update) for e in engines), return_exceptions=True)
-        for i, (engine, res) in enumerate(zip(engines, results)):
+        for i, (generation, res) in enumerate(zip(generations, results)):
             if isinstance(res, RayActorError):
-                await self.router.report_dead.remote(i, actor_id(engine))
+                await self.router.report_dead.remote(i, generation)
             elif isinstance(res, BaseException):
                 raise res
         return update.version
@@ -174,7 +193,7 @@ class Collector:
                 if self.last_update is not None:
                     await handle.update_weights.remote(self.last_update)
                 self.engines[index] = handle
-                await self.router.replace.remote(index, handle)
+                self.generations[index] = await self.router.replace.remote(index, handle)
             self.counters["engine_restarts"] += 1
         except BaseException as exc:  # noqa: BLE001 (surface through next_batch)
             self.error = self.error or exc

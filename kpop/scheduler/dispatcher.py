@@ -21,6 +21,7 @@ from typing import Any
 from kpop.rollout.agent_loop import Episode
 from kpop.rollout.engine import SamplingParams
 from kpop.rollout.replay import PartialEpisode, RecordedTurn
+from kpop.rollout.routing import Routed
 from kpop.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Dispatcher:
                 handle = self.workers[slot]
                 self.load[slot] += 1
                 try:
-                    traj = await handle.rollout.remote(episode, self.router, self.sampling, prefix)
+                    traj = await handle.rollout.remote(episode, Routed(self.router), self.sampling, prefix)
                 except RayActorError:
                     self._replace_worker(slot, handle)
                     self.retried += attempt < self.max_retries

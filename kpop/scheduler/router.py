@@ -4,9 +4,10 @@ Workers ask `acquire(request_id, exclude)` for an engine before each generation 
 after; the router places requests on the least-loaded alive engine, so replicas fill evenly.
 
 Contract:
-- `report_dead(index, actor_id)`: a worker saw the engine at `index` die (RayActorError); it is
-  skipped until the driver `replace`s it. The actor id guards against a late report marking the
-  replacement dead.
+It implements kpop.rollout.routing.RouterAPI (`acquire` returns an `EngineLease`).
+- `report_dead(index, generation)`: a worker saw the engine at `index` die (RayActorError); it is
+  skipped until the driver `replace`s it, which starts the slot's next generation. The generation
+  guards against a late report marking the replacement dead.
 - `acquire` waits while no engine is alive (the driver is starting a replacement).
 - `migrate_tail(...)` applies kpop.scheduler.tail: aborts the chosen requests on their congested
   engine; their workers resume them from the prefix elsewhere (`exclude` = the old engine).
@@ -21,23 +22,21 @@ import time
 
 import ray
 
+from kpop.rollout.routing import EngineLease
 from kpop.scheduler.tail import LiveRequest, choose_migrations
-
-
-def actor_id(handle) -> str:
-    return handle._actor_id.hex()
 
 
 class _EngineRouter:
     def __init__(self, engines: list) -> None:
         self.engines = list(engines)
+        self.generations = [0] * len(self.engines)
         self.dead_set: set[int] = set()
         self.live: dict[str, tuple[int, float]] = {}
         self.changed = asyncio.Event()
         self.migrated = 0
         self.moved = 0      # migrated turns that continued on another engine (acquired with exclude)
 
-    async def acquire(self, request_id: str, exclude: int | None = None):
+    async def acquire(self, request_id: str, exclude: int | None = None) -> EngineLease:
         while True:
             alive = [i for i in range(len(self.engines)) if i not in self.dead_set]
             choices = [i for i in alive if i != exclude] or alive
@@ -49,21 +48,24 @@ class _EngineRouter:
                 best = min(choices, key=lambda i: (load[i], i))
                 self.moved += exclude is not None and best != exclude
                 self.live[request_id] = (best, time.monotonic())
-                return best, self.engines[best]
+                return EngineLease(best, self.engines[best], self.generations[best])
             self.changed.clear()
             await self.changed.wait()
 
     def release(self, request_id: str) -> None:
         self.live.pop(request_id, None)
 
-    def report_dead(self, index: int, dead_actor_id: str) -> None:
-        if actor_id(self.engines[index]) == dead_actor_id:
+    def report_dead(self, index: int, generation: int) -> None:
+        if self.generations[index] == generation:
             self.dead_set.add(index)
 
-    def replace(self, index: int, handle) -> None:
+    def replace(self, index: int, handle) -> int:
+        """Put a new engine in slot `index`; returns the slot's new generation."""
         self.engines[index] = handle
+        self.generations[index] += 1
         self.dead_set.discard(index)
         self.changed.set()
+        return self.generations[index]
 
     def dead(self) -> list[int]:
         return sorted(self.dead_set)

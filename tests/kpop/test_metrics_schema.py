@@ -2,10 +2,11 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
-from kpop.metrics import MetricsWriter, read_metrics, trajectory_stats
+from kpop.metrics import KEYS, MetricsWriter, definition, markdown_table, read_metrics, trajectory_stats
 from kpop.progress import Progress, format_duration, format_info
 from kpop.spec.run import LoggingSpec, WandbSpec
 from kpop.trajectory import Timing, Trajectory
@@ -114,3 +115,17 @@ def test_progress_off_prints_nothing(capsys):
     p.update(1, {"reward": 1.0})
     p.close()
     assert capsys.readouterr().err == ""
+
+
+def test_every_key_has_one_definition_the_readme_table_is_it_and_the_writer_refuses_others(tmp_path):
+    names = [k.name for k in KEYS]
+    assert len(names) == len(set(names))
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert markdown_table() in readme
+    assert definition("reward/shape/dynamic_length", "rl").name == "reward/<part>"
+    assert definition("pass_rate/coding", "eval").name == "pass_rate/<env>"
+    assert definition("loss", "eval") is None and definition("buffer_size", "rl").scheduler_only
+    w = MetricsWriter(tmp_path, LoggingSpec(tensorboard=False))
+    with pytest.raises(ValueError, match=r"max_gap.*kpop/metrics.py"):
+        w.write("rl", 1, {"reward": 1.0, "max_gap": 2})
+    assert read_metrics(tmp_path) == []

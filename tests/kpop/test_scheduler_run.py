@@ -64,7 +64,7 @@ def test_eta_zero_is_synchronous(ray_session, tmp_path):
     assert [r["step"] for r in rl] == [1, 2, 3]
     assert all(abs(r["reward/shape/dynamic_length"]) <= 0.05 for r in rl)
     for r in rl:
-        assert r["max_gap"] == 0 and r["staleness_hist"][0] == pytest.approx(r["gen_tokens"] * r["episodes"])
+        assert r["staleness_max"] == 0 and r["staleness_hist"][0] == pytest.approx(r["gen_tokens"] * r["episodes"])
         assert sum(r["staleness_hist"]) == r["staleness_hist"][0] > 0
         assert r["in_flight"] == 0 and r["paused"] == 0 and r["resumed"] == 0 and r["episodes"] == 4
     # step k trains exactly the k-th block of B = 2 draws, as the synchronous loop would
@@ -114,7 +114,7 @@ def test_eta_one_bounds_staleness_and_survives_worker_and_engine_death(ray_sessi
     rl = rl_records(tmp_path)
     assert [r["step"] for r in rl] == [1, 2, 3, 4, 5, 6]
     for r in rl:
-        assert r["max_gap"] <= 1 and len(r["staleness_hist"]) == 2 and r["episodes"] == 4
+        assert r["staleness_max"] <= 1 and len(r["staleness_hist"]) <= 2 and r["episodes"] == 4
     last = rl[-1]
     assert last["worker_restarts"] >= 1 and last["engine_restarts"] >= 1
     assert sum(r["paused"] for r in rl) > 0                                  # rollouts spanned updates
@@ -140,5 +140,5 @@ def test_two_engines_migrate_tail_requests_and_account_for_every_task(ray_sessio
     assert [r["step"] for r in rl] == [1, 2, 3, 4]
     assert rl[-1]["migrated"] >= rl[-1]["moved"] > 0       # turns really continued on the other replica
     for r in rl:
-        assert r["max_gap"] <= 1 and r["episodes"] == 16 and r["gen_tokens"] > 0
+        assert r["staleness_max"] <= 1 and r["episodes"] == 16 and r["gen_tokens"] > 0
     assert_every_task_accounted(tmp_path, 4)

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from kpop.metrics import trajectory_stats
 from kpop.rollout.agent_loop import Episode
 from kpop.scheduler.budget import StepBudget
 from kpop.scheduler.buffer import Group, GroupBuffer
@@ -11,7 +12,7 @@ from kpop.scheduler.dpr import DynamicPassRating
 from kpop.scheduler.horizon import DrawHorizon
 from kpop.scheduler.staleness import StalenessManager
 from kpop.scheduler.state import group_record, restore_group
-from kpop.scheduler.stats import percentile, resumed_count, staleness_hist
+from kpop.scheduler.stats import resumed_count
 from kpop.scheduler.tail import LiveRequest, choose_migrations
 from kpop.spec.envs import EnvEntrySpec
 from kpop.spec.run import DPRSpec
@@ -184,12 +185,13 @@ def test_tail_migration_moves_oldest_from_busiest_to_idle():
     assert choose_migrations(live, [0], 0.0, 4) == []                  # one engine: nowhere to go
 
 
-def test_metrics_histogram_percentiles_resumed():
+def test_staleness_is_measured_from_the_trained_policy_in_engine_numbering_and_resumed_counted():
     g = group("g", [[3, 3, 4], [2, 4]], base=0)
-    assert staleness_hist([g], version=4, max_staleness=2) == [2, 2, 1]
-    assert staleness_hist([g], version=4, max_staleness=1) == [2, 2, 1]   # a violation shows, unclipped
+    s = trajectory_stats(list(g.trajs.values()), policy_version=4 + g.base)   # as kpop_loop passes it
+    assert s["staleness_hist"] == [2, 2, 1] and s["staleness_max"] == 2.0 and s["staleness_mean"] == 0.8
+    shifted = group("g", [[13, 13, 14], [12, 14]], base=10)                    # restored under base 10
+    assert trajectory_stats(list(shifted.trajs.values()), policy_version=4 + shifted.base)["staleness_hist"] == [2, 2, 1]
     assert resumed_count([g]) == 2
-    assert percentile([5.0, 1.0, 3.0, 2.0], 50) == 2.0 and percentile([1.0, 2.0], 99) == 2.0
 
 
 def test_state_roundtrip_rebases_versions():
