@@ -7,6 +7,9 @@ Contract:
 - The server binds `host` (loopback by default) and stops cleanly on SIGINT/SIGTERM, shutting the
   engine down (vLLM's engine-core process included).
 - The served model name defaults to the checkpoint folder's name as given (e.g. "last").
+- Request limits (openai_api.limits): `max_body_bytes` and `max_prompt_chars` default to bounds
+  derived from the served context length and the tokenizer's longest token; a value given replaces
+  its default.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kpop.deploy.openai_api.backends import (
     choose_backend,
     max_model_len,
 )
+from kpop.deploy.openai_api.limits import resolve_limits
 from kpop.deploy.openai_api.service import ModelInfo, OpenAIService
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,8 @@ class ServeConfig:
     seed: int = 0
     max_num_seqs: int = 128
     log_level: str = "warning"
+    max_body_bytes: int | None = None  # None: derived from the context length (limits.default_limits)
+    max_prompt_chars: int | None = None
 
 
 def resolve_backend(config: ServeConfig) -> BackendChoice:
@@ -65,7 +71,9 @@ def build_service(config: ServeConfig) -> OpenAIService:
     engine = build_engine(folder, choice, options)
     info = ModelInfo(name=config.served_model_name or folder.name, root=str(folder.resolve()),
                      max_model_len=max_model_len(folder, options), backend=choice.kind, created=int(time.time()))
-    return OpenAIService(engine, tokenizer, info)
+    limits = resolve_limits(tokenizer, info.max_model_len, config.max_body_bytes, config.max_prompt_chars)
+    log.warning("request limits: body %d bytes, prompt %d characters", limits.max_body_bytes, limits.max_prompt_chars)
+    return OpenAIService(engine, tokenizer, info, limits)
 
 
 def make_app(config: ServeConfig):
@@ -75,8 +83,9 @@ def make_app(config: ServeConfig):
         try:
             yield
         finally:
-            close = getattr(app.state.service.engine, "close", None)
-            app.state.service = None
+            service, app.state.service = app.state.service, None
+            service.close()
+            close = getattr(service.engine, "close", None)
             done = close() if close is not None else None
             if inspect.isawaitable(done):  # the built-in engine closes asynchronously
                 await done

@@ -5,8 +5,11 @@ Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/completions, POST /v
 (the training gateway identifies sessions by that path parameter or by the X-KPop-Session header).
 
 Contract:
-- Bodies are parsed here from raw bytes with the strict schemas, so malformed JSON, wrong types and
-  unknown fields are 400s with OpenAI error bodies (errors.py), never FastAPI's 422.
+- A body over the service's `limits.max_body_bytes` is answered 413 by `BodyLimitMiddleware` before
+  any route runs (limits.py); /health reports the limits.
+- Bodies are parsed here from raw bytes with the strict schemas, on the service's preparation threads
+  (a large body does not stall the event loop), so malformed JSON, wrong types and unknown fields
+  are 400s with OpenAI error bodies (errors.py), never FastAPI's 422.
 - The service is read from `app.state.service` at request time, so it may be built in the
   lifespan (vLLM must be built on the loop that serves it); until it exists every route but
   /health answers 503.
@@ -16,6 +19,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -27,6 +31,7 @@ from pydantic import ValidationError
 
 from kpop.deploy.openai_api import schemas as S
 from kpop.deploy.openai_api.errors import APIError, install_handlers, validation_error
+from kpop.deploy.openai_api.limits import BodyLimitMiddleware
 from kpop.deploy.openai_api.service import OpenAIService, PromptPolicy, StatelessPolicy
 
 SESSION_HEADER = "x-kpop-session"
@@ -39,10 +44,10 @@ def _service(request: Request) -> OpenAIService:
     return service
 
 
-async def _parse(request: Request, model: type[S.BaseModel]):
+async def _parse(request: Request, service: OpenAIService, model: type[S.BaseModel]):
     raw = await request.body()
     try:
-        return model.model_validate_json(raw or b"")
+        return await service.off_loop(model.model_validate_json, raw or b"")
     except ValidationError as exc:
         raise validation_error(exc) from None
 
@@ -67,7 +72,8 @@ def openai_router() -> APIRouter:
             return JSONResponse({"status": "loading"}, status_code=503)
         load = service.engine.load()
         return JSONResponse({"status": "ok", "model": service.info.name, "backend": service.info.backend,
-                             "version": load.version, "running": load.running, "waiting": load.waiting})
+                             "version": load.version, "running": load.running, "waiting": load.waiting,
+                             "limits": dataclasses.asdict(service.limits)})
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:
@@ -81,13 +87,13 @@ def openai_router() -> APIRouter:
     @router.post("/v1/completions")
     async def completions(request: Request) -> Response:
         service = _service(request)
-        req = await _parse(request, S.CompletionRequest)
+        req = await _parse(request, service, S.CompletionRequest)
         return _respond(await service.completion(req))
 
     @router.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         service = _service(request)
-        req = await _parse(request, S.ChatCompletionRequest)
+        req = await _parse(request, service, S.ChatCompletionRequest)
         policy = request.app.state.policy_for(request)
         return _respond(await service.chat(req, policy))
 
@@ -136,6 +142,7 @@ def create_app(service: OpenAIService | None = None, *,
     stateless = StatelessPolicy()
     app.state.policy_for = policy_for or (lambda _request: stateless)
     install_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)  # added before the metrics middleware: inside it, so 413s are counted
     _install_metrics(app)
     router = openai_router()
     for prefix in prefixes or [""]:

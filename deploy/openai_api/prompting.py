@@ -72,6 +72,12 @@ class Prompter:
         self.template_knows_tool_calls = "tool_calls" in template
 
     def encode(self, text: str) -> list[int]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            # the fast tokenizer's Rust encoder, which tokenizer.encode calls too: it releases the GIL
+            # while it works, where the Python wrapper around it holds it (a 1M-character prompt
+            # tokenised on a thread stalled the event loop 35 ms this way, 360 ms the other)
+            return backend.encode(text, add_special_tokens=False).ids
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def chat_ids(self, messages: list[ChatMessage], tools: list[ToolDef] | None) -> list[int]:

@@ -12,20 +12,29 @@ Contract:
   tool calls has finish_reason "tool_calls". A streamed choice with tools active is sent as one
   content/tool_calls delta when it is complete (a half-written call is never streamed).
 - Streams end with `data: [DONE]`; with `stream_options.include_usage` a usage chunk precedes it.
+- Cheap limits first (limits.py): a prompt over `limits.max_prompt_chars` characters is 400
+  `context_length_exceeded` before it is rendered or tokenised; the body bound is enforced earlier,
+  by the app's middleware.
+- CPU-heavy request work (parsing a large body, rendering the template, tokenising; for the
+  training gateway the whole prompt policy) runs on the service's own small thread pool
+  (`off_loop`), never on the event loop, so one large request does not stall the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 from kpop.deploy.openai_api import schemas as S
 from kpop.deploy.openai_api.errors import bad_request, model_not_found
 from kpop.deploy.openai_api.generation import Finished, Generator
+from kpop.deploy.openai_api.limits import RequestLimits, default_limits
 from kpop.deploy.openai_api.metrics import ServerMetrics
 from kpop.deploy.openai_api.prompting import Prompter, split_tool_calls
 from kpop.deploy.openai_api.streaming import chat_stream, completion_stream
@@ -63,12 +72,24 @@ class StatelessPolicy:
         return None
 
 
+PREP_THREADS = 2  # request preparation is short; two threads keep a large prompt from queueing the rest
+
+
 class OpenAIService:
-    def __init__(self, engine: Engine, tokenizer, info: ModelInfo) -> None:
+    def __init__(self, engine: Engine, tokenizer, info: ModelInfo, limits: RequestLimits | None = None) -> None:
         self.engine, self.tokenizer, self.info = engine, tokenizer, info
+        self.limits = limits or default_limits(tokenizer, info.max_model_len)
         self.prompter = Prompter(tokenizer)
         self.generator = Generator(engine, tokenizer)
         self.metrics = ServerMetrics(engine)
+        self._prep = ThreadPoolExecutor(PREP_THREADS, thread_name_prefix="kpop-openai-prep")
+
+    async def off_loop(self, fn, *args):
+        """`fn(*args)` on the service's preparation threads (exceptions propagate)."""
+        return await asyncio.get_running_loop().run_in_executor(self._prep, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        self._prep.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------------------- checks
 
@@ -123,7 +144,8 @@ class OpenAIService:
     async def chat(self, req: S.ChatCompletionRequest, policy: PromptPolicy):
         self.check(req)
         policy.check(req)
-        prompt = policy.prompt_ids(req, lambda: self._render(req))
+        self.limits.check_prompt_chars(sum(len(m.text()) for m in req.messages), "messages", self.info.max_model_len)
+        prompt = await self.off_loop(policy.prompt_ids, req, lambda: self._render(req))
         max_tokens = self.max_tokens(len(prompt), req.token_limit())
         params = [self._params(req, max_tokens, i) for i in range(req.n)]
         rid = f"chatcmpl-{uuid.uuid4().hex}"
@@ -147,6 +169,7 @@ class OpenAIService:
     # ------------------------------------------------------------------------------- completions
 
     def completion_prompts(self, req: S.CompletionRequest) -> list[list[int]]:
+        """Token ids of each prompt (runs off the loop: it tokenises)."""
         p = req.prompt
         if isinstance(p, str):
             prompts = [self.tokenizer.encode(p)]
@@ -165,7 +188,9 @@ class OpenAIService:
 
     async def completion(self, req: S.CompletionRequest):
         self.check(req)
-        prompts = self.completion_prompts(req)
+        texts = [req.prompt] if isinstance(req.prompt, str) else [x for x in req.prompt if isinstance(x, str)]
+        self.limits.check_prompt_chars(max((len(t) for t in texts), default=0), "prompt", self.info.max_model_len)
+        prompts = await self.off_loop(self.completion_prompts, req)
         limits = [self.max_tokens(len(ids), req.max_tokens) for ids in prompts]
         jobs = [(ids, self._params(req, limit, i)) for ids, limit in zip(prompts, limits) for i in range(req.n)]
         rid = f"cmpl-{uuid.uuid4().hex}"

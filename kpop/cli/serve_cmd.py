@@ -28,7 +28,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-gib", type=float, default=None, help="KV-cache memory, GiB (vLLM; default: the run's)")
     parser.add_argument("--max-model-len", type=int, default=None, help="longest sequence served")
     parser.add_argument("--seed", type=int, default=None, help="engine seed (default: the run's)")
+    parser.add_argument("--max-body-bytes", type=_positive, default=None,
+                        help="largest request body accepted, bytes; larger ones get 413 at once (default: a "
+                             "prompt of the whole context JSON-escaped, plus 1 MiB)")
+    parser.add_argument("--max-prompt-chars", type=_positive, default=None,
+                        help="longest prompt accepted, characters; longer ones get 400 before tokenisation "
+                             "(default: context length x the tokenizer's longest token)")
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
                       served_model_name=args.served_model_name, backend=args.backend,
                       kv_cache_gib=kv_cache_gib if args.kv_cache_gib is None else args.kv_cache_gib,
                       max_model_len=args.max_model_len, seed=engine.seed if args.seed is None else args.seed,
-                      max_num_seqs=spec.rollout.engine.max_num_seqs, log_level=args.log_level))
+                      max_num_seqs=spec.rollout.engine.max_num_seqs, log_level=args.log_level,
+                      max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars))
     return 0
