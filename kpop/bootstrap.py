@@ -2,7 +2,8 @@
 
 With `model.path` / `tokenizer.path` set, those folders are used as they are. Otherwise the
 tokenizer is trained on reference-solver transcripts of the run's own environments and a fresh
-model is initialised from the spec's sizes, both saved under `<run_dir>/init` (reused when present,
+model is initialised from the spec's sizes (a Llama, or the hybrid model from its preset and
+overrides: kpop.models.hybrid.fresh), both saved under `<run_dir>/init` (reused when present,
 so re-running is cheap and deterministic). The transcripts run the reference solvers in this process,
 whose sandbox executions (coding) use the run's `sandbox:` section, as the workers' do.
 """
@@ -66,7 +67,6 @@ def prepare_initial_model(spec: RunSpec) -> Path:
         return out
     from transformers import AutoTokenizer
 
-    from kpop.models.tiny_llama import build_tiny_llama
     from kpop.models.tokenizer import train_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
@@ -75,5 +75,12 @@ def prepare_initial_model(spec: RunSpec) -> Path:
     else:
         log.info("training a %d-token BPE tokenizer on solver transcripts", spec.tokenizer.vocab_size)
         tokenizer = train_tokenizer(solver_corpus(spec, 1000), spec.tokenizer.vocab_size, out)
-    build_tiny_llama(spec.model, tokenizer, out, seed=spec.seed)
+    if spec.model.type == "hybrid":
+        from kpop.models.hybrid.fresh import build_hybrid
+
+        build_hybrid(spec.model, tokenizer, out, seed=spec.seed)
+    else:
+        from kpop.models.tiny_llama import build_tiny_llama
+
+        build_tiny_llama(spec.model, tokenizer, out, seed=spec.seed)
     return out

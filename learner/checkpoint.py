@@ -3,6 +3,8 @@
 Layout of a checkpoint folder:
     config.json, model.safetensors, tokenizer files   HF format, written by rank 0 (ZeRO-3 shards are
                                                      gathered first); `from_pretrained`/vLLM load it as is
+                                                     (a hybrid model also gets its config module and
+                                                     auto_map: the public bailing_hybrid layout)
     trainer_state/state/...                          DeepSpeed checkpoint: module, optimiser (each rank
                                                      its ZeRO partition) and the learner's client state
     rng/rank{r}.pt                                   torch, CUDA, numpy and python RNG states of rank r
@@ -56,6 +58,10 @@ def save_checkpoint(learner, directory: str | Path) -> Path:
               "last_mode": learner.last_mode}
     if learner.rank.rank == 0:
         learner.engine.module.save_pretrained(str(out), state_dict=state_dict)
+        if getattr(learner.engine.module.config, "model_type", None) == "bailing_hybrid":
+            from kpop.models.hybrid.checkpoint import write_remote_code
+
+            write_remote_code(out)  # stock vLLM reads the config without KPop
         learner.tokenizer.save_pretrained(str(out))
         spec = learner.spec.model_dump(mode="json")
         (out / "learner.json").write_text(json.dumps({**client, "spec": spec}, indent=2))

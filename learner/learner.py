@@ -86,6 +86,8 @@ class Learner:
                  sft_lr: float | None = None, num_threads: int | None = None, rl_threads: int | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        import kpop.models.hybrid  # noqa: F401 (registers bailing_hybrid with the Auto classes)
+
         if num_threads:
             torch.set_num_threads(num_threads)
         # "rl" steps may overlap generation on shared cores (KPop): they can use fewer threads.

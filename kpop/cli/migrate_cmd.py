@@ -1,7 +1,8 @@
 """`kpop migrate SRC DST`: turn a Llama/Qwen2-style GQA checkpoint into the hybrid Lightning/MLA layout.
 
 Writes a `bailing_hybrid` checkpoint (config.json, model.safetensors) plus `migration.json` with the
-freezing schedule of the warm-up phases (see kpop.models.migrate).
+freezing schedule of the warm-up phases (see kpop.models.migrate) and the source's tokenizer and
+chat template, so `model: {type: hybrid, path: DST}` trains it.
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
 """Checks `kpop run` makes after the schema: every `envs:` entry names a registered environment
 and its options fit that environment's own option model; settings that bound each other agree (a
 sandbox execution must be able to reach its wall clock inside the environment step that waits for
-it); and what the run cannot do yet is refused (a fresh hybrid model: kpop.bootstrap builds Llama
-models only). The spec a past run recorded (kpop.runtime.recorded) is not held to these checks.
+it); the model fits the run: a `model.path` checkpoint is of `model.type`, an explicit vLLM engine
+can run the model here (not the hybrid on CPU), a fresh hybrid model's training state fits this
+machine's memory. The spec a past run recorded (kpop.runtime.recorded) is not held to these checks.
 """
 
 from __future__ import annotations
 
+import os
+
 from kpop.spec.load import Problem, SpecError
 from kpop.spec.schema import RunSpec
+
+TRAIN_BYTES_PER_PARAM = 16
 
 
 def check_run(spec: RunSpec, source: str) -> None:
@@ -18,10 +23,47 @@ def check_run(spec: RunSpec, source: str) -> None:
 
 
 def _model_problems(spec: RunSpec) -> list[Problem]:
-    if spec.model.type != "hybrid" or spec.model.path is not None:
+    from kpop.rollout.engine_choice import HYBRID_TYPES, facts_from_checkpoint, vllm_cannot_run
+    from kpop.runtime.build import model_facts
+
+    model, eng = spec.model, spec.rollout.engine
+    if model.path is not None:
+        try:
+            found = facts_from_checkpoint(model.path).model_type
+        except FileNotFoundError as exc:
+            return [Problem("model.path", f"{exc}: give a Hugging Face checkpoint folder")]
+        hybrid = found in HYBRID_TYPES
+        if hybrid != (model.type == "hybrid"):
+            want = "hybrid" if hybrid else "llama"
+            return [Problem("model.type", f"{model.type!r} does not match the checkpoint at model.path ({model.path} is a "
+                            f"{found!r} model): set model.type: {want}, or give a {model.type} checkpoint")]
+    problems = []
+    if eng.type == "vllm":
+        why = vllm_cannot_run(model_facts(spec), gpu=eng.num_gpus > 0)
+        if why:
+            problems.append(Problem("rollout.engine.type", f"vllm cannot run this model here: {why}; set "
+                                    f"rollout.engine.type: builtin (or auto, which picks it), or give the engines "
+                                    f"GPUs (rollout.engine.num_gpus)"))
+    if model.type == "hybrid" and model.path is None:
+        problems += _size_problems(spec)
+    return problems
+
+
+def _size_problems(spec: RunSpec) -> list[Problem]:
+    """A fresh hybrid model whose training state cannot fit this machine (a local run only)."""
+    if spec.cluster.address is not None or spec.learner.num_gpus > 0:
         return []
-    return [Problem("model.path", "kpop run does not build a fresh hybrid model yet (the starting model is built as "
-                    "a Llama): give the folder of a bailing_hybrid checkpoint, e.g. one made by `kpop migrate`")]
+    from kpop.models.hybrid.presets import config_from_spec, parameter_count
+
+    params = parameter_count(config_from_spec(spec.model))
+    need = params * TRAIN_BYTES_PER_PARAM * spec.learner.num_ranks
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need <= have:
+        return []
+    return [Problem("model.preset", f"{spec.model.preset!r} has {params / 1e9:.1f} B parameters; training it needs about "
+                    f"{need / 2**30:,.0f} GiB ({TRAIN_BYTES_PER_PARAM} bytes per parameter: fp32 weights, gradients "
+                    f"and Adam moments) and this machine has {have / 2**30:,.0f} GiB: use preset 'tiny' (with size "
+                    f"overrides) or run on a cluster with GPUs (cluster.address, learner.num_gpus)")]
 
 
 def _env_problems(spec: RunSpec) -> list[Problem]:

@@ -33,8 +33,19 @@ def save_checkpoint(model: BailingMoeV2_5ForCausalLM, path: str | Path) -> Path:
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    shutil.copyfile(configuration.__file__, path / f"{CONFIG_MODULE}.py")
+    write_remote_code(path)
     return path
+
+
+def write_remote_code(path: str | Path) -> None:
+    """Make a `bailing_hybrid` folder written by other means (e.g. `save_pretrained` in the
+    learner's checkpoints) readable without KPop: `auto_map` in config.json and the config module."""
+    path = Path(path)
+    config_path = path / "config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoConfig": f"{CONFIG_MODULE}.BailingMoeV2_5Config"}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    shutil.copyfile(configuration.__file__, path / f"{CONFIG_MODULE}.py")
 
 
 def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None) -> BailingMoeV2_5ForCausalLM:

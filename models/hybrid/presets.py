@@ -43,7 +43,8 @@ def preset_config(name: str, **overrides: Any) -> BailingMoeV2_5Config:
 
 
 _SPEC_FIELDS = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
-                "layer_group_size": "layer_group_size", "num_experts": "num_experts", "num_mtp_layers": "num_nextn_predict_layers"}
+                "layer_group_size": "layer_group_size", "num_experts": "num_experts", "num_mtp_layers": "num_nextn_predict_layers",
+               "init_std": "initializer_range"}
 
 
 def config_from_spec(spec: Any) -> BailingMoeV2_5Config:
@@ -52,3 +53,27 @@ def config_from_spec(spec: Any) -> BailingMoeV2_5Config:
     if "num_attention_heads" in overrides:
         overrides["num_key_value_heads"] = overrides["num_attention_heads"]
     return preset_config(spec.preset, **overrides)
+
+
+def parameter_count(config: BailingMoeV2_5Config) -> int:
+    """Parameters of a model of `config`, without allocating it: one decoder layer of each kind
+    (Lightning or MLA, dense or MoE) and one MTP layer are built on the meta device and counted."""
+    import torch
+
+    from kpop.models.hybrid.modeling import DecoderLayer, MTPLayer
+
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    kinds: dict[tuple[bool, bool], int] = {}
+    total, n = 0, config.num_hidden_layers
+    with torch.device("meta"):
+        for i in range(n):
+            key = (config.is_mla_layer(i), config.is_moe_layer(i))
+            if key not in kinds:
+                kinds[key] = count(DecoderLayer(config, i))
+            total += kinds[key]
+        if config.num_nextn_predict_layers:
+            total += config.num_nextn_predict_layers * count(MTPLayer(config, n))
+    embedding = config.vocab_size * config.hidden_size
+    return total + embedding * (1 if config.tie_word_embeddings else 2) + config.hidden_size

@@ -14,7 +14,8 @@ MLA conversion (step 3): QK-norm folded with calibration statistics (`qk_fold.py
 `calibration_tokens` random token ids (or ids given by the caller).
 Everything else (embeddings, norms, dense SwiGLU MLPs, lm_head) is copied; all layers keep a
 dense FFN (`first_k_dense_replace = num_hidden_layers`). The freezing schedule of the warm-up
-phases is written as `migration.json` next to the converted weights.
+phases is written as `migration.json` next to the converted weights, and the source's tokenizer
+with its chat template (when it has one) as well: the folder is a `model.path` a run trains.
 """
 
 from __future__ import annotations
@@ -147,5 +148,17 @@ def migrate_checkpoint(src: str | Path, dst: str | Path, layer_group_size: int =
     src_model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     model = convert_model(src_model, layer_group_size, kv_widen, kv_lora_rank, seed=seed)
     dst = save_checkpoint(model, dst)
+    copy_tokenizer(src, dst)
     (dst / "migration.json").write_text(json.dumps({"source": str(src), "kv_widen": kv_widen, **schedule_description(model)}, indent=1))
     return dst
+
+
+def copy_tokenizer(src: str | Path, dst: Path) -> bool:
+    """Save the source's tokenizer (and its chat template) next to the converted weights, so the
+    folder trains and serves as it is; False when the source has none."""
+    if not any((Path(src) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return False
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(dst))
+    return True

@@ -55,10 +55,10 @@ CONSUMED_ELSEWHERE: dict[str, Consumer] = {
     # The starting model and tokenizer (kpop.bootstrap), built before any runtime configuration.
     "model[llama].": Consumer(("kpop/bootstrap.py", "models/tiny_llama.py"),
                               "tests/models/test_models_tiny_llama.py::test_init_std_sets_the_weight_scale"),
-    # A hybrid checkpoint is used from model.path; `kpop run` refuses a fresh hybrid model
-    # (kpop/spec/resolve.py), whose sizes only the hybrid config builder reads so far.
+    # A hybrid checkpoint is used from model.path; a fresh one is built from the preset and its
+    # overrides (models/hybrid/fresh.py through presets.config_from_spec).
     "model[hybrid].": Consumer(("kpop/bootstrap.py", "kpop/spec/resolve.py", "models/hybrid/presets.py"),
-                               "tests/kpop/test_spec.py::test_run_refuses_what_it_cannot_do_yet"),
+                               "tests/models/test_models_hybrid_fresh.py::test_a_fresh_hybrid_takes_the_preset_the_overrides_and_the_tokenizer"),
     # "auto" picks vLLM for the walk's default model (a fresh Llama, head size 32), as "vllm" does;
     # for a hybrid model or another head size it picks the built-in engine.
     "rollout.engine[auto].type": Consumer(("kpop/runtime/build.py",),

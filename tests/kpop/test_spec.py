@@ -1,5 +1,6 @@
 """RunSpec loading: defaults, overrides, and readable errors for every kind of bad input."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -123,11 +124,6 @@ def test_run_refuses_what_it_cannot_do_yet(tmp_path):
         [msg] = problems(None, overrides)
         assert msg.startswith("learner: learner.") and "not yet run by any loop" in msg
     assert load_spec(None).learner.distill.lr is None                  # the defaults are fine
-    # a fresh hybrid model is not built yet; a hybrid checkpoint folder is used as it is
-    with pytest.raises(SpecError) as info:
-        check_run(load_spec(None, ["model.type=hybrid", "model.preset=flash"]), "spec.yaml")
-    assert [p.path for p in info.value.problems] == ["model.path"]
-    check_run(load_spec(None, ["model.type=hybrid", f"model.path={tmp_path}"]), "spec.yaml")
     # a sandbox wall clock the environment step would cut short
     with pytest.raises(SpecError) as info:
         check_run(load_spec(None, ["sandbox.limits.wall_s=10"]), "spec.yaml")
@@ -137,3 +133,36 @@ def test_run_refuses_what_it_cannot_do_yet(tmp_path):
     # a local Ray size next to a cluster address
     [msg] = problems(None, ["cluster.address=auto", "cluster.num_cpus=4"])
     assert msg.startswith("cluster:") and "remove one of the two" in msg
+
+
+def _run_problems(overrides: list[str]) -> list:
+    from kpop.spec.resolve import check_run
+
+    try:
+        check_run(load_spec(None, overrides), "spec.yaml")
+    except SpecError as exc:
+        return list(exc.problems)
+    return []
+
+
+def test_run_refuses_a_model_it_cannot_train_or_serve_here(tmp_path):
+    """Named field and what would work: a checkpoint of the other type, vLLM for the hybrid on CPU, a
+    preset too large for this machine."""
+    hybrid, llama = tmp_path / "hybrid", tmp_path / "llama"
+    for folder, model_type in ((hybrid, "bailing_hybrid"), (llama, "llama")):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    [p] = _run_problems([f"model.path={hybrid}"])                       # model.type defaults to llama
+    assert p.path == "model.type" and "'bailing_hybrid'" in p.message and "model.type: hybrid" in p.message
+    [p] = _run_problems(["model.type=hybrid", f"model.path={llama}", "rollout.engine.type=builtin"])
+    assert p.path == "model.type" and "model.type: llama" in p.message
+    [p] = _run_problems(["model.type=hybrid", f"model.path={tmp_path}", "rollout.engine.type=builtin"])
+    assert p.path == "model.path" and "no config.json" in p.message
+    [p] = _run_problems(["model.type=hybrid"])                          # the default engine is vLLM
+    assert p.path == "rollout.engine.type" and "builtin" in p.message and "GPU" in p.message
+    [p] = _run_problems(["model.type=hybrid", "model.preset=1t", "rollout.engine.type=auto"])
+    assert p.path == "model.preset" and "1049.7 B parameters" in p.message and "'tiny'" in p.message
+    # what works: a fresh tiny hybrid on either engine rule, a matching checkpoint, vLLM when engines get GPUs
+    assert _run_problems(["model.type=hybrid", "rollout.engine.type=auto"]) == []
+    assert _run_problems(["model.type=hybrid", f"model.path={hybrid}", "rollout.engine.type=builtin"]) == []
+    assert _run_problems(["model.type=hybrid", f"model.path={hybrid}", "rollout.engine.num_gpus=1"]) == []
