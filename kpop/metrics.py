@@ -93,6 +93,10 @@ KEYS: tuple[MetricKey, ...] = (
     MetricKey("pass_rate", EVAL_RL, "share of episodes whose task score is at least 0.99"),
     MetricKey("pass_rate/<env>", EVAL_RL, "pass_rate of one environment family"),
     MetricKey("episodes/<env>", EVAL_RL, "episodes of one environment family"),
+    MetricKey("env_errors", EVAL_RL, "episodes the environment failed (its tool, reward or verifier hung past the step "
+              "timeout or raised): finish_reason env_error, reward 0; the run goes on"),
+    MetricKey("env_errors/<env>/<kind>", EVAL_RL, "the same for one environment family and kind (timeout or "
+              "exception); present when non-zero"),
     MetricKey("env_latency_p50", EVAL_RL, "median over episodes of seconds per environment step (an episode's "
               "environment time divided by its turns)"),
     MetricKey("env_latency_p95", EVAL_RL, "95th percentile of the same"),

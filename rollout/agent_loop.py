@@ -9,8 +9,10 @@
 
 The policy is anything that maps context ids to a GenerationResult: an engine (training rollouts,
 evaluation) or a reference solver (cold-start data), so both produce records the same way.
-Environment steps go through `bounded_step`: a timed-out or failing step ends the episode as
-truncated; it never raises into the caller.
+Environment steps go through `bounded_step`: a timed-out or failing step (a tool, a reward or a
+verifier that hangs past the step timeout or raises) never raises into the caller; it ends the
+episode with finish_reason "env_error", `env_error` "timeout" or "exception" and the neutral reward
+(0), and the metrics count it (`env_errors`, kpop.report.stats).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ async def run_episode(env: AgentEnv, episode: Episode, chat: ChatFormat, policy:
     task = env.reset_task(episode.seed, options)
     traj = TrajectoryBuilder(task.task_id, episode.env_name, episode.group_id)
     traj.add_context(chat.prompt_ids(task.messages, task.tools))
-    reward, parts, finish, turns = 0.0, {}, "max_turns", 0
+    reward, parts, finish, turns, env_error = 0.0, {}, "max_turns", 0, ""
     while turns < limits.max_turns:
         budget = min(limits.max_new_tokens, limits.max_total_tokens - len(traj))
         if budget <= 0:
@@ -71,6 +73,8 @@ async def run_episode(env: AgentEnv, episode: Episode, chat: ChatFormat, policy:
         reward, parts = outcome.reward, outcome.info.reward_parts
         if outcome.terminated or outcome.truncated:
             finish = "terminated" if outcome.terminated else "truncated"
+            env_error = environment_failure(outcome)
+            finish = "env_error" if env_error else finish
             break
         obs = chat.observation_ids(outcome.observations or [Message("user", "continue")])
         if len(traj) + len(obs) >= limits.max_total_tokens:
@@ -78,7 +82,16 @@ async def run_episode(env: AgentEnv, episode: Episode, chat: ChatFormat, policy:
             break
         traj.add_context(obs)
     timing = Timing(generate_s=gen_s, env_s=env_s, total_s=time.perf_counter() - t0)
-    return traj.build(reward, parts, turns, finish, timing)
+    return traj.build(reward, parts, turns, finish, timing, env_error)
+
+
+def environment_failure(outcome) -> str:
+    """"timeout" or "exception" when `bounded_step` ended the episode for the environment's failure
+    (the contract: a truncation carrying `details["error"]`), else ""."""
+    error = outcome.info.details.get("error") if outcome.truncated else None
+    if not error:
+        return ""
+    return "timeout" if error == "timeout" else "exception"
 
 
 def solver_policy(env: AgentEnv, chat: ChatFormat) -> Policy:

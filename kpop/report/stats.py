@@ -70,6 +70,11 @@ def trajectory_stats(trajs: list[Trajectory], policy_version: int | None = None)
         group = by_env[env]
         out[f"pass_rate/{env}"] = sum(passed(t) for t in group) / len(group)
         out[f"episodes/{env}"] = float(len(group))
+    out["env_errors"] = float(sum(bool(t.env_error) for t in trajs))
+    for t in trajs:
+        if t.env_error:
+            key = f"env_errors/{t.env_id}/{t.env_error}"
+            out[key] = out.get(key, 0.0) + 1.0
     hist = staleness_histogram(trajs, policy_version)
     if hist:
         total = sum(hist)

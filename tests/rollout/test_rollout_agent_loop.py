@@ -83,7 +83,8 @@ def test_slow_environment_step_times_out_without_raising(tiny_tokenizer):
     chat = ChatFormat(tiny_tokenizer)
     traj = asyncio.run(run_episode(SlowEnv(), Episode("slow", 0), chat, RecordingPolicy(chat, ["hi"]),
                                    LoopLimits(step_timeout_s=0.2)))
-    assert traj.finish_reason == "truncated" and traj.reward == 0.0 and traj.timing.env_s < 5
+    assert traj.finish_reason == "env_error" and traj.env_error == "timeout"
+    assert traj.reward == 0.0 and traj.timing.env_s < 5
 
 
 def test_episode_stops_at_the_token_budget(tiny_tokenizer):
