@@ -63,18 +63,23 @@ def evaluate(expression: str) -> int:
 @register_env("calculator")
 class CalculatorEnv(AgentEnv):
     reward_range = (-1.0, 1.0)  # shaping terms may subtract from the 0/1 task score
+    reward_parts = ("task", "correct", "format", "used_tool")
+    answer_pattern = _ANSWER.pattern  # graded: the first "Answer: N" of the final turn
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
         min_operand: int = Field(10, ge=0, le=10**6, description="Smallest operand.")
         max_operand: int = Field(99, ge=1, le=10**6, description="Largest operand.")
         ops: str = Field("+-*", min_length=1, pattern=r"^[+\-*]+$", description="Operators to draw from.")
+        reference_tool_rate: float = Field(1.0, ge=0.0, le=1.0, description="Share of tasks on which the reference solver calls the tool; on the others it answers from memory (always correctly), so cold-start data built from it teaches when to skip the tool.")
 
-    def __init__(self, min_operand: int = 10, max_operand: int = 99, ops: str = "+-*") -> None:
+    def __init__(self, min_operand: int = 10, max_operand: int = 99, ops: str = "+-*", reference_tool_rate: float = 1.0) -> None:
         super().__init__()
         if min_operand > max_operand:
             raise ValueError(f"min_operand {min_operand} is larger than max_operand {max_operand}")
         self.min_operand, self.max_operand, self.ops = min_operand, max_operand, ops
+        self.reference_tool_rate = reference_tool_rate
+        self.reference_uses_tool = True
         self.expression, self.answer = "", 0
         self.tool_result: str | None = None
         self.turns = 0
@@ -84,6 +89,7 @@ class CalculatorEnv(AgentEnv):
         rng = random.Random(seed)
         a, b = rng.randint(self.min_operand, self.max_operand), rng.randint(self.min_operand, self.max_operand)
         self.expression = f"{a}{rng.choice(self.ops)}{b}"
+        self.reference_uses_tool = rng.random() < self.reference_tool_rate
         self.answer = evaluate(self.expression)
         self.tool_result, self.turns = None, 0
         self.view = EpisodeView(reference_calls=[("calculator", {"expression": self.expression})])
@@ -91,6 +97,8 @@ class CalculatorEnv(AgentEnv):
         return Task(task_id=f"calculator-{seed}", messages=messages, tools=[TOOL])
 
     def reference_action(self) -> str:
+        if not self.reference_uses_tool:
+            return f"Answer: {self.answer}"
         if self.tool_result is None:
             return f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{self.expression}"}}}}</tool_call>'
         return f"Answer: {self.tool_result}"

@@ -5,12 +5,15 @@
 with seed and machine; the loss it must reach does not.
 
 
-Group-relative RL learns only from groups whose samples disagree: a policy that almost never
-succeeds gives almost no group a non-zero advantage, so RL steps then change nothing (the
-quickstart's failure mode: a cold start that did not learn to copy digits started RL at held-out
-greedy reward 0.09, and 30 steps left it at 0.09). After the cold start the loop evaluates the
-held-out tasks; `start_warning` turns that evaluation into a warning when the greedy reward is below
-`train.min_start_reward`, naming what to change. It never stops the run: a user may know better.
+Group-relative RL learns only from groups whose samples disagree: a policy whose *samples* almost
+never succeed gives almost no group a non-zero advantage, so RL steps then change nothing (the
+quickstart's old failure mode: a cold start that did not learn to copy digits started RL at
+held-out reward 0.09 greedy, 0.055 sampled, and 30 steps left it there). What RL learns from is
+the sampled reward, not the greedy one: a policy that succeeds only when it samples its less likely
+behaviour (the quickstart's tool call, 40% of the time) has greedy reward near 0 and plenty to learn
+from. After the cold start the loop evaluates the held-out tasks; `start_warning` turns that
+evaluation into a warning when the sampled reward is below `train.min_start_reward`, naming what to
+change. It never stops the run: a user may know better.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ def reached_target(losses: list[float], target: float) -> bool:
 
 
 def start_warning(greedy: float, sampled: float, floor: float, sft_steps: int) -> str | None:
-    """The warning text when `greedy < floor`, else None (a floor of 0 never warns)."""
-    if greedy >= floor:
+    """The warning text when `sampled < floor`, else None (a floor of 0 never warns)."""
+    if sampled >= floor or floor <= 0:
         return None
     if sft_steps == 0:
         fix = "give the run a cold start (sft.steps > 0) or start from a trained checkpoint (model.path)"

@@ -1,8 +1,8 @@
 """`train:`, `sft:`, `scheduler:`, `cluster:` and `logging:` sections: the shape of the run itself."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from kpop.spec.base import StrictModel, tagged_union
 
@@ -20,7 +20,7 @@ class TrainSpec(StrictModel):
     tasks_per_step: int = Field(16, ge=1, le=1_000_000, description="Tasks per step; each is sampled group_size times.")
     eval_tasks: int = Field(256, ge=0, le=1_000_000, description="Held-out tasks for the before/after evaluation (greedy).")
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps as well (0 = only before and after RL).")
-    min_start_reward: float = Field(0.1, ge=0.0, le=1.0, description="Warn after the cold start when held-out greedy reward is below this: RL rarely improves a policy that rarely succeeds (0 = never warn).")
+    min_start_reward: float = Field(0.1, ge=0.0, le=1.0, description="Warn after the cold start when held-out sampled reward (one sample per task at the run's temperature) is below this: RL learns from groups whose samples disagree, so it rarely improves a policy whose samples rarely succeed (0 = never warn).")
     checkpoint_every: int = Field(10, ge=1, description="Save a checkpoint every N steps (and at the end).")
 
 
@@ -55,15 +55,32 @@ class KPopSchedulerSpec(StrictModel):
 SchedulerSpec = tagged_union(SyncSchedulerSpec, KPopSchedulerSpec)
 
 
+# A Ray node label key or value as `ray start --labels key=value` takes it (equality only here).
+LABEL = r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$"
+Labels = dict[Annotated[str, StringConstraints(pattern=LABEL)], Annotated[str, StringConstraints(pattern=LABEL)]]
+
+
+class PlacementSpec(StrictModel):
+    learner: Labels = Field(default_factory=dict, max_length=16, description="Node labels (`ray start --labels k=v`) every learner rank must run on: the run waits start_timeout_s for such nodes to have room, then fails naming them (a run cannot replace its learner).")
+    engine: Labels = Field(default_factory=dict, max_length=16, description="Node labels the engines go to first; when no such node has room (e.g. a replacement after that node was lost) an engine goes to any node with its CPUs/GPUs.")
+    env_worker: Labels = Field(default_factory=dict, max_length=16, description="Node labels the environment workers go to first; like engine, a replacement goes anywhere when no such node is left.")
+
+
 class ClusterSpec(StrictModel):
-    address: str | None = Field(None, description="Ray address (ray://host:10001 or auto); unset starts a local Ray instance.")
+    address: str | None = Field(None, description="Ray address (ray://host:10001, host:6379 or auto); unset starts a local Ray instance.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all, at least 4); only without an address.")
+    placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Which labelled nodes of the cluster each role's actors run on (only with an address).")
+    start_timeout_s: float = Field(60.0, gt=0, le=86400, description="Seconds the run waits for the cluster to answer, to check its storage and to place the actors (resources free) before failing with the address, the node or the missing resources; building engines and loading weights are not counted.")
 
     @model_validator(mode="after")
-    def _local_only_cpus(self) -> "ClusterSpec":
+    def _local_or_cluster(self) -> "ClusterSpec":
         if self.address is not None and self.num_cpus is not None:
             raise ValueError("cluster.num_cpus sizes the local Ray instance started when cluster.address is unset; "
                              "a cluster at an address brings its own CPUs: remove one of the two")
+        p = self.placement
+        if self.address is None and (p.learner or p.engine or p.env_worker):
+            raise ValueError("cluster.placement names labelled nodes of a cluster; the local Ray instance started "
+                             "without cluster.address has one unlabelled node: set cluster.address or remove cluster.placement")
         return self
 
 

@@ -117,5 +117,5 @@ def test_run_logs_its_starting_reward_and_warns_below_the_floor(finished_run):
     assert any(level == logging.INFO and msg.startswith(f"RL starts from held-out reward greedy {start:.3f}")
                for level, msg in messages)
     warned = any(level == logging.WARNING and "train.min_start_reward 0.1" in msg for level, msg in messages)
-    assert warned == (start < spec.train.min_start_reward)
+    assert warned == (result["before_rl"]["sampled_reward"] < spec.train.min_start_reward)
     assert any("cold start reached its target loss 100 at step 10" in msg for _, msg in messages)
