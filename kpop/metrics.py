@@ -65,6 +65,11 @@ KEYS: tuple[MetricKey, ...] = (
     MetricKey("loss", ("sft", "rl"), "the learner step's loss (SFT: mean token cross-entropy)"),
     MetricKey("grad_norm", ("sft", "rl"), "gradient norm before clipping (RL: the largest of the step's optimiser updates)"),
     MetricKey("tokens", SFT, "tokens trained in the step"),
+    MetricKey("moe_load_max_mean", ("sft", "rl"), "MoE routing balance over the step's training forwards: tokens "
+              "of the busiest expert / mean tokens per expert, averaged over the MoE layers (1 = balanced; models "
+              "with MoE layers only)"),
+    MetricKey("moe_load_max_mean/<layer>", ("sft", "rl"), "the same for the MoE layer at index <layer> of "
+              "model.layers"),
     MetricKey("verified", SFT, "reference-solver episodes that verified correct (the cold-start data)"),
     MetricKey("solved", SFT, "reference-solver episodes played"),
     MetricKey("label", EVAL, "which evaluation: before_rl, during_rl or after_rl"),

@@ -25,6 +25,8 @@ Contract:
 - Gradient accumulation is unmanaged (deepspeed_engine.py): each micro-batch's loss is normalised
   by the whole batch's token (or pair) count and multiplied by the world size, because DeepSpeed
   averages gradients over ranks; the sum over micro-batches and ranks is the batch loss.
+- After every optimiser step the MoE routers' expert biases move towards balanced load (balance.py,
+  `expert_bias_rate`); `moe_load` reports max / mean load per MoE layer (empty without routers).
 - `publish()` returns the weights as a WeightUpdate (HF names; ZeRO-3 shards gathered, collective;
   ranks other than 0 return an update with no chunks). `save(dir)` / `load(dir)`: checkpoint.py.
 Runs in a Ray actor (actor.py, group.py) or in-process for tests.
@@ -33,11 +35,12 @@ Runs in a Ray actor (actor.py, group.py) or in-process for tests.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from kpop.learner.balance import ExpertBalancer
 from kpop.learner.batch import Batch, collate
 from kpop.learner.checkpoint import load_checkpoint, save_checkpoint
 from kpop.learner.deepspeed_engine import RankInfo, build_engine, init_distributed
@@ -70,6 +73,7 @@ class StepMetrics:
     step_s: float
     masked_fraction: float = 0.0   # share of generated tokens the off-policy correction zeroed ("rl")
     pair_accuracy: float = 0.0     # share of preference pairs with positive implicit reward margin ("dpo")
+    moe_load: dict[str, float] = field(default_factory=dict)  # balance.ExpertBalancer.metrics() of the step
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Learner:
 
             apply_spec(model, spec.quant)
         self.engine, self.optimizer, self.grad_norm = build_engine(model, spec, spec.lr)
+        self.balancer = ExpertBalancer(self.engine.module, spec.expert_bias_rate)  # MoE routers, if any
         self.version, self.steps = 0, 0
         self.last_mode: str | None = None
         self.focus = FocusState()
@@ -143,6 +148,7 @@ class Learner:
                     self.engine.backward(loss * plan.world_size, scale_wrt_gas=False)
                     sums.loss += float(loss.detach())
                 self.engine.step()
+                self.balancer.after_step()
                 self.steps += 1
                 norms.append(self.grad_norm())
         self.version += 1
@@ -150,7 +156,8 @@ class Learner:
         return StepMetrics(plan.mode, self.version, sums.loss / plan.epochs, max(norms),
                            sum(t.num_generated for t in plan.rows), plan.sequences if self.rank.rank == 0 else 0,
                            sums.mismatch / n, sums.clipped / (n * plan.epochs), time.perf_counter() - t0,
-                           sums.masked / n, sums.correct_pairs / max(plan.num_pairs, 1))
+                           sums.masked / n, sums.correct_pairs / max(plan.num_pairs, 1),
+                           moe_load=self.balancer.metrics())
 
     def _zero_moments(self) -> None:
         """Adam restarts: first and second moments and step count to zero, in place (DeepSpeed's

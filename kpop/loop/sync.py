@@ -48,7 +48,7 @@ def cold_start(ctx: RunContext) -> None:
         batch = rng.sample(verified, min(cfg.batch_size, len(verified)))
         m = ray.get(ctx.learner.train_step.remote(batch, "sft"))
         ctx.metrics.write("sft", step, {"loss": m.loss, "grad_norm": m.grad_norm, "tokens": m.tokens,
-                                        "verified": len(verified), "solved": len(solved)})
+                                        "verified": len(verified), "solved": len(solved), **m.moe_load})
         progress.update(step, {"loss": m.loss})
         losses.append(m.loss)
         if reached_target(losses, cfg.target_loss):

@@ -18,7 +18,8 @@ Trainer / engine API
 
 Positions default to `cache.seq_len + arange(T)`; `position_ids` may be passed. Passing a
 HybridCache never mutates it: the updated cache comes back in `out.past_key_values`.
-Router balancing: `model.update_router_biases(gamma)` after each optimiser step.
+Router balancing: `model.update_router_biases(gamma)` after each optimiser step (the learner does
+it through kpop.learner.balance); padding positions (attention_mask 0) do not count as load.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class DecoderLayer(nn.Module):
     def forward(self, h, positions, state=None, use_cache=False, attention_mask=None):
         attn, new_state = self.attention(self.input_layernorm(h), positions, state, use_cache, attention_mask)
         h = h + attn
-        mlp_out = self.mlp(self.post_attention_layernorm(h))
+        normed = self.post_attention_layernorm(h)
+        mlp_out = self.mlp(normed, attention_mask) if isinstance(self.mlp, MoE) else self.mlp(normed)
         router_logits = None
         if isinstance(mlp_out, tuple):
             mlp_out, router_logits = mlp_out
@@ -83,7 +85,7 @@ class MTPLayer(nn.Module):
     def forward(self, embeds, h, positions, attention_mask=None):
         h = self.eh_proj(torch.cat([self.enorm(embeds), self.hnorm(h)], -1))
         h = h + self.attention(self.input_layernorm(h), positions, attention_mask=attention_mask)[0]
-        h = h + self.mlp(self.post_attention_layernorm(h))[0]
+        h = h + self.mlp(self.post_attention_layernorm(h), attention_mask)[0]
         return self.final_layernorm(h)
 
 

@@ -10,9 +10,11 @@ Routing for a token x (all in float32, whatever the model dtype):
     y        = sum_i weight_i * expert_{idx_i}(x) + shared_experts(x)
 
 Bias update (DeepSeek-V3 aux-loss-free balancing): the layer counts tokens per expert while
-training; `update_expert_bias(gamma)` moves each bias by gamma * sign(mean_load - load_e), i.e.
-overloaded experts down and underloaded ones up, then clears the counts. The learner calls it
-after each optimiser step (gamma 1e-3, later 1e-4). The bias never receives gradients.
+training (only real tokens: positions where the attention mask is 0, e.g. padding, are routed but
+not counted); `update_expert_bias(gamma)` moves each bias by gamma * sign(mean_load - load_e),
+i.e. overloaded experts down and underloaded ones up, then clears the counts. The learner calls it
+after each optimiser step (kpop.learner.balance; `learner.expert_bias_rate`). The bias never
+receives gradients.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ class MoEGate(nn.Module):
             selection_scores = selection_scores.masked_fill(~expert_mask, float("-inf"))
         return selection_scores.topk(self.top_k, dim=-1).indices
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [N, hidden] -> (indices [N, k], weights [N, k] float32, logits [N, E] float32)."""
+    def forward(self, x: torch.Tensor, counted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, hidden] -> (indices [N, k], weights [N, k] float32, logits [N, E] float32).
+        `counted` [N] bool: the tokens whose routing counts towards the load (default all)."""
         logits = F.linear(x.float(), self.weight.float())
         scores = torch.sigmoid(logits)
         idx = self.select(scores + self.expert_bias)
@@ -57,7 +60,8 @@ class MoEGate(nn.Module):
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
         weights = weights * self.routed_scaling_factor
         if self.training:
-            self.tokens_per_expert += torch.bincount(idx.flatten(), minlength=scores.shape[1]).float()
+            chosen = idx if counted is None else idx[counted]
+            self.tokens_per_expert += torch.bincount(chosen.flatten(), minlength=scores.shape[1]).float()
         return idx, weights, logits
 
     @torch.no_grad()
@@ -77,10 +81,15 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(SwiGLU(hidden_size, moe_intermediate_size) for _ in range(num_experts))
         self.shared_experts = SwiGLU(hidden_size, moe_intermediate_size * num_shared_experts) if num_shared_experts else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [..., T, hidden]; `attention_mask` [B, >= T] (0/1, its last T columns are x's tokens)
+        only decides which tokens the load counts."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        idx, weights, logits = self.gate(flat)
+        counted = None
+        if attention_mask is not None and x.dim() == 3:
+            counted = attention_mask[:, -shape[1]:].reshape(-1).bool()
+        idx, weights, logits = self.gate(flat, counted)
         out = torch.zeros_like(flat, dtype=torch.float32)
         for e in torch.unique(idx).tolist():
             token, slot = torch.nonzero(idx == e, as_tuple=True)
