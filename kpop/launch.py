@@ -5,6 +5,11 @@ runtime configuration (kpop.runtime), the one conversion of a RunSpec that `kpop
 `kpop serve` use too. Placement is the only thing that differs between a laptop and a cluster:
 with `cluster.address` unset a local Ray instance is started; otherwise the same actors are placed
 on the cluster. The loops are handed `checkpoint` and import nothing from here.
+
+Start-up on a cluster fails fast (kpop.runtime.placement, kpop.runtime.storage), each step bounded
+by cluster.start_timeout_s: an address where nothing answers, a spec the cluster's nodes cannot
+hold, a run_dir some node does not share, actors still unplaced after the timeout. Only building
+engines and loading weights may take longer (STARTUP_TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from pathlib import Path
 from kpop.loop.context import RunContext
 from kpop.metrics import MetricsWriter
 from kpop.runtime.actors import start_engine, start_worker
-from kpop.runtime.build import overlaps, runtime_config
+from kpop.runtime.build import overlaps, ray_start, runtime_config
 from kpop.runtime.config import RayStart, RunRuntime
+from kpop.runtime.placement import ClusterStartError, alive_nodes, check_fits, check_reachable, run_demands, wait_placed
 from kpop.spec import RunSpec
 from kpop.spec.sandbox import SandboxSpec
 from kpop.tasks import TaskSampler
@@ -99,10 +105,20 @@ def _start_ray(start: RayStart) -> None:
     if ray.is_initialized():
         return
     if start.address:
+        check_reachable(start.address, start.timeout_s)  # Ray itself retries for minutes
         ray.init(address=start.address, log_to_driver=False)
     else:
         ray.init(num_cpus=start.num_cpus, include_dashboard=False, log_to_driver=False,
                  _system_config=RAY_SYSTEM_CONFIG)
+
+
+def _join(spec: RunSpec) -> None:
+    """Start or join Ray and check that its nodes can hold the run's actors (ClusterStartError)."""
+    start = ray_start(spec)
+    _start_ray(start)
+    where = f"the cluster at {start.address}" if start.address else "the local Ray instance"
+    p = spec.cluster.placement
+    check_fits(run_demands(spec), alive_nodes(), {"learner": p.learner, "engine": p.engine, "env_worker": p.env_worker}, where)
 
 
 def start_actors(spec: RunSpec, model_dir: Path):
@@ -117,18 +133,33 @@ def start_actors(spec: RunSpec, model_dir: Path):
 
 def launch_actors(spec: RunSpec, model_dir: Path, runtime: RunRuntime):
     """Like `start_actors`, but returns once the learner and workers are ready, with the engines'
-    start() refs still running (the cold start needs no engine and overlaps their start-up)."""
+    start() refs still running (the cold start needs no engine and overlaps their start-up).
+    Engines and workers must be running, and the learner ranks placed, within
+    cluster.start_timeout_s (ClusterStartError otherwise)."""
     import ray
+    from ray.exceptions import RayActorError
 
     from kpop.learner.group import LearnerGroup
 
+    timeout, demand = runtime.ray.timeout_s, {d.role: d for d in run_demands(spec)}
     engines = [start_engine(launch) for launch in runtime.engines]
+    placed = [e.load.remote() for e in engines]   # answers before the build that start() begins
     starting = [e.start.remote() for e in engines]
-    workers = [start_worker(config) for config in runtime.workers]
+    workers = [start_worker(config, runtime.placement.env_worker) for config in runtime.workers]
     learner = LearnerGroup.create(  # coordinator actor over learner.num_ranks DeepSpeed ranks
         str(model_dir), spec.learner, spec.seed, sft_lr=spec.sft.lr, num_threads=learner_threads(spec),
-        rl_threads=learner_threads(spec, overlapped=overlaps(spec)))
-    ray.get([learner.ready.remote()] + [w.ping.remote() for w in workers], timeout=STARTUP_TIMEOUT_S)
+        rl_threads=learner_threads(spec, overlapped=overlaps(spec)), labels=runtime.placement.learner,
+        place_timeout_s=timeout)
+    try:
+        wait_placed({"engine": (demand["engine"], placed),
+                     "environment worker": (demand["environment worker"], [w.ping.remote() for w in workers])}, timeout)
+        ray.get(learner.ready.remote(), timeout=STARTUP_TIMEOUT_S)
+    except (ClusterStartError, RayActorError) as exc:
+        for handle in [*engines, *workers, learner]:
+            ray.kill(handle)
+        if isinstance(exc, ClusterStartError):
+            raise
+        raise ClusterStartError(f"the learner did not start: {exc}") from exc
     return engines, workers, learner, starting
 
 
@@ -185,9 +216,13 @@ def run(spec: RunSpec) -> dict:
         from kpop.loop.sync import train
     # A run directory with a checkpoint resumes from it: actors start from its weights.
     resume = find_checkpoint(run_dir, STATE_FILE if spec.scheduler.type == "kpop" else RUN_STATE)
+    _join(spec)   # before building the model: a cluster that cannot run the spec fails in seconds
     model_dir = resume or prepare_initial_model(spec)
+    if spec.cluster.address:
+        from kpop.runtime.storage import check_storage
+
+        check_storage(run_dir, model_dir, alive_nodes(), spec.cluster.start_timeout_s)
     runtime = runtime_config(spec, model_dir)
-    _start_ray(runtime.ray)
     engines, workers, learner, starting = launch_actors(spec, model_dir, runtime)
     metrics = MetricsWriter(runtime.metrics.run_dir, runtime.metrics.logging, spec.model_dump(mode="json"))
     ctx = RunContext(spec, run_dir, model_dir, engines, workers, learner, TaskSampler(spec.envs, spec.seed), metrics,

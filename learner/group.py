@@ -13,6 +13,10 @@ average, so the update equals one rank's on the whole batch). Metrics: losses, t
 mismatch / clipped / masked fractions (each already divided by the global count) are summed over
 ranks; the MoE load is rank 0's (every rank sums the routers' counts over all ranks). `publish` and `save` are collective (ZeRO-3 shards gathered); rank 0's WeightUpdate is
 returned. The rendezvous is rank 0's node address and a free port there; gloo on CPU, NCCL on GPU.
+
+Placement: `labels` (cluster.placement.learner) restrict the coordinator and every rank to nodes
+with those labels; the ranks must all be running within `place_timeout_s`, else the coordinator's
+construction raises TimeoutError naming what they ask for (the ranks are not built meanwhile).
 """
 
 from __future__ import annotations
@@ -80,25 +84,37 @@ def combine(metrics: list[StepMetrics]) -> StepMetrics:
 
 class LearnerGroup:
     def __init__(self, model_dir: str, spec: LearnerSpec, seed: int = 0, sft_lr: float | None = None,
-                 num_threads: int | None = None, rl_threads: int | None = None) -> None:
+                 num_threads: int | None = None, rl_threads: int | None = None, labels: dict | None = None,
+                 place_timeout_s: float | None = None) -> None:
         import ray
 
         worker = ray.remote(RankWorker)
         n = spec.num_ranks
         self.spec, self.focus = spec, FocusState()
-        self.ranks = [worker.options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus).remote() for _ in range(n)]
-        addr, port = ray.get(self.ranks[0].address.remote())
+        where = {"label_selector": dict(labels)} if labels else {}
+        self.ranks = [worker.options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, **where).remote() for _ in range(n)]
+        addresses = [w.address.remote() for w in self.ranks]
+        _, waiting = ray.wait(addresses, num_returns=n, timeout=place_timeout_s)
+        if waiting:
+            raise TimeoutError(f"{len(waiting)} of {n} learner ranks (each CPU {spec.num_cpus:g}, GPU {spec.num_gpus:g}"
+                               f"{f', labels {labels}' if labels else ''}) not placed within {place_timeout_s:g} s: "
+                               "the cluster has no node with that much free (learner.num_cpus, learner.num_gpus, "
+                               "cluster.placement.learner)")
+        addr, port = ray.get(addresses[0])
         ray.get([w.build.remote(str(model_dir), spec, seed, RankInfo(r, n, addr, port), sft_lr, num_threads,
                               rl_threads)
                  for r, w in enumerate(self.ranks)])
 
     @classmethod
     def create(cls, model_dir: str, spec: LearnerSpec, seed: int = 0, sft_lr: float | None = None,
-               num_threads: int | None = None, rl_threads: int | None = None):
+               num_threads: int | None = None, rl_threads: int | None = None, labels: dict | None = None,
+               place_timeout_s: float | None = None):
         """A coordinator actor (0 CPUs) owning the ranks; its methods mirror LearnerActor's."""
         import ray
 
-        return ray.remote(cls).options(num_cpus=0).remote(model_dir, spec, seed, sft_lr, num_threads, rl_threads)
+        where = {"label_selector": dict(labels)} if labels else {}
+        return ray.remote(cls).options(num_cpus=0, **where).remote(model_dir, spec, seed, sft_lr, num_threads, rl_threads,
+                                                                  labels, place_timeout_s)
 
     def _all(self, method: str, *args) -> list:
         import ray

@@ -99,7 +99,8 @@ async def _collector(ctx: RunContext, state: SchedulerState | None) -> Collector
     ctx.sampler.curriculum, ctx.sampler.revisit_prob = dpr, spec.dpr.revisit_prob if dpr else 0.0
     router = EngineRouter.remote(ctx.engines)
     dispatcher_args = {"workers": ctx.workers, "router": router, "sampling": runtime.sampling,
-                       "make_worker": lambda i: start_worker(runtime.workers[i]), "max_retries": spec.max_retries}
+                       "make_worker": lambda i: start_worker(runtime.workers[i], runtime.placement.env_worker),
+                       "max_retries": spec.max_retries}
     collector = Collector(spec, ctx.sampler, dpr, ctx.spec.rollout.group_size, ctx.spec.train.tasks_per_step,
                           ctx.engines, router, lambda i: start_engine(runtime.engines[i]), dispatcher_args)
     if state is not None and hasattr(ctx.learner, "load"):

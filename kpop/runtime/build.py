@@ -17,7 +17,7 @@ from kpop.rollout.agent_loop import LoopLimits
 from kpop.rollout.engine import SamplingParams
 from kpop.rollout.engine_choice import EngineChoice, ModelFacts, choose_engine, facts_from_checkpoint
 from kpop.rollout.env_worker import EnvConfig, WorkerConfig
-from kpop.runtime.config import EngineLaunch, MetricsConfig, RayStart, RunRuntime
+from kpop.runtime.config import EngineLaunch, MetricsConfig, Placement, RayStart, RunRuntime
 from kpop.spec import RunSpec
 from kpop.spec.envs import EnvEntrySpec
 from kpop.spec.rollout import RolloutSpec
@@ -31,9 +31,20 @@ def runtime_config(spec: RunSpec, model_dir: str | Path) -> RunRuntime:
         sampling=training_sampling(spec),
         greedy=greedy_sampling(spec),
         reward_terms={e.name: tuple(e.rewards) for e in spec.envs},
-        ray=RayStart(spec.cluster.address, spec.cluster.num_cpus or max(os.cpu_count() or 2, 4)),
+        ray=ray_start(spec),
         metrics=MetricsConfig(Path(spec.run_dir), spec.logging),
+        placement=placement(spec),
     )
+
+
+def ray_start(spec: RunSpec) -> RayStart:
+    c = spec.cluster
+    return RayStart(c.address, c.num_cpus or max(os.cpu_count() or 2, 4), c.start_timeout_s)
+
+
+def placement(spec: RunSpec) -> Placement:
+    p = spec.cluster.placement
+    return Placement(dict(p.learner), dict(p.engine), dict(p.env_worker))
 
 
 def engine_launch(spec: RunSpec, model_dir: str | Path, index: int) -> EngineLaunch:
@@ -51,7 +62,7 @@ def engine_launch(spec: RunSpec, model_dir: str | Path, index: int) -> EngineLau
         config = VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib,
                                   enforce_eager=eng.enforce_eager, seed=spec.seed + index,
                                   max_num_seqs=eng.max_num_seqs)
-    return EngineLaunch(config, eng.num_cpus, eng.num_gpus, rollout_nice(spec))
+    return EngineLaunch(config, eng.num_cpus, eng.num_gpus, rollout_nice(spec), dict(spec.cluster.placement.engine))
 
 
 def engine_choice(spec: RunSpec, model_dir: str | Path | None = None) -> EngineChoice:

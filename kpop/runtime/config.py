@@ -10,7 +10,7 @@ Invariants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,14 +31,27 @@ class EngineLaunch:
     num_cpus: float
     num_gpus: float
     nice: int  # CPU niceness of the actor and the engine processes it spawns
+    labels: dict[str, str] = field(default_factory=dict)  # node labels it goes to first (cluster.placement.engine)
 
 
 @dataclass(frozen=True)
 class RayStart:
-    """How the driver joins Ray: a cluster address, or a local instance of `num_cpus` CPUs."""
+    """How the driver joins Ray: a cluster address, or a local instance of `num_cpus` CPUs; how
+    long it waits for the cluster to answer and to place the run's actors (kpop.runtime.placement)."""
 
     address: str | None
     num_cpus: int
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Node labels per role (cluster.placement): required by the learner ranks, preferred by
+    engines and environment workers (kpop.runtime.actors)."""
+
+    learner: dict[str, str] = field(default_factory=dict)
+    engine: dict[str, str] = field(default_factory=dict)
+    env_worker: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,3 +71,4 @@ class RunRuntime:
     reward_terms: dict[str, tuple]  # environment name -> its reward terms (group-level ones: the loops)
     ray: RayStart
     metrics: MetricsConfig
+    placement: Placement = field(default_factory=Placement)

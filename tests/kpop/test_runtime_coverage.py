@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import itertools
 import types
 import typing
@@ -41,6 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 CODE = ("kpop", "envs", "rollout", "learner", "quant", "models", "deploy")  # where a field can be read
 MODEL_DIR = "/models/start"  # the runtime configuration only names the folder
 NEEDS: dict[type[BaseModel], dict[str, Any]] = {EnvEntrySpec: {"name": "calculator"}, ProcessBackendSpec: {"unsafe": True}}
+# Fields valid only next to another field of their section: that data joins their base.
+CONTEXT: dict[str, tuple[tuple, dict[str, Any]]] = {"cluster.placement.": (("cluster",), {"address": "auto"})}
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ def _candidates(annotation: Any, current: Any) -> list[Any]:
     if origin is list:
         return [[*current, "x"], [*current, "/opt"]]
     if origin is dict:
-        return [{**current, "x": 1.0}]
+        return [{**current, "x": 1.0}, {**current, "x": "x"}]
     if origin is tuple:
         return [tuple(v * 0.9 for v in current)]
     raise TypeError(f"no candidate values for {annotation}: teach _candidates this type")
@@ -208,7 +211,12 @@ def _consumer(path: str) -> tuple[str, Consumer] | None:
     return (max(matches, key=len), CONSUMED_ELSEWHERE[max(matches, key=len)]) if matches else None
 
 
-CHANGES = list(_walk())
+def _in_context(change: Change) -> Change:
+    found = next((where for prefix, where in CONTEXT.items() if change.path.startswith(prefix)), None)
+    return change if found is None else dataclasses.replace(change, base=_put(change.base, *found))
+
+
+CHANGES = [_in_context(c) for c in _walk()]
 
 
 def test_the_walk_reaches_every_section_variant_and_list_entry():
