@@ -26,7 +26,7 @@ Contract:
   by the whole batch's token (or pair) count and multiplied by the world size, because DeepSpeed
   averages gradients over ranks; the sum over micro-batches and ranks is the batch loss.
 - After every optimiser step the MoE routers' expert biases move towards balanced load (balance.py,
-  `expert_bias_rate`); `moe_load` reports max / mean load per MoE layer (empty without routers).
+  `expert_bias_gamma`); `moe_load` reports max / mean load per MoE layer (empty without routers).
 - `publish()` returns the weights as a WeightUpdate (HF names; ZeRO-3 shards gathered, collective;
   ranks other than 0 return an update with no chunks). `save(dir)` / `load(dir)`: checkpoint.py.
 Runs in a Ray actor (actor.py, group.py) or in-process for tests.
@@ -110,7 +110,7 @@ class Learner:
 
             apply_spec(model, spec.quant)
         self.engine, self.optimizer, self.grad_norm = build_engine(model, spec, spec.lr)
-        self.balancer = ExpertBalancer(self.engine.module, spec.expert_bias_rate)  # MoE routers, if any
+        self.balancer = ExpertBalancer(self.engine.module, spec.expert_bias_gamma)  # MoE routers, if any
         self.version, self.steps = 0, 0
         self.last_mode: str | None = None
         self.focus = FocusState()

@@ -101,7 +101,7 @@ class LearnerSpec(StrictModel):
     weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas.")
     grad_clip: float = Field(1.0, ge=0, le=1e6, description="Gradient-norm clip (0 = off).")
-    expert_bias_rate: float = Field(1e-3, ge=0, le=1.0, description="Aux-loss-free MoE balancing: after every optimiser step each router's expert biases move by this times sign(mean load - load) (DeepSeek-V3: 1e-3, later 1e-4; 0 = off). Models without MoE layers ignore it.")
+    expert_bias_gamma: float = Field(1e-3, ge=0, le=1.0, description="Aux-loss-free MoE balancing: after every optimiser step each router's expert biases move by this times sign(mean load - load) (DeepSeek-V3: 1e-3, later 1e-4; 0 = off). Models without MoE layers ignore it.")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision.")
     micro_batch_size: int = Field(16, ge=1, le=65536, description="Sequences per forward/backward pass.")

@@ -13,7 +13,7 @@ Bias update (DeepSeek-V3 aux-loss-free balancing): the layer counts tokens per e
 training (only real tokens: positions where the attention mask is 0, e.g. padding, are routed but
 not counted); `update_expert_bias(gamma)` moves each bias by gamma * sign(mean_load - load_e),
 i.e. overloaded experts down and underloaded ones up, then clears the counts. The learner calls it
-after each optimiser step (kpop.learner.balance; `learner.expert_bias_rate`). The bias never
+after each optimiser step (kpop.learner.balance; `learner.expert_bias_gamma`). The bias never
 receives gradients.
 """
 

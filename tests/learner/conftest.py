@@ -38,3 +38,17 @@ def learner_tokenizer(learner_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(learner_model_dir))
+
+
+@pytest.fixture(scope="session")
+def learner_hybrid_dir(tmp_path_factory, learner_model_dir):
+    """A fresh tiny hybrid model (Lightning + MLA, MoE layers 1-3) with the same tokenizer, built
+    as `kpop run` builds one (init std 0.2: routing far from balanced at the start)."""
+    from transformers import AutoTokenizer
+
+    from kpop.models.hybrid.fresh import build_hybrid
+    from kpop.spec import load_spec
+
+    tokenizer = AutoTokenizer.from_pretrained(str(learner_model_dir))
+    spec = load_spec(None, ["model.type=hybrid", "model.init_std=0.2"]).model
+    return build_hybrid(spec, tokenizer, tmp_path_factory.mktemp("learner_hybrid"), seed=0)

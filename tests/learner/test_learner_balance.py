@@ -12,14 +12,8 @@ from kpop.trajectory import Trajectory
 
 
 @pytest.fixture(scope="module")
-def hybrid_dir(tmp_path_factory, learner_model_dir):
-    from transformers import AutoTokenizer
-
-    from kpop.models.hybrid.fresh import build_hybrid
-
-    tokenizer = AutoTokenizer.from_pretrained(str(learner_model_dir))
-    spec = load_spec(None, ["model.type=hybrid", "model.init_std=0.2"]).model
-    return build_hybrid(spec, tokenizer, tmp_path_factory.mktemp("hybrid"), seed=0)
+def hybrid_dir(learner_hybrid_dir):
+    return learner_hybrid_dir
 
 
 def sft_rows(n: int, length: int = 24, seed: int = 0) -> list[Trajectory]:
@@ -35,7 +29,7 @@ def sft_rows(n: int, length: int = 24, seed: int = 0) -> list[Trajectory]:
 def learner(model_dir, rate: float, lr: float = 1e-3):
     from kpop.learner.learner import Learner
 
-    spec = load_spec(None, [f"learner.expert_bias_rate={rate}", f"learner.lr={lr}", "learner.micro_batch_size=8"]).learner
+    spec = load_spec(None, [f"learner.expert_bias_gamma={rate}", f"learner.lr={lr}", "learner.micro_batch_size=8"]).learner
     return Learner(str(model_dir), spec, seed=0, num_threads=1)
 
 
