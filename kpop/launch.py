@@ -25,6 +25,7 @@ from kpop.metrics import MetricsWriter
 from kpop.runtime.actors import start_engine, start_worker
 from kpop.runtime.build import overlaps, ray_start, runtime_config
 from kpop.runtime.config import RayStart, RunRuntime
+from kpop.runtime.quant_plan import record as record_quant
 from kpop.runtime.placement import ClusterStartError, alive_nodes, check_fits, check_reachable, run_demands, wait_placed
 from kpop.spec import RunSpec
 from kpop.spec.sandbox import SandboxSpec
@@ -48,10 +49,17 @@ def plan(spec: RunSpec) -> str:
         f"  workers:   {r.num_env_workers} environment worker(s)",
         f"  sandbox:   {describe_sandbox(spec.sandbox)}",
         f"  learner:   {lr.num_ranks} DeepSpeed rank(s), ZeRO-{lr.zero_stage}, {lr.precision}, objective {lr.objective.type}",
+        *_quant(spec),
         (f"  schedule:  {spec.scheduler.type}; cold start {_cold_start(spec)}; {t.steps} RL steps x "
          f"{t.tasks_per_step} tasks x {r.group_size} samples; {t.eval_tasks} held-out tasks"),
         f"  cluster:   {spec.cluster.address or 'local Ray instance'}",
     ])
+
+
+def _quant(spec: RunSpec) -> list[str]:
+    from kpop.runtime.quant_plan import plan_lines
+
+    return [f"  {'quant:' if i == 0 else '':<11}{line}" for i, line in enumerate(plan_lines(spec))]
 
 
 def _engine(spec: RunSpec) -> str:
@@ -218,6 +226,7 @@ def run(spec: RunSpec) -> dict:
     resume = find_checkpoint(run_dir, STATE_FILE if spec.scheduler.type == "kpop" else RUN_STATE)
     _join(spec)   # before building the model: a cluster that cannot run the spec fails in seconds
     model_dir = resume or prepare_initial_model(spec)
+    record_quant(spec, model_dir, run_dir)  # the FP4 recipe resolved against the model: <run_dir>/quant.json
     if spec.cluster.address:
         from kpop.runtime.storage import check_storage
 

@@ -2,8 +2,9 @@
 
 High-precision layers (left as nn.Linear):
 - every linear inside the first `first_blocks` and the last `last_blocks` transformer blocks,
-  where "the blocks" are the children of the model's longest nn.ModuleList (e.g. Llama's
-  `model.layers`); a model without a ModuleList has no blocks to keep;
+  where "the blocks" are the children of the model's outermost nn.ModuleList (the fewest dots
+  in its name, the longest among equals: Llama's and the hybrid's `model.layers`, not an MoE
+  layer's `experts` inside them); a model without a ModuleList has no blocks to keep;
 - every linear whose qualified name matches a `patterns` entry (default "*lm_head*").
 Linears outside the blocks (and not matched) are quantised. Replacements share the original
 Parameter objects, so state_dict keys, optimiser state and tied weights are unaffected.
@@ -30,11 +31,10 @@ class ApplyReport:
 
 
 def _block_list(model: nn.Module) -> tuple[str, int] | None:
-    best: tuple[str, int] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and (best is None or len(module) > best[1]):
-            best = (name, len(module))
-    return best
+    lists = [(name, len(m)) for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        return None
+    return min(lists, key=lambda item: (item[0].count("."), -item[1]))
 
 
 def _kept_blocks(blocks: tuple[str, int] | None, first: int, last: int) -> set[str]:
@@ -51,31 +51,41 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def apply(model: nn.Module, recipe: Recipe) -> ApplyReport:
-    """Swap eligible nn.Linear layers of `model` for FP4Linear(recipe); returns what was done."""
+def classify(model: nn.Module, recipe: Recipe) -> ApplyReport:
+    """Which nn.Linear layers `apply` would quantise and which it would keep; changes nothing
+    (works on a model built on the meta device, e.g. to show a run's plan)."""
     report = ApplyReport(recipe.name)
     hp = recipe.high_precision
     kept_prefixes = _kept_blocks(_block_list(model), hp.first_blocks, hp.last_blocks)
     # Exact type: subclasses (FP4Linear from an earlier apply, other custom layers) are left alone.
-    targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
-    for name, module in targets:
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear:
+            continue
         in_kept_block = any(name.startswith(p) for p in kept_prefixes)
         matched = any(fnmatch.fnmatch(name, pat) for pat in hp.patterns)
-        if not recipe.enabled or in_kept_block or matched:
-            report.kept.append(name)
-            continue
-        _set_submodule(model, name, FP4Linear.from_linear(module, recipe))
-        report.quantised.append(name)
+        (report.kept if not recipe.enabled or in_kept_block or matched else report.quantised).append(name)
     return report
 
 
-def apply_spec(model: nn.Module, spec) -> ApplyReport:
-    """Apply the recipe described by a `kpop.spec.learner.QuantSpec` (the learner's entry point)."""
-    recipe = make_recipe(
+def apply(model: nn.Module, recipe: Recipe) -> ApplyReport:
+    """Swap eligible nn.Linear layers of `model` for FP4Linear(recipe); returns what was done."""
+    report = classify(model, recipe)
+    for name in report.quantised:
+        _set_submodule(model, name, FP4Linear.from_linear(model.get_submodule(name), recipe))
+    return report
+
+
+def recipe_from_spec(spec) -> Recipe:
+    """The recipe a `kpop.spec.learner.QuantSpec` describes."""
+    return make_recipe(
         spec.recipe,
         first_blocks=spec.keep_first_blocks,
         last_blocks=spec.keep_last_blocks,
         keep_lm_head=spec.keep_lm_head,
         rht_size=spec.rht_size,
     )
-    return apply(model, recipe)
+
+
+def apply_spec(model: nn.Module, spec) -> ApplyReport:
+    """Apply the recipe described by a `kpop.spec.learner.QuantSpec` (the learner's entry point)."""
+    return apply(model, recipe_from_spec(spec))

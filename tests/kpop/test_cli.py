@@ -37,6 +37,19 @@ def test_dry_run_prints_resolved_spec_and_plan():
     assert "2 at once per worker" in sandbox and "wall 1 s" in sandbox and "memory 512 MiB" in sandbox
 
 
+def test_dry_run_of_the_hybrid_example_shows_its_engine_and_the_resolved_fp4_recipe():
+    result = kpop("run", "examples/hybrid.yaml", "--dry-run", "--set", "learner.quant.recipe=ufp4")
+    assert result.returncode == 0, result.stderr
+    assert "fresh hybrid" in result.stdout and "1 x builtin" in result.stdout
+    quant = result.stdout[result.stdout.index("  quant:"):result.stdout.index("  schedule:")]
+    assert "ufp4:" in quant and "fprop: x uniform 1x16 e4m3 rtn, w uniform 1x16 e4m3 rtn; RHT 16" in quant
+    assert "dgrad: dy uniform 1x16 e4m3 sr" in quant
+    # the tiny preset: MoE layers 1-3 (8 experts), the first and last blocks and the LM head kept
+    assert "60 of 98 linear layers quantised" in quant and "model.layers.0.* (6), model.layers.3.* (31), lm_head" in quant
+    plain = kpop("run", "examples/hybrid.yaml", "--dry-run")
+    assert "quant:     off (learner.quant.recipe bf16)" in plain.stdout
+
+
 def test_bad_spec_exits_2_with_paths_and_no_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learner:\n  lr_rate: 1\nenvs:\n  - name: calculater\n")
