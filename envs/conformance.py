@@ -11,7 +11,10 @@ Checks (each a CheckResult; the suite never raises for what the environment does
 - too_many_turns: tool calls that never answer end in a truncation within `max_turns` steps;
 - timeouts: a step bounded by a zero timeout comes back as a truncation and leaves the env usable,
   and a non-terminating submission (an infinite loop as code) returns within `step_timeout_s`;
-- pickling: the env pickles before reset and mid-episode, and the copy continues exactly as the original.
+- pickling: the env pickles before reset and mid-episode, and the copy continues exactly as the original;
+- declarations: the reference solver's final step reports every part of `reward_parts`; where
+  `answer_pattern` is set, the reference's final turn matches it, and text appended after the
+  answer (a re-check with another answer) leaves the reward unchanged.
 Run it outside an event loop (it drives its own with asyncio.run).
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -167,6 +171,34 @@ async def _episodes(factory: Callable[[], AgentEnv], seeds: list[int]) -> list[C
     ]
 
 
+RECHECK = "\nLet me check that again. Answer: 123456789"
+
+
+async def _check_declarations(factory: Callable[[], AgentEnv], seed: int) -> CheckResult:
+    env = factory()
+    parts, pattern = type(env).reward_parts, type(env).answer_pattern
+    if not _has_solver(factory, seed):
+        return CheckResult("declarations", True, "no reference solver to check them against")
+    ref = await run_episode(factory(), seed, reference_policy)
+    missing = [p for p in parts if p not in ref.reward_parts]
+    if missing:
+        return CheckResult("declarations", False, f"reward_parts {missing} missing from the reference's final step")
+    if pattern is None:
+        return CheckResult("declarations", True, f"reward_parts {list(parts)} reported; no answer_pattern")
+    turns = [m.content for m in ref.messages if m.role == "assistant"]
+    if not re.search(pattern, turns[-1]):
+        return CheckResult("declarations", False, f"answer_pattern {pattern!r} does not match the reference's final turn")
+
+    async def replay(env: AgentEnv, task, history) -> str:
+        done = sum(m.role == "assistant" for m in history)
+        return turns[done] + (RECHECK if done == len(turns) - 1 else "")
+
+    again = await run_episode(factory(), seed, replay)
+    same = again.reward == ref.reward
+    return CheckResult("declarations", same, f"text after the answer {'leaves' if same else 'changes'} the reward "
+                       f"({ref.reward} -> {again.reward})")
+
+
 def _has_solver(factory: Callable[[], AgentEnv], seed: int) -> bool:
     env = factory()
     env.reset_task(seed)
@@ -186,7 +218,8 @@ def run_conformance(name: str, options: dict[str, Any] | None = None, seeds: int
             expected = (await run_episode(factory(), 0, reference_policy)).reward
         except Exception as exc:  # noqa: BLE001 - reset or the episode runner itself broke: nothing else can run
             return [CheckResult("episodes", False, f"crashed: {type(exc).__name__}: {exc}"[:300])]
-        for check in (_check_malformed(factory, 0), _check_turn_limit(factory, 0), _check_timeouts(factory, 0, expected), _check_pickling(factory, 0)):
+        for check in (_check_malformed(factory, 0), _check_turn_limit(factory, 0), _check_timeouts(factory, 0, expected), _check_pickling(factory, 0),
+                      _check_declarations(factory, 0)):
             try:
                 out.append(await check)
             except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check, reported like the others

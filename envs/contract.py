@@ -18,6 +18,12 @@ Invariants every environment keeps (the conformance suite in envs/conformance.py
   past its timeout, or an environment that raises anyway, comes back as a truncation with the
   cause in `info.details["error"]`, so nothing an environment does becomes an exception there.
 
+Two optional declarations serve the training rounds (kpop.stages): `reward_parts` names the reward
+parts a final step reports (a preference round scores only families that report a part of its
+rubric), and `answer_pattern` is a regex whose first match in the final turn is the answer the
+environment grades, so that text after it cannot change the task score (a distillation round cuts
+correct samples there). The conformance suite checks both against the reference solver's episodes.
+
 The gymnasium `reset`/`step` methods wrap the typed ones: observations are the JSON text of the
 messages (a `gymnasium.spaces.Text`), so gymnasium's own checker runs on every environment.
 """
@@ -93,6 +99,8 @@ class AgentEnv(gym.Env, abc.ABC):
     action_space = spaces.Text(max_length=MAX_TEXT, charset=CHARSET)
     step_timeout_s: ClassVar[float] = 30.0
     max_turns: int = 16
+    reward_parts: ClassVar[tuple[str, ...]] = ()    # parts every final step reports (beyond per-task ones)
+    answer_pattern: ClassVar[str | None] = None     # the graded answer: first match in the final turn
 
     def __init__(self) -> None:
         super().__init__()

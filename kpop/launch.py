@@ -52,8 +52,15 @@ def plan(spec: RunSpec) -> str:
         *_quant(spec),
         (f"  schedule:  {spec.scheduler.type}; cold start {_cold_start(spec)}; {t.steps} RL steps x "
          f"{t.tasks_per_step} tasks x {r.group_size} samples; {t.eval_tasks} held-out tasks"),
+        *_rounds(spec),
         f"  cluster:   {spec.cluster.address or 'local Ray instance'}",
     ])
+
+
+def _rounds(spec: RunSpec) -> list[str]:
+    from kpop.stages.schedule import describe
+
+    return [f"  {'rounds:' if i == 0 else '':<11}{line}" for i, line in enumerate(describe(spec))]
 
 
 def _quant(spec: RunSpec) -> list[str]:

@@ -4,7 +4,8 @@ Records
 -------
 Every record is one JSON object on one line of `<run_dir>/metrics.jsonl` (append-only; a resumed
 run continues the file). Common keys: `phase` ("sft" | "eval" | "rl"), `step` (int), `time`
-(seconds since the writer started). Values are numbers, strings (only `label`) or lists of
+(seconds since the writer started); the training rounds (kpop.stages) write phases "distill" and
+"preference", numbered by learner step of that phase over the run. Values are numbers, strings (only `label`) or lists of
 numbers (only keys ending in `_hist`). A key absent from a record means "not measured", never 0.
 
 Every other key has exactly one definition: its entry in `KEYS` below (phases and meaning). A
@@ -55,6 +56,8 @@ class MetricKey:
 
 
 SFT, EVAL, RL, EVAL_RL = ("sft",), ("eval",), ("rl",), ("eval", "rl")
+DISTILL, PREF = ("distill",), ("preference",)
+ROUNDS = DISTILL + PREF
 
 
 def _scheduler(name: str, meaning: str) -> MetricKey:
@@ -62,9 +65,11 @@ def _scheduler(name: str, meaning: str) -> MetricKey:
 
 
 KEYS: tuple[MetricKey, ...] = (
-    MetricKey("loss", ("sft", "rl"), "the learner step's loss (SFT: mean token cross-entropy)"),
-    MetricKey("grad_norm", ("sft", "rl"), "gradient norm before clipping (RL: the largest of the step's optimiser updates)"),
-    MetricKey("tokens", SFT, "tokens trained in the step"),
+    MetricKey("loss", ("sft", "rl", *ROUNDS), "the learner step's loss (SFT and distill: mean token cross-entropy; "
+              "preference: DPO loss)"),
+    MetricKey("grad_norm", ("sft", "rl", *ROUNDS), "gradient norm before clipping (RL: the largest of the step's optimiser updates)"),
+    MetricKey("tokens", SFT + ROUNDS, "tokens trained in the step (generated tokens of the distillation targets, of "
+              "the preference pairs)"),
     MetricKey("moe_load_max_mean", ("sft", "rl"), "MoE routing balance over the step's training forwards: tokens "
               "of the busiest expert / mean tokens per expert, averaged over the MoE layers (1 = balanced; models "
               "with MoE layers only)"),
@@ -72,14 +77,28 @@ KEYS: tuple[MetricKey, ...] = (
               "model.layers"),
     MetricKey("verified", SFT, "reference-solver episodes that verified correct (the cold-start data)"),
     MetricKey("solved", SFT, "reference-solver episodes played"),
-    MetricKey("label", EVAL, "which evaluation: before_rl, during_rl or after_rl"),
-    MetricKey("reward", EVAL_RL, "mean total reward per episode (eval: greedy decoding on held-out tasks)"),
+    MetricKey("label", EVAL, "which evaluation: before_rl, during_rl, after_rl, or around the rounds after an RL "
+              "step: before_<kind> (before the step's first round), after_distill, after_preference"),
+    MetricKey("reward", EVAL_RL + ROUNDS, "mean total reward per episode (eval: greedy decoding on held-out tasks)"),
     MetricKey("sampled_reward", EVAL, "mean reward of one sampled episode per held-out task (what the policy earns)"),
     MetricKey("reward/<part>", EVAL_RL, "mean of one reward part: reward/task is the unshaped task score, "
               "reward/shape/<term> each reward term (the group-level dynamic_length included)"),
-    MetricKey("gen_tokens", EVAL_RL, "mean generated tokens per episode"),
+    MetricKey("gen_tokens", EVAL_RL + ROUNDS, "mean generated tokens per episode"),
     MetricKey("turns", EVAL_RL, "mean model turns per episode"),
-    MetricKey("episodes", EVAL_RL, "episodes in the batch or evaluation"),
+    MetricKey("episodes", EVAL_RL + ROUNDS, "episodes in the batch or evaluation"),
+    MetricKey("correct_tokens", EVAL + DISTILL, "mean generated tokens per correct response (eval: held-out greedy "
+              "episodes that pass; distill: the step's correct samples as generated)"),
+    MetricKey("correct", DISTILL, "samples whose task score reached learner.distill.correct_threshold"),
+    MetricKey("targets", DISTILL, "prompts with a correct sample: one distillation target each"),
+    MetricKey("target_tokens", DISTILL, "mean generated tokens per distillation target (the shortest correct sample "
+              "of its prompt, after the cut)"),
+    MetricKey("pruned", DISTILL, "targets cut after their answer (text after the first answer of the final turn)"),
+    MetricKey("pruned_tokens", DISTILL, "generated tokens those cuts removed"),
+    MetricKey("rubric", EVAL + PREF, "mean signed rubric score (learner.preference.rubric_weights, without focus) of "
+              "the episodes that report a rubric part (eval: held-out greedy)"),
+    MetricKey("sampled_rubric", EVAL, "the same over one sampled held-out episode per task"),
+    MetricKey("pairs", PREF, "preference pairs (best vs worst sample of a prompt under the focus-weighted rubric score)"),
+    MetricKey("pair_accuracy", PREF, "share of the pairs whose implicit DPO reward margin was positive before the update"),
     MetricKey("trained_fraction", RL, "share of generated tokens the learner trained on: those of samples with a "
               "non-zero advantage (a group whose samples all scored the same teaches nothing)"),
     MetricKey("mismatch", RL, "mean |log p_trainer - log p_engine| over trained tokens"),
@@ -87,7 +106,7 @@ KEYS: tuple[MetricKey, ...] = (
               "effect (0 unless learner.minibatches x epochs > 1)"),
     MetricKey("masked_fraction", RL, "share of generated tokens the off-policy correction masked (KPop "
               "binary-KL test or weight cap, IcePop band)"),
-    MetricKey("version", RL, "policy version (learner numbering) the engines serve after the step"),
+    MetricKey("version", RL + ROUNDS, "policy version (learner numbering) the engines serve after the step"),
     MetricKey("step_s", RL, "wall-clock seconds of the whole step"),
     MetricKey("gen_s", RL, "seconds from the step's start until its batch was ready (generation; KPop: waiting)"),
     MetricKey("train_s", RL, "seconds of the learner step"),

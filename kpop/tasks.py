@@ -8,6 +8,8 @@ With a curriculum (kpop.scheduler.dpr.DynamicPassRating) a training draw may rev
 of the drawn family instead of a fresh seed; the revisit decision uses its own seeded stream, so
 draws stay a pure function of (run seed, position, curriculum state), and the curriculum state is
 part of `state()`. Every draw index is handed out exactly once: it is the ledger key of a group.
+A sampler's `stream` names its draws: the training rounds (kpop.stages) draw from their own streams,
+so a run's RL tasks are the same with and without them.
 """
 
 from __future__ import annotations
@@ -33,16 +35,16 @@ class SamplerState:
 
 class TaskSampler:
     def __init__(self, envs: list[EnvEntrySpec], seed: int, curriculum: DynamicPassRating | None = None,
-                 revisit_prob: float = 0.0) -> None:
+                 revisit_prob: float = 0.0, stream: str = "train") -> None:
         self.names = [e.name for e in envs]
         total = sum(e.weight for e in envs)
         self.weights = [e.weight / total for e in envs]
-        self.seed = seed
+        self.seed, self.stream = seed, stream
         self.position = 0
         self.curriculum, self.revisit_prob = curriculum, revisit_prob
 
     def _task(self, index: int, held_out: bool) -> tuple[str, int]:
-        rng = random.Random(f"{self.seed}:{'eval' if held_out else 'train'}:{index}")
+        rng = random.Random(f"{self.seed}:{'eval' if held_out else self.stream}:{index}")
         name = rng.choices(self.names, weights=self.weights)[0]
         base = HELD_OUT_BASE if held_out else 0
         seed = base + rng.randrange(HELD_OUT_BASE)

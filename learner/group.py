@@ -67,6 +67,9 @@ class RankWorker:
     def focus_state(self) -> FocusState:
         return self.learner.focus_state()
 
+    def reset_reference(self) -> int:
+        return self.learner.reset_reference()
+
     def close(self) -> None:
         self.learner.close()
 
@@ -79,7 +82,7 @@ def combine(metrics: list[StepMetrics]) -> StepMetrics:
     return StepMetrics(m0.mode, m0.version, total("loss"), m0.grad_norm, int(total("tokens")),
                        int(total("sequences")), total("mismatch"), total("clipped_fraction"),
                        max(m.step_s for m in metrics), total("masked_fraction"), total("pair_accuracy"),
-                       moe_load=m0.moe_load)  # the same on every rank (counts are summed over ranks)
+                       int(total("pairs")), moe_load=m0.moe_load)  # the same on every rank (counts are summed over ranks)
 
 
 class LearnerGroup:
@@ -135,6 +138,10 @@ class LearnerGroup:
 
     def publish(self) -> WeightUpdate:
         return self._all("publish")[0]
+
+    def reset_reference(self) -> int:
+        """Every rank's current weights become its DPO reference (a preference round's start)."""
+        return self._all("reset_reference")[0]
 
     def save(self, directory: str | Path) -> Path:
         return self._all("save", str(directory))[0]

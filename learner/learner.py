@@ -6,7 +6,8 @@ Contract:
   generated tokens, cold start), "rl" (the spec's objective
   GRPO/GSPO/LPO with group-normalised advantages and the spec's off-policy correction), "distill"
   (SFT on the shortest correct sample per prompt), "dpo" (preference pairs from the focus-weighted
-  signed rubric score against a frozen reference copy of the initial model, kept on CPU).
+  signed rubric score against a frozen reference copy, kept on CPU: the starting model, or the
+  policy at the last `reset_reference()` (a preference round resets it at its start).
   Batch-level decisions live in plan.py; `train_plan` runs one rank's share (used by LearnerGroup).
 - Every token's trainer log-prob is recomputed here. In "rl", p_old = the policy at the start of
   the step (θ_old, decoupled PPO): with one mini-batch and one epoch the weights do not move
@@ -73,6 +74,7 @@ class StepMetrics:
     step_s: float
     masked_fraction: float = 0.0   # share of generated tokens the off-policy correction zeroed ("rl")
     pair_accuracy: float = 0.0     # share of preference pairs with positive implicit reward margin ("dpo")
+    pairs: int = 0                 # preference pairs trained on ("dpo")
     moe_load: dict[str, float] = field(default_factory=dict)  # balance.ExpertBalancer.metrics() of the step
 
 
@@ -157,7 +159,7 @@ class Learner:
                            sum(t.num_generated for t in plan.rows), plan.sequences if self.rank.rank == 0 else 0,
                            sums.mismatch / n, sums.clipped / (n * plan.epochs), time.perf_counter() - t0,
                            sums.masked / n, sums.correct_pairs / max(plan.num_pairs, 1),
-                           moe_load=self.balancer.metrics())
+                           plan.num_pairs if self.rank.rank == 0 else 0, moe_load=self.balancer.metrics())
 
     def _zero_moments(self) -> None:
         """Adam restarts: first and second moments and step count to zero, in place (DeepSpeed's
@@ -255,8 +257,22 @@ class Learner:
         sums.correct_pairs += acc * (seq.shape[0] // 2)
         return loss
 
+    def reset_reference(self) -> int:
+        """The current weights become the frozen DPO reference (a CPU copy); returns the version.
+        Every rank holds the whole model below ZeRO-3 (the spec refuses preference rounds there)."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if self.spec.zero_stage == 3:
+            raise ValueError("reset_reference needs the whole model on every rank; ZeRO-3 shards it")
+        state = {k: v.detach().to("cpu", torch.float32) for k, v in self.engine.module.state_dict().items()}
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.model_dir), dtype=torch.float32)
+        model.load_state_dict(state)
+        self._reference = model.eval().requires_grad_(False)
+        return self.version
+
     def _reference_logprobs(self, micro: Batch) -> torch.Tensor:
-        """Log-probs under the frozen initial model (a CPU copy, loaded on the first "dpo" step)."""
+        """Log-probs under the frozen reference (a CPU copy; the starting model unless
+        `reset_reference` chose another, loaded on the first "dpo" step)."""
         if self._reference is None:
             from transformers import AutoModelForCausalLM
 

@@ -13,11 +13,12 @@ from typing import Any
 
 import ray
 
-from kpop.metrics import MetricsWriter, trajectory_stats
+from kpop.metrics import PASS_THRESHOLD, MetricsWriter, trajectory_stats
 from kpop.rollout.agent_loop import Episode
 from kpop.rollout.engine import SamplingParams
 from kpop.runtime import RunRuntime, runtime_config
 from kpop.spec import RunSpec
+from kpop.stages.measures import correct_tokens, mean_rubric
 from kpop.tasks import TaskSampler
 from kpop.trajectory import Trajectory
 
@@ -71,11 +72,16 @@ class RunContext:
 
     def evaluate(self, episodes: list[Episode]) -> dict[str, float]:
         """Held-out rewards: greedy (`reward`, with the other summary stats) and one sample per task
-        from the training distribution (`sampled_reward`: what the policy itself earns)."""
-        out = summarize(self.rollout(episodes, self.runtime.greedy))
+        from the training distribution (`sampled_reward`: what the policy itself earns); where
+        measured, tokens per passing greedy response and the rubric score greedy and sampled."""
+        greedy = self.rollout(episodes, self.runtime.greedy)
+        out = summarize(greedy)
         sampled = self.rollout(episodes, self.runtime.sampling)
         out["sampled_reward"] = sum(t.reward for t in sampled) / max(len(sampled), 1)
-        return out
+        weights = self.spec.learner.preference.rubric_weights
+        figures = {"correct_tokens": correct_tokens(greedy, PASS_THRESHOLD), "rubric": mean_rubric(greedy, weights),
+                   "sampled_rubric": mean_rubric(sampled, weights)}
+        return out | {k: v for k, v in figures.items() if v is not None}
 
 
 def summarize(trajs: list[Trajectory], policy_version: int | None = None) -> dict[str, float]:

@@ -7,7 +7,8 @@
     evaluate     greedy pass rate on held-out tasks (before RL); a warning when it is too low
                  for RL to improve (kpop.loop.start_check)
     each step    sample tasks × G → rollouts → group-level reward terms (kpop.loop.group_rewards)
-                 → learner step → push weights → log / checkpoint
+                 → learner step → push weights → log; the rounds scheduled after this step
+                 (distillation, preference: kpop.stages, each evaluated before and after) → checkpoint
     evaluate     held-out pass rate after RL; final checkpoint
 """
 
@@ -27,6 +28,8 @@ from kpop.loop.record import StepTimes, rl_record
 from kpop.loop.resume import RUN_STATE, find_checkpoint, previous_eval
 from kpop.loop.start_check import TARGET_WINDOW, reached_target, start_warning
 from kpop.progress import Progress
+from kpop.stages.rounds import run_rounds
+from kpop.stages.schedule import rounds_after
 from kpop.tasks import SamplerState
 
 log = logging.getLogger(__name__)
@@ -107,10 +110,12 @@ def train(ctx: RunContext, checkpoint) -> dict[str, dict[str, float]]:
         done, before = restore(ctx, resume), previous_eval(ctx.run_dir, "before_rl")
     total = ctx.spec.train.steps
     progress = Progress(total, ctx.spec.logging.progress, label="rl")
+    rounds: list[dict] = []
     for step in range(done + 1, total + 1):
         rec = rl_step(ctx, step)
         progress.update(step, {"reward": rec["reward"], "tok/s": rec["gen_tokens_per_s"], "step_s": rec["step_s"],
                                "staleness": rec.get("staleness_max", 0.0), "mismatch": rec["mismatch"]})
+        rounds += run_rounds(ctx, rounds_after(ctx.spec, step), evaluate)
         if ctx.spec.train.eval_every and step % ctx.spec.train.eval_every == 0 and step < total:
             evaluate(ctx, step, "during_rl")
         if step % ctx.spec.train.checkpoint_every == 0 or step == total:
@@ -119,4 +124,4 @@ def train(ctx: RunContext, checkpoint) -> dict[str, dict[str, float]]:
     after = evaluate(ctx, total, "after_rl")
     if total == 0:
         checkpoint(ctx, 0)
-    return {"before_rl": before, "after_rl": after}
+    return {"before_rl": before, "after_rl": after, **({"rounds": rounds} if rounds else {})}

@@ -3,9 +3,10 @@
 Objectives (`objective.type`): "grpo" (token ratio), "gspo" (sequence ratio), "lpo" (sentence
 ratio, the Ling 2.0 default). Off-policy corrections (`off_policy.type`): "kpop" (binary-KL mask,
 decoupled PPO weight), "icepop" (ratio band), "tis" (truncated importance sampling), "none".
-Distillation ("distill" mode) and preference alignment ("dpo" mode) have their own sections; the
-learner implements both modes, but no loop runs them yet, so a RunSpec rejects either section set to
-anything but its defaults (`runs_only_rl_modes`) instead of accepting settings no run would use.
+Distillation ("distill" mode) and preference alignment ("dpo" mode) have their own sections, and
+each says when its rounds run: `every: k` puts a round after every k-th RL step (0 = never; the
+synchronous loop runs them, kpop.stages). A section whose rounds never run must stay at its
+defaults (`settings_need_rounds`): settings no round uses are refused, not silently ignored.
 """
 
 from typing import Literal
@@ -63,16 +64,23 @@ OffPolicySpec = tagged_union(KPopMaskSpec, IcePopSpec, TISSpec, NoCorrectionSpec
 
 
 class DistillSpec(StrictModel):
-    correct_threshold: float = Field(1.0, ge=-1e6, le=1e6, description="A sample is correct when its reward (or 'accuracy' part) is >= this.")
+    every: int = Field(0, ge=0, le=100_000_000, description="A shortest-correct distillation round after every N-th RL step (0 = none).")
+    steps: int = Field(1, ge=1, le=100_000, description="Learner steps per round, each on freshly sampled prompts.")
+    tasks: int = Field(16, ge=1, le=1_000_000, description="Prompts per round step, each sampled rollout.group_size times with the run's sampling; the shortest correct sample of each is the SFT target.")
+    prune: bool = Field(True, description="Cut a correct sample after its final answer where its environment marks one (AgentEnv.answer_pattern, e.g. the calculator's 'Answer: N'): re-checking after the answer cannot change the score, so it is not taught.")
+    correct_threshold: float = Field(1.0, ge=-1e6, le=1e6, description="A sample is correct when its task score (reward part 'accuracy', else 'task', else the reward) is >= this.")
     lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate of distill steps (None = the SFT learning rate).")
 
 
 class PreferenceSpec(StrictModel):
+    every: int = Field(0, ge=0, le=100_000_000, description="A preference (DPO) round after every N-th RL step (0 = none); its prompts come from the run's environments that report a rubric part.")
+    steps: int = Field(1, ge=1, le=100_000, description="Learner steps per round, each on freshly sampled prompts; the policy at the round's start is the DPO reference.")
+    tasks: int = Field(16, ge=1, le=1_000_000, description="Prompts per round step, each sampled rollout.group_size times; the best and worst sample of a prompt under the rubric score form its pair.")
     beta: float = Field(0.1, gt=0, le=100, description="DPO inverse temperature beta.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative-DPO label smoothing (0 = plain DPO).")
     rubric_weights: dict[str, float] = Field(
-        default_factory=lambda: {"informative": 1.0, "constraints": 1.0, "errors": -1.0, "verbosity": -0.5},
-        description="Signed weight per reward part in [0, 1]: positive rewards the property, negative penalises it.")
+        default_factory=lambda: {"informative": 1.0, "constraints": 1.0, "errors": -1.0, "hallucinated": -1.0, "verbosity": -0.5},
+        description="Signed weight per reward part in [0, 1]: positive rewards the property, negative penalises it (the defaults are the instructions family's parts).")
     margin: float = Field(0.0, ge=0, le=1e6, description="Minimum score gap between chosen and rejected.")
     focus_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay of per-rubric saturation.")
     focus_floor: float = Field(0.1, ge=0, le=1, description="Weight a fully saturated rubric dimension keeps (relative).")
@@ -115,14 +123,19 @@ class LearnerSpec(StrictModel):
     quant: QuantSpec = Field(default_factory=QuantSpec, description="FP4 (UFP4/NVFP4/MXFP4) training GEMMs; off by default.")
 
 
-def runs_only_rl_modes(spec: LearnerSpec) -> LearnerSpec:
-    """A run's learner trains in the "sft" and "rl" modes only: `distill` and `preference` settings
-    would be accepted and never used, so they must stay at their defaults."""
-    unrun = [f"learner.{name} ({mode})" for name, mode, default in
-             (("distill", "'distill' mode", DistillSpec()), ("preference", "'dpo' mode", PreferenceSpec()))
-             if getattr(spec, name) != default]
-    if unrun:
-        verb, noun, it = ("is", "that mode is", "it") if len(unrun) == 1 else ("are", "these modes are", "them")
-        raise ValueError(f"{' and '.join(unrun)} {verb} set, but {noun} not yet run by any loop (kpop run trains "
-                         f"the cold start and RL only): leave {it} at the defaults")
+def settings_need_rounds(spec: LearnerSpec) -> LearnerSpec:
+    """`learner.distill` / `learner.preference` settings are used only by their rounds: a section
+    changed from its defaults while its `every` is 0 would be accepted and never used."""
+    for name, kind, default in (("distill", "distillation", DistillSpec()), ("preference", "preference", PreferenceSpec())):
+        section = getattr(spec, name)
+        if section.every:
+            continue
+        changed = sorted(k for k in type(section).model_fields if getattr(section, k) != getattr(default, k))
+        if changed:
+            raise ValueError(f"learner.{name}.{changed[0]} is set, but no {kind} round runs (learner.{name}.every is 0): "
+                             f"set learner.{name}.every to run a round after every N-th RL step, or remove "
+                             f"{', '.join(f'learner.{name}.{k}' for k in changed)}")
+    if spec.preference.every and spec.zero_stage == 3:
+        raise ValueError("learner.preference.every: preference rounds copy the policy as their DPO reference on every "
+                         "rank, which ZeRO-3 shards; use learner.zero_stage 0-2 with preference rounds")
     return spec

@@ -17,7 +17,9 @@ TRAIN_BYTES_PER_PARAM = 16
 
 
 def check_run(spec: RunSpec, source: str) -> None:
-    problems = [*_model_problems(spec), *_env_problems(spec), *_timeout_problems(spec)]
+    from kpop.stages.checks import round_problems
+
+    problems = [*_model_problems(spec), *_env_problems(spec), *_timeout_problems(spec), *round_problems(spec)]
     if problems:
         raise SpecError(source, problems)
 

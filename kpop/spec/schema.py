@@ -3,7 +3,8 @@
 Every field has a default (the quickstart), bounds and a one-line description; unknown keys are
 rejected. `kpop/spec/load.py` turns YAML + `--set` overrides into a RunSpec or a list of
 path-named errors. A field no run can honour yet is rejected here with a message that says so
-(learner.distill / learner.preference); checks that need the environment registry or compare
+(learner.distill / learner.preference settings without their rounds; rounds under the KPop
+scheduler, or scheduled past the last RL step); checks that need the environment registry or compare
 sections are `kpop run`'s (kpop/spec/resolve.py). What each field configures at run time:
 kpop.runtime (tests/kpop/test_runtime_coverage.py).
 """
@@ -14,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from kpop.spec.base import StrictModel
 from kpop.spec.envs import EnvEntrySpec
-from kpop.spec.learner import LearnerSpec, runs_only_rl_modes
+from kpop.spec.learner import LearnerSpec, settings_need_rounds
 from kpop.spec.model import LlamaModelSpec, ModelSpec, TokenizerSpec
 from kpop.spec.rollout import RolloutSpec
 from kpop.spec.run import ClusterSpec, LoggingSpec, SchedulerSpec, SFTSpec, SyncSchedulerSpec, TrainSpec
@@ -41,7 +42,22 @@ class RunSpec(StrictModel):
     logging: LoggingSpec = Field(default_factory=LoggingSpec, description="Progress display.")
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec, description="Where model-written code runs, with which limits.")
 
-    _run_modes = field_validator("learner")(runs_only_rl_modes)
+    _round_settings = field_validator("learner")(settings_need_rounds)
+
+    @model_validator(mode="after")
+    def _rounds_run(self) -> "RunSpec":
+        for name in ("distill", "preference"):
+            every = getattr(self.learner, name).every
+            if not every:
+                continue
+            if self.scheduler.type != "sync":
+                raise ValueError(f"learner.{name}.every: rounds run in the synchronous loop only (the KPop scheduler keeps "
+                                 f"generating across steps and has no point to pause for a round): set scheduler.type: sync "
+                                 f"or learner.{name}.every: 0")
+            if every > self.train.steps:
+                raise ValueError(f"learner.{name}.every ({every}) is more than train.steps ({self.train.steps}): no round "
+                                 f"would run; lower it or set it to 0")
+        return self
 
     @model_validator(mode="after")
     def _fill_run_dir(self) -> "RunSpec":

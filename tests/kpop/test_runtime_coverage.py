@@ -11,6 +11,8 @@ value from a spec that validates to another valid value, then:
   (CONSUMED_ELSEWHERE: the learner, the loops and the scheduler, the model builder), each listed with
   the sources that must read it and the test that proves its effect; or
 - the spec refuses any change (REFUSED: settings no loop runs yet, with a message that says so).
+The learner.distill / learner.preference sections are walked with their rounds on (NEEDS: every 1),
+since without rounds the spec refuses any change of their settings (tests/kpop/test_stages.py).
 
 A field with no other valid value is listed in FIXED. A new field that nothing consumes fails here.
 """
@@ -36,12 +38,14 @@ from kpop.runtime import runtime_config
 from kpop.spec import RunSpec, SpecError, validate_spec
 from kpop.spec.base import models_in, variant_tag
 from kpop.spec.envs import EnvEntrySpec
+from kpop.spec.learner import DistillSpec, PreferenceSpec
 from kpop.spec.sandbox import ProcessBackendSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CODE = ("kpop", "envs", "rollout", "learner", "quant", "models", "deploy")  # where a field can be read
 MODEL_DIR = "/models/start"  # the runtime configuration only names the folder
-NEEDS: dict[type[BaseModel], dict[str, Any]] = {EnvEntrySpec: {"name": "calculator"}, ProcessBackendSpec: {"unsafe": True}}
+NEEDS: dict[type[BaseModel], dict[str, Any]] = {EnvEntrySpec: {"name": "calculator"}, ProcessBackendSpec: {"unsafe": True},
+                                                DistillSpec: {"every": 1}, PreferenceSpec: {"every": 1}}
 # Fields valid only next to another field of their section: that data joins their base.
 CONTEXT: dict[str, tuple[tuple, dict[str, Any]]] = {"cluster.placement.": (("cluster",), {"address": "auto"})}
 
@@ -80,10 +84,15 @@ CONSUMED_ELSEWHERE: dict[str, Consumer] = {
     "learner.objective": Consumer(("learner",), "tests/learner/test_learner_objectives.py::test_gspo_hand_computed"),
     "learner.off_policy": Consumer(("learner",), "tests/learner/test_learner_offpolicy.py::test_kpop_cap_filters_the_large_ratios_the_binary_kl_admits"),
     "learner.quant.": Consumer(("quant",), "tests/quant/test_quant_apply.py::test_learner_quant_spec_defaults_validation_and_apply"),
+    # The rounds' schedule and sampling are the loop's (kpop.stages); their losses the learner's.
+    "learner.distill.": Consumer(("kpop/stages", "learner"),
+                                 "tests/kpop/test_e2e_rounds.py::test_distillation_round_logs_its_steps_and_shortens_correct_responses"),
+    "learner.preference.": Consumer(("kpop/stages", "learner"),
+                                    "tests/kpop/test_e2e_rounds.py::test_preference_round_logs_its_steps_and_raises_the_rubric_score"),
 }
 
 # Settings the spec refuses to change, with the reason the message must give.
-REFUSED = {"learner.distill.": "not yet run by any loop", "learner.preference.": "not yet run by any loop"}
+REFUSED: dict[str, str] = {}
 
 # Fields with no other valid value: a one-variant union's tag, and an acknowledgement that must be true.
 FIXED = {"sandbox.backend[process].unsafe"}

@@ -119,10 +119,10 @@ def test_unknown_env_and_bad_env_options_name_their_entries(tmp_path):
 def test_run_refuses_what_it_cannot_do_yet(tmp_path):
     from kpop.spec.resolve import check_run
 
-    # modes no loop runs: refused when the spec is read, naming the field and why
+    # settings of rounds that never run: refused when the spec is read, naming the field and why
     for overrides in (["learner.distill.lr=0.01"], ["learner.preference.beta=0.3"]):
         [msg] = problems(None, overrides)
-        assert msg.startswith("learner: learner.") and "not yet run by any loop" in msg
+        assert msg.startswith("learner: learner.") and "round runs (learner." in msg
     assert load_spec(None).learner.distill.lr is None                  # the defaults are fine
     # a sandbox wall clock the environment step would cut short
     with pytest.raises(SpecError) as info:

@@ -76,3 +76,29 @@ def test_dpo_loss_hand_computed_and_gradcheck():
     x = torch.tensor([-3.0, -6.0, -5.0, -4.0], dtype=torch.float64, requires_grad=True)
     ref = rc.double()
     assert torch.autograd.gradcheck(lambda v: dpo_loss(v[:2], v[2:], ref, rr.double(), 0.5, 2, 0.1)[0], (x,))
+
+
+def test_reset_reference_makes_the_current_policy_the_dpo_reference(learner_model_dir):
+    """After an SFT step moves the weights, DPO against the starting model has z != 0; after
+    reset_reference every pair starts at z = 0 exactly: loss log 2, no pair ahead."""
+    import math
+
+    from kpop.learner.learner import Learner
+    from kpop.spec.learner import LearnerSpec
+
+    def row(ids, group, info):
+        n = len(ids)
+        return Trajectory("t", "e", [5] + ids, [0] + [1] * n, [0.0] + [-0.5] * n, [-1] + [0] * n,
+                          reward_parts={"informative": info}, group_id=group)
+
+    rows = [row([10, 11, 12], "a", 1.0), row([13, 14], "a", 0.0), row([20, 21], "b", 1.0), row([22, 23, 24, 25], "b", 0.0)]
+    spec = LearnerSpec.model_validate({"preference": {"every": 1, "rubric_weights": {"informative": 1.0}}, "lr": 1e-2})
+    learner = Learner(str(learner_model_dir), spec, seed=0)
+    learner.train_step([row([30, 31, 32, 33], "s", 1.0)] * 4, "sft")
+    start = learner.train_step(rows, "dpo")
+    assert start.pairs == 2 and abs(start.loss - math.log(2)) > 1e-4
+    learner.reset_reference()
+    m = learner.train_step(rows, "dpo")
+    assert m.pairs == 2 and m.loss == pytest.approx(math.log(2), abs=1e-6) and m.pair_accuracy == 0.0
+    after = learner.train_step(rows, "dpo")   # the first step moved the policy towards the chosen samples
+    assert after.loss < math.log(2) and after.pair_accuracy == 1.0

@@ -36,6 +36,7 @@ SYSTEM = ("Answer the request in a single reply that follows every rule it lists
 class InstructionsEnv(AgentEnv):
     reward_range = (-1.0, 1.0)  # shaping terms may subtract from the [0, 1] task score
     max_turns = 1
+    reward_parts = ("task", "constraints", "informative", "errors", "hallucinated", "verbosity")
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
