@@ -56,7 +56,7 @@ def check_storage(run_dir: str | Path, model_dir: str | Path, nodes: list[NodeIn
     token = uuid.uuid4().hex
     (folder / "token").write_text(token)
     try:
-        probe = ray.remote(_probe).options(num_cpus=0, max_retries=0)
+        probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
         refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
                 .remote(str(folder), token, str(Path(model_dir).resolve()), n.node_id) for n in nodes]
         try:
