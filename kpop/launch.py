@@ -20,8 +20,9 @@ import os
 import shutil
 from pathlib import Path
 
+from kpop.faults import fault_point
 from kpop.loop.context import RunContext
-from kpop.metrics import MetricsWriter
+from kpop.metrics import MetricsWriter, truncate_metrics
 from kpop.runtime.actors import start_engine, start_worker
 from kpop.runtime.build import overlaps, ray_start, runtime_config
 from kpop.runtime.config import RayStart, RunRuntime
@@ -195,15 +196,34 @@ def learner_threads(spec: RunSpec, cores: int | None = None, overlapped: bool = 
 
 
 def checkpoint(ctx: RunContext, step: int, extra: dict[str, str] | None = None) -> Path:
-    """Save the learner and run state; `extra` files (e.g. the scheduler state) are written into
-    the folder before `last` moves to it, and `last` is replaced atomically."""
+    """Save the learner and run state as one checkpoint folder, atomically.
+
+    Everything (learner, `run_state.json`, the `extra` files such as the scheduler state) is written
+    into `step_N.partial`, which is renamed to `step_N` once complete; a previous `step_N` (the same
+    step saved again) moves aside to `step_N.old` for the instant of that swap and is removed after
+    `last` is re-pointed (atomically). So a SIGKILL at any point leaves the previous checkpoint the
+    one a resume finds (kpop.loop.resume.find_checkpoint never takes a `.partial` folder).
+    `run_state.json` records the size metrics.jsonl had, so a resume drops the records written after
+    this checkpoint (`truncate_metrics`) and every step keeps exactly one."""
     import ray
 
     folder = ctx.run_dir / "checkpoints" / f"step_{step:06d}"
-    ray.get(ctx.learner.save.remote(str(folder)))
-    (folder / "run_state.json").write_text(json.dumps({"step": step, "sampler_position": ctx.sampler.position}))
+    partial, old = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".old")
+    for stale in (partial, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    ray.get(ctx.learner.save.remote(str(partial)))
+    fault_point(ctx.run_dir, f"{folder.name}:learner_saved")
+    metrics_bytes = ctx.metrics.path.stat().st_size if ctx.metrics.path.is_file() else 0
+    (partial / "run_state.json").write_text(json.dumps({"step": step, "sampler_position": ctx.sampler.position,
+                                                        "metrics_bytes": metrics_bytes}))
     for name, text in (extra or {}).items():
-        (folder / name).write_text(text)
+        (partial / name).write_text(text)
+    fault_point(ctx.run_dir, f"{folder.name}:files_written")
+    if folder.exists():
+        os.rename(folder, old)
+    os.rename(partial, folder)
+    fault_point(ctx.run_dir, f"{folder.name}:renamed")
     last = ctx.run_dir / "checkpoints" / "last"
     if last.exists() and not last.is_symlink():
         shutil.rmtree(last)
@@ -212,6 +232,9 @@ def checkpoint(ctx: RunContext, step: int, extra: dict[str, str] | None = None) 
         tmp.unlink()
     tmp.symlink_to(folder.name)
     os.replace(tmp, last)
+    fault_point(ctx.run_dir, f"{folder.name}:linked")
+    if old.exists():
+        shutil.rmtree(old)
     return folder
 
 
@@ -231,6 +254,8 @@ def run(spec: RunSpec) -> dict:
         from kpop.loop.sync import train
     # A run directory with a checkpoint resumes from it: actors start from its weights.
     resume = find_checkpoint(run_dir, STATE_FILE if spec.scheduler.type == "kpop" else RUN_STATE)
+    # records written after that checkpoint were lost with the process: the run writes them again
+    truncate_metrics(run_dir, json.loads((resume / RUN_STATE).read_text()).get("metrics_bytes") if resume else 0)
     _join(spec)   # before building the model: a cluster that cannot run the spec fails in seconds
     model_dir = resume or prepare_initial_model(spec)
     record_quant(spec, model_dir, run_dir)  # the FP4 recipe resolved against the model: <run_dir>/quant.json

@@ -3,7 +3,7 @@
 Records
 -------
 Every record is one JSON object on one line of `<run_dir>/metrics.jsonl` (append-only; a resumed
-run continues the file). Common keys: `phase` ("sft" | "eval" | "rl"), `step` (int), `time`
+run first cuts it back to the size it had at its checkpoint, `truncate_metrics`, then continues it). Common keys: `phase` ("sft" | "eval" | "rl"), `step` (int), `time`
 (seconds since the writer started); the training rounds (kpop.stages) write phases "distill" and
 "preference", numbered by learner step of that phase over the run. Values are numbers, strings (only `label`) or lists of
 numbers (only keys ending in `_hist`). A key absent from a record means "not measured", never 0.
@@ -211,6 +211,18 @@ class MetricsWriter:
                 sink.close()
             except Exception as exc:  # noqa: BLE001 (closing is best effort at exit)
                 log.warning("closing metrics sink %s failed: %s", type(sink).__name__, exc)
+
+
+def truncate_metrics(run_dir: Path, size: int | None) -> None:
+    """Cut metrics.jsonl back to `size` bytes (what it held at the checkpoint a run resumes from;
+    0 for a run that starts over); None (a checkpoint that did not record it) keeps the file."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if size is None or not path.is_file() or path.stat().st_size <= size:
+        return
+    tmp = path.with_suffix(".tmp")
+    with path.open("rb") as f:
+        tmp.write_bytes(f.read(size))
+    tmp.replace(path)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from kpop.faults import fault_point
 from kpop.learner.objectives.preference import FocusState
 
 STATE_DIR, TAG = "trainer_state", "state"
@@ -65,6 +66,7 @@ def save_checkpoint(learner, directory: str | Path) -> Path:
         learner.tokenizer.save_pretrained(str(out))
         spec = learner.spec.model_dump(mode="json")
         (out / "learner.json").write_text(json.dumps({**client, "spec": spec}, indent=2))
+    fault_point(out, f"{out.name.removesuffix('.partial')}:weights_written")  # tests/faults: a kill mid-save
     learner.engine.save_checkpoint(str(out / STATE_DIR), tag=TAG, client_state=client)
     (out / "rng").mkdir(exist_ok=True)
     torch.save(rng_state(), out / "rng" / f"rank{learner.rank.rank}.pt")

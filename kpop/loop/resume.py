@@ -1,14 +1,18 @@
 """Finding and reading the checkpoint a run resumes from, and trimming the ledger to it.
 
 A checkpoint is a resume point only once its state file is written (`scheduler_state.json` for
-the KPop loop, `run_state.json` for the synchronous loop; both are written before
-`checkpoints/last` moves to it). `find_checkpoint` prefers `last`; if the link is missing (killed
-between removing and re-creating it) the newest step folder with the state file is used.
+the KPop loop, `run_state.json` for the synchronous loop). kpop.launch.checkpoint writes a
+checkpoint into `step_N.partial` and renames it to `step_N` when complete, then moves
+`checkpoints/last` to it; saving a step again swaps the older `step_N` aside to `step_N.old` for an
+instant. `find_checkpoint` prefers `last`; if it names no complete folder (a kill inside that swap)
+the newest complete `step_N` is used, or `step_N.old` where its `step_N` is not complete yet. A
+`.partial` folder is never a resume point.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from kpop.metrics import read_metrics
@@ -17,13 +21,20 @@ from kpop.scheduler.state import STATE_FILE, SchedulerState
 RUN_STATE = "run_state.json"  # {"step", "sampler_position"}: every checkpoint has it
 
 
+_STEP_FOLDER = re.compile(r"step_(\d+)(\.old)?")
+
+
 def find_checkpoint(run_dir: Path, marker: str = STATE_FILE) -> Path | None:
     root = Path(run_dir) / "checkpoints"
     last = root / "last"
     if (last / marker).is_file():
         return last.resolve()
-    folders = sorted(p for p in root.glob("step_*") if (p / marker).is_file()) if root.is_dir() else []
-    return folders[-1] if folders else None
+    complete = []  # (step, is the complete step_N itself, folder)
+    for p in root.iterdir() if root.is_dir() else ():
+        match = _STEP_FOLDER.fullmatch(p.name)
+        if match and (p / marker).is_file():
+            complete.append((int(match.group(1)), match.group(2) is None, p))
+    return max(complete)[2] if complete else None
 
 
 def load_state(folder: Path) -> SchedulerState:
