@@ -2,7 +2,11 @@
 
 Prints one table: p50/p95 wall time of bare python3, bubblewrap and (if an engine answers)
 Docker, the overhead over bare (ms) and the ratio, then executions/s of the default pool on
-2 concurrent slots (the 2-core target machine). Usage: python benchmarks/sandbox.py [-n 40].
+2 concurrent slots (the 2-core target machine), then the burst row: `--burst` executions (default
+1,000) submitted at once to the default pool (`SandboxSpec()`), each printing its own index:
+how many completed with the right output, executions/s, and what was left behind, counted before
+and after (processes under this one, processes of sandbox uids, slot cgroups, work directories).
+Usage: python benchmarks/sandbox.py [-n 40] [--burst 1000].
 """
 
 from __future__ import annotations
@@ -89,10 +93,61 @@ async def pool_rate(n: int, size: int = 2) -> float:
     return rate
 
 
+def leak_census() -> dict[str, int]:
+    """What a sandbox execution could leave on the host, counted now."""
+    import os
+
+    import psutil
+
+    from kpop.envs.sandbox import cgroups, workdir
+    from kpop.envs.sandbox.bwrap import BwrapConfig
+
+    uid_base = BwrapConfig().uid_base
+    sandbox_uid = 0
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            sandbox_uid += proc.info["uids"] is not None and proc.info["uids"].real >= uid_base
+        except psutil.Error:
+            pass
+    groups = 0
+    for parent in (cgroups._parents() or {}).values() if os.geteuid() == 0 else ():
+        groups += sum(1 for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else 0
+    base = workdir.default_base()
+    return {"child processes": len(psutil.Process().children(recursive=True)),
+            "sandbox-uid processes": sandbox_uid, "slot cgroups": groups,
+            "work dirs": sum(1 for _ in base.iterdir())}
+
+
+async def burst(n: int) -> tuple[int, float]:
+    """`n` executions submitted at once to the default pool; (right results, executions/s)."""
+    pool = make_pool(SandboxSpec())
+    requests = [SandboxRequest(command=[PYTHON, "-c", f"print({i})"]) for i in range(n)]
+    start = time.perf_counter()
+    results = await asyncio.gather(*(pool.run(r) for r in requests))
+    rate = n / (time.perf_counter() - start)
+    await pool.close()
+    return sum(r.ok and r.stdout.strip() == str(i) for i, r in enumerate(results)), rate
+
+
+def burst_row(n: int) -> None:
+    before = leak_census()
+    right, rate = asyncio.run(burst(n))
+    after = leak_census()
+    leaks = {k: after[k] - before[k] for k in before}
+    print(f"\nburst ({n} at once, default pool of {SandboxSpec().pool_size} slots): {right}/{n} right, "
+          f"{rate:.1f} executions/s, leaks {sum(max(v, 0) for v in leaks.values())}")
+    print("  " + ", ".join(f"{k}: {before[k]} -> {after[k]}" for k in before))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=40, help="executions per measurement")
+    parser.add_argument("--burst", type=int, default=1000, help="executions submitted at once (0: skip)")
+    parser.add_argument("--burst-only", action="store_true", help="print only the burst row")
     args = parser.parse_args()
+    if args.burst_only:
+        burst_row(args.burst)
+        return
     samples = asyncio.run(interleaved(args.n, max(5, args.n // 4)))
     why = samples.pop("docker") if isinstance(samples.get("docker"), str) else ""
     rows = list(samples.items())
@@ -106,6 +161,8 @@ def main() -> None:
     rate = asyncio.run(pool_rate(args.n * 2))
     bare_rate = 2000 / base50
     print(f"\npool (bwrap, 2 slots): {rate:.1f} executions/s   (bare python3 on 2 cores ≈ {bare_rate:.1f}/s, ratio {rate / bare_rate:.2f})")
+    if args.burst:
+        burst_row(args.burst)
 
 
 if __name__ == "__main__":
