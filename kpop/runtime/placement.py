@@ -11,7 +11,8 @@ actor that asks for more than any node has stays pending forever. Before a run c
   `ClusterStartError` listing what is missing and which spec fields ask for it;
 - `wait_placed(waits, timeout_s, nodes)`: actors the cluster could hold but has no room for now
   (other jobs, fragmentation) fail after the timeout, naming the roles still waiting and what is
-  free; the refs are cheap calls that return once an actor runs (never an engine build).
+  free; the refs are cheap calls that return once an actor's process has started and constructed
+  it (an engine's `load`, which never waits for its build; a worker's `ping`).
 
 Invariant: the checks only read the cluster (ray.nodes, ray.available_resources); nothing here
 reserves or kills anything.

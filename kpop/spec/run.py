@@ -70,7 +70,7 @@ class ClusterSpec(StrictModel):
     address: str | None = Field(None, description="Ray address (ray://host:10001, host:6379 or auto); unset starts a local Ray instance.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all, at least 4); only without an address.")
     placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Which labelled nodes of the cluster each role's actors run on (only with an address).")
-    start_timeout_s: float = Field(60.0, gt=0, le=86400, description="Seconds the run waits for the cluster to answer, to check its storage and to place the actors (resources free) before failing with the address, the node or the missing resources; building engines and loading weights are not counted.")
+    start_timeout_s: float = Field(60.0, gt=0, le=86400, description="Seconds the run waits for the cluster to answer, to check its storage and to place the actors (resources free, their processes started and constructed: an environment worker loads its tokenizer) before failing with the address, the node or the missing resources; building engines and loading the learner's weights are not counted. Raise it on a machine so loaded that starting a process takes a minute.")
 
     @model_validator(mode="after")
     def _local_or_cluster(self) -> "ClusterSpec":
