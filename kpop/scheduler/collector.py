@@ -187,8 +187,7 @@ class Collector:
     async def _replace_engine(self, index: int) -> None:
         try:
             log.warning("engine %d died; starting a replacement", index)
-            handle = self.make_engine(index)
-            await handle.start.remote()
+            handle = await self._started_engine(index)
             async with self.weights_lock:
                 if self.last_update is not None:
                     await handle.update_weights.remote(self.last_update)
@@ -200,6 +199,22 @@ class Collector:
         finally:
             self.replacing.pop(index, None)
             self.wake.set()
+
+    async def _started_engine(self, index: int) -> Any:
+        """A started replacement for engine `index`. A replacement can die before it starts when Ray
+        placed it on the node being lost (not yet declared dead): it is retried, at most
+        scheduler.max_retries times, and lands elsewhere once the node is declared dead."""
+        from ray.exceptions import RayActorError
+
+        for attempt in range(self.spec.max_retries + 1):
+            handle = self.make_engine(index)
+            try:
+                await handle.start.remote()
+                return handle
+            except RayActorError as exc:
+                log.warning("replacement %d for engine %d died before it started (%s)", attempt + 1, index,
+                            str(exc).splitlines()[0])
+        raise RuntimeError(f"engine {index}: {self.spec.max_retries + 1} replacements died before they started")
 
     # ------------------------------------------------------------------ checkpoint
 
