@@ -152,7 +152,8 @@ def test_sigkill_while_checkpoints_are_written_resumes_from_the_one_before(tmp_p
         if point == "renamed":
             assert (step_folder(run_dir, step) / STATE_FILE).is_file() and not partial.exists()
         else:
-            assert partial.is_dir() and not (partial / STATE_FILE).exists() and not step_folder(run_dir, step).exists()
+            assert partial.is_dir() and not step_folder(run_dir, step).exists()
+            assert (partial / STATE_FILE).is_file() == (point == "files_written")  # complete yet not used
         assert find_checkpoint(run_dir) == step_folder(run_dir, step - 1), point
         assert (run_dir / "checkpoints" / "last").resolve() == step_folder(run_dir, step - 1)
     run_until(run_dir, args, None, "the end of the last rerun")
