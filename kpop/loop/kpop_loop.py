@@ -34,7 +34,7 @@ from kpop.loop.record import StepTimes, rl_record
 from kpop.loop.resume import find_checkpoint, load_state, previous_eval, truncate_ledger
 from kpop.loop.sync import cold_start, evaluate, evaluate_start
 from kpop.progress import Progress
-from kpop.runtime.actors import start_engine, start_worker
+from kpop.runtime.actors import on_driver_node, start_engine, start_worker
 from kpop.scheduler import stats
 from kpop.scheduler.collector import Collector
 from kpop.scheduler.dpr import DynamicPassRating
@@ -97,7 +97,7 @@ async def _collector(ctx: RunContext, state: SchedulerState | None) -> Collector
     await asyncio.to_thread(ctx.wait_engines)
     dpr = DynamicPassRating(spec.dpr) if spec.dpr.enabled else None
     ctx.sampler.curriculum, ctx.sampler.revisit_prob = dpr, spec.dpr.revisit_prob if dpr else 0.0
-    router = EngineRouter.remote(ctx.engines)
+    router = EngineRouter.options(**on_driver_node()).remote(ctx.engines)
     dispatcher_args = {"workers": ctx.workers, "router": router, "sampling": runtime.sampling,
                        "make_worker": lambda i: start_worker(runtime.workers[i], runtime.placement.env_worker),
                        "max_retries": spec.max_retries}

@@ -6,7 +6,9 @@ waits for the actor to be ready (an engine builds on `start()` or its first call
 
 Placement: an engine or worker given node labels (cluster.placement) goes to a node with those
 labels when one has room, else to any node with its resources: a replacement for an actor lost
-with its node then starts on a remaining node instead of waiting for a labelled one.
+with its node then starts on a remaining node instead of waiting for a labelled one. The run's
+control-plane actors (the engine router) go on the driver's node (`on_driver_node`): losing any
+other node must not take them along, and losing the driver's node ends the run anyway.
 """
 
 from __future__ import annotations
@@ -50,3 +52,11 @@ def preferring(labels: Mapping[str, str]) -> dict[str, Any]:
     if not labels:
         return {}
     return {"label_selector": dict(labels), "fallback_strategy": [{"label_selector": {}}]}
+
+
+def on_driver_node() -> dict[str, Any]:
+    """Ray actor options that pin an actor to the node of the process creating it (the driver)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
