@@ -24,6 +24,8 @@ MARKER = "fault_point"
 def fault_point(where: str | Path, name: str) -> None:
     if os.environ.get(ENV) != name:
         return
-    Path(where, MARKER).write_text(name)
+    tmp = Path(where, MARKER + ".tmp")
+    tmp.write_text(name)
+    tmp.replace(Path(where, MARKER))  # appears with its content: a test may read it the moment it exists
     while True:  # the test that set the variable kills the process now
         time.sleep(3600)
