@@ -91,9 +91,12 @@ def test_run_places_roles_on_their_nodes_and_survives_losing_the_engine_node(clu
         where.setdefault(a["cls"], []).append(a["node"])
     assert set(where["RankWorker"]) == set(where["LearnerGroup"]) == {learner_n}
     assert set(where["EnvWorker"]) == {env_n} and len(where["EnvWorker"]) == 2
+    # The original engine ran on the engine node; so may a replacement started before Ray declared
+    # that node dead (it dies unstarted and is retried); the engine that finished the run did not.
     engines = where["_EngineActor"]
-    assert engines.count(engine_n) == 1                # the original engine ran on the engine node
-    assert len(engines) >= 2 and set(engines) - {engine_n} <= {learner_n, env_n}   # replaced on a remaining one
+    replaced = [n for n in engines if n != engine_n]
+    assert engine_n in engines and replaced and set(replaced) <= {learner_n, env_n}
+    assert set(where["_EngineRouter"]) == {learner_n}   # the router lives on the driver's node
 
     rl = [r for r in read_metrics(run_dir) if r["phase"] == "rl"]
     assert [r["step"] for r in rl] == [1, 2, 3, 4] and killed_after < 4
