@@ -105,7 +105,7 @@ def assert_one_record_per_step(run_dir: Path, sft_steps: int, rl_steps: int) -> 
 # Enough cold start for the tiny model to write tool calls, so episodes take two turns and a kill
 # can catch some between their turns (their finished turns are then checkpointed and replayed).
 SFT_STEPS, SFT_DRAWS = 60, 256
-MID_STEP = [f"sft.steps={SFT_STEPS}", f"sft.num_examples={SFT_DRAWS}", "rollout.engine.type=builtin"]
+MID_STEP = [f"sft.steps={SFT_STEPS}", f"sft.num_examples={SFT_DRAWS}"]  # the default engine, as before
 
 
 def test_sigkill_mid_run_then_resume_accounts_for_every_task(tmp_path):
