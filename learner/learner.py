@@ -132,7 +132,9 @@ class Learner:
         if plan.trained_tokens == 0 or (plan.mode == "dpo" and plan.num_pairs == 0):
             # nothing to learn from (e.g. no correct sample, every group's samples scored alike, no
             # preference pair): no optimiser step, since Adam would still move the weights along
-            # its old moments; the version stays.
+            # its old moments. The version still advances (same weights, next number): one step,
+            # one policy version, which the KPop scheduler's staleness arithmetic relies on.
+            self.version += 1
             return StepMetrics(plan.mode, self.version, 0.0, 0.0, 0, plan.sequences if self.rank.rank == 0 else 0,
                                0.0, 0.0, time.perf_counter() - t0)
         if plan.mode == "rl" and self.last_mode == "sft" and self.spec.fresh_rl_moments:

@@ -190,3 +190,13 @@ def test_rl_after_the_cold_start_starts_adam_afresh(learner_model_dir, tmp_path)
     gaps = [_relative(x.state_dict(), reference, start) for x in (fresh, resumed, kept)]
     print(f"relative gap to a fresh AdamW: fresh {gaps[0]:.1e}, resumed {gaps[1]:.1e}, kept moments {gaps[2]:.1e}")
     assert gaps[0] < 1e-3 and gaps[1] < 1e-3 and gaps[2] > 0.1
+
+
+def test_a_step_with_nothing_to_learn_keeps_the_weights_and_still_advances_the_version(learner_model_dir):
+    learner = Learner(str(learner_model_dir), rl_spec(), seed=0)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    same = [t.with_reward(1.0, {}) for t in make_batch(0, n=4)]    # every group scored alike
+    m = learner.train_step(same, "rl")
+    assert m.tokens == 0 and learner.steps == 0
+    assert m.version == 1 and learner.publish().version == 1          # the scheduler counts it as a step
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
