@@ -26,8 +26,8 @@ from kpop.metrics import MetricsWriter, truncate_metrics
 from kpop.runtime.actors import start_engine, start_worker
 from kpop.runtime.build import overlaps, ray_start, runtime_config
 from kpop.runtime.config import RayStart, RunRuntime
-from kpop.runtime.quant_plan import record as record_quant
 from kpop.runtime.placement import ClusterStartError, alive_nodes, check_fits, check_reachable, run_demands, wait_placed
+from kpop.runtime.quant_plan import record as record_quant
 from kpop.spec import RunSpec
 from kpop.spec.sandbox import SandboxSpec
 from kpop.tasks import TaskSampler

@@ -65,8 +65,6 @@ class CalculatorEnv(AgentEnv):
     reward_range = (-1.0, 1.0)  # shaping terms may subtract from the 0/1 task score
     reward_parts = ("task", "correct", "format", "used_tool")
     answer_pattern = _ANSWER.pattern  # graded: the first "Answer: N" of the final turn
-    reward_parts = ("task", "correct", "format", "used_tool")
-    answer_pattern = _ANSWER.pattern  # graded: the first "Answer: N" of the final turn
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
