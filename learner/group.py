@@ -98,11 +98,17 @@ class LearnerGroup:
         self.ranks = [worker.options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, **where).remote() for _ in range(n)]
         addresses = [w.address.remote() for w in self.ranks]
         _, waiting = ray.wait(addresses, num_returns=n, timeout=place_timeout_s)
+        self.start_error: TimeoutError | None = None
         if waiting:
-            raise TimeoutError(f"{len(waiting)} of {n} learner ranks (each CPU {spec.num_cpus:g}, GPU {spec.num_gpus:g}"
+            # Raised by ready() rather than here: a constructor that raises leaves callers of the
+            # actor waiting (seen with Ray 2.x), a method that raises reaches them at once.
+            for w in self.ranks:
+                ray.kill(w)
+            self.start_error = TimeoutError(f"{len(waiting)} of {n} learner ranks (each CPU {spec.num_cpus:g}, GPU {spec.num_gpus:g}"
                                f"{f', labels {labels}' if labels else ''}) not placed within {place_timeout_s:g} s: "
                                "the cluster has no node with that much free (learner.num_cpus, learner.num_gpus, "
                                "cluster.placement.learner)")
+            return
         addr, port = ray.get(addresses[0])
         ray.get([w.build.remote(str(model_dir), spec, seed, RankInfo(r, n, addr, port), sft_lr, num_threads,
                               rl_threads)
@@ -125,7 +131,9 @@ class LearnerGroup:
         return ray.get([getattr(w, method).remote(*args) for w in self.ranks])
 
     def ready(self) -> int:
-        """The policy version once every rank is built (rank 0's)."""
+        """The policy version once every rank is built (rank 0's); raises the placement timeout."""
+        if self.start_error is not None:
+            raise self.start_error
         return self._all("ready")[0]
 
     def train_step(self, trajectories: list[Trajectory], mode: str) -> StepMetrics:
