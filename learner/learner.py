@@ -2,7 +2,8 @@
 
 Contract:
 - `train_step(trajectories, mode)` runs exactly one optimiser step and increments the policy
-  version (a step with no token to train on changes nothing). Modes: "sft" (cross-entropy on
+  version (a step with no token to train on changes no weight and no optimiser state, but still
+  advances the version). Modes: "sft" (cross-entropy on
   generated tokens, cold start), "rl" (the spec's objective
   GRPO/GSPO/LPO with group-normalised advantages and the spec's off-policy correction), "distill"
   (SFT on the shortest correct sample per prompt), "dpo" (preference pairs from the focus-weighted

@@ -74,13 +74,13 @@ def test_save_then_load_resumes_with_identical_losses(learner_model_dir, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_step_without_trainable_data_leaves_weights_and_version(learner_model_dir):
+def test_step_without_trainable_data_leaves_weights_and_advances_version(learner_model_dir):
     learner = Learner(str(learner_model_dir), spec(), seed=0)
     learner.train_step(make_batch(1), "sft")
     before = learner.state_dict()
     wrong = [t.with_reward(0.0, {}) for t in make_batch(2)]
     m = learner.train_step(wrong, "distill")          # no correct sample -> nothing to distill
-    assert (m.version, m.tokens, m.sequences) == (1, 0, 4)
+    assert (m.version, m.tokens, m.sequences) == (2, 0, 4)       # same weights, next version
     after = learner.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
