@@ -1,19 +1,23 @@
 """Continuous batching: the synchronous core of the built-in engine.
 
 Each `step(version)`:
-1. decodes one token for every running sequence (one forward pass over the slab),
-2. retires the sequences that finished (their rows leave the slab at once),
+1. decodes one token for every running sequence (one forward pass over the slot cache, each row
+   at its own length),
+2. retires the sequences that finished (their rows leave the cache at once: the last running row
+   moves into the hole, so the running rows stay dense),
 3. admits waiting sequences up to `max_batch` running, in priority order (sequences a weight update
-   took off the slab first, then the lowest `priority`, ties in arrival order: the order vLLM's
+   took off the cache first, then the lowest `priority`, ties in arrival order: the order vLLM's
    "priority" policy uses), prefilling those of equal context length together (no padding inside a
-   prefill) and merging them into the slab,
+   prefill) and writing their state into free rows of the cache,
 and returns a `StepEvent` per token produced, labelled with `version`.
 
 Invariants:
-- The slab holds each running sequence's context (prompt + output) except its last sampled token
-  (`pending`), which the next decode step feeds. Row i of the slab is `running[i]`.
-- A finished or aborted sequence holds no cache rows after the step/abort that ended it.
-- `invalidate()` (after a weight update) drops the slab and puts the running sequences back at
+- The cache holds each running sequence's context (prompt + output) except its last sampled token
+  (`pending`), which the next decode step feeds: `lengths[i]` tokens in row i, which is
+  `running[i]`. Rows [0, len(running)) are exactly the running ones.
+- A finished or aborted sequence holds no cache rows after the step/abort that ended it; with
+  nothing running the cache holds no memory.
+- `invalidate()` (after a weight update) drops the cache and puts the running sequences back at
   the head of the queue (admitted before any sequence that has not started): they are prefilled again, prompt + output, under the new weights, so
   every later token is exactly what the new weights produce for that context.
 - Finish rules, checked in this order on each new token (which is always kept in the output):
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kpop.rollout.builtin.sampling import sample
-from kpop.rollout.builtin.slab import Slab, merge, select
+from kpop.rollout.builtin.slots import CacheSpec, SlotCache
 from kpop.rollout.engine import SamplingParams
 
 
@@ -73,7 +77,8 @@ class Scheduler:
         self.inbox: deque[Sequence] = deque()
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.slab: Slab | None = None
+        self.lengths: list[int] = []  # cached tokens of running[i]
+        self.cache: SlotCache | None = None  # built at the first prefill, from the state it returns
         self.generated_tokens = 0
 
     # ------------------------------------------------------------------ bookkeeping
@@ -87,8 +92,8 @@ class Scheduler:
         return len(self.inbox) + len(self.waiting)
 
     def cache_nbytes(self) -> int:
-        slab = self.slab
-        return 0 if slab is None else slab.nbytes()
+        cache = self.cache
+        return 0 if cache is None else cache.nbytes()
 
     def _drain_inbox(self) -> None:
         while self.inbox:
@@ -111,27 +116,48 @@ class Scheduler:
         """Drop all cache; running sequences go back to the head of the queue, output kept."""
         self._drain_inbox()
         self.waiting.extendleft(reversed(self.running))
-        self.running, self.slab = [], None
+        self._drop_running()
 
     def clear(self) -> list[str]:
         """Drop everything (after an engine failure); returns the ids that were live."""
         self._drain_inbox()
         ids = [s.request_id for s in self.running] + [s.request_id for s in self.waiting]
-        self.running, self.waiting, self.slab = [], deque(), None
+        self.waiting = deque()
+        self._drop_running()
         return ids
 
+    def _drop_running(self) -> None:
+        self.running, self.lengths = [], []
+        if self.cache is not None:
+            self.cache.release()
+
     def _keep_rows(self, keep: list[int]) -> None:
-        if len(keep) != len(self.running):
-            self.slab = None if self.slab is None else select(self.slab, keep)
-            self.running = [self.running[i] for i in keep]
+        """Keep the rows `keep` (ascending); rows past the new end fill the holes below it."""
+        n = len(keep)
+        if n == len(self.running):
+            return
+        kept = set(keep)
+        holes = [i for i in range(n) if i not in kept]
+        movers = [i for i in range(n, len(self.running)) if i in kept]
+        for hole, src in zip(holes, movers):
+            self.cache.move_row(src, hole, self.lengths[src])
+            self.running[hole], self.lengths[hole] = self.running[src], self.lengths[src]
+        del self.running[n:], self.lengths[n:]
+        if n == 0:
+            self.cache.release()
 
     # ------------------------------------------------------------------ the step
     def step(self, version: int) -> list[StepEvent]:
         self._drain_inbox()
         events: list[StepEvent] = []
         if self.running:
-            pending = torch.tensor([s.output[-1] for s in self.running], device=self.slab.pad.device)
-            logits, self.slab = self.adapter.decode(self.slab, pending)
+            width = max(self.lengths)
+            self.cache.ensure(len(self.running), width + 1)
+            device = self.cache.device
+            pending = torch.tensor([s.output[-1] for s in self.running], device=device)
+            lengths = torch.tensor(self.lengths, device=device)
+            logits = self.adapter.decode(self.cache.tensors, lengths, width, pending)
+            self.lengths = [n + 1 for n in self.lengths]
             alive = self._sample_into(self.running, logits, version, events)
             self._keep_rows(alive)
         self._admit(version, events)
@@ -148,11 +174,20 @@ class Scheduler:
             groups.setdefault(len(seq.context), []).append(seq)
         for seqs in groups.values():
             ids = torch.tensor([s.context for s in seqs], device=_model_device(self.adapter))
-            logits, slab = self.adapter.prefill(ids)
+            logits, state = self.adapter.prefill(ids)
             alive = self._sample_into(seqs, logits, version, events)
             if alive:
-                self.slab = merge(self.slab, select(slab, alive))
+                self._store(state, alive, ids.shape[1])
                 self.running += [seqs[i] for i in alive]
+                self.lengths += [ids.shape[1]] * len(alive)
+
+    def _store(self, state: list[torch.Tensor], alive: list[int], width: int) -> None:
+        if self.cache is None:
+            specs = [CacheSpec(tuple(t.shape[1:]), d, t.dtype) for t, d in zip(state, self.adapter.col_dims)]
+            self.cache = SlotCache(specs, self.max_batch, self.max_model_len, state[0].device)
+        idx = torch.tensor(alive, device=state[0].device)
+        self.cache.ensure(len(self.running) + len(alive), width)
+        self.cache.write_rows(len(self.running), [t.index_select(0, idx) for t in state])
 
     def _sample_into(self, seqs: list[Sequence], logits: torch.Tensor, version: int, events: list[StepEvent]) -> list[int]:
         """Sample one token per sequence, record it, return the indices still running."""

@@ -1,0 +1,94 @@
+"""`KVAdapter`: standard-attention transformers models (Llama and the like) over a `SlotCache`.
+
+Cache: per layer keys and values [Hkv, T, D] per row (columns on dim 1), in the model's dtype.
+Contract: the one in kpop.rollout.builtin.adapters. Two decode paths:
+- direct (Llama, Qwen2, Qwen3 without sliding-window layers): one loop over the model's own
+  modules (norms, projections, rotary embedding, MLP); the new keys/values are written into the
+  slots in place and SDPA attends each row over its own length. No per-step cache objects, masks
+  built once per step, no copy of the cache.
+- generic (every other architecture): the model's forward over a `DynamicCache` that views the
+  slots, with a 0/1 mask of each row's length; the new column is copied back into the slots.
+Both compute, per row, what the model's full forward computes for that row alone (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DIRECT_TYPES = frozenset({"llama", "qwen2", "qwen3"})
+
+
+def _direct_ok(model) -> bool:
+    cfg = model.config
+    if cfg.model_type not in DIRECT_TYPES:
+        return False
+    if "sliding_attention" in (getattr(cfg, "layer_types", None) or ()) or getattr(cfg, "use_sliding_window", False):
+        return False
+    inner = getattr(model, "model", None)
+    return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
+
+
+class KVAdapter:
+    def __init__(self, model) -> None:
+        self.model = model
+        self.num_layers = model.config.num_hidden_layers
+        self.col_dims = (1,) * (2 * self.num_layers)
+        self.direct = _direct_ok(model)
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        from transformers import DynamicCache
+
+        out = self.model(ids, past_key_values=DynamicCache(), use_cache=True)
+        state: list[torch.Tensor] = []
+        for layer in out.past_key_values.layers:
+            state += [layer.keys, layer.values]
+        return out.logits[:, -1], state
+
+    @torch.inference_mode()
+    def decode(self, tensors: list[torch.Tensor], lengths: torch.Tensor, width: int, tokens: torch.Tensor) -> torch.Tensor:
+        run = self._direct if self.direct else self._generic
+        return run([t[: tokens.shape[0]] for t in tensors], lengths, width, tokens)
+
+    def _direct(self, tensors, lengths, width: int, tokens) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        inner, B = self.model.model, tokens.shape[0]
+        h = inner.embed_tokens(tokens[:, None])
+        cos, sin = inner.rotary_emb(h, lengths[:, None])
+        cols = torch.arange(width + 1, device=lengths.device)
+        mask = (cols[None, :] <= lengths[:, None])[:, None, None, :]  # [B, 1, 1, width + 1]
+        rows = torch.arange(B, device=lengths.device)
+        for i, layer in enumerate(inner.layers[: self.num_layers]):
+            attn, x = layer.self_attn, layer.input_layernorm(h)
+            q = attn.q_proj(x).view(B, 1, -1, attn.head_dim)
+            k = attn.k_proj(x).view(B, 1, -1, attn.head_dim)
+            v = attn.v_proj(x).view(B, 1, -1, attn.head_dim)
+            if hasattr(attn, "q_norm"):
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            keys, values = tensors[2 * i], tensors[2 * i + 1]  # [B, Hkv, cap, D]
+            keys[rows, :, lengths] = k[:, :, 0]
+            values[rows, :, lengths] = v[:, 0]
+            o = F.scaled_dot_product_attention(
+                q, keys[:, :, : width + 1], values[:, :, : width + 1], attn_mask=mask, scale=attn.scaling,
+                enable_gqa=q.shape[1] != keys.shape[1],
+            )
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.model.lm_head(inner.norm(h))[:, -1]
+
+    def _generic(self, tensors, lengths, width: int, tokens) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        t = [x[:, :, :width] for x in tensors]
+        cache = DynamicCache(ddp_cache_data=[(t[2 * i], t[2 * i + 1]) for i in range(self.num_layers)])
+        cols = torch.arange(width + 1, device=lengths.device)
+        mask = ((cols[None, :] < lengths[:, None]) | (cols[None, :] == width)).long()
+        out = self.model(tokens[:, None], attention_mask=mask, position_ids=lengths[:, None], past_key_values=cache, use_cache=True)
+        rows = torch.arange(tokens.shape[0], device=lengths.device)
+        for i, layer in enumerate(out.past_key_values.layers):
+            tensors[2 * i][rows, :, lengths] = layer.keys[:, :, -1]
+            tensors[2 * i + 1][rows, :, lengths] = layer.values[:, :, -1]
+        return out.logits[:, -1]
