@@ -222,6 +222,7 @@ def checkpoint(ctx: RunContext, step: int, extra: dict[str, str] | None = None) 
     fault_point(ctx.run_dir, f"{folder.name}:files_written")
     if folder.exists():
         os.rename(folder, old)
+        fault_point(ctx.run_dir, f"{folder.name}:set_aside")
     os.rename(partial, folder)
     fault_point(ctx.run_dir, f"{folder.name}:renamed")
     last = ctx.run_dir / "checkpoints" / "last"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from kpop.envs.registry import make_env
 from kpop.envs.sandbox.default import configure as configure_sandbox
+from kpop.faults import fault_point
 from kpop.rollout.agent_loop import Episode, LoopLimits, Policy, run_episode, solver_policy
 from kpop.rollout.chat import ChatFormat
 from kpop.rollout.engine import GenerationRequest, GenerationResult, SamplingParams
@@ -107,14 +108,19 @@ class EnvWorker:
         turn = itertools.count()
 
         async def act(context_ids: list[int], max_tokens: int) -> GenerationResult:
-            seed = None if sampling.seed is None else _request_seed(sampling.seed, episode, next(turn))
+            k = next(turn)
+            seed = None if sampling.seed is None else _request_seed(sampling.seed, episode, k)
             params = replace(sampling, max_tokens=max_tokens, stop_token_ids=stop_ids, seed=seed)
             if not isinstance(engine, Routed):
                 request = GenerationRequest(f"w{self.worker_id}-{next(self._ids)}", context_ids, params,
                                             episode.priority)
                 remote = getattr(engine.generate, "remote", None)
-                return await (remote(request) if remote is not None else engine.generate(request))
-            return await self._routed_turn(engine.router, context_ids, params, episode.priority)
+                result = await (remote(request) if remote is not None else engine.generate(request))
+            else:
+                result = await self._routed_turn(engine.router, context_ids, params, episode.priority)
+            # tests/faults: the worker killed mid-episode, a turn generated and its env step not run
+            fault_point(None, f"rollout:{episode.group_id}:{episode.sample}:turn_{k + 1}_generated")
+            return result
 
         return act
 

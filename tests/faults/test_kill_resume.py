@@ -7,8 +7,9 @@
 - While a checkpoint is written: a chain of reruns of one run, each killed at another point of
   writing a checkpoint (the learner's weights written but not its optimiser state; the learner's
   state written; every file written but the folder not renamed; the folder renamed but `last` not
-  moved); each time the checkpoint before is the one the rerun resumes from, and the step saved
-  again replaces the complete-but-unlinked folder.
+  moved; the same step saved again with its older folder moved aside and the new one not renamed);
+  each time the checkpoint before is the one the rerun resumes from, and the step saved again
+  replaces the complete-but-unlinked folder.
 - Both: after the last rerun every step has exactly one metrics record (and one ledger line).
 
 Each kill waits on what the run writes: a checkpoint link, or the marker a fault point writes
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from kpop.faults import DIR_ENV, MARKER, read_marker
 from kpop.faults import ENV as FAULT_ENV
-from kpop.faults import MARKER
 from kpop.loop.resume import find_checkpoint
 from kpop.metrics import read_metrics
 from kpop.scheduler.state import STATE_FILE
@@ -50,7 +51,7 @@ ATTEMPTS = 3
 
 def kpop_run(run_dir: Path, args: list[str], fault: str = "") -> tuple[subprocess.Popen, Path]:
     sets = [a for kv in [*TINY, *args, f"run_dir={run_dir}"] for a in ("--set", kv)]
-    env = {**os.environ, FAULT_ENV: fault, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    env = {**os.environ, FAULT_ENV: fault, DIR_ENV: str(run_dir), "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
     log = run_dir.parent / f"{run_dir.name}.{len(list(run_dir.parent.glob('*.log')))}.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "kpop.cli.main", "run", *sets], env=env, stdout=out,
@@ -136,6 +137,7 @@ KILL_POINTS = [  # (step whose checkpoint is being written, fault point, where i
     (3, "learner_saved", "."),                       # learner state written, run state not
     (4, "files_written", "."),                       # complete, not renamed
     (5, "renamed", "."),                             # renamed to step_000005, `last` not moved
+    (5, "set_aside", "."),                           # step 5 saved again: the older step_000005 moved aside
 ]
 
 
@@ -146,11 +148,14 @@ def test_sigkill_while_checkpoints_are_written_resumes_from_the_one_before(tmp_p
     for step, point, where in KILL_POINTS:
         marker = run_dir / "checkpoints" / where / MARKER if where != "." else run_dir / MARKER
         run_until(run_dir, args, marker.exists, f"checkpoint {step}: {point}", fault=f"step_{step:06d}:{point}")
-        assert marker.read_text() == f"step_{step:06d}:{point}"
+        assert read_marker(marker).name == f"step_{step:06d}:{point}"
         marker.unlink()
         partial = step_folder(run_dir, step, ".partial")
         if point == "renamed":
             assert (step_folder(run_dir, step) / STATE_FILE).is_file() and not partial.exists()
+        elif point == "set_aside":  # both copies complete, neither named step_000005, `last` on step 4
+            assert not step_folder(run_dir, step).exists() and (partial / STATE_FILE).is_file()
+            assert (step_folder(run_dir, step, ".old") / STATE_FILE).is_file()
         else:
             assert partial.is_dir() and not step_folder(run_dir, step).exists()
             assert (partial / STATE_FILE).is_file() == (point == "files_written")  # complete yet not used
