@@ -1,8 +1,9 @@
 """Sandbox overhead: per-execution cost of each backend against a bare `python3 -c pass`.
 
 Prints one table: p50/p95 wall time of bare python3, bubblewrap and (if an engine answers)
-Docker, the overhead over bare (ms) and the ratio, then executions/s of the default pool on
-2 concurrent slots (the 2-core target machine), then the burst row: `--burst` executions (default
+Docker, a fresh container per execution and warm (`sandbox.backend.warm`: one running container,
+reset after each execution), the overhead over bare (ms) and the ratio, then executions/s of the
+default pool on 2 concurrent slots (the 2-core target machine), then the burst row: `--burst` executions (default
 1,000) submitted at once to the default pool (`SandboxSpec()`), each printing its own index:
 how many completed with the right output, executions/s, and what was left behind, counted before
 and after (processes under this one, processes of sandbox uids, slot cgroups, work directories).
@@ -52,12 +53,15 @@ async def interleaved(n: int, n_docker: int) -> dict[str, list[float]]:
     dbox, why = docker_box()
     if dbox is not None:
         boxes["docker"] = dbox
+        boxes["docker warm"] = docker_box(warm=True)[0]
     samples: dict[str, list[float]] = {"bare python3 -c": [], **{k: [] for k in boxes}}
     for box in boxes.values():
         await box.run(REQUEST)  # warm-up: slot creation, page cache, image layers
     for i in range(n):
         samples["bare python3 -c"].append(bare_once())
         samples["bwrap"].append(await timed(boxes["bwrap"]))
+        if dbox is not None:
+            samples["docker warm"].append(await timed(boxes["docker warm"]))
         if dbox is not None and i < n_docker:
             samples["docker"].append(await timed(dbox))
     for box in boxes.values():
@@ -67,7 +71,7 @@ async def interleaved(n: int, n_docker: int) -> dict[str, list[float]]:
     return samples
 
 
-def docker_box():
+def docker_box(warm: bool = False):
     try:
         import docker
 
@@ -78,8 +82,9 @@ def docker_box():
     except Exception as exc:  # noqa: BLE001 (any failure means: no usable engine)
         return None, f"skipped: {type(exc).__name__}"
     from kpop.envs.sandbox.docker_backend import DockerSandbox
+    from kpop.envs.sandbox.docker_warm import WarmDockerSandbox
 
-    return DockerSandbox(), ""
+    return (WarmDockerSandbox() if warm else DockerSandbox()), ""
 
 
 async def pool_rate(n: int, size: int = 2) -> float:

@@ -33,6 +33,10 @@ def backend_factory(spec: SandboxSpec) -> Callable[[int], Sandbox]:
 
         config = BwrapConfig(python=backend.python, ro_binds=tuple(backend.ro_binds), use_cgroups=backend.use_cgroups)
         return lambda slot: BwrapSandbox(config, slot)
+    if backend.type == "docker" and backend.warm:
+        from kpop.envs.sandbox.docker_warm import WarmDockerSandbox
+
+        return lambda slot: WarmDockerSandbox(image=backend.image, python=backend.python, base_url=backend.base_url)
     if backend.type == "docker":
         from kpop.envs.sandbox.docker_backend import DockerSandbox
 

@@ -36,6 +36,12 @@ def safe_relpath(name: str) -> PurePosixPath:
 def create(base: Path, files: Mapping[str, bytes | str], owner: int | None) -> Path:
     """A fresh directory holding `files`, owned (with its content) by uid/gid `owner` if given."""
     workdir = Path(tempfile.mkdtemp(prefix="w", dir=base))
+    fill(workdir, files, owner)
+    return workdir
+
+
+def fill(workdir: Path, files: Mapping[str, bytes | str], owner: int | None) -> None:
+    """Write `files` into the existing `workdir` and give it, with its content, to `owner` if given."""
     for name, content in files.items():
         rel = safe_relpath(name)
         target = workdir.joinpath(*rel.parts)
@@ -45,7 +51,6 @@ def create(base: Path, files: Mapping[str, bytes | str], owner: int | None) -> P
         for dirpath, dirnames, filenames in os.walk(workdir):
             for entry in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
                 os.lchown(entry, owner, owner)
-    return workdir
 
 
 def harvest(workdir: Path, patterns: Iterable[str], budget: int) -> dict[str, bytes]:
@@ -99,3 +104,13 @@ def remove(workdir: Path) -> None:
             pass
 
     shutil.rmtree(workdir, onerror=onerror)
+
+
+def empty(directory: Path) -> None:
+    """Remove everything inside `directory`, keeping the directory itself (a mount point stays valid)."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                remove(Path(entry.path))
+            else:
+                os.unlink(entry.path)

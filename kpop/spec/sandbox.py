@@ -22,8 +22,9 @@ class BwrapBackendSpec(StrictModel):
 
 
 class DockerBackendSpec(StrictModel):
-    type: Literal["docker"] = Field("docker", description="One fresh container per execution through the Docker engine.")
+    type: Literal["docker"] = Field("docker", description="Containers through the Docker engine: a fresh one per execution, or warm ones (`warm`).")
     image: str = Field("kpop-sandbox:bookworm", min_length=1, description="Local image with python3 (deploy/docker_engine.sh builds it).")
+    warm: bool = Field(False, description="Keep one running container per pool slot and run each execution in it (a launcher inside forks it; reset after each: its processes killed, /work and /tmp emptied, IPC removed); false: a fresh container per execution.")
     python: str = Field("python3", min_length=1, description="Interpreter that runs `code` requests inside the container.")
     base_url: str | None = Field(None, description="Engine address; None uses DOCKER_HOST or the local socket.")
 

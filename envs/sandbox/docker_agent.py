@@ -1,0 +1,198 @@
+"""The launcher inside a warm sandbox container (kpop.envs.sandbox.docker_warm); stdlib only, any Python 3.9+.
+
+It runs as the container's init: pid 1, uid 0 holding only CAP_SETUID, CAP_SETGID and CAP_KILL (no
+DAC override, no ptrace), listening on a Unix socket in a root-only (0700) directory, so the code
+it runs (uid 65534, without those capabilities) can neither reach the socket nor signal, trace or
+replace the launcher. Per request (4-byte big-endian length + JSON, answered the same way) it runs
+one command as 65534 in /work with the request's rlimits (CPU, file size, no core files), stdin
+from the request's file, stdout/stderr read up to the cap, the wall clock enforced; then it resets
+the container for the next execution: SIGKILL to every process but itself (kill(-1) cannot race a
+fork: the kernel holds the task list while it signals), every zombie reaped, and the System V IPC
+objects and POSIX queues the code left removed (a 65534 helper, started only when there are any).
+/work and /tmp are host directories the host empties after each execution. Out-of-memory kills are
+read from the container's memory cgroup (its oom_kill counter before and after).
+"""
+
+import base64
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+SOCKET = "/kpop/ctl/agent.sock"
+UID = 65534
+STDIN_FILE = ".sandbox-stdin"
+OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def recv(conn):
+    head = _exactly(conn, 4)
+    return None if head is None else json.loads(_exactly(conn, struct.unpack(">I", head)[0]))
+
+
+def _exactly(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def send(conn, obj):
+    data = json.dumps(obj).encode()
+    conn.sendall(struct.pack(">I", len(data)) + data)
+
+
+def oom_kills():
+    for path in OOM_FILES:
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except OSError:
+            continue
+    return 0
+
+
+def _child_setup(req):
+    # Runs in the child after it became 65534 (subprocess switches uid before preexec_fn).
+    os.chdir("/work")
+    cpu = max(1, int(round(req["cpu_s"])))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (req["file_bytes"], req["file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if req["stdin"]:
+        fd = os.open(STDIN_FILE, os.O_RDONLY)
+        os.dup2(fd, 0)
+        os.close(fd)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")  # the memory cgroup's OOM killer picks the code, not the launcher
+    except OSError:
+        pass
+
+
+def execute(req):
+    oom_before, start = oom_kills(), time.monotonic()
+    try:
+        proc = subprocess.Popen(req["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=req["env"], user=UID, group=UID, extra_groups=[], start_new_session=True,
+                                preexec_fn=lambda: _child_setup(req))
+    except OSError as exc:  # no such program, or not executable: what a shell would report
+        reset()
+        return {"exit": 127, "signal": None, "wall_s": time.monotonic() - start, "timed_out": False,
+                "overflow": False, "oom": False, "stdout": "", "stderr": _b64(f"{req['argv'][0]}: {exc}\n".encode())}
+    out, err, timed_out, overflow = collect(proc, start + req["wall_s"], req["output_bytes"])
+    code = proc.wait()
+    wall = time.monotonic() - start
+    reset()
+    return {"exit": code if code >= 0 else None, "signal": -code if code < 0 else None, "wall_s": wall,
+            "timed_out": timed_out, "overflow": overflow, "oom": oom_kills() > oom_before,
+            "stdout": _b64(out[: req["output_bytes"]]), "stderr": _b64(err[: req["output_bytes"]])}
+
+
+def collect(proc, deadline, cap):
+    """stdout and stderr until the process exits (its pidfd), the deadline passes or a stream passes `cap`."""
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    buffers = {out_fd: bytearray(), err_fd: bytearray()}
+    pidfd = os.pidfd_open(proc.pid)
+    sel = selectors.DefaultSelector()
+    for fd in buffers:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    sel.register(pidfd, selectors.EVENT_READ)
+    timed_out = overflow = exited = False
+    while not exited and sel.get_map():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        for key, _ in sel.select(left):
+            if key.fd == pidfd:
+                exited = True  # streams a leftover process still holds are not waited for
+                continue
+            chunk = os.read(key.fd, 65536)
+            if chunk:
+                buffers[key.fd] += chunk
+                overflow = overflow or len(buffers[key.fd]) > cap
+            else:
+                sel.unregister(key.fd)
+        if overflow:
+            break
+    for fd in buffers:  # what is already in the pipes
+        try:
+            while len(buffers[fd]) <= cap and (chunk := os.read(fd, 65536)):
+                buffers[fd] += chunk
+        except BlockingIOError:
+            pass
+    sel.close()
+    os.close(pidfd)
+    if timed_out or overflow:
+        kill_all()
+    proc.stdout.close()
+    proc.stderr.close()
+    return bytes(buffers[out_fd]), bytes(buffers[err_fd]), timed_out, overflow
+
+
+def kill_all():
+    try:
+        os.kill(-1, signal.SIGKILL)  # every process but pid 1 (this one)
+    except ProcessLookupError:
+        pass
+
+
+def reset():
+    kill_all()
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+    if _ipc_left():
+        subprocess.run(["/bin/sh", "-c", "ipcrm -a; rm -f /dev/mqueue/*"], user=UID, group=UID, extra_groups=[],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={},
+                       cwd="/", check=False)
+
+
+def _ipc_left():
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                if len(f.readlines()) > 1:
+                    return True
+        except OSError:
+            pass
+    try:
+        return bool(os.listdir("/dev/mqueue"))
+    except OSError:
+        return False
+
+
+def _b64(data):
+    return base64.b64encode(data).decode()
+
+
+def main():
+    if os.path.exists(SOCKET):
+        os.unlink(SOCKET)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(SOCKET)
+    server.listen(1)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            while (req := recv(conn)) is not None:
+                send(conn, execute(req))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The warm Docker backend: one long-running container per pool slot, reset after every execution.
+
+`sandbox.backend: {type: docker, warm: true}` selects it. The container runs the launcher
+(docker_agent.py, bind-mounted read-only) as its init; each execution is one request over a Unix
+socket in a root-only host directory, so it costs a fork and exec inside a running container
+instead of creating, starting and removing one (`docker run`: ~200-400 ms here). Isolation is the
+fresh-container backend's: `--network none`, read-only root, no-new-privileges, the code as uid 65534
+with no capabilities (the launcher keeps only SETUID, SETGID and KILL, which 65534 cannot use
+against it), memory (= memory+swap) and pids limits on the container, CPU-time and file-size
+rlimits per execution, a private IPC namespace without /dev/shm.
+
+Reset contract: nothing one execution leaves is visible to the next. Before an execution's result
+is returned every other process in the container is killed and reaped and its IPC objects are
+removed (the launcher), and /work and /tmp, host directories bind-mounted into the container, are
+emptied by the host (root). A container whose launcher stops answering (killed by the memory
+limit, or the host-side deadline of wall_s + GRACE_S passed) is removed and the next execution
+starts a new one; so does a request whose memory or process limit differs from the container's.
+The launcher shares the container's memory limit with the code (it uses ~10 MiB of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+from kpop.envs.sandbox import workdir
+from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxResult
+from kpop.envs.sandbox.classify import Observed, classify
+
+UID = 65534
+STDIN_FILE = ".sandbox-stdin"
+AGENT = Path(__file__).resolve().with_name("docker_agent.py")
+GRACE_S = 10.0     # past the wall clock: the launcher enforces it, the host only guards the launcher
+START_S = 30.0     # for a new container's launcher to listen
+
+
+class WarmDockerSandbox:
+    name = "docker-warm"
+
+    def __init__(self, image: str = "kpop-sandbox:bookworm", python: str = "python3", base_url: str | None = None) -> None:
+        self.image, self.python, self.base_url = image, python, base_url
+        self._client = None
+        self._box = None
+        self._conn: socket.socket | None = None
+        self._key: tuple[int, int] | None = None
+        self._dir: Path | None = None
+        self._lost = False
+        self.containers_started = 0
+
+    def client(self):
+        if self._client is None:
+            import docker
+
+            self._client = docker.DockerClient(base_url=self.base_url) if self.base_url else docker.from_env()
+        return self._client
+
+    async def run(self, request: SandboxRequest) -> SandboxResult:
+        return await asyncio.to_thread(self._run_blocking, request)
+
+    def _run_blocking(self, request: SandboxRequest) -> SandboxResult:
+        lim = request.limits or SandboxLimits()
+        start = time.perf_counter()
+        try:
+            self._ensure((lim.memory_bytes, lim.max_processes))
+        except Exception as exc:  # noqa: BLE001 engine down, image missing: a set-up problem, not the code's
+            self._discard()
+            return classify(Observed(None, None, time.perf_counter() - start, error=f"docker: {exc}"))
+        work = self._dir / "work"
+        files = dict(request.files)
+        if request.code is not None:
+            files["main.py"] = request.code
+        if request.stdin is not None:
+            files[STDIN_FILE] = request.stdin
+        try:
+            workdir.fill(work, files, UID)
+        except (OSError, ValueError) as exc:
+            self._clear()
+            return classify(Observed(None, None, 0.0, error=f"bad request: {exc}"))
+        try:
+            obs = self._execute(request, lim)
+            return classify(obs, workdir.harvest(work, request.outputs, lim.max_output_files_bytes))
+        finally:
+            self._discard() if self._lost else self._clear()
+
+    def _execute(self, request: SandboxRequest, lim: SandboxLimits) -> Observed:
+        argv = list(request.command) if request.command is not None else [self.python, "main.py"]
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8", **request.env}
+        req = {"argv": argv, "env": env, "stdin": request.stdin is not None, "wall_s": lim.wall_s,
+               "cpu_s": lim.cpu_s, "file_bytes": lim.max_file_bytes, "output_bytes": lim.max_output_bytes}
+        start = time.perf_counter()
+        try:
+            self._conn.settimeout(lim.wall_s + GRACE_S)
+            _send(self._conn, req)
+            res = _recv(self._conn)
+        except OSError as exc:
+            res, error = None, f"{type(exc).__name__}: {exc}"
+        else:
+            error = "the launcher closed its socket"
+        if res is None:  # the launcher died (the memory limit took it) or hung: a new container next time
+            self._lost = True
+            if self._oom_killed():
+                return Observed(None, 9, time.perf_counter() - start, oom=True)
+            return Observed(None, None, time.perf_counter() - start, error=f"warm container lost: {error}")
+        return Observed(res["exit"], res["signal"], res["wall_s"], base64.b64decode(res["stdout"]),
+                        base64.b64decode(res["stderr"]), res["timed_out"], res["overflow"], res["oom"], False)
+
+    # ------------------------------------------------------------------ the container
+
+    def _ensure(self, key: tuple[int, int]) -> None:
+        if self._box is not None and self._key == key:
+            return
+        self._discard()
+        self._dir = Path(tempfile.mkdtemp(prefix="warm-", dir=workdir.default_base()))
+        for sub, mode in (("work", 0o700), ("tmp", 0o1777), ("ctl", 0o700)):
+            (self._dir / sub).mkdir()
+            os.chmod(self._dir / sub, mode)
+        if os.geteuid() == 0:
+            os.chown(self._dir / "work", UID, UID)
+        memory, pids = key
+        self._box = self.client().containers.run(
+            self.image, [self.python, "-I", "/kpop/agent.py"], detach=True, user="0:0", network_mode="none",
+            read_only=True, ipc_mode="none", cap_drop=["ALL"], cap_add=["SETUID", "SETGID", "KILL"],
+            security_opt=["no-new-privileges"], mem_limit=memory, memswap_limit=memory, pids_limit=pids + 1,
+            volumes={str(AGENT): {"bind": "/kpop/agent.py", "mode": "ro"},
+                     str(self._dir / "ctl"): {"bind": "/kpop/ctl", "mode": "rw"},
+                     str(self._dir / "work"): {"bind": "/work", "mode": "rw"},
+                     str(self._dir / "tmp"): {"bind": "/tmp", "mode": "rw"}},
+            labels={"kpop.sandbox": "warm"}, environment={})
+        self._key = key
+        self.containers_started += 1
+        self._conn = self._connect(self._dir / "ctl" / "agent.sock")
+
+    def _connect(self, path: Path) -> socket.socket:
+        deadline = time.monotonic() + START_S
+        while True:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(str(path))
+                return conn
+            except OSError:
+                conn.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the warm container's launcher did not listen within {START_S:g} s") from None
+                time.sleep(0.01)
+
+    def _oom_killed(self) -> bool:
+        try:
+            self._box.reload()
+            return bool(self._box.attrs["State"].get("OOMKilled"))
+        except Exception:  # noqa: BLE001 (gone already: not known to be an OOM kill)
+            return False
+
+    def _clear(self) -> None:
+        for sub in ("work", "tmp"):
+            workdir.empty(self._dir / sub)
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._box is not None:
+            try:
+                self._box.remove(force=True)
+            except Exception:  # noqa: BLE001, S110 (already gone: nothing left to clean)
+                pass
+        if self._dir is not None:
+            workdir.remove(self._dir)
+        self._conn = self._box = self._key = self._dir = None
+        self._lost = False
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._discard)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _send(conn: socket.socket, obj: dict) -> None:
+    data = json.dumps(obj).encode()
+    conn.sendall(struct.pack(">I", len(data)) + data)
+
+
+def _recv(conn: socket.socket) -> dict | None:
+    head = _exactly(conn, 4)
+    if head is None:
+        return None
+    body = _exactly(conn, struct.unpack(">I", head)[0])
+    return None if body is None else json.loads(body)
+
+
+def _exactly(conn: socket.socket, n: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
