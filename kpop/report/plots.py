@@ -3,7 +3,10 @@
 Contract: `render_plots(runs, out_dir)` writes every plot in `PLOTS` as `<out_dir>/<name>.png`
 and returns a `Plot` per file, in `PLOTS` order. Every PNG is written even when its metrics are
 absent (the axes then say "not measured in this run"), so a report always has the same files.
-Runs are told apart by colour (run i gets colour Ci); within a run, quantities by line style.
+Every line series (one quantity of one run) has its own colour, in drawing order (C0, C1, ...);
+when runs are overlaid, run i also gets line style i, so a run's series read as a group. A per-step
+series of at least SMOOTH_MIN points is drawn faint as logged with its smoothed curve on top
+(kpop.report.smooth.ema, TensorBoard's debiased EMA), as users know it from TensorBoard and W&B.
 Uses matplotlib's non-interactive Agg backend; no display is needed.
 """
 
@@ -21,6 +24,10 @@ import matplotlib.pyplot as plt  # (after the backend is chosen)
 from matplotlib.ticker import MaxNLocator
 
 from kpop.report.runs import RunData
+from kpop.report.smooth import ema
+
+SMOOTH_MIN = 5      # fewer points than this are drawn as logged: nothing to smooth
+RAW_ALPHA = 0.25
 
 STYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
 
@@ -46,15 +53,22 @@ def _lines(ax, runs: list[RunData], phase: str, keys: list[str] | Callable[[RunD
     """Plot `phase` series for each key of each run; returns how many series had points.
 
     `keys` is a list, or a function of the run for keys that differ between runs (reward parts).
+    The n-th series drawn gets colour Cn.
     """
     drawn = 0
     for i, run in enumerate(runs):
-        for j, key in enumerate(keys(run) if callable(keys) else keys):
+        style = STYLES[i % len(STYLES)]
+        for key in keys(run) if callable(keys) else keys:
             steps, values = run.series(phase, key)
-            if steps:
-                ax.plot(steps, values, color=_colour(i), linestyle=STYLES[j % len(STYLES)], marker=marker,
-                        label=_tag(run, runs, key))
-                drawn += 1
+            if not steps:
+                continue
+            colour, label = _colour(drawn), _tag(run, runs, key)
+            if len(values) >= SMOOTH_MIN:
+                ax.plot(steps, values, color=colour, linestyle=style, marker=marker, alpha=RAW_ALPHA, linewidth=1)
+                ax.plot(steps, ema(values), color=colour, linestyle=style, linewidth=2, label=label)
+            else:
+                ax.plot(steps, values, color=colour, linestyle=style, marker=marker, label=label)
+            drawn += 1
     return drawn
 
 
@@ -74,10 +88,10 @@ def _finish(ax, drawn: int, xlabel: str = "RL step", ylabel: str = "") -> None:
 def plot_reward(fig, runs: list[RunData]) -> None:
     ax = fig.subplots()
     drawn = _lines(ax, runs, "rl", lambda run: ["reward", *run.keys("rl", "reward/")])
-    for i, run in enumerate(runs):
+    for run in runs:
         steps, values = run.series("eval", "reward")
         if steps:
-            ax.plot(steps, values, color=_colour(i), marker="o", linestyle="none", markersize=8,
+            ax.plot(steps, values, color=_colour(drawn), marker="o", linestyle="none", markersize=8,
                     label=_tag(run, runs, "held-out reward (greedy)"))
             drawn += 1
     _finish(ax, drawn, ylabel="reward (mean over episodes)")
@@ -133,8 +147,9 @@ def plot_pass_rates(fig, runs: list[RunData]) -> None:
         left.set_ylim(-0.02, 1.02)
     bars = [(run, label, key, rec[key]) for run in runs for label, rec in run.eval_by_label().items()
             for key in sorted(rec) if key.startswith("pass_rate/")]
-    for n, (run, label, _key, value) in enumerate(bars):
-        right.barh(n, value, color=_colour(runs.index(run)), alpha=0.5 if label == "before_rl" else 1.0)
+    colours = _family_colours(runs)
+    for n, (run, label, key, value) in enumerate(bars):
+        right.barh(n, value, color=colours.get((run.name, key), "grey"), alpha=0.5 if label == "before_rl" else 1.0)
         right.text(value + 0.01, n, f"{value:.2f}", va="center", fontsize=7)
     if bars:
         right.set_yticks(range(len(bars)), [_tag(run, runs, f"{k.split('/', 1)[1]} {label}")
@@ -145,6 +160,12 @@ def plot_pass_rates(fig, runs: list[RunData]) -> None:
         right.invert_yaxis()
     else:
         _finish(right, 0)
+
+
+def _family_colours(runs: list[RunData]) -> dict[tuple[str, str], str]:
+    """(run, pass_rate key) -> the colour its training curve got from `_lines` (same order)."""
+    keys = [(run.name, key) for run in runs for key in run.keys("rl", "pass_rate/") if run.series("rl", key)[0]]
+    return {k: _colour(n) for n, k in enumerate(keys)}
 
 
 def plot_sft_loss(fig, runs: list[RunData]) -> None:
@@ -161,8 +182,8 @@ class PlotDef(NamedTuple):
 
 PLOTS: list[PlotDef] = [
     PlotDef("reward", "Reward and its parts", (
-        "Mean training reward per RL step (solid) and its parts (dashed); "
-        "dots: greedy held-out reward before, during and after RL."), plot_reward),
+        "Mean training reward per RL step and its parts, each in its own colour (faint: as logged; "
+        "bold: smoothed); dots: greedy held-out reward before, during and after RL."), plot_reward),
     PlotDef("response_length", "Response length", "Generated tokens per episode: mean, median and longest.",
             plot_response_length),
     PlotDef("mismatch", "Train/inference mismatch", (
@@ -176,8 +197,8 @@ PLOTS: list[PlotDef] = [
     PlotDef("env_latency", "Environment latency",
             "Seconds per environment step: p50 / p95 / p99 over a step's episodes.", plot_env_latency),
     PlotDef("pass_rates", "Pass rate per environment family", (
-        "Left: training pass rate per family per step. "
-        "Right: greedy held-out pass rate per family (faded: before RL)."), plot_pass_rates),
+        "Left: training pass rate per family per step (faint: as logged; bold: smoothed). "
+        "Right: greedy held-out pass rate per family in its curve's colour (faded: before RL)."), plot_pass_rates),
     PlotDef("sft_loss", "Cold-start SFT loss", "Cross-entropy on verified reference-solver episodes.", plot_sft_loss),
 ]
 

@@ -99,3 +99,28 @@ def test_report_series_skip_non_numeric_values(tmp_path, phase):
     assert steps and all(isinstance(v, float) for v in values)
     assert data.series(phase, "label") == ([], [])
     assert data.staleness_total() == [60, 0, 6]
+
+
+def test_every_series_has_its_own_colour_and_a_smoothed_line_over_the_raw_one(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from kpop.report.plots import RAW_ALPHA, plot_reward
+    from kpop.report.runs import load_run
+    from kpop.report.smooth import ema
+
+    run = load_run(_fake_run(tmp_path / "a", "a", seed=1, steps=8))
+    fig = plt.figure()
+    plot_reward(fig, [run])
+    lines = fig.axes[0].get_lines()
+    raw = [ln for ln in lines if ln.get_alpha() == RAW_ALPHA]
+    bold = [ln for ln in lines if ln.get_label() in ("reward", "reward/task")]
+    assert len(raw) == 2 and len(bold) == 2
+    assert len({to_hex(ln.get_color()) for ln in bold}) == 2                 # not one blue for both
+    for ln in bold:
+        twin = next(r for r in raw if to_hex(r.get_color()) == to_hex(ln.get_color()))
+        assert list(ln.get_ydata()) == pytest.approx(ema(list(twin.get_ydata())))
+        assert list(twin.get_ydata()) == pytest.approx([0.1 * s for s in range(1, 9)])
+    dots = [ln for ln in lines if ln.get_label() == "held-out reward (greedy)"]
+    assert {to_hex(d.get_color()) for d in dots}.isdisjoint({to_hex(ln.get_color()) for ln in bold})
+    plt.close(fig)
