@@ -3,9 +3,12 @@
 The head (label kpop-role=learner) runs the driver and the learner, node `engine` the engine and
 node `env` the environment workers, as cluster.placement asks; the actors' node ids (the GCS
 actor records) show it. Once the first RL step is recorded (the next step's rollouts are then in
-flight), the engine's node is killed outright (its raylet, the engine actor and its vLLM
-process): the run replaces the engine on a remaining node, which loads the starting folder from
-the shared run_dir and then the learner's current weights by broadcast, and finishes every step;
+flight), one node is killed outright (its raylet, its actors and what they spawned), in one case
+the engine's (the engine actor and its vLLM process: the run starts a replacement on a remaining
+node, which loads the starting folder from the shared run_dir and then the learner's current
+weights by broadcast), in the other the environment workers' (their episodes in flight die with
+them: replacement workers start on a remaining node and run those episodes again from scratch).
+Either way the run finishes every step, each with all its episodes and within the staleness bound;
 every drawn task is trained exactly once or still buffered. A second case shows the storage rule:
 a node that does not see run_dir (a private mount namespace hides it) stops the run at start-up,
 naming the node and the folder. The test stops only the nodes it started.
@@ -66,9 +69,10 @@ def node_of(placement: dict, role: str) -> str:
 
 
 @pytest.mark.slow
-def test_run_places_roles_on_their_nodes_and_survives_losing_the_engine_node(cluster, tmp_path):
-    engine_node = cluster.add_node("engine", {"kpop-role": "engine"}, num_cpus=2)
-    cluster.add_node("env", {"kpop-role": "env"}, num_cpus=2)
+@pytest.mark.parametrize("lost", ["engine", "env"])
+def test_run_places_roles_on_their_nodes_and_survives_losing_a_node(cluster, tmp_path, lost):
+    nodes = {"engine": cluster.add_node("engine", {"kpop-role": "engine"}, num_cpus=2),
+             "env": cluster.add_node("env", {"kpop-role": "env"}, num_cpus=2)}
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     t0 = time.monotonic()
@@ -79,37 +83,45 @@ def test_run_places_roles_on_their_nodes_and_survives_losing_the_engine_node(clu
     log = run_dir.parent / "run.log"
     assert rl_steps(run_dir), log.read_text()[-4000:]
     killed_after = max(rl_steps(run_dir))
-    cluster.kill_node(engine_node)                     # step killed_after + 1 is generating
+    cluster.kill_node(nodes[lost])                     # step killed_after + 1 is generating
     assert proc.wait(timeout=1500) == 0, log.read_text()[-4000:]
     wall_s = time.monotonic() - t0
 
     placement = cluster.query(PLACEMENT_QUERY)
     learner_n, engine_n, env_n = (node_of(placement, r) for r in ("learner", "engine", "env"))
-    assert len({learner_n, engine_n, env_n}) == 3 and not placement["nodes"][engine_n]["alive"]
+    assert len({learner_n, engine_n, env_n}) == 3
+    role_node = {"engine": engine_n, "env": env_n}
+    assert {r: placement["nodes"][n]["alive"] for r, n in role_node.items()} == {r: r != lost for r in role_node}
     where = {}
     for a in placement["actors"]:
         where.setdefault(a["cls"], []).append(a["node"])
     assert set(where["RankWorker"]) == set(where["LearnerGroup"]) == {learner_n}
-    assert set(where["EnvWorker"]) == {env_n} and len(where["EnvWorker"]) == 2
-    # The original engine ran on the engine node; so may a replacement started before Ray declared
-    # that node dead (it dies unstarted and is retried); the engine that finished the run did not.
-    engines = where["_EngineActor"]
-    replaced = [n for n in engines if n != engine_n]
-    assert engine_n in engines and replaced and set(replaced) <= {learner_n, env_n}
     assert set(where["_EngineRouter"]) == {learner_n}   # the router lives on the driver's node
+    # The lost role's actors ran on their node first; so may a replacement started before Ray
+    # declared that node dead (it dies unstarted and is retried); the ones that finished the run
+    # ran elsewhere. The other role's actors never moved.
+    count = {"engine": 1, "env": 2}
+    lost_cls, kept = {"engine": ("_EngineActor", "env"), "env": ("EnvWorker", "engine")}[lost]
+    replaced = [n for n in where[lost_cls] if n != role_node[lost]]
+    assert where[lost_cls].count(role_node[lost]) >= count[lost]
+    assert replaced and set(replaced) <= {learner_n, role_node[kept]}
+    assert where[{"engine": "_EngineActor", "env": "EnvWorker"}[kept]] == [role_node[kept]] * count[kept]
 
     rl = [r for r in read_metrics(run_dir) if r["phase"] == "rl"]
     assert [r["step"] for r in rl] == [1, 2, 3, 4] and killed_after < 4
-    assert rl[-1]["engine_restarts"] >= 1
-    assert all(r["episodes"] == 4 and r["max_gap"] <= 1 for r in rl)
+    restarts = {"engine": "engine_restarts", "env": "worker_restarts"}
+    assert rl[-1][restarts[lost]] >= 1 and all(r[restarts[kept]] == 0 for r in rl)
+    assert [r["rl_version"] for r in rl] == [1, 2, 3, 4]
+    assert all(r["episodes"] == 4 and r["staleness_max"] <= 1 for r in rl)
     ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
     state = json.loads((run_dir / "checkpoints" / "last" / "scheduler_state.json").read_text())
     trained = [i for line in ledger for i in line["indices"]]
     left = [g["index"] for g in state["ready"] + state["pending"]]
+    assert [line["step"] for line in ledger] == [1, 2, 3, 4]
     assert len(trained) == len(set(trained)) == 8 and not set(trained) & set(left)
     assert sorted(trained + left) == list(range(SFT_DRAWS, state["sampler_position"]))
-    print(f"\nmulti-node run: wall {wall_s:.0f} s, engine node killed after step {killed_after}, "
-          f"engine restarts {rl[-1]['engine_restarts']}")
+    print(f"\nmulti-node run: wall {wall_s:.0f} s, {lost} node killed after step {killed_after}, "
+          f"{restarts[lost]} {rl[-1][restarts[lost]]:g}")
 
 
 @pytest.mark.slow
