@@ -3,7 +3,8 @@
 - `HybridAdapter`: `BailingMoeV2_5ForCausalLM` (kpop.models.hybrid). Per layer either a Lightning
   state [H, d, d] (float32, no columns, updated in place: S <- exp(g) S + k^T v) or an MLA latent
   [T, r] and rotated k_rope [T, rope] (columns on dim 0), attended in the absorbed form over each
-  row's own length. Everything else (norms, projections, RoPE, MoE) is the model's own modules.
+  row's own length. The model's own modules and weights throughout; the norms as one fused op each
+  (kpop.rollout.builtin.norms), one RoPE table per step, MoE with one host sync per layer.
 - `KVAdapter` (kpop.rollout.builtin.kv_adapter): standard attention through transformers.
 
 Contract (both): `col_dims` gives each cache tensor's per-row column dimension (None: no
@@ -18,8 +19,11 @@ Both run under `torch.inference_mode()`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from kpop.models.layers.rope import apply_interleaved, rope_angles
 from kpop.rollout.builtin.moe_decode import moe_forward
+from kpop.rollout.builtin.norms import group_rms, rms
 
 
 class HybridAdapter:
@@ -46,48 +50,70 @@ class HybridAdapter:
         B = tokens.shape[0]
         h = self.model.model.word_embeddings(tokens[:, None])
         positions = lengths[:, None]
+        angles: dict[tuple[int, float], tuple[torch.Tensor, torch.Tensor]] = {}  # one RoPE table per step
+
+        def rope(rot: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+            if (rot, theta) not in angles:
+                angles[rot, theta] = rope_angles(positions, rot, theta)
+            return angles[rot, theta]
+
         cols = torch.arange(width + 1, device=lengths.device)
         mask = (cols[None, :] <= lengths[:, None])[:, None, None, :]  # [B, 1, 1, width + 1]
         rows = torch.arange(B, device=lengths.device)
         it = iter(tensors)
         for i, (layer, mla) in enumerate(zip(self.layers, self.is_mla)):
-            x = layer.input_layernorm(h)
+            x = rms(layer.input_layernorm, h)
             if mla:
                 latent, k_rope = next(it)[:B], next(it)[:B]
-                attn = self._mla(layer.attention, x, positions, latent, k_rope, rows, lengths, width, mask)
+                cos, sin = rope(layer.attention.rope, layer.attention.rope_theta)
+                h = h + self._mla(layer.attention, x, cos, sin, latent, k_rope, rows, lengths, width, mask)
             else:
-                attn = self._lightning(i, layer.attention, x, positions, next(it)[:B])
-            h = h + attn
-            normed = layer.post_attention_layernorm(h)
-            h = h + moe_forward(layer.mlp, normed)
-        return self.model.lm_head(self.model.model.norm(h))[:, -1]
+                h = h + self._lightning(i, layer.attention, x, rope, next(it)[:B])
+            h = h + moe_forward(layer.mlp, rms(layer.post_attention_layernorm, h))
+        return self.model.lm_head(rms(self.model.model.norm, h))[:, -1]
 
-    def _lightning(self, i: int, attn, x, positions, state: torch.Tensor) -> torch.Tensor:
-        B = x.shape[0]
-        q, k, v = attn.project_qkv(x, positions)  # [B, 1, H, d]
+    def _lightning(self, i: int, attn, x, rope, state: torch.Tensor) -> torch.Tensor:
+        """`LightningAttention.forward` for one token per row, the [B, H, d, d] state updated in place."""
+        B, H, d = x.shape[0], attn.num_heads, attn.head_dim
+        qkv = attn.query_key_value(x)
+        if attn.linear_silu:
+            qkv = F.silu(qkv)
+        q, k, v = qkv.view(B, 3, H, d).unbind(1)
+        if attn.use_qk_norm:
+            q, k = rms(attn.query_layernorm, q), rms(attn.key_layernorm, k)
+        if attn.rope_dim:
+            q, k = _neox(torch.stack([q, k]), *rope(attn.rope_dim, attn.rope_theta)).unbind(0)
         decay = self._decay.get(i)
         if decay is None or decay.device != x.device:
             decay = self._decay[i] = torch.exp(attn.log_decay(x.device))[:, None, None]
-        q, k, v = q[:, 0].float(), k[:, 0].float(), v[:, 0].float()
-        state.mul_(decay).add_(k[..., :, None] * v[..., None, :])  # recurrent_lightning_attention's update
-        o = torch.matmul(q[..., None, :] * q.shape[-1] ** -0.5, state)  # [B, H, 1, d]
-        o = attn.g_norm(o.reshape(B, 1, -1).to(x.dtype)) * torch.sigmoid(attn.g_proj(x))
+        q, k, v = q.float(), k.float(), v.float()
+        state.mul_(decay).addcmul_(k[..., :, None], v[..., None, :])  # S <- exp(g) S + k^T v
+        o = torch.matmul((q * d**-0.5)[..., None, :], state)  # [B, H, 1, d]
+        o = group_rms(attn.g_norm, o.view(B, 1, H * d).to(x.dtype)) * torch.sigmoid(attn.g_proj(x))
         return attn.dense(o)
 
     @staticmethod
-    def _mla(attn, x, positions, latent, k_rope, rows, lengths, width: int, mask) -> torch.Tensor:
+    def _mla(attn, x, cos, sin, latent, k_rope, rows, lengths, width: int, mask) -> torch.Tensor:
+        """`MultiLatentAttention.forward` (absorbed form) for one token per row over each row's length."""
         from kpop.models.layers.mla import MLACache
-        from kpop.models.layers.rope import rope_angles
 
         B = x.shape[0]
-        cos, sin = rope_angles(positions, attn.rope, attn.rope_theta)
-        q_nope, q_rope = attn.queries(x, cos, sin)
-        c, kr = attn.latents(x, cos, sin)
-        latent[rows, lengths] = c[:, 0].to(latent.dtype)
-        k_rope[rows, lengths] = kr[:, 0].to(k_rope.dtype)
+        q = attn.q_proj(x) if attn.q_lora_rank is None else attn.q_b_proj(rms(attn.q_a_layernorm, attn.q_a_proj(x)))
+        q_nope, q_rope = q.view(B, 1, attn.num_heads, -1).split([attn.nope, attn.rope], -1)
+        c, kr = attn.kv_a_proj_with_mqa(x).split([attn.rank, attn.rope], -1)
+        latent[rows, lengths] = rms(attn.kv_a_layernorm, c)[:, 0].to(latent.dtype)
+        k_rope[rows, lengths] = apply_interleaved(kr, cos, sin)[:, 0].to(k_rope.dtype)
         full = MLACache(latent[:, : width + 1], k_rope[:, : width + 1])
-        out = attn._absorbed(q_nope, q_rope, full, mask)
+        out = attn._absorbed(q_nope, apply_interleaved(q_rope, cos, sin), full, mask)
         return attn.dense(out.reshape(B, 1, -1).to(x.dtype))
+
+
+def _neox(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_neox_partial` on x [..., B, H, d] with cos/sin [B, 1, rot/2] (q and k stacked: one call)."""
+    half = cos.shape[-1]
+    xf = x.float()
+    x1, x2, rest = xf[..., :half], xf[..., half : 2 * half], xf[..., 2 * half :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1).to(x.dtype)
 
 
 def adapter_for(model):

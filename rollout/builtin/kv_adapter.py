@@ -3,7 +3,7 @@
 Cache: per layer keys and values [Hkv, T, D] per row (columns on dim 1), in the model's dtype.
 Contract: the one in kpop.rollout.builtin.adapters. Two decode paths:
 - direct (Llama, Qwen2, Qwen3 without sliding-window layers): one loop over the model's own
-  modules (norms, projections, rotary embedding, MLP); the new keys/values are written into the
+  modules (projections, rotary embedding, MLP; norms as one fused op, kpop.rollout.builtin.norms); the new keys/values are written into the
   slots in place and SDPA attends each row over its own length. No per-step cache objects, masks
   built once per step, no copy of the cache.
 - generic (every other architecture): the model's forward over a `DynamicCache` that views the
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from kpop.rollout.builtin.norms import rms
 
 DIRECT_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 
@@ -61,12 +63,12 @@ class KVAdapter:
         mask = (cols[None, :] <= lengths[:, None])[:, None, None, :]  # [B, 1, 1, width + 1]
         rows = torch.arange(B, device=lengths.device)
         for i, layer in enumerate(inner.layers[: self.num_layers]):
-            attn, x = layer.self_attn, layer.input_layernorm(h)
+            attn, x = layer.self_attn, rms(layer.input_layernorm, h)
             q = attn.q_proj(x).view(B, 1, -1, attn.head_dim)
             k = attn.k_proj(x).view(B, 1, -1, attn.head_dim)
             v = attn.v_proj(x).view(B, 1, -1, attn.head_dim)
             if hasattr(attn, "q_norm"):
-                q, k = attn.q_norm(q), attn.k_norm(k)
+                q, k = rms(attn.q_norm, q), rms(attn.k_norm, k)
             q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
             keys, values = tensors[2 * i], tensors[2 * i + 1]  # [B, Hkv, cap, D]
             keys[rows, :, lengths] = k[:, :, 0]
@@ -76,8 +78,8 @@ class KVAdapter:
                 enable_gqa=q.shape[1] != keys.shape[1],
             )
             h = h + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.model.lm_head(inner.norm(h))[:, -1]
+            h = h + layer.mlp(rms(layer.post_attention_layernorm, h))
+        return self.model.lm_head(rms(inner.norm, h))[:, -1]
 
     def _generic(self, tensors, lengths, width: int, tokens) -> torch.Tensor:
         from transformers import DynamicCache
