@@ -104,9 +104,16 @@ def _cold_start(spec: RunSpec) -> str:
     from kpop.loop.start_check import TARGET_WINDOW
 
     cfg = spec.sft
-    if cfg.steps == 0 or cfg.target_loss == 0:
-        return f"{cfg.steps} SFT steps"
-    return f"up to {cfg.steps} SFT steps (until the {TARGET_WINDOW}-step mean loss is <= {cfg.target_loss:g})"
+    if cfg.steps == 0:
+        return "none"
+    if cfg.target_loss == 0:
+        first = f"{cfg.steps} SFT steps"
+    else:
+        first = f"up to {cfg.steps} SFT steps (until the {TARGET_WINDOW}-step mean loss is <= {cfg.target_loss:g})"
+    if not cfg.anneal.steps:
+        return first
+    mix = ", ".join(f"{name} {opts}" for name, opts in cfg.anneal.env_options.items()) or "the same options"
+    return f"{first}, then {cfg.anneal.steps} annealing SFT steps on solver episodes with {mix}"
 
 
 # Ray's default worker niceness (15) would put the learner on a par with the generation processes

@@ -87,18 +87,20 @@ class EnvWorker:
         return [PartialEpisode(ep.group_id, ep.sample, tuple(record))
                 for ep, record in self._live.values() if record]
 
-    async def solve(self, episode: Episode) -> Trajectory:
-        """One episode with the environment's reference solver as the policy."""
-        env, options = self._make(episode.env_name)
+    async def solve(self, episode: Episode, overrides: dict | None = None) -> Trajectory:
+        """One episode with the environment's reference solver as the policy; `overrides` are merged
+        over the configured options (a cold-start phase with another data mix, RunSpec sft.anneal)."""
+        env, options = self._make(episode.env_name, overrides)
         return await run_episode(env, episode, self.chat, solver_policy(env, self.chat), self.limits, options)
 
-    def _make(self, name: str):
+    def _make(self, name: str, overrides: dict | None = None):
         config = self.configs.get(name)
         if config is None:
             raise KeyError(f"environment {name!r} is not configured on this worker (configured: {sorted(self.configs)})")
-        env = make_env(name, config.options)
+        options = {**config.options, **(overrides or {})}
+        env = make_env(name, options)
         env.set_reward_terms(config.rewards)
-        return env, config.options
+        return env, options
 
     def ping(self) -> int:
         return self.worker_id

@@ -55,12 +55,16 @@ class RunContext:
         ]
         return ray.get(refs)
 
-    def solve(self, episodes: list[Episode], chunk: int = 1024) -> list[Trajectory]:
-        """Reference-solver episodes, submitted in chunks (Ray warns past 5000 queued calls per actor)."""
+    def solve(self, episodes: list[Episode], overrides: dict[str, dict] | None = None,
+              chunk: int = 1024) -> list[Trajectory]:
+        """Reference-solver episodes, submitted in chunks (Ray warns past 5000 queued calls per actor);
+        `overrides`: option overrides per environment name (RunSpec sft.anneal.env_options)."""
+        overrides = overrides or {}
         out: list[Trajectory] = []
         for start in range(0, len(episodes), chunk):
             part = episodes[start:start + chunk]
-            out += ray.get([self.workers[i % len(self.workers)].solve.remote(ep) for i, ep in enumerate(part)])
+            out += ray.get([self.workers[i % len(self.workers)].solve.remote(ep, overrides.get(ep.env_name))
+                            for i, ep in enumerate(part)])
         return out
 
     def publish_weights(self, timeout_s: float = 120.0) -> int:

@@ -3,7 +3,8 @@
     resume       if the run directory has a checkpoint: learner state, weights and sampler
                  position from it (the RL steps after it run again on the same tasks); else:
     cold start   SFT on reference-solver episodes that verified correct, until the mean loss of
-                 its last steps reaches sft.target_loss (at most sft.steps steps)
+                 its last steps reaches sft.target_loss (at most sft.steps steps); then, if
+                 sft.anneal.steps, that many steps on episodes solved with its option overrides
     evaluate     greedy pass rate on held-out tasks (before RL); a warning when it is too low
                  for RL to improve (kpop.loop.start_check)
     each step    sample tasks × G → rollouts → group-level reward terms (kpop.loop.group_rewards)
@@ -30,7 +31,7 @@ from kpop.loop.start_check import TARGET_WINDOW, reached_target, start_warning
 from kpop.progress import Progress
 from kpop.stages.rounds import run_rounds
 from kpop.stages.schedule import rounds_after
-from kpop.tasks import SamplerState
+from kpop.tasks import SamplerState, TaskSampler
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,42 @@ def cold_start(ctx: RunContext) -> None:
     if cfg.steps == 0:
         return
     episodes = [ep for group in ctx.sampler.next_groups(cfg.num_examples, 1) for ep in group]
-    solved = ctx.solve(episodes)
+    losses = _sft_phase(ctx, ctx.solve(episodes), range(1, cfg.steps + 1), "sft", cfg.target_loss,
+                        random.Random(ctx.spec.seed))
+    anneal = cfg.anneal
+    if anneal.steps:
+        # Its own task stream: the RL tasks are the same with and without the phase.
+        stream = TaskSampler(ctx.spec.envs, ctx.spec.seed, stream="anneal")
+        episodes = [ep for group in stream.next_groups(cfg.num_examples, 1) for ep in group]
+        log.info("cold start: %d annealing steps on solver episodes with options %s", anneal.steps, anneal.env_options)
+        first = len(losses) + 1
+        _sft_phase(ctx, ctx.solve(episodes, anneal.env_options), range(first, first + anneal.steps), "anneal", 0.0,
+                   random.Random(f"{ctx.spec.seed}:anneal"))
+    ctx.publish_weights()
+
+
+def _sft_phase(ctx: RunContext, solved: list, steps: range, label: str, target_loss: float,
+               rng: random.Random) -> list[float]:
+    """SFT steps on the verified episodes of `solved` until `steps` ends or the target loss is
+    reached; returns the step losses. Records are phase "sft", numbered on from the phase before."""
     verified = [t for t in solved if t.reward >= 0.99]
     if not verified:
-        raise RuntimeError("no reference-solver episode verified correct; cannot build cold-start data")
-    rng = random.Random(ctx.spec.seed)
-    progress = Progress(cfg.steps, ctx.spec.logging.progress, label="sft")
+        raise RuntimeError(f"no reference-solver episode verified correct; cannot build {label} data")
+    progress = Progress(len(steps), ctx.spec.logging.progress, label=label)
     losses: list[float] = []
-    for step in range(1, cfg.steps + 1):
-        batch = rng.sample(verified, min(cfg.batch_size, len(verified)))
+    for i, step in enumerate(steps, 1):
+        batch = rng.sample(verified, min(ctx.spec.sft.batch_size, len(verified)))
         m = ray.get(ctx.learner.train_step.remote(batch, "sft"))
         ctx.metrics.write("sft", step, {"loss": m.loss, "grad_norm": m.grad_norm, "tokens": m.tokens,
                                         "verified": len(verified), "solved": len(solved), **m.moe_load})
-        progress.update(step, {"loss": m.loss})
+        progress.update(i, {"loss": m.loss})
         losses.append(m.loss)
-        if reached_target(losses, cfg.target_loss):
+        if reached_target(losses, target_loss):
             log.info("cold start reached its target loss %g at step %d (mean of the last %d steps %.4f)",
-                     cfg.target_loss, step, TARGET_WINDOW, sum(losses[-TARGET_WINDOW:]) / TARGET_WINDOW)
+                     target_loss, step, TARGET_WINDOW, sum(losses[-TARGET_WINDOW:]) / TARGET_WINDOW)
             break
     progress.close()
-    ctx.publish_weights()
+    return losses
 
 
 def evaluate(ctx: RunContext, step: int, label: str) -> dict[str, float]:

@@ -82,6 +82,26 @@ def _env_problems(spec: RunSpec) -> list[Problem]:
             validate_options(entry.name, entry.options)
         except ValueError as exc:
             problems.append(Problem(f"envs.{i}.options", str(exc)))
+    return problems + _anneal_problems(spec)
+
+
+def _anneal_problems(spec: RunSpec) -> list[Problem]:
+    from kpop.envs.registry import validate_options
+
+    entries = {e.name: e for e in spec.envs}
+    problems = []
+    for name, overrides in spec.sft.anneal.env_options.items():
+        path = f"sft.anneal.env_options.{name}"
+        if name not in entries:
+            problems.append(Problem(path, f"{name!r} is not an environment of this run (envs: {sorted(entries)}); "
+                                          "name one of them or remove the entry"))
+            continue
+        try:
+            validate_options(name, {**entries[name].options, **overrides})
+        except KeyError:
+            continue  # an unregistered environment: reported at envs.<i>.name
+        except ValueError as exc:
+            problems.append(Problem(path, str(exc)))
     return problems
 
 

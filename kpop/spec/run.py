@@ -1,10 +1,15 @@
 """`train:`, `sft:`, `scheduler:`, `cluster:` and `logging:` sections: the shape of the run itself."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from kpop.spec.base import StrictModel, tagged_union
+
+
+class SFTAnnealSpec(StrictModel):
+    steps: int = Field(0, ge=0, le=10_000_000, description="SFT steps after the first phase of the cold start (0 = none), on reference-solver episodes generated with `env_options`: a second data mix, as LLM pre-training anneals on a different mix at its end.")
+    env_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per environment name of the run, option overrides for the reference solver of this phase (merged over `envs[].options`), e.g. {calculator: {reference_tool_rate: 0.3}}.")
 
 
 class SFTSpec(StrictModel):
@@ -13,6 +18,14 @@ class SFTSpec(StrictModel):
     lr: float = Field(3e-3, gt=0, le=1.0, description="Learning rate of the cold start.")
     batch_size: int = Field(32, ge=1, le=65536, description="Sequences per supervised step.")
     num_examples: int = Field(8192, ge=1, le=100_000_000, description="Verified solver episodes generated for the cold start.")
+    anneal: SFTAnnealSpec = Field(default_factory=SFTAnnealSpec, description="An optional second cold-start phase on a different data mix (as many solver episodes as num_examples, from their own task stream).")
+
+    @model_validator(mode="after")
+    def _anneal_follows_a_first_phase(self):
+        if self.anneal.steps and not self.steps:
+            raise ValueError("sft.anneal.steps > 0 needs a first cold-start phase (sft.steps > 0); set sft.steps "
+                             "or sft.anneal.steps: 0")
+        return self
 
 
 class TrainSpec(StrictModel):
@@ -70,7 +83,7 @@ class ClusterSpec(StrictModel):
     address: str | None = Field(None, description="Ray address (ray://host:10001, host:6379 or auto); unset starts a local Ray instance.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all, at least 4); only without an address.")
     placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Which labelled nodes of the cluster each role's actors run on (only with an address).")
-    start_timeout_s: float = Field(60.0, gt=0, le=86400, description="Seconds the run waits for the cluster to answer, to check its storage and to place the actors (resources free, their processes started and constructed: an environment worker loads its tokenizer) before failing with the address, the node or the missing resources; building engines and loading the learner's weights are not counted. Raise it on a machine so loaded that starting a process takes a minute.")
+    start_timeout_s: float = Field(60.0, gt=0, le=86400, description="With cluster.address: seconds the run waits for the cluster to answer, to check its storage and to place the actors (resources free, their processes started and constructed: an environment worker loads its tokenizer) before failing with the address, the node or the missing resources; building engines and loading the learner's weights are not counted. Raise it on nodes so loaded that starting a process takes a minute. A local instance (no address) is checked to hold every actor before they start, and waits up to 30 minutes for their processes.")
 
     @model_validator(mode="after")
     def _local_or_cluster(self) -> "ClusterSpec":

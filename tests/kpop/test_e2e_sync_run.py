@@ -19,7 +19,9 @@ OVERRIDES = ["sft.steps=12", "sft.target_loss=100", "sft.num_examples=32", "sft.
              "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=1", "logging.progress=lines",
              "envs.0.rewards=[{type: dynamic_length, alpha: 0.1}]",
              # PPO mini-batches, epochs and fresh RL moments run through real actors too
-             "learner.minibatches=2", "learner.epochs=2", "learner.fresh_rl_moments=true"]
+             "learner.minibatches=2", "learner.epochs=2", "learner.fresh_rl_moments=true",
+             # a second cold-start phase whose solver answers from memory (no tool call)
+             "sft.anneal.steps=3", "sft.anneal.env_options={calculator: {reference_tool_rate: 0.0}}"]
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +63,14 @@ def test_run_reports_before_and_after_evaluation(finished_run):
 def test_metrics_record_every_phase_and_weights_reach_the_engine(finished_run):
     spec, _, _ = finished_run
     records = read_metrics(spec.run_dir)
-    assert [r["step"] for r in records if r["phase"] == "sft"] == list(range(1, 11))
+    sft = [r for r in records if r["phase"] == "sft"]
+    assert [r["step"] for r in sft] == list(range(1, 14))                  # 10 + 3 annealing steps
+    # the annealing batches are the solver's from-memory answers: no tool call, about half the tokens
+    assert max(r["tokens"] for r in sft[10:]) < 0.7 * min(r["tokens"] for r in sft[:10])
     rl = [r for r in records if r["phase"] == "rl"]
     assert [r["step"] for r in rl] == [1, 2]
     # one optimiser step per SFT and RL step; the engine serves each new version after the push
-    assert [r["version"] for r in rl] == [11, 12]
+    assert [r["version"] for r in rl] == [14, 15]
     assert all(r["episodes"] == 8 and r["gen_tokens"] > 0 for r in rl)
     assert [r["label"] for r in records if r["phase"] == "eval"] == ["before_rl", "after_rl"]
 
@@ -103,9 +108,9 @@ def test_rerun_on_the_run_directory_resumes_after_the_last_checkpoint(finished_r
     at_two = json.loads((spec.run_dir / "checkpoints" / "last" / "run_state.json").read_text())
     result = run(load_spec(None, [*OVERRIDES, f"run_dir={spec.run_dir}", "train.steps=3"]))
     records = read_metrics(spec.run_dir)
-    assert [r["step"] for r in records if r["phase"] == "sft"] == list(range(1, 11))    # no second cold start
+    assert [r["step"] for r in records if r["phase"] == "sft"] == list(range(1, 14))    # no second cold start
     rl = [r for r in records if r["phase"] == "rl"]
-    assert [r["step"] for r in rl] == [1, 2, 3] and [r["version"] for r in rl] == [11, 12, 13]
+    assert [r["step"] for r in rl] == [1, 2, 3] and [r["version"] for r in rl] == [14, 15, 16]
     state = json.loads((spec.run_dir / "checkpoints" / "last" / "run_state.json").read_text())
     assert state["step"] == 3 and state["sampler_position"] == at_two["sampler_position"] + 2   # the next 2 tasks
     assert result["before_rl"] == first["before_rl"]

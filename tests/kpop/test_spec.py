@@ -116,6 +116,21 @@ def test_unknown_env_and_bad_env_options_name_their_entries(tmp_path):
     assert msgs[1].startswith("envs.1.options:") and "max_operand" in msgs[1]
 
 
+def test_anneal_options_must_name_a_run_env_and_fit_its_options(tmp_path):
+    from kpop.spec.resolve import check_run
+
+    text = ("envs:\n  - name: calculator\n    options: {max_operand: 20}\nsft:\n  anneal:\n    steps: 5\n"
+            "    env_options:\n      search: {hops: 1}\n      calculator: {reference_tool_rate: 2}\n")
+    with pytest.raises(SpecError) as info:
+        check_run(load_spec(write(tmp_path, text)), "spec.yaml")
+    msgs = sorted(str(p) for p in info.value.problems)
+    assert msgs[0].startswith("sft.anneal.env_options.calculator:") and "reference_tool_rate" in msgs[0]
+    assert msgs[1].startswith("sft.anneal.env_options.search:") and "not an environment of this run" in msgs[1]
+    good = text.replace("reference_tool_rate: 2", "reference_tool_rate: 0.3").replace("      search: {hops: 1}\n", "")
+    check_run(load_spec(write(tmp_path, good)), "spec.yaml")
+    assert any("first cold-start phase" in m for m in problems(None, ["sft.steps=0", "sft.anneal.steps=3"]))
+
+
 def test_run_refuses_what_it_cannot_do_yet(tmp_path):
     from kpop.spec.resolve import check_run
 
