@@ -4,11 +4,12 @@ It runs as the container's init: pid 1, uid 0 holding only CAP_SETUID, CAP_SETGI
 DAC override, no ptrace), listening on a Unix socket in a root-only (0700) directory, so the code
 it runs (uid 65534, without those capabilities) can neither reach the socket nor signal, trace or
 replace the launcher. Per request (4-byte big-endian length + JSON, answered the same way) it runs
-one command as 65534 in /work with the request's rlimits (CPU, file size, no core files), stdin
-from the request's file, stdout/stderr read up to the cap, the wall clock enforced; then it resets
-the container for the next execution: SIGKILL to every process but itself (kill(-1) cannot race a
-fork: the kernel holds the task list while it signals), every zombie reaped, and the System V IPC
-objects and POSIX queues the code left removed (a 65534 helper, started only when there are any).
+one command as 65534 in /work at the caller's niceness with the request's rlimits (CPU, file
+size, no core files), stdin from the request's file, stdout/stderr read up to the cap, the wall
+clock enforced; then it resets the container for the next execution: SIGKILL to every process
+but itself (kill(-1) cannot race a fork: the kernel holds the task list while it signals), every
+zombie reaped, and the System V IPC objects and POSIX queues the code left removed (a 65534
+helper, started only when there are any).
 /work and /tmp are host directories the host empties after each execution. Out-of-memory kills are
 read from the container's memory cgroup (its oom_kill counter before and after).
 """
@@ -66,6 +67,8 @@ def oom_kills():
 def _child_setup(req):
     # Runs in the child after it became 65534 (subprocess switches uid before preexec_fn).
     os.chdir("/work")
+    if req["nice"] > os.getpriority(os.PRIO_PROCESS, 0):  # the caller's niceness (raising it needs no privilege)
+        os.setpriority(os.PRIO_PROCESS, 0, req["nice"])
     cpu = max(1, int(round(req["cpu_s"])))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_FSIZE, (req["file_bytes"], req["file_bytes"]))

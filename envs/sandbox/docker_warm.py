@@ -7,7 +7,9 @@ instead of creating, starting and removing one (`docker run`: ~200-400 ms here).
 fresh-container backend's: `--network none`, read-only root, no-new-privileges, the code as uid 65534
 with no capabilities (the launcher keeps only SETUID, SETGID and KILL, which 65534 cannot use
 against it), memory (= memory+swap) and pids limits on the container, CPU-time and file-size
-rlimits per execution, a private IPC namespace without /dev/shm.
+rlimits per execution, a private IPC namespace without /dev/shm. The code runs at the niceness of
+the process that asked (an environment worker's `rollout` niceness), as a forked sandbox would,
+although the container's processes descend from the Docker daemon.
 
 Reset contract: nothing one execution leaves is visible to the next. Before an execution's result
 is returned every other process in the container is killed and reaped and its IPC objects are
@@ -62,16 +64,17 @@ class WarmDockerSandbox:
         return self._client
 
     async def run(self, request: SandboxRequest) -> SandboxResult:
-        return await asyncio.to_thread(self._run_blocking, request)
-
-    def _run_blocking(self, request: SandboxRequest) -> SandboxResult:
+        # Only starting a container blocks (in a thread); an execution is socket I/O on the event
+        # loop: a thread handoff each way cost more than the rest of it on a loaded machine.
         lim = request.limits or SandboxLimits()
         start = time.perf_counter()
-        try:
-            self._ensure((lim.memory_bytes, lim.max_processes))
-        except Exception as exc:  # noqa: BLE001 engine down, image missing: a set-up problem, not the code's
-            self._discard()
-            return classify(Observed(None, None, time.perf_counter() - start, error=f"docker: {exc}"))
+        key = (lim.memory_bytes, lim.max_processes)
+        if self._box is None or self._key != key:
+            try:
+                await asyncio.to_thread(self._start, key)
+            except Exception as exc:  # noqa: BLE001 engine down, image missing: a set-up problem, not the code's
+                await asyncio.to_thread(self._discard)
+                return classify(Observed(None, None, time.perf_counter() - start, error=f"docker: {exc}"))
         work = self._dir / "work"
         files = dict(request.files)
         if request.code is not None:
@@ -84,28 +87,30 @@ class WarmDockerSandbox:
             self._clear()
             return classify(Observed(None, None, 0.0, error=f"bad request: {exc}"))
         try:
-            obs = self._execute(request, lim)
+            obs = await self._execute(request, lim)
             return classify(obs, workdir.harvest(work, request.outputs, lim.max_output_files_bytes))
         finally:
-            self._discard() if self._lost else self._clear()
+            if self._lost:
+                await asyncio.to_thread(self._discard)
+            else:
+                self._clear()
 
-    def _execute(self, request: SandboxRequest, lim: SandboxLimits) -> Observed:
+    async def _execute(self, request: SandboxRequest, lim: SandboxLimits) -> Observed:
         argv = list(request.command) if request.command is not None else [self.python, "main.py"]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8", **request.env}
         req = {"argv": argv, "env": env, "stdin": request.stdin is not None, "wall_s": lim.wall_s,
-               "cpu_s": lim.cpu_s, "file_bytes": lim.max_file_bytes, "output_bytes": lim.max_output_bytes}
+               "cpu_s": lim.cpu_s, "file_bytes": lim.max_file_bytes, "output_bytes": lim.max_output_bytes,
+               "nice": os.getpriority(os.PRIO_PROCESS, 0)}  # as a forked sandbox would inherit it
         start = time.perf_counter()
         try:
-            self._conn.settimeout(lim.wall_s + GRACE_S)
-            _send(self._conn, req)
-            res = _recv(self._conn)
-        except OSError as exc:
+            res = await asyncio.wait_for(_exchange(self._conn, req), lim.wall_s + GRACE_S)
+        except (OSError, TimeoutError) as exc:
             res, error = None, f"{type(exc).__name__}: {exc}"
         else:
             error = "the launcher closed its socket"
         if res is None:  # the launcher died (the memory limit took it) or hung: a new container next time
             self._lost = True
-            if self._oom_killed():
+            if await asyncio.to_thread(self._oom_killed):
                 return Observed(None, 9, time.perf_counter() - start, oom=True)
             return Observed(None, None, time.perf_counter() - start, error=f"warm container lost: {error}")
         return Observed(res["exit"], res["signal"], res["wall_s"], base64.b64decode(res["stdout"]),
@@ -113,9 +118,7 @@ class WarmDockerSandbox:
 
     # ------------------------------------------------------------------ the container
 
-    def _ensure(self, key: tuple[int, int]) -> None:
-        if self._box is not None and self._key == key:
-            return
+    def _start(self, key: tuple[int, int]) -> None:
         self._discard()
         self._dir = Path(tempfile.mkdtemp(prefix="warm-", dir=workdir.default_base()))
         for sub, mode in (("work", 0o700), ("tmp", 0o1777), ("ctl", 0o700)):
@@ -143,6 +146,7 @@ class WarmDockerSandbox:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 conn.connect(str(path))
+                conn.setblocking(False)  # used through the event loop (loop.sock_*)
                 return conn
             except OSError:
                 conn.close()
@@ -181,23 +185,22 @@ class WarmDockerSandbox:
             self._client = None
 
 
-def _send(conn: socket.socket, obj: dict) -> None:
+async def _exchange(conn: socket.socket, obj: dict) -> dict | None:
+    """One request and its answer (4-byte big-endian length + JSON each way); None at EOF."""
+    loop = asyncio.get_running_loop()
     data = json.dumps(obj).encode()
-    conn.sendall(struct.pack(">I", len(data)) + data)
-
-
-def _recv(conn: socket.socket) -> dict | None:
-    head = _exactly(conn, 4)
+    await loop.sock_sendall(conn, struct.pack(">I", len(data)) + data)
+    head = await _exactly(loop, conn, 4)
     if head is None:
         return None
-    body = _exactly(conn, struct.unpack(">I", head)[0])
+    body = await _exactly(loop, conn, struct.unpack(">I", head)[0])
     return None if body is None else json.loads(body)
 
 
-def _exactly(conn: socket.socket, n: int) -> bytes | None:
+async def _exactly(loop: asyncio.AbstractEventLoop, conn: socket.socket, n: int) -> bytes | None:
     data = bytearray()
     while len(data) < n:
-        chunk = conn.recv(n - len(data))
+        chunk = await loop.sock_recv(conn, n - len(data))
         if not chunk:
             return None
         data += chunk

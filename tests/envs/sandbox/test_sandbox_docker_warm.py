@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxStatus
@@ -71,9 +73,9 @@ async def test_nothing_one_execution_leaves_is_visible_to_the_next(warm):
 
 async def test_limits_hold_and_the_container_serves_on(warm):
     code = ("import socket\ntry:\n    socket.getaddrinfo('example.com', 80); print('RESOLVED')\nexcept OSError: print('nodns')\n"
-            "try:\n    open('/usr/x', 'w')\nexcept OSError: print('ro')\nimport os; print(os.getuid())")
+            "try:\n    open('/usr/x', 'w')\nexcept OSError: print('ro')\nimport os; print(os.getuid(), os.nice(0))")
     result = await warm.run(SandboxRequest(code=code, limits=LIMITS))
-    assert result.ok and result.stdout.split() == ["nodns", "ro", "65534"], result
+    assert result.ok and result.stdout.split() == ["nodns", "ro", "65534", str(os.nice(0))], result  # our niceness
     oom = await warm.run(SandboxRequest(code="x = []\nwhile True: x.append(bytearray(16 * 2**20))", limits=LIMITS))
     assert oom.status is SandboxStatus.OOM, oom
     slow = await warm.run(SandboxRequest(code="import time; time.sleep(60)", limits=SandboxLimits(wall_s=1.0)))
