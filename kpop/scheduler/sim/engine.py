@@ -59,7 +59,9 @@ class SimEngine:
         self.event = 0          # bumps on every change: a scheduled completion of an older state is void
 
     def live(self) -> list[Request]:
-        return [*self.running, *self.waiting]
+        """Running and waiting requests in placement order: the sets iterate in identity-hash order,
+        which differs between runs, and tail migration breaks ties of age by this order."""
+        return sorted([*self.running, *self.waiting], key=lambda r: r.seq)
 
     def busy_until(self, now: float) -> float:
         return self.busy_s + (now - self.busy_since if self.busy_since is not None else 0.0)
