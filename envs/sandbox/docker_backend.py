@@ -80,23 +80,28 @@ class DockerSandbox:
         except Exception as exc:  # noqa: BLE001 engine down, image missing: a set-up problem, not the code's
             return Observed(None, None, time.perf_counter() - start, error=f"docker: {exc}")
         try:
-            return self._start_and_wait(box, lim, start)
+            return self._start_and_wait(box, lim)
         finally:
             try:
                 box.remove(force=True)
             except Exception:  # noqa: BLE001, S110 (already gone: nothing left to clean)
                 pass
 
-    def _start_and_wait(self, box, lim: SandboxLimits, start: float) -> Observed:
+    def _start_and_wait(self, box, lim: SandboxLimits) -> Observed:
+        import docker
         import requests
 
         timed_out = False
+        start = time.perf_counter()  # the wall clock runs from here: creating the container is the engine's time
         box.start()
         try:
-            box.wait(timeout=max(lim.wall_s - (time.perf_counter() - start), 0.01))
+            box.wait(timeout=lim.wall_s)
         except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
-            timed_out = True
-            box.kill()
+            try:
+                box.kill()
+                timed_out = True
+            except docker.errors.APIError:  # it exited between the timeout and the kill: not a timeout
+                pass
             box.wait(timeout=10)
         wall = time.perf_counter() - start
         box.reload()
