@@ -113,7 +113,8 @@ def _cold_start(spec: RunSpec) -> str:
     if not cfg.anneal.steps:
         return first
     mix = ", ".join(f"{name} {opts}" for name, opts in cfg.anneal.env_options.items()) or "the same options"
-    return f"{first}, then {cfg.anneal.steps} annealing SFT steps on solver episodes with {mix}"
+    lr = f" at lr {cfg.anneal.lr:g}" if cfg.anneal.lr is not None else ""
+    return f"{first}, then {cfg.anneal.steps} annealing SFT steps{lr} on solver episodes with {mix}"
 
 
 # Ray's default worker niceness (15) would put the learner on a par with the generation processes

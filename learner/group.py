@@ -70,6 +70,9 @@ class RankWorker:
     def reset_reference(self) -> int:
         return self.learner.reset_reference()
 
+    def set_sft_lr(self, lr: float) -> float:
+        return self.learner.set_sft_lr(lr)
+
     def close(self) -> None:
         self.learner.close()
 
@@ -105,9 +108,10 @@ class LearnerGroup:
             for w in self.ranks:
                 ray.kill(w)
             self.start_error = TimeoutError(f"{len(waiting)} of {n} learner ranks (each CPU {spec.num_cpus:g}, GPU {spec.num_gpus:g}"
-                               f"{f', labels {labels}' if labels else ''}) not placed within {place_timeout_s:g} s: "
-                               "the cluster has no node with that much free (learner.num_cpus, learner.num_gpus, "
-                               "cluster.placement.learner)")
+                               f"{f', labels {labels}' if labels else ''}) not placed within {place_timeout_s:g} s "
+                               "(cluster.start_timeout_s): the cluster has no node with that much free "
+                               "(learner.num_cpus, learner.num_gpus, cluster.placement.learner), or the ranks' "
+                               "processes are still starting on a loaded node (raise cluster.start_timeout_s)")
             return
         addr, port = ray.get(addresses[0])
         ray.get([w.build.remote(str(model_dir), spec, seed, RankInfo(r, n, addr, port), sft_lr, num_threads,
@@ -150,6 +154,10 @@ class LearnerGroup:
     def reset_reference(self) -> int:
         """Every rank's current weights become its DPO reference (a preference round's start)."""
         return self._all("reset_reference")[0]
+
+    def set_sft_lr(self, lr: float) -> float:
+        """Every rank's "sft" learning rate becomes `lr` (a cold-start phase's own rate); returns the old one."""
+        return self._all("set_sft_lr", lr)[0]
 
     def save(self, directory: str | Path) -> Path:
         return self._all("save", str(directory))[0]

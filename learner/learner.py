@@ -260,6 +260,12 @@ class Learner:
         sums.correct_pairs += acc * (seq.shape[0] // 2)
         return loss
 
+    def set_sft_lr(self, lr: float) -> float:
+        """The base learning rate of "sft" steps (and of distill steps without their own) becomes
+        `lr`; returns the previous one. Not part of a checkpoint: the cold start sets it back."""
+        old, self.sft_lr = self.sft_lr, lr
+        return old
+
     def reset_reference(self) -> int:
         """The current weights become the frozen DPO reference (a CPU copy); returns the version.
         Every rank holds the whole model below ZeRO-3 (the spec refuses preference rounds there)."""

@@ -59,8 +59,8 @@ async def _train(ctx: RunContext, checkpoint) -> dict:
     resume = find_checkpoint(ctx.run_dir)
     state = load_state(resume) if resume else None
     if state is None:
-        await asyncio.to_thread(cold_start, ctx)
-        before = await asyncio.to_thread(evaluate_start, ctx)
+        annealed_after_target = await asyncio.to_thread(cold_start, ctx)
+        before = await asyncio.to_thread(evaluate_start, ctx, annealed_after_target)
     else:
         before = previous_eval(ctx.run_dir, "before_rl")
         truncate_ledger(ctx.run_dir, state.step)

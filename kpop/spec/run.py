@@ -10,6 +10,7 @@ from kpop.spec.base import StrictModel, tagged_union
 class SFTAnnealSpec(StrictModel):
     steps: int = Field(0, ge=0, le=10_000_000, description="SFT steps after the first phase of the cold start (0 = none), on reference-solver episodes generated with `env_options`: a second data mix, as LLM pre-training anneals on a different mix at its end.")
     env_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per environment name of the run, option overrides for the reference solver of this phase (merged over `envs[].options`), e.g. {calculator: {reference_tool_rate: 0.3}}.")
+    lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate of this phase (None = sft.lr). Adam's moments carry over from the first phase, whose last steps had small gradients, so the new mix's first steps move far at the same rate.")
 
 
 class SFTSpec(StrictModel):

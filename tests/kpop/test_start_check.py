@@ -17,6 +17,11 @@ def test_silent_at_or_above_the_floor_and_with_floor_zero():
     assert start_warning(0.0, 0.0, 0.0, 200) is None
 
 
+def test_a_start_set_by_an_anneal_after_the_target_is_not_warned_about():
+    assert start_warning(0.0, 0.01, 0.1, 200, annealed_after_target=True) is None
+    assert start_warning(0.0, 0.01, 0.1, 200, annealed_after_target=False) is not None
+
+
 def test_without_a_cold_start_the_fix_is_a_cold_start():
     text = start_warning(0.0, 0.0, 0.1, 0)
     assert text is not None and "sft.steps > 0" in text

@@ -110,3 +110,18 @@ def test_rl_steps_use_their_own_thread_count(learner_model_dir):
         assert torch.get_num_threads() == 2             # the cold start keeps every core
     finally:
         torch.set_num_threads(threads)
+
+
+def test_set_sft_lr_scales_the_next_sft_step(learner_model_dir):
+    """Adam's first update is lr * g / (|g| + eps), about lr per parameter: a tenth of the rate
+    moves the weights a tenth as far (RunSpec sft.anneal.lr goes through set_sft_lr)."""
+    base = Learner(str(learner_model_dir), spec(), seed=0, sft_lr=1e-3)
+    slow = Learner(str(learner_model_dir), spec(), seed=0, sft_lr=1e-3)
+    assert slow.set_sft_lr(1e-4) == 1e-3
+    start = {k: v.clone() for k, v in base.state_dict().items()}
+    moved = []
+    for learner in (base, slow):
+        learner.train_step(make_batch(1), "sft")
+        after = learner.state_dict()
+        moved.append(sum(float((after[k] - start[k]).abs().sum()) for k in start))
+    assert moved[1] / moved[0] == pytest.approx(0.1, rel=0.05)
