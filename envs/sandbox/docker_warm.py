@@ -9,17 +9,14 @@ with no capabilities (the launcher keeps only SETUID, SETGID and KILL, which 655
 against it), memory (= memory+swap) and pids limits on the container, CPU-time and file-size
 rlimits per execution, a private IPC namespace without /dev/shm. The code runs at the niceness of
 the process that asked (an environment worker's `rollout` niceness), as a forked sandbox would,
-although the container's processes descend from the Docker daemon; the container's CPU shares are
-that niceness's scheduler weight, so the container as a whole competes for the host's CPU like
-one process at that niceness (the processes of a container are scheduled as a group).
+although the container's processes descend from the Docker daemon.
 
 Reset contract: nothing one execution leaves is visible to the next. Before an execution's result
 is returned every other process in the container is killed and reaped and its IPC objects are
 removed (the launcher), and /work and /tmp, host directories bind-mounted into the container, are
 emptied by the host (root). A container whose launcher stops answering (killed by the memory
 limit, or the host-side deadline of wall_s + GRACE_S passed) is removed and the next execution
-starts a new one; so does a request whose memory or process limit (or caller's niceness) differs
-from the container's.
+starts a new one; so does a request whose memory or process limit differs from the container's.
 The launcher shares the container's memory limit with the code (it uses ~10 MiB of it).
 """
 
@@ -42,9 +39,6 @@ from kpop.envs.sandbox.classify import Observed, classify
 UID = 65534
 STDIN_FILE = ".sandbox-stdin"
 AGENT = Path(__file__).resolve().with_name("docker_agent.py")
-# CFS weights of nice 0..19 (the kernel's sched_prio_to_weight): a container is one scheduling group,
-# so the nice value of the code inside it alone would not lower its share of the host's CPU.
-NICE_WEIGHT = (1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15)
 GRACE_S = 10.0     # past the wall clock: the launcher enforces it, the host only guards the launcher
 START_S = 30.0     # for a new container's launcher to listen
 
@@ -57,7 +51,7 @@ class WarmDockerSandbox:
         self._client = None
         self._box = None
         self._conn: socket.socket | None = None
-        self._key: tuple[int, int, int] | None = None
+        self._key: tuple[int, int] | None = None
         self._dir: Path | None = None
         self._lost = False
         self.containers_started = 0
@@ -74,7 +68,7 @@ class WarmDockerSandbox:
         # loop: a thread handoff each way cost more than the rest of it on a loaded machine.
         lim = request.limits or SandboxLimits()
         start = time.perf_counter()
-        key = (lim.memory_bytes, lim.max_processes, os.getpriority(os.PRIO_PROCESS, 0))
+        key = (lim.memory_bytes, lim.max_processes)
         if self._box is None or self._key != key:
             try:
                 await asyncio.to_thread(self._start, key)
@@ -124,7 +118,7 @@ class WarmDockerSandbox:
 
     # ------------------------------------------------------------------ the container
 
-    def _start(self, key: tuple[int, int, int]) -> None:
+    def _start(self, key: tuple[int, int]) -> None:
         self._discard()
         self._dir = Path(tempfile.mkdtemp(prefix="warm-", dir=workdir.default_base()))
         for sub, mode in (("work", 0o700), ("tmp", 0o1777), ("ctl", 0o700)):
@@ -132,12 +126,11 @@ class WarmDockerSandbox:
             os.chmod(self._dir / sub, mode)
         if os.geteuid() == 0:
             os.chown(self._dir / "work", UID, UID)
-        memory, pids, nice = key
+        memory, pids = key
         self._box = self.client().containers.run(
             self.image, [self.python, "-I", "/kpop/agent.py"], detach=True, user="0:0", network_mode="none",
             read_only=True, ipc_mode="none", cap_drop=["ALL"], cap_add=["SETUID", "SETGID", "KILL"],
             security_opt=["no-new-privileges"], mem_limit=memory, memswap_limit=memory, pids_limit=pids + 1,
-            cpu_shares=NICE_WEIGHT[min(max(nice, 0), 19)],
             volumes={str(AGENT): {"bind": "/kpop/agent.py", "mode": "ro"},
                      str(self._dir / "ctl"): {"bind": "/kpop/ctl", "mode": "rw"},
                      str(self._dir / "work"): {"bind": "/work", "mode": "rw"},
