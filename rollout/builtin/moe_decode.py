@@ -3,7 +3,8 @@
 `MoE.forward` (kpop.models.layers.moe) finds each expert's tokens with a `nonzero` per expert;
 here the (token, slot) pairs are sorted by expert once and each expert takes a contiguous slice.
 Experts are visited in increasing id and their outputs accumulated in the same order, so the sum
-is the one `MoE.forward` computes. Router load is not counted (the engine's model is in eval mode,
+is the one `MoE.forward` computes (a single row skips the sort and the scatter: its k experts'
+outputs are added directly). Router load is not counted (the engine's model is in eval mode,
 where `MoEGate` counts nothing either). A module that is not an `MoE` (dense SwiGLU layers) is
 simply called.
 """
@@ -21,6 +22,26 @@ def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
     idx, weights, _ = mlp.gate(flat)
+    if flat.shape[0] == 1:
+        out = _one_token(mlp, flat, idx[0], weights[0])
+    else:
+        out = _tokens(mlp, flat, idx, weights)
+    out = out.to(x.dtype)
+    if mlp.shared_experts is not None:
+        out = out + mlp.shared_experts(flat)
+    return out.reshape(shape)
+
+
+def _one_token(mlp, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One row: the chosen experts' outputs summed in increasing expert id (index_add's order)."""
+    out = None
+    for e, w in sorted(zip(idx.tolist(), weights.tolist())):
+        contrib = mlp.experts[e](x).float() * w  # w came from a float32: the product is index_add's
+        out = contrib if out is None else out + contrib
+    return out
+
+
+def _tokens(mlp, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     k, num_experts = idx.shape[1], len(mlp.experts)
     flat_idx = idx.flatten()
     order = flat_idx.argsort(stable=True)
@@ -33,7 +54,4 @@ def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
             rows = tokens[start : start + n]
             out.index_add_(0, rows, mlp.experts[e](flat[rows]).float() * slot_weights[start : start + n, None])
             start += n
-    out = out.to(x.dtype)
-    if mlp.shared_experts is not None:
-        out = out + mlp.shared_experts(flat)
-    return out.reshape(shape)
+    return out
