@@ -3,8 +3,9 @@
 Each row is one real `kpop run examples/quickstart.yaml` (the README's command, a fresh run
 directory, every field at the spec's default but `seed` and optionally `learner.threads` and the
 scheduler), run one after another so they do not share the cores. A row gives the seed, the
-learner threads, the final cold-start (SFT) loss (mean of its last 10 steps), the held-out reward
-greedy and sampled (temperature 1, one sample per task) before and after RL, and the run's
+learner threads, the steps of the cold start's first phase and its final loss (mean of its last
+10 steps; the annealing steps after it, sft.anneal, are left out), the held-out reward greedy and
+sampled (the run's temperature, one sample per task) before and after RL, and the run's
 wall-clock (set-up excluded). The last line counts the runs whose greedy held-out reward rose by
 at least `--min-gain` (0.15: the quickstart's promise).
 
@@ -35,6 +36,7 @@ SPEC = REPO / "examples" / "quickstart.yaml"
 class Row:
     seed: int
     threads: str
+    sft_steps: int
     sft_loss: float
     greedy_before: float
     greedy_after: float
@@ -48,12 +50,15 @@ class Row:
         return self.greedy_after - self.greedy_before
 
 
-def read_run(run_dir: Path) -> tuple[float, dict, dict]:
-    """(final SFT loss: mean of the last 10 SFT records, eval before RL, eval after RL)."""
+def read_run(run_dir: Path) -> tuple[int, float, dict, dict]:
+    """(first-phase SFT steps, its final loss: mean of its last 10 records, eval before RL, eval after RL)."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    sft = [r["loss"] for r in records if r["phase"] == "sft"][-10:]
+    anneal = json.loads((run_dir / "spec.json").read_text())["sft"]["anneal"]["steps"]
+    sft = [r["loss"] for r in records if r["phase"] == "sft"]
+    first = sft[:len(sft) - anneal] if anneal else sft
     evals = {r["label"]: r for r in records if r["phase"] == "eval"}
-    return (sum(sft) / len(sft) if sft else float("nan")), evals["before_rl"], evals["after_rl"]
+    last = first[-10:]
+    return len(first), (sum(last) / len(last) if last else float("nan")), evals["before_rl"], evals["after_rl"]
 
 
 def run_one(seed: int, threads: str, out: Path, overrides: list[str]) -> Row:
@@ -71,9 +76,9 @@ def run_one(seed: int, threads: str, out: Path, overrides: list[str]) -> Row:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         print(f"seed {seed} threads {threads}: kpop run failed (exit {proc.returncode}); see {log.name}", file=sys.stderr)
-        return Row(seed, threads, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), wall, False)
-    loss, before, after = read_run(run_dir)
-    return Row(seed, threads, loss, before["reward"], after["reward"], before["sampled_reward"],
+        return Row(seed, threads, 0, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), wall, False)
+    steps, loss, before, after = read_run(run_dir)
+    return Row(seed, threads, steps, loss, before["reward"], after["reward"], before["sampled_reward"],
                after["sampled_reward"], wall, True)
 
 
@@ -89,14 +94,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     plan = [(s, t) for t in args.threads for s in args.seeds]
     plan += [(int(item.split(":")[0]), item.split(":")[1]) for item in args.seed_threads]
-    header = (f"{'seed':>4} {'threads':>7} {'sft loss':>8} {'greedy before':>13} {'greedy after':>12} {'gain':>6} "
+    header = (f"{'seed':>4} {'threads':>7} {'sft steps':>9} {'sft loss':>8} {'greedy before':>13} {'greedy after':>12} {'gain':>6} "
               f"{'sampled before':>14} {'sampled after':>13} {'wall s':>7}")
     print(header, flush=True)
     rows = []
     for seed, threads in plan:
         row = run_one(seed, threads, args.out, args.overrides)
         rows.append(row)
-        print(f"{row.seed:>4} {row.threads:>7} {row.sft_loss:>8.4f} {row.greedy_before:>13.3f} {row.greedy_after:>12.3f} "
+        print(f"{row.seed:>4} {row.threads:>7} {row.sft_steps:>9} {row.sft_loss:>8.4f} {row.greedy_before:>13.3f} {row.greedy_after:>12.3f} "
               f"{row.gain:>+6.3f} {row.sampled_before:>14.3f} {row.sampled_after:>13.3f} {row.wall_s:>7.1f}", flush=True)
     good = sum(1 for r in rows if r.ok and r.gain >= args.min_gain and r.sampled_after > r.sampled_before)
     print(f"{good} of {len(rows)} runs raised held-out greedy reward by at least {args.min_gain:g} "
