@@ -10,7 +10,7 @@ Models (random init, built locally in a temp folder), per size:
           12 heads of 64, 12 layers): bandwidth-bound at batch 1, matmul-bound at batch 64.
 Every engine samples at temperature 1 from the same prompts (8 tokens each) for --max-tokens
 tokens; tokens/s = generated tokens over the wall time of the whole batch (prefill included),
-best of --repeats. Rows: built-in and HF `generate` on each model, and vLLM (VLLMEngine,
+best of --repeats, the engines of a model taking turns within each repeat. Rows: built-in and HF `generate` on each model, and vLLM (VLLMEngine,
 in-process) on the Llamas, in each dtype (the tiny size in float32 only). "% limit" compares to
 the limit measured in the same run (benchmarks/engine_limits.py): read bandwidth over weight
 bytes per token at batch 1, the model's own matmul shapes timed here at larger batches. The
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import tempfile
 import time
 from pathlib import Path
@@ -59,35 +58,30 @@ async def engine_tokens_per_s(engine, batch: int, max_tokens: int) -> float:
     return sum(len(r.token_ids) for r in results) / (time.perf_counter() - start)
 
 
-async def best(fn, repeats: int) -> float:
-    out = []
-    for _ in range(repeats):
-        value = fn()
-        out.append(await value if asyncio.iscoroutine(value) else value)
-    return max(out)
+async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: list[int], args, limits) -> list[tuple]:
+    """Rows (model, size, dtype, batch, engine name, tok/s, limit tok/s). The engines take turns
+    within each repeat (A B C A B C ...), so a change in the machine's load hits all of them."""
 
-
-async def engine_rows(label: tuple, make, batches: list[int], args, limits) -> list[tuple]:
-    """Rows (model, size, dtype, batch, engine name, tok/s, limit tok/s) for each engine `make` builds."""
-    rows = []
-    for name, engine in make():
+    def run(name: str, engine, b: int, max_tokens: int):
         if name == "HF generate":
-            hf_tokens_per_s(engine, 2, 4)  # warm-up
-            run = lambda b: hf_tokens_per_s(engine, b, args.max_tokens)  # noqa: E731
-        else:
-            await engine_tokens_per_s(engine, 2, 4)
-            run = lambda b: engine_tokens_per_s(engine, b, args.max_tokens)  # noqa: E731
-        for b in batches:
-            tps = await best(lambda b=b: run(b), args.repeats)
+            return hf_tokens_per_s(engine, b, max_tokens)
+        return engine_tokens_per_s(engine, b, max_tokens)
+
+    for name, engine in engines:  # warm-up
+        value = run(name, engine, 2, 4)
+        if asyncio.iscoroutine(value):
+            await value
+    rows = []
+    for b in batches:
+        results: dict[str, list[float]] = {name: [] for name, _ in engines}
+        for _ in range(args.repeats):
+            for name, engine in engines:
+                value = run(name, engine, b, args.max_tokens)
+                results[name].append(await value if asyncio.iscoroutine(value) else value)
+        for name, _ in engines:
+            tps = max(results[name])
             rows.append((*label, b, name, tps, limits.tokens_per_s(b)))
             print(f"  {' '.join(label)} batch {b}: {name} {tps:.0f} tok/s ({100 * tps / limits.tokens_per_s(b):.0f}% of limit)", flush=True)
-        close = getattr(engine, "close", None)
-        if close is not None and name != "HF generate":
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
-        del engine
-        gc.collect()
     return rows
 
 
@@ -102,20 +96,28 @@ async def model_rows(kind: str, size: str, model_dir: Path, dtype: str, batches,
     for b in batches:
         print(f"  {kind} {size} {dtype} limit at batch {b}: {limits.tokens_per_s(b):.0f} tok/s ({limits.describe(b)})", flush=True)
 
-    def make():
-        yield "built-in", BuiltinEngine(model_dir, max_batch=max(batches), dtype=dtype, max_model_len=512)
-        yield "HF generate", model
-        if kind == "llama" and not args.no_vllm:
-            from kpop.rollout.vllm_engine import VLLMEngine
+    ours = BuiltinEngine(model_dir, max_batch=max(batches), dtype=dtype, max_model_len=512)
+    engines: list[tuple[str, object]] = [("built-in", ours), ("HF generate", model)]
+    vllm = _start_vllm(model_dir, dtype) if kind == "llama" and not args.no_vllm else None
+    if vllm is not None:
+        engines.append(("vLLM", vllm))
+    rows = await engine_rows((kind, size, dtype), engines, batches, args, limits)
+    await ours.close()
+    if vllm is not None:
+        vllm.close()
+    return rows
 
-            try:
-                engine = VLLMEngine(str(model_dir), kv_cache_gib=0.5, dtype=dtype, max_model_len=512)
-            except Exception as exc:  # noqa: BLE001 - a dtype vLLM-CPU refuses here: report it, keep the other rows
-                print(f"  vLLM {dtype}: could not start: {exc!r}"[:300], flush=True)
-                return
-            yield "vLLM", engine
 
-    return await engine_rows((kind, size, dtype), make, batches, args, limits)
+def _start_vllm(model_dir: Path, dtype: str):
+    from kpop.rollout.vllm_engine import VLLMEngine
+
+    try:
+        engine = VLLMEngine(str(model_dir), kv_cache_gib=0.5, dtype=dtype, max_model_len=512)
+    except Exception as exc:  # noqa: BLE001 - a dtype vLLM-CPU refuses here: report it, keep the other rows
+        print(f"  vLLM {dtype}: could not start: {exc!r}"[:300], flush=True)
+        return None
+    print(f"  vLLM {dtype} start-up {engine.startup_s:.0f} s", flush=True)
+    return engine
 
 
 def print_table(rows: list[tuple]) -> None:
