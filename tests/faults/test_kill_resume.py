@@ -68,8 +68,10 @@ def run_until(run_dir: Path, args: list[str], reached, what: str, fault: str = "
         deadline = time.monotonic() + timeout_s
         while proc.poll() is None and not (reached is not None and reached()):
             if time.monotonic() > deadline:
+                stacks = driver_stacks(proc.pid)
                 os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail(f"{what} not reached in {timeout_s:g} s:\n{log.read_text(errors='replace')[-3000:]}")
+                pytest.fail(f"{what} not reached in {timeout_s:g} s:\n{log.read_text(errors='replace')[-3000:]}\n"
+                            f"where the driver was:\n{stacks}")
             time.sleep(0.002)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -85,6 +87,15 @@ def run_until(run_dir: Path, args: list[str], reached, what: str, fault: str = "
         if RAY_DID_NOT_START not in text:
             pytest.fail(f"the run ended (rc {proc.returncode}) before {what}:\n{text[-3000:]}")
     pytest.fail(f"Ray did not start in {ATTEMPTS} attempts")
+
+
+def driver_stacks(pid: int) -> str:
+    """The stuck run's Python stacks (py-spy, installed with the dev tools), for the failure report."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.is_file():
+        return "(py-spy not installed)"
+    done = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=120, check=False)
+    return (done.stdout + done.stderr)[-6000:]
 
 
 def step_folder(run_dir: Path, step: int, suffix: str = "") -> Path:

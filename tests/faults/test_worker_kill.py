@@ -22,7 +22,13 @@ import pytest
 from kpop.faults import MARKER, read_marker
 from kpop.metrics import read_metrics
 from kpop.scheduler.state import STATE_FILE
-from tests.faults.test_kill_resume import ATTEMPTS, RAY_DID_NOT_START, assert_one_record_per_step, kpop_run
+from tests.faults.test_kill_resume import (
+    ATTEMPTS,
+    RAY_DID_NOT_START,
+    assert_one_record_per_step,
+    driver_stacks,
+    kpop_run,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -37,8 +43,10 @@ def wait_for(proc, what, done, log: Path) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while not done():
         if time.monotonic() > deadline:
+            stacks = driver_stacks(proc.pid)
             os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"{what} not reached in {TIMEOUT_S} s:\n{log.read_text(errors='replace')[-3000:]}")
+            pytest.fail(f"{what} not reached in {TIMEOUT_S} s:\n{log.read_text(errors='replace')[-3000:]}\n"
+                        f"where the driver was:\n{stacks}")
         time.sleep(0.002)
 
 
