@@ -49,7 +49,8 @@ def cold_start(ctx: RunContext) -> bool:
     if anneal.steps:
         # Its own task stream: the RL tasks are the same with and without the phase.
         stream = TaskSampler(ctx.spec.envs, ctx.spec.seed, stream="anneal")
-        episodes = [ep for group in stream.next_groups(cfg.num_examples, 1) for ep in group]
+        count = min(cfg.num_examples, anneal.steps * cfg.batch_size)   # what its steps can use
+        episodes = [ep for group in stream.next_groups(count, 1) for ep in group]
         log.info("cold start: %d annealing steps on solver episodes with options %s", anneal.steps, anneal.env_options)
         first = len(losses) + 1
         if anneal.lr is not None:

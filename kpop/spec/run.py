@@ -19,7 +19,7 @@ class SFTSpec(StrictModel):
     lr: float = Field(3e-3, gt=0, le=1.0, description="Learning rate of the cold start.")
     batch_size: int = Field(32, ge=1, le=65536, description="Sequences per supervised step.")
     num_examples: int = Field(8192, ge=1, le=100_000_000, description="Verified solver episodes generated for the cold start.")
-    anneal: SFTAnnealSpec = Field(default_factory=SFTAnnealSpec, description="An optional second cold-start phase on a different data mix (as many solver episodes as num_examples, from their own task stream).")
+    anneal: SFTAnnealSpec = Field(default_factory=SFTAnnealSpec, description="An optional second cold-start phase on a different data mix (anneal.steps x batch_size solver episodes, at most num_examples, from their own task stream).")
 
     @model_validator(mode="after")
     def _anneal_follows_a_first_phase(self):
