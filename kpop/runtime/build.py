@@ -37,9 +37,18 @@ def runtime_config(spec: RunSpec, model_dir: str | Path) -> RunRuntime:
     )
 
 
+# How long a local instance waits for its own actors' processes to start and construct them.
+LOCAL_START_TIMEOUT_S = 1800.0
+
+
 def ray_start(spec: RunSpec) -> RayStart:
+    """cluster.start_timeout_s bounds the waits on a cluster at an address, where other jobs may
+    hold the resources. A local instance is the run's own and has been checked to hold every actor
+    (kpop.runtime.placement.check_fits): there a wait is only processes starting on a loaded
+    machine (a minute and more on two busy cores), so it gets LOCAL_START_TIMEOUT_S."""
     c = spec.cluster
-    return RayStart(c.address, c.num_cpus or max(os.cpu_count() or 2, 4), c.start_timeout_s)
+    timeout = c.start_timeout_s if c.address else max(c.start_timeout_s, LOCAL_START_TIMEOUT_S)
+    return RayStart(c.address, c.num_cpus or max(os.cpu_count() or 2, 4), timeout)
 
 
 def placement(spec: RunSpec) -> Placement:

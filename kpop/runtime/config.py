@@ -37,7 +37,8 @@ class EngineLaunch:
 @dataclass(frozen=True)
 class RayStart:
     """How the driver joins Ray: a cluster address, or a local instance of `num_cpus` CPUs; how
-    long it waits for the cluster to answer and to place the run's actors (kpop.runtime.placement)."""
+    long it waits for the cluster to answer and to place the run's actors (kpop.runtime.placement;
+    cluster.start_timeout_s on a cluster, longer on a local instance: kpop.runtime.build.ray_start)."""
 
     address: str | None
     num_cpus: int

@@ -9,10 +9,11 @@ actor that asks for more than any node has stays pending forever. Before a run c
 - `check_fits(demands, nodes, placement, where)`: every actor fits on one alive node, the run's
   total of each resource fits the cluster's, and every label a role names is on some node; else
   `ClusterStartError` listing what is missing and which spec fields ask for it;
-- `wait_placed(waits, timeout_s, nodes)`: actors the cluster could hold but has no room for now
-  (other jobs, fragmentation) fail after the timeout, naming the roles still waiting and what is
-  free; the refs are cheap calls that return once an actor's process has started and constructed
-  it (an engine's `load`, which never waits for its build; a worker's `ping`).
+- `wait_placed(waits, timeout_s)`: actors the cluster could hold but has no room for now (other
+  jobs, fragmentation), or whose processes start slowly (a loaded node), fail after the timeout,
+  naming the roles still waiting, what is free and which of the two it looks like (`why_late`);
+  the refs are cheap calls that return once an actor's process has started and constructed it (an
+  engine's `load`, which never waits for its build; a worker's `ping`).
 
 Invariant: the checks only read the cluster (ray.nodes, ray.available_resources); nothing here
 reserves or kills anything.
@@ -134,10 +135,21 @@ def wait_placed(waits: Mapping[str, tuple[Demand, list[Any]]], timeout_s: float)
     late = [f"{n} of {len(waits[role][1])} {role}(s) (each {_fmt(d.resources)}, {d.fields})"
             for role, (d, n) in waiting.items() if n]
     if late:
+        free = ray.available_resources()
         raise ClusterStartError(f"not placed within cluster.start_timeout_s = {timeout_s:g} s: {'; '.join(late)}; "
-                                f"free now: {_fmt(ray.available_resources())}. Other jobs may hold the resources, "
-                                "or no single node has all of them free")
+                                f"free now: {_fmt(free)}. {why_late([d for d, n in waiting.values() if n], free)}")
     ray.get(refs)  # an actor whose start raised reports it here
+
+
+def why_late(late: Sequence[Demand], free: Mapping[str, float]) -> str:
+    """The likely cause of a placement wait that timed out, from what is free once it has. An actor
+    waiting for resources holds none, so room for each waiting role now means the actors were placed
+    and their processes are still starting; no room means other jobs hold the resources (or
+    fragment them), or the waiting actors are starting and hold it themselves."""
+    slow = "Starting a process (Python, torch, vLLM imports) can take a minute on a loaded node: raise cluster.start_timeout_s"
+    if all(_fits(d.resources, free) for d in late):
+        return f"The cluster has room for them: their processes are still starting. {slow}"
+    return f"Other jobs may hold the resources, or no single node has all of them free. {slow} if the nodes are loaded"
 
 
 def run_demands(spec: Any) -> list[Demand]:

@@ -5,7 +5,9 @@
 - `kpop run` against an address where nothing answers exits within a minute naming the address
   (Ray alone retries for minutes: benchmarks are not needed for that, the issue's bound is);
 - on a real Ray instance: a spec asking for a GPU the instance lacks fails before any model is
-  built; an actor the cluster has no room for fails the bounded wait naming its role; learner ranks
+  built; an actor the cluster has no room for fails the bounded wait naming its role, and one that
+  has room but starts slowly is named as starting (raise the timeout); a local instance, the run's
+  own, waits for its actors' processes past cluster.start_timeout_s; learner ranks
   the cluster has no room for fail their placement within the timeout; the storage check
   passes on a shared folder and names the node that lacks the starting model.
 """
@@ -103,10 +105,62 @@ def test_an_actor_the_cluster_has_no_room_for_fails_the_bounded_wait(ray_session
     actor = Unplaceable.remote()
     demand = Demand("engine", 1, {"kpop_test_absent": 1.0}, "rollout.engine.*")
     try:
-        with pytest.raises(ClusterStartError, match=r"not placed within cluster.start_timeout_s = 2 s: 1 of 1 engine\(s\)"):
+        with pytest.raises(ClusterStartError, match=r"not placed within cluster.start_timeout_s = 2 s: 1 of 1 engine\(s\)") as info:
             wait_placed({"engine": (demand, [actor.ping.remote()])}, 2.0)
+        assert "Other jobs may hold the resources" in str(info.value)
     finally:
         ray.kill(actor)
+
+
+def test_an_actor_slow_to_start_where_there_is_room_is_named_as_starting(ray_session):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class SlowStart:
+        def __init__(self) -> None:
+            time.sleep(30)           # what importing torch and vLLM costs on a loaded machine
+
+        def ping(self) -> int:
+            return 1
+
+    actor = SlowStart.remote()
+    try:
+        with pytest.raises(ClusterStartError) as info:
+            wait_placed({"environment worker": (Demand("environment worker", 1, {}, "rollout.num_env_workers"),
+                                                [actor.ping.remote()])}, 2.0)
+        assert "1 of 1 environment worker(s)" in str(info.value)
+        assert ("The cluster has room for them: their processes are still starting. Starting a process (Python, torch, "
+                "vLLM imports) can take a minute on a loaded node: raise cluster.start_timeout_s") in str(info.value)
+    finally:
+        ray.kill(actor)
+
+
+def test_start_timeout_bounds_the_waits_on_a_cluster_only():
+    from kpop.runtime.build import LOCAL_START_TIMEOUT_S, ray_start
+
+    assert ray_start(load_spec(None, ["cluster.address=10.0.0.1:6379", "cluster.start_timeout_s=5"])).timeout_s == 5
+    assert ray_start(load_spec(None, ["cluster.start_timeout_s=5"])).timeout_s == LOCAL_START_TIMEOUT_S == 1800
+    assert ray_start(load_spec(None, ["cluster.start_timeout_s=3600"])).timeout_s == 3600
+
+
+def test_a_local_run_waits_for_its_actors_past_start_timeout_s(ray_session, tiny_llama_dir, tmp_path):
+    """Starting the learner rank and the workers' processes takes seconds at least (a minute on a
+    busy machine): a local run with a 1 s start_timeout_s still gets them all."""
+    from kpop.launch import launch_actors
+    from kpop.runtime.build import runtime_config
+
+    spec = load_spec(None, [f"run_dir={tmp_path}", "cluster.start_timeout_s=1", "rollout.engine.type=builtin",
+                            "rollout.num_env_workers=2", "model.hidden_size=64", "model.intermediate_size=128",
+                            "model.num_heads=2", "model.num_kv_heads=1"])
+    t0 = time.monotonic()
+    engines, workers, learner, starting = launch_actors(spec, tiny_llama_dir, runtime_config(spec, tiny_llama_dir))
+    took = time.monotonic() - t0
+    try:
+        assert ray_session.get([w.ping.remote() for w in workers], timeout=60) == [0, 1]
+        assert took > 1, took                # longer than the cluster bound would have allowed
+    finally:
+        for handle in [*engines, *workers, learner]:
+            ray_session.kill(handle)
 
 
 def test_learner_ranks_the_cluster_has_no_room_for_fail_within_the_timeout(ray_session, tiny_llama_dir):
