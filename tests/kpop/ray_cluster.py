@@ -8,7 +8,7 @@ of the raylet whose command line names the node's own plasma folder (a raylet ou
 start` that gave up on it). A raylet gives its Python agents about 15 s to come up and Ray gives
 the raylet 30 s to register, which a loaded machine can miss: each node is its own session, so its
 own scheduler autogroup, which starts at nice -20 (back to 0 once the node is up, before any actor
-runs there), and a node whose start fails anyway is cleared and started again (5 tries). A `ray start` that gave up while its raylet lives on is
+runs there), and a node whose start fails anyway is cleared and started again (NODE_TRIES). A `ray start` that gave up while its raylet lives on is
 not a failure if the raylet registers after all (the GCS lists the node alive with its labels). `kill_node(node)` SIGKILLs the
 node's processes (raylet, agents, the actors' workers and what they spawned): the loss of a
 machine. `teardown()` stops the nodes this object started, and only those (never `ray stop`, which
@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RAY = str(Path(sys.executable).parent / "ray")
+# Tries per node: on this shared 2-core machine at load 15-20 a node missed Ray's 30 s registration
+# window 4 times in a row (head) and 5 times (a worker node) in one test run.
+NODE_TRIES = 10
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0",
        "RAY_agent_register_timeout_ms": "120000"}
 
@@ -109,11 +112,12 @@ class LocalCluster:
 
     def _start(self, name: str, labels: dict[str, str], num_cpus: int, head: bool, timeout_s: float,
                prefix: tuple[str, ...] = ()) -> Node:
-        for attempt in range(5):
+        for attempt in range(NODE_TRIES):
             node = self._try_start(f"{name}{attempt}", labels, num_cpus, head, timeout_s, prefix)
             if node is not None:
                 return node
-        raise RuntimeError(f"node {name} did not start in 5 tries: {(self.temp_dir / f'{name}4.log').read_text()[-2000:]}")
+        raise RuntimeError(f"node {name} did not start in {NODE_TRIES} tries: "
+                           f"{(self.temp_dir / f'{name}{NODE_TRIES - 1}.log').read_text()[-2000:]}")
 
     def _try_start(self, name: str, labels: dict[str, str], num_cpus: int, head: bool, timeout_s: float,
                    prefix: tuple[str, ...]) -> Node | None:

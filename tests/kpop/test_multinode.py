@@ -39,7 +39,7 @@ PLACE = ["cluster.placement.learner={kpop-role: learner}", "cluster.placement.en
 
 
 @pytest.fixture
-def cluster():
+def cluster(tmp_path):
     temp = Path(f"/tmp/kpmn_{uuid.uuid4().hex[:8]}")   # short: Ray's socket paths live under it
     temp.mkdir()
     c = LocalCluster(temp)
@@ -48,6 +48,10 @@ def cluster():
         yield c
     finally:
         c.teardown()
+        # the nodes' logs (actors' stdout and stderr included) outlive the cluster, for a failure
+        if (temp / "session_latest" / "logs").is_dir():
+            shutil.copytree(temp / "session_latest" / "logs", tmp_path / "ray_logs", ignore_dangling_symlinks=True,
+                            dirs_exist_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -55,6 +59,18 @@ def kpop_run(run_dir: Path, address: str, extra: list[str]) -> subprocess.Popen:
     sets = [a for kv in [*TINY, *extra, f"cluster.address={address}", f"run_dir={run_dir}"] for a in ("--set", kv)]
     return subprocess.Popen([sys.executable, "-m", "kpop.cli.main", "run", *sets], env=ENV, text=True,
                             stdout=(run_dir.parent / f"{run_dir.name}.log").open("w"), stderr=subprocess.STDOUT)
+
+
+def stopped(proc: subprocess.Popen, log: Path) -> str:
+    """The tail of a run's log, with its driver's Python stacks if it still runs (then it is killed)."""
+    stacks = ""
+    if proc.poll() is None:
+        spy = Path(sys.executable).parent / "py-spy"
+        stacks = subprocess.run([str(spy), "dump", "--pid", str(proc.pid)], capture_output=True, text=True,
+                                timeout=120).stdout
+        proc.kill()
+        proc.wait()
+    return log.read_text()[-4000:] + "\n" + stacks
 
 
 def rl_steps(run_dir: Path) -> list[int]:
@@ -81,10 +97,13 @@ def test_run_places_roles_on_their_nodes_and_survives_losing_a_node(cluster, tmp
     while not rl_steps(run_dir) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     log = run_dir.parent / "run.log"
-    assert rl_steps(run_dir), log.read_text()[-4000:]
+    assert rl_steps(run_dir), stopped(proc, log)
     killed_after = max(rl_steps(run_dir))
     cluster.kill_node(nodes[lost])                     # step killed_after + 1 is generating
-    assert proc.wait(timeout=1500) == 0, log.read_text()[-4000:]
+    try:
+        assert proc.wait(timeout=1500) == 0, log.read_text()[-4000:]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the run did not end within 1500 s of losing the {lost} node:\n{stopped(proc, log)}")
     wall_s = time.monotonic() - t0
 
     placement = cluster.query(PLACEMENT_QUERY)
@@ -137,7 +156,10 @@ def test_a_node_that_does_not_see_run_dir_stops_the_run_at_start_naming_it(clust
     run_dir.mkdir()
     t0 = time.monotonic()
     proc = kpop_run(run_dir, cluster.address, [])
-    assert proc.wait(timeout=900) != 0
+    try:
+        assert proc.wait(timeout=900) != 0
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the run did not stop within 900 s:\n{stopped(proc, shared / 'run.log')}")
     out = (shared / "run.log").read_text()
     assert f"run_dir {run_dir} must be one folder that every node of the cluster sees" in out, out[-3000:]
     assert "cannot read" in out and str(run_dir / ".storage_check" / "token") in out
