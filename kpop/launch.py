@@ -91,7 +91,8 @@ def describe_sandbox(sandbox: SandboxSpec) -> str:
         binds = f", {len(b.ro_binds)} extra read-only binds" if b.ro_binds else ""
         backend = f"bwrap ({b.python}{', cgroups' if b.use_cgroups else ''}{binds})"
     elif b.type == "docker":
-        backend = f"docker (image {b.image}, {b.python}{', engine ' + b.base_url if b.base_url else ''})"
+        warm = ", warm: one running container per slot, reset after each execution" if b.warm else ", a fresh container each"
+        backend = f"docker (image {b.image}, {b.python}{', engine ' + b.base_url if b.base_url else ''}{warm})"
     else:
         backend = "process (NO isolation)"
     return (f"{backend}, {sandbox.pool_size} at once per worker; each execution: wall {lim.wall_s:g} s, "

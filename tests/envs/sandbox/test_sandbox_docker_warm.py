@@ -91,3 +91,11 @@ async def test_limits_hold_and_the_container_serves_on(warm):
     assert after.ok and after.stdout.strip() == "2", after
     missing = await warm.run(SandboxRequest(command=["no-such-program"], limits=LIMITS))
     assert missing.exit_code == 127 and "no-such-program" in missing.stderr, missing
+
+
+def test_the_run_plan_says_which_docker_mode_runs():
+    from kpop.launch import describe_sandbox
+
+    lines = {w: describe_sandbox(load_spec(None, ["sandbox.backend.type=docker", f"sandbox.backend.warm={w}"]).sandbox)
+             for w in ("true", "false")}
+    assert "warm: one running container per slot" in lines["true"] and "a fresh container each" in lines["false"]
