@@ -12,6 +12,12 @@ simply called.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+
+def _swiglu(mlp, x: torch.Tensor) -> torch.Tensor:
+    """`SwiGLU.forward` on the module's weights without three nested module calls (bias-free layers)."""
+    return F.linear(F.silu(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight), mlp.down_proj.weight)
 
 
 def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
@@ -28,7 +34,7 @@ def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
         out = _tokens(mlp, flat, idx, weights)
     out = out.to(x.dtype)
     if mlp.shared_experts is not None:
-        out = out + mlp.shared_experts(flat)
+        out = out + _swiglu(mlp.shared_experts, flat)
     return out.reshape(shape)
 
 
@@ -36,7 +42,7 @@ def _one_token(mlp, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -
     """One row: the chosen experts' outputs summed in increasing expert id (index_add's order)."""
     out = None
     for e, w in sorted(zip(idx.tolist(), weights.tolist())):
-        contrib = mlp.experts[e](x).float() * w  # w came from a float32: the product is index_add's
+        contrib = _swiglu(mlp.experts[e], x).float() * w  # w came from a float32: the product is index_add's
         out = contrib if out is None else out + contrib
     return out
 
@@ -52,6 +58,6 @@ def _tokens(mlp, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -
     for e, n in enumerate(counts):
         if n:
             rows = tokens[start : start + n]
-            out.index_add_(0, rows, mlp.experts[e](flat[rows]).float() * slot_weights[start : start + n, None])
+            out.index_add_(0, rows, _swiglu(mlp.experts[e], flat[rows]).float() * slot_weights[start : start + n, None])
             start += n
     return out
