@@ -83,9 +83,7 @@ class BwrapSandbox:
             return classify(Observed(None, None, 0.0, error=f"bwrap backend needs {', '.join(missing)} on PATH (see deploy/setup.sh)"))
         async with self._lock:
             try:
-                files = dict(request.files)
-                if request.code is not None:
-                    files["main.py"] = request.code
+                files = workdir.request_files(request.files, request.code)
                 wd = workdir.create(self._base, files, self.uid if os.geteuid() == 0 else None)
             except (OSError, ValueError) as exc:
                 return classify(Observed(None, None, 0.0, error=f"bad request: {exc}"))

@@ -22,7 +22,6 @@ from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxResult
 from kpop.envs.sandbox.classify import Observed, classify, signal_of
 
 UID = 65534
-STDIN_FILE = ".sandbox-stdin"
 
 
 class DockerSandbox:
@@ -41,11 +40,7 @@ class DockerSandbox:
         return self._client
 
     async def run(self, request: SandboxRequest) -> SandboxResult:
-        files = dict(request.files)
-        if request.code is not None:
-            files["main.py"] = request.code
-        if request.stdin is not None:
-            files[STDIN_FILE] = request.stdin
+        files = workdir.request_files(request.files, request.code, request.stdin)
         try:
             wd = workdir.create(self._base, files, UID if os.geteuid() == 0 else None)
         except (OSError, ValueError) as exc:
@@ -63,7 +58,7 @@ class DockerSandbox:
         lim = request.limits or SandboxLimits()
         command = list(request.command) if request.command is not None else [self.python, "main.py"]
         if request.stdin is not None:
-            command = ["/bin/sh", "-c", f'exec "$@" < {STDIN_FILE}', "sh", *command]
+            command = ["/bin/sh", "-c", f'exec "$@" < {workdir.STDIN_FILE}', "sh", *command]
         cpu = max(1, round(lim.cpu_s))
         start = time.perf_counter()
         try:

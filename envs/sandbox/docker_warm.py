@@ -37,7 +37,6 @@ from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxResult
 from kpop.envs.sandbox.classify import Observed, classify
 
 UID = 65534
-STDIN_FILE = ".sandbox-stdin"
 AGENT = Path(__file__).resolve().with_name("docker_agent.py")
 GRACE_S = 10.0     # past the wall clock: the launcher enforces it, the host only guards the launcher
 START_S = 30.0     # for a new container's launcher to listen
@@ -76,11 +75,7 @@ class WarmDockerSandbox:
                 await asyncio.to_thread(self._discard)
                 return classify(Observed(None, None, time.perf_counter() - start, error=f"docker: {exc}"))
         work = self._dir / "work"
-        files = dict(request.files)
-        if request.code is not None:
-            files["main.py"] = request.code
-        if request.stdin is not None:
-            files[STDIN_FILE] = request.stdin
+        files = workdir.request_files(request.files, request.code, request.stdin)
         try:
             workdir.fill(work, files, UID)
         except (OSError, ValueError) as exc:

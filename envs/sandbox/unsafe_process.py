@@ -31,9 +31,7 @@ class UnsafeProcessSandbox:
         self._base = workdir.default_base()
 
     async def run(self, request: SandboxRequest) -> SandboxResult:
-        files = dict(request.files)
-        if request.code is not None:
-            files["main.py"] = request.code
+        files = workdir.request_files(request.files, request.code)
         try:
             wd = workdir.create(self._base, files, owner=None)
         except (OSError, ValueError) as exc:

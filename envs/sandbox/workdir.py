@@ -16,6 +16,19 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
+STDIN_FILE = ".sandbox-stdin"   # where the Docker backends put a request's stdin (docker_agent.py has its own copy)
+
+
+def request_files(files: Mapping[str, bytes | str], code: str | None, stdin: bytes | str | None = None) -> dict[str, bytes | str]:
+    """The files an execution starts with: the request's files, its code as main.py, its stdin
+    (only backends that feed stdin from a file pass it) as STDIN_FILE."""
+    out = dict(files)
+    if code is not None:
+        out["main.py"] = code
+    if stdin is not None:
+        out[STDIN_FILE] = stdin
+    return out
+
 
 def default_base() -> Path:
     """tmpfs when there is one (cheap), else the system temp dir; created 0711 and owned by us."""
