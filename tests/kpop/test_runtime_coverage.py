@@ -47,7 +47,10 @@ MODEL_DIR = "/models/start"  # the runtime configuration only names the folder
 NEEDS: dict[type[BaseModel], dict[str, Any]] = {EnvEntrySpec: {"name": "calculator"}, ProcessBackendSpec: {"unsafe": True},
                                                 DistillSpec: {"every": 1}, PreferenceSpec: {"every": 1}}
 # Fields valid only next to another field of their section: that data joins their base.
-CONTEXT: dict[str, tuple[tuple, dict[str, Any]]] = {"cluster.placement.": (("cluster",), {"address": "auto"})}
+CONTEXT: dict[str, tuple[tuple, dict[str, Any]]] = {"cluster.placement.": (("cluster",), {"address": "auto"}),
+                                                    "cluster.start_timeout_s": (("cluster",), {"address": "auto"})}
+# Fields whose values name other parts of the spec, so no generic candidate validates: the value to try.
+VALUES: dict[str, Any] = {"sft.anneal.env_options": {"calculator": {"reference_tool_rate": 0.3}}}
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ CONSUMED_ELSEWHERE: dict[str, Consumer] = {
     # Task sampling and the loops' shape of a step.
     "envs.0.weight": Consumer(("kpop/tasks.py",), "tests/kpop/test_scheduler_units.py::test_sampler_with_curriculum_is_deterministic_and_resumable"),
     "rollout.group_size": Consumer(("kpop/loop",), "tests/kpop/test_e2e_sync_run.py::test_metrics_record_every_phase_and_weights_reach_the_engine"),
-    "sft.": Consumer(("kpop/loop", "kpop/launch.py"), "tests/kpop/test_e2e_sync_run.py::test_run_logs_its_starting_reward_and_warns_below_the_floor"),
+    "sft.": Consumer(("kpop/loop", "kpop/launch.py"), "tests/kpop/test_e2e_sync_run.py::test_run_logs_its_starting_reward_and_explains_a_low_start_after_the_anneal"),
     "train.": Consumer(("kpop/loop",), "tests/kpop/test_e2e_sync_run.py::test_rerun_on_the_run_directory_resumes_after_the_last_checkpoint"),
     "scheduler[kpop].": Consumer(("kpop/loop", "kpop/scheduler", "kpop/launch.py"),
                                  "tests/kpop/test_scheduler_units.py::test_capacity_formula_and_eta_zero_is_synchronous"),
@@ -189,7 +192,8 @@ def _changed(change: Change) -> dict | None:
     if change.name == "type":
         return None if change.value is None else _put(change.base, change.keys, change.value)
     current = _at(validate_spec(change.base), change.keys)
-    for value in _candidates(change.value.annotation, current):
+    tried = [VALUES[change.path]] if change.path in VALUES else _candidates(change.value.annotation, current)
+    for value in tried:
         data = _put(change.base, change.keys, value)
         if value != current and _validates(data):
             return data
