@@ -72,14 +72,16 @@ class CalculatorEnv(AgentEnv):
         max_operand: int = Field(99, ge=1, le=10**6, description="Largest operand.")
         ops: str = Field("+-*", min_length=1, pattern=r"^[+\-*]+$", description="Operators to draw from.")
         reference_tool_rate: float = Field(1.0, ge=0.0, le=1.0, description="Share of tasks on which the reference solver calls the tool; on the others it answers from memory (always correctly), so cold-start data built from it teaches when to skip the tool.")
+        reference_recheck_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of tasks on which the reference solver's answer goes on to re-check itself ('Answer: N' then 'Check: a op b = N'); the grade reads the first answer only, so the re-check is correct but useless text that shortest-correct distillation cuts.")
 
-    def __init__(self, min_operand: int = 10, max_operand: int = 99, ops: str = "+-*", reference_tool_rate: float = 1.0) -> None:
+    def __init__(self, min_operand: int = 10, max_operand: int = 99, ops: str = "+-*", reference_tool_rate: float = 1.0,
+                 reference_recheck_rate: float = 0.0) -> None:
         super().__init__()
         if min_operand > max_operand:
             raise ValueError(f"min_operand {min_operand} is larger than max_operand {max_operand}")
         self.min_operand, self.max_operand, self.ops = min_operand, max_operand, ops
-        self.reference_tool_rate = reference_tool_rate
-        self.reference_uses_tool = True
+        self.reference_tool_rate, self.reference_recheck_rate = reference_tool_rate, reference_recheck_rate
+        self.reference_uses_tool, self.reference_rechecks = True, False
         self.expression, self.answer = "", 0
         self.tool_result: str | None = None
         self.turns = 0
@@ -90,6 +92,8 @@ class CalculatorEnv(AgentEnv):
         a, b = rng.randint(self.min_operand, self.max_operand), rng.randint(self.min_operand, self.max_operand)
         self.expression = f"{a}{rng.choice(self.ops)}{b}"
         self.reference_uses_tool = rng.random() < self.reference_tool_rate
+        # its own stream, so a recheck rate leaves the tasks and the tool choice of each seed unchanged
+        self.reference_rechecks = random.Random(f"recheck:{seed}").random() < self.reference_recheck_rate
         self.answer = evaluate(self.expression)
         self.tool_result, self.turns = None, 0
         self.view = EpisodeView(reference_calls=[("calculator", {"expression": self.expression})])
@@ -97,11 +101,10 @@ class CalculatorEnv(AgentEnv):
         return Task(task_id=f"calculator-{seed}", messages=messages, tools=[TOOL])
 
     def reference_action(self) -> str:
-        if not self.reference_uses_tool:
-            return f"Answer: {self.answer}"
-        if self.tool_result is None:
+        if self.reference_uses_tool and self.tool_result is None:
             return f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{self.expression}"}}}}</tool_call>'
-        return f"Answer: {self.tool_result}"
+        answer = self.tool_result if self.reference_uses_tool else str(self.answer)
+        return f"Answer: {answer}\nCheck: {self.expression} = {answer}" if self.reference_rechecks else f"Answer: {answer}"
 
     async def astep(self, action: Action) -> StepResult:
         self.turns += 1

@@ -40,3 +40,24 @@ def test_skipped_tool_episodes_are_kept_as_verified_cold_start_data():
     roles = [[m["role"] for m in ex["messages"]] for ex in kept]
     assert len(kept) == 40
     assert ["system", "user", "assistant"] in roles and ["system", "user", "assistant", "tool", "assistant"] in roles
+
+
+def _rechecked(rate: float, seeds):
+    async def play():
+        return [await run_episode(make_env("calculator", {"reference_recheck_rate": rate}), s, reference_policy)
+                for s in seeds]
+    return asyncio.run(play())
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_the_reference_rechecks_after_its_answer_on_the_configured_share_and_still_scores_one(rate):
+    outs = _rechecked(rate, range(200))
+    finals = [o.messages[-1]["content"] if isinstance(o.messages[-1], dict) else o.messages[-1].content for o in outs]
+    checks = [f for f in finals if "\nCheck: " in f]
+    assert all(o.reward == 1.0 for o in outs)                      # the grade reads the first answer only
+    assert len(checks) / len(outs) == pytest.approx(rate, abs=0.08)
+    for f in checks:
+        answer, check = f.split("\n")
+        assert check.endswith(" = " + answer.removeprefix("Answer: "))
+    plain = _episodes(1.0, range(200))
+    assert [o.messages[:3] for o in outs] == [o.messages[:3] for o in plain]   # same questions and tool calls

@@ -179,3 +179,27 @@ def test_conformance_suite_and_cli_check_pass(capsys):
     envs_cmd.add_arguments(parser)
     assert envs_cmd.run(parser.parse_args(["check", "instructions", "--json"])) == 0
     assert json.loads(capsys.readouterr().out)["passed"] is True
+
+
+async def test_a_reference_rule_rate_drops_rules_per_task_and_keeps_the_tasks():
+    seeds = range(300)
+    full = await asyncio.gather(*(run_episode(make_env("instructions", {"max_rules": 1}), s, reference_policy) for s in seeds))
+    half = await asyncio.gather(*(run_episode(make_env("instructions", {"max_rules": 1, "reference_rule_rate": 0.5}), s,
+                                              reference_policy) for s in seeds))
+    assert [o.messages[:2] for o in half] == [o.messages[:2] for o in full]          # same requests
+    kept = [o.reward_parts["constraints"] for o in half]
+    assert all(o.reward_parts["constraints"] == 1.0 for o in full)
+    # a dropped rule fails unless the short reply meets it anyway (a word limit, a forbidden word not used)
+    assert 0.45 <= sum(kept) / len(kept) <= 0.85
+    assert all(o.reward_parts["informative"] == 1.0 for o in half)                   # the topic is always named
+    again = await asyncio.gather(*(run_episode(make_env("instructions", {"max_rules": 1, "reference_rule_rate": 0.5}), s,
+                                               reference_policy) for s in seeds))
+    assert [o.reward for o in again] == [o.reward for o in half]                     # a property of the task
+    none = await asyncio.gather(*(run_episode(make_env("instructions", {"max_rules": 1, "reference_rule_rate": 0.0}), s,
+                                              reference_policy) for s in seeds))
+    by_kind = {}
+    for o, f in zip(none, full, strict=True):
+        kind = next(k for k in f.reward_parts if k.startswith("rule/"))
+        by_kind.setdefault(kind, []).append(o.reward_parts[kind])
+    for kind in ("rule/lowercase", "rule/uppercase", "rule/numbered_list", "rule/json_keys", "rule/min_words", "rule/include_words"):
+        assert sum(by_kind[kind]) == 0, kind                                          # ignored means broken here
