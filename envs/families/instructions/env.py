@@ -9,24 +9,23 @@ in [0, 1] (reward part `task`, next to `constraints`, `informative`, `errors`, `
 `verbosity` and one `rule/<kind>` per rule), shaped by the RunSpec's reward terms like every other
 family (kpop.envs.rewards.shape_reward), so reward_range is [-1, 1]; without terms (the default)
 the reward is S. The reference solver (`reference_action`) sends the generator's reference reply,
-which satisfies every rule (S = 1.0; with option `reference_rule_rate` < 1 a reply built ignoring
-some rules); the random policy scores 0, as it never names the topic.
+which satisfies every rule (S = 1.0); the random policy scores 0, as it never names the topic.
 A malformed turn (a tool call, binary or oversized text) ends the episode with reward 0, an
 `error:` observation and `errors` = 1; stepping a finished or never-reset episode returns a terminal
 result with an error detail. Nothing the model sends raises.
-Held-out tasks: seeds >= kpop.tasks.HELD_OUT_BASE use topics that training seeds never use.
+Held-out tasks: seeds >= kpop.tasks.HELD_OUT_BASE use topics that training seeds never use (option
+`held_out_topics`; false: the training topics in new tasks).
 """
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kpop.envs.contract import MAX_TEXT, Action, AgentEnv, Message, StepInfo, StepResult, Task
 from kpop.envs.families.instructions.scoring import grade
-from kpop.envs.families.instructions.tasks import SLOTS, InstructionTask, generate, reference_reply
+from kpop.envs.families.instructions.tasks import SLOTS, InstructionTask, generate
 from kpop.envs.registry import register_env
 from kpop.envs.rewards.compose import EpisodeView, shape_reward
 
@@ -46,36 +45,29 @@ class InstructionsEnv(AgentEnv):
         max_rules: int = Field(4, ge=1, le=len(SLOTS), description="Most rules per task.")
         verbosity_budget: int = Field(120, ge=10, le=10_000, description="Words a reply may use before `verbosity` grows, where no max_words rule bounds it.")
         max_chars: int = Field(8000, ge=256, le=MAX_TEXT, description="Longer replies are malformed (errors = 1, reward 0).")
-        reference_rule_rate: float = Field(1.0, ge=0.0, le=1.0, description="Chance that the reference reply honours each rule of a task; it ignores the others (an ignored rule may still hold by chance, e.g. a word limit a short reply meets). Below 1, cold-start data built from it follows rules only in part, leaving a preference round something to choose.")
+        held_out_topics: bool = Field(True, description="Held-out tasks are about topics no training task uses (a reply must copy an unseen topic word to score); false: about the training topics, in new combinations of request and rules.")
 
     def __init__(self, min_rules: int = 1, max_rules: int = 4, verbosity_budget: int = 120, max_chars: int = 8000,
-                 reference_rule_rate: float = 1.0) -> None:
+                 held_out_topics: bool = True) -> None:
         super().__init__()
         if min_rules > max_rules:
             raise ValueError(f"min_rules {min_rules} is larger than max_rules {max_rules}")
         self.min_rules, self.max_rules = min_rules, max_rules
         self.verbosity_budget, self.max_chars = verbosity_budget, max_chars
-        self.reference_rule_rate = reference_rule_rate
+        self.held_out_topics = held_out_topics
         self.current: InstructionTask | None = None
-        self.reference = ""
         self.done = False
         self.view = EpisodeView()
 
     def make_task(self, seed: int, options: dict[str, Any] | None) -> Task:
-        self.current = generate(seed, self.min_rules, self.max_rules)
-        self.reference = self.current.reference
-        if self.reference_rule_rate < 1.0:
-            # its own stream: the task of a seed is the same at every rate
-            rng = random.Random(f"instructions-reference:{seed}")
-            kept = [r for r in self.current.rules if rng.random() < self.reference_rule_rate]
-            self.reference = reference_reply(self.current.topic, kept)
+        self.current = generate(seed, self.min_rules, self.max_rules, self.held_out_topics)
         self.done = False
         self.view = EpisodeView()
         messages = [Message("system", SYSTEM), Message("user", self.current.request)]
         return Task(task_id=f"instructions-{seed}", messages=messages, tools=[])
 
     def reference_action(self) -> str | None:
-        return None if self.current is None or self.done else self.reference
+        return None if self.current is None or self.done else self.current.reference
 
     async def astep(self, action: Action) -> StepResult:
         if self.current is None or self.done:

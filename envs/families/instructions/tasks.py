@@ -1,6 +1,6 @@
 """Task generator of the instruction-following family: a request about a topic plus verifiable rules.
 
-`generate(seed, min_rules, max_rules)` is a pure function of its arguments (the RNG is seeded with
+`generate(seed, min_rules, max_rules, held_out_topics)` is a pure function of its arguments (the RNG is seeded with
 "instructions:<seed>"). It picks a topic, then between min_rules and max_rules distinct slots, one
 rule per slot (rules.py):
 - length: max_words(25-60) or min_words(12-30);
@@ -13,7 +13,9 @@ reference reply.
 
 Held-out split: seeds >= kpop.tasks.HELD_OUT_BASE (the task sampler's held-out range) draw their
 topic from HELD_OUT_TOPICS, which training seeds never use, so an evaluation measures rule following
-on requests no training task made.
+on requests no training task made. With held_out_topics=False they draw from TRAIN_TOPICS like
+training seeds: held-out tasks are then new combinations of request, topic and rule parameters on
+known topics (the split a model too small to copy an unseen topic word can be measured on).
 
 The reference reply is built from the rules' parameters, not by searching against the checkers (the
 tests check it against them): the topic keyword and the required words spread over the sentence,
@@ -81,9 +83,9 @@ class InstructionTask:
     reference: str
 
 
-def generate(seed: int, min_rules: int = 1, max_rules: int = 4) -> InstructionTask:
+def generate(seed: int, min_rules: int = 1, max_rules: int = 4, held_out_topics: bool = True) -> InstructionTask:
     rng = random.Random(f"instructions:{seed}")
-    topic = rng.choice(HELD_OUT_TOPICS if seed >= HELD_OUT_BASE else TRAIN_TOPICS)
+    topic = rng.choice(HELD_OUT_TOPICS if held_out_topics and seed >= HELD_OUT_BASE else TRAIN_TOPICS)
     slots = set(rng.sample(SLOTS, rng.randint(min_rules, max_rules)))
     rules = _draw_rules(rng, topic, slots)
     reference = reference_reply(topic, rules)
