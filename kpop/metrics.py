@@ -88,6 +88,7 @@ KEYS: tuple[MetricKey, ...] = (
     MetricKey("episodes", EVAL_RL + ROUNDS, "episodes in the batch or evaluation"),
     MetricKey("correct_tokens", EVAL + DISTILL, "mean generated tokens per correct response (eval: held-out greedy "
               "episodes that pass; distill: the step's correct samples as generated)"),
+    MetricKey("correct_tokens/<env>", EVAL, "the same for the held-out episodes of one environment"),
     MetricKey("correct", DISTILL, "samples whose task score reached learner.distill.correct_threshold"),
     MetricKey("targets", DISTILL, "prompts with a correct sample: one distillation target each"),
     MetricKey("target_tokens", DISTILL, "mean generated tokens per distillation target (the shortest correct sample "

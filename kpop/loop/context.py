@@ -85,6 +85,9 @@ class RunContext:
         weights = self.spec.learner.preference.rubric_weights
         figures = {"correct_tokens": correct_tokens(greedy, PASS_THRESHOLD), "rubric": mean_rubric(greedy, weights),
                    "sampled_rubric": mean_rubric(sampled, weights)}
+        for env in sorted({t.env_id for t in greedy}):
+            # per family: a mixed mean moves with which families' responses pass, not only with their length
+            figures[f"correct_tokens/{env}"] = correct_tokens([t for t in greedy if t.env_id == env], PASS_THRESHOLD)
         return out | {k: v for k, v in figures.items() if v is not None}
 
 

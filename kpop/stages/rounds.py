@@ -17,17 +17,23 @@ Returns one summary per round ({kind, after_step, before, after}) for the run's 
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Any
 
 import ray
 
 from kpop.loop.context import RunContext
+from kpop.progress import Progress
 from kpop.stages.candidates import distill_targets
 from kpop.stages.checks import round_envs
 from kpop.stages.measures import correct_tokens, mean_rubric
 from kpop.stages.schedule import Round
 from kpop.tasks import TaskSampler
+
+log = logging.getLogger(__name__)
+# what a round's progress line and its closing log line show
+SHOWN = {"distill": ("loss", "targets", "pruned", "target_tokens"), "preference": ("loss", "pairs", "pair_accuracy", "rubric")}
 
 
 def run_rounds(ctx: RunContext, rounds: list[Round], evaluate) -> list[dict[str, Any]]:
@@ -38,8 +44,14 @@ def run_rounds(ctx: RunContext, rounds: list[Round], evaluate) -> list[dict[str,
         run_round(ctx, rnd)
         after = evaluate(ctx, rnd.after_step, f"after_{rnd.kind}")
         out.append({"kind": rnd.kind, "after_step": rnd.after_step, "before": before, "after": after})
+        log.info("%s round after RL step %d: held-out %s", rnd.kind, rnd.after_step, _change(before, after))
         before = after
     return out
+
+
+def _change(before: dict[str, Any], after: dict[str, Any]) -> str:
+    keys = [k for k in ("reward", "correct_tokens", "rubric") if k in before and k in after]
+    return ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in keys)
 
 
 def run_round(ctx: RunContext, rnd: Round) -> None:
@@ -50,11 +62,14 @@ def run_round(ctx: RunContext, rnd: Round) -> None:
     sampler.position = rnd.first_draw
     if rnd.kind == "preference":
         ray.get(ctx.learner.reset_reference.remote())
+    progress = Progress(rnd.steps, ctx.spec.logging.progress, label=rnd.kind)
     for i in range(rnd.steps):
         groups = sampler.next_groups(rnd.tasks, ctx.spec.rollout.group_size)
         samples = ctx.rollout([ep for g in groups for ep in g], ctx.runtime.sampling)
         record = _distill(ctx, samples) if rnd.kind == "distill" else _preference(ctx, samples)
         ctx.metrics.write(rnd.kind, rnd.first_step + i, {**record, "version": ctx.publish_weights()})
+        progress.update(i + 1, {k: record[k] for k in SHOWN[rnd.kind] if k in record})
+    progress.close()
 
 
 def _common(samples, m) -> dict[str, Any]:
