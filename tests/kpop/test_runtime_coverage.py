@@ -89,9 +89,9 @@ CONSUMED_ELSEWHERE: dict[str, Consumer] = {
     "learner.quant.": Consumer(("quant",), "tests/quant/test_quant_apply.py::test_learner_quant_spec_defaults_validation_and_apply"),
     # The rounds' schedule and sampling are the loop's (kpop.stages); their losses the learner's.
     "learner.distill.": Consumer(("kpop/stages", "learner"),
-                                 "tests/kpop/test_e2e_rounds.py::test_distillation_round_logs_its_steps_and_trains_on_the_shortest_correct_samples"),
+                                 "tests/kpop/test_e2e_rounds.py::test_distillation_cuts_the_rechecks_and_shortens_held_out_correct_responses"),
     "learner.preference.": Consumer(("kpop/stages", "learner"),
-                                    "tests/kpop/test_e2e_rounds.py::test_preference_round_logs_its_steps_against_the_policy_at_its_start"),
+                                    "tests/kpop/test_e2e_rounds.py::test_preference_round_trains_pairs_against_the_policy_at_its_start"),
 }
 
 # Settings the spec refuses to change, with the reason the message must give.
