@@ -85,7 +85,7 @@ def plan_step(trajectories: list[Trajectory], mode: str, spec: LearnerSpec, focu
     elif mode == "dpo":
         pref = spec.preference
         focus = update_focus(focus, rows, pref.rubric_weights, pref.focus_decay)
-        built = build_preference_pairs(rows, pref.rubric_weights, focus, pref.margin, pref.focus_floor)
+        built = build_preference_pairs(rows, pref.rubric_weights, focus, pref.margin, pref.focus_floor, pref.pairing)
         rows = [t for p in built for t in (p.chosen, p.rejected)]
         advantages, pairs = [0.0] * len(rows), len(built)
     if mode != "rl":

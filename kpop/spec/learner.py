@@ -82,6 +82,7 @@ class PreferenceSpec(StrictModel):
         default_factory=lambda: {"informative": 1.0, "constraints": 1.0, "errors": -1.0, "hallucinated": -1.0, "verbosity": -0.5},
         description="Signed weight per reward part in [0, 1]: positive rewards the property, negative penalises it (the defaults are the instructions family's parts).")
     margin: float = Field(0.0, ge=0, le=1e6, description="Minimum score gap between chosen and rejected.")
+    pairing: Literal["best_worst", "best_each"] = Field("best_worst", description="best_worst: one pair per prompt, its best and its worst sample; best_each: the best against every sample scoring below it by more than `margin` (the policy's common reply included, so the update reaches what greedy decoding gives).")
     focus_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay of per-rubric saturation.")
     focus_floor: float = Field(0.1, ge=0, le=1, description="Weight a fully saturated rubric dimension keeps (relative).")
     lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate of DPO steps (None = the RL learning rate).")

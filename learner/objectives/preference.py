@@ -14,8 +14,11 @@ EMA (decay δ) of the saturated share of samples,
 
 so the total rubric weight is preserved and moves from saturated to unsaturated dimensions.
 
-Pairs: per prompt (group_id), the highest-scoring sample is chosen and the lowest rejected, when
-their gap exceeds `margin`. DPO loss with inverse temperature β and label smoothing ε (cDPO):
+Pairs: per prompt (group_id), the highest-scoring sample is chosen (the first of equals) and, with
+pairing "best_worst", the lowest rejected, when their gap exceeds `margin`; with "best_each",
+every sample scoring more than `margin` below it is rejected in a pair of its own. best_worst
+moves probability between the tails; best_each also pushes down the policy's common replies (the
+one greedy decoding gives, where it is not the best), at the cost of more pairs per step. DPO loss with inverse temperature β and label smoothing ε (cDPO):
 
     z = β · [(log π_θ(y_c) - log π_ref(y_c)) - (log π_θ(y_r) - log π_ref(y_r))]
     L = - 1/P · Σ_pairs [ (1-ε) · log σ(z) + ε · log σ(-z) ]
@@ -78,8 +81,10 @@ class PreferencePair:
 
 
 def build_preference_pairs(trajectories: list[Trajectory], rubric_weights: Mapping[str, float],
-                           focus_state: FocusState, margin: float = 0.0, floor: float = 0.1) -> list[PreferencePair]:
-    """Best vs worst sample of each prompt under the focus-weighted signed rubric score."""
+                           focus_state: FocusState, margin: float = 0.0, floor: float = 0.1,
+                           pairing: str = "best_worst") -> list[PreferencePair]:
+    """The best sample of each prompt against its worst ("best_worst") or against each sample
+    below it ("best_each"), under the focus-weighted signed rubric score."""
     weights = focus_weights(rubric_weights, focus_state, floor)
     groups: dict[str, list[tuple[float, Trajectory]]] = {}
     for t in trajectories:
@@ -87,9 +92,10 @@ def build_preference_pairs(trajectories: list[Trajectory], rubric_weights: Mappi
     pairs = []
     for scored in groups.values():
         best = max(scored, key=lambda s: s[0])
-        worst = min(scored, key=lambda s: s[0])
-        if best[0] - worst[0] > margin:
-            pairs.append(PreferencePair(best[1], worst[1], best[0] - worst[0]))
+        below = [s for s in scored if best[0] - s[0] > margin]
+        if pairing == "best_worst":
+            below = [min(below, key=lambda s: s[0])] if below else []
+        pairs += [PreferencePair(best[1], t, best[0] - score) for score, t in below]
     return pairs
 
 

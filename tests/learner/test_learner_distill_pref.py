@@ -102,3 +102,13 @@ def test_reset_reference_makes_the_current_policy_the_dpo_reference(learner_mode
     assert m.pairs == 2 and m.loss == pytest.approx(math.log(2), abs=1e-6) and m.pair_accuracy == 0.0
     after = learner.train_step(rows, "dpo")   # the first step moved the policy towards the chosen samples
     assert after.loss < math.log(2) and after.pair_accuracy == 1.0
+
+
+def test_best_each_pairs_the_best_with_every_sample_below_it():
+    # scores under W = {info: 1, err: -1}: 1.0, 0.5, 0.0, 0.5 (prompt a), 1.0, 1.0 (prompt b, a tie)
+    a = [traj(3, group="a", parts=p) for p in ({"info": 1.0}, {"info": 0.5}, {"info": 1.0, "err": 1.0}, {"info": 0.5})]
+    b = [traj(2, group="b", parts={"info": 1.0}), traj(2, group="b", parts={"info": 1.0})]
+    each = build_preference_pairs(a + b, W, FocusState(), pairing="best_each")
+    assert [(p.chosen, p.rejected, p.gap) for p in each] == [(a[0], a[1], 0.5), (a[0], a[2], 1.0), (a[0], a[3], 0.5)]
+    assert [(p.chosen, p.rejected) for p in build_preference_pairs(a + b, W, FocusState())] == [(a[0], a[2])]
+    assert [p.rejected for p in build_preference_pairs(a, W, FocusState(), margin=0.6, pairing="best_each")] == [a[2]]
