@@ -10,11 +10,12 @@ wall-clock (set-up excluded). The last line counts the runs whose greedy held-ou
 at least `--min-gain` (0.15: the quickstart's promise).
 
     .venv/bin/python benchmarks/quickstart_seeds.py [--seeds 0 1 2 3 4] [--threads default 1]
-        [--seed-threads 0:1] [--set KEY=VALUE ...] [--out DIR]
+        [--seed-threads 0:1] [--set KEY=VALUE ...] [--out DIR] [--spec examples/hybrid.yaml]
 
 `--threads default 1` runs every seed with each thread count; `--seed-threads 0:1` adds single
 runs (seed:threads) instead, e.g. seed 0 with one learner thread. `--set` passes overrides to every
-run (e.g. `--set scheduler.type=kpop`).
+run (e.g. `--set scheduler.type=kpop`). `--spec` runs another example the same way (the hybrid
+model's table in the README: `--spec examples/hybrid.yaml`, and with `--set learner.quant.recipe=ufp4`).
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ def read_run(run_dir: Path) -> tuple[int, float, dict, dict]:
     return len(first), (sum(last) / len(last) if last else float("nan")), evals["before_rl"], evals["after_rl"]
 
 
-def run_one(seed: int, threads: str, out: Path, overrides: list[str]) -> Row:
+def run_one(seed: int, threads: str, out: Path, overrides: list[str], spec: Path = SPEC) -> Row:
     run_dir = out / f"seed{seed}_threads{threads}"
     shutil.rmtree(run_dir, ignore_errors=True)
     sets = [f"seed={seed}", f"run_dir={run_dir}", "logging.progress=lines", *overrides]
     if threads != "default":
         sets.append(f"learner.threads={threads}")
-    cmd = [str(REPO / ".venv" / "bin" / "kpop"), "run", str(SPEC)]
+    cmd = [str(REPO / ".venv" / "bin" / "kpop"), "run", str(spec)]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--seed-threads", nargs="*", default=[], metavar="SEED:THREADS", help="extra single runs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--min-gain", type=float, default=0.15)
+    parser.add_argument("--spec", type=Path, default=SPEC, help="the run spec (default: the quickstart)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quickstart_seeds")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,7 @@ def main() -> None:
     print(header, flush=True)
     rows = []
     for seed, threads in plan:
-        row = run_one(seed, threads, args.out, args.overrides)
+        row = run_one(seed, threads, args.out, args.overrides, args.spec)
         rows.append(row)
         print(f"{row.seed:>4} {row.threads:>7} {row.sft_steps:>9} {row.sft_loss:>8.4f} {row.greedy_before:>13.3f} {row.greedy_after:>12.3f} "
               f"{row.gain:>+6.3f} {row.sampled_before:>14.3f} {row.sampled_after:>13.3f} {row.wall_s:>7.1f}", flush=True)
