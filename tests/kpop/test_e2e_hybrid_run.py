@@ -21,7 +21,7 @@ from kpop.metrics import read_metrics
 from kpop.spec import load_spec
 
 EXAMPLE = "examples/hybrid.yaml"
-SHORT = ["sft.steps=12", "sft.target_loss=100", "sft.num_examples=32", "sft.batch_size=8", "train.steps=2",
+SHORT = ["sft.steps=12", "sft.anneal.steps=2", "sft.target_loss=100", "sft.num_examples=32", "sft.batch_size=8", "train.steps=2",
          "train.tasks_per_step=2", "rollout.group_size=4", "train.eval_tasks=4", "train.checkpoint_every=1",
          "logging.progress=lines",
          # a group-level length term: samples of a group differ in reward even when none solves the task,
@@ -44,7 +44,7 @@ def test_versions_advance_and_the_engine_serves_the_trained_weights(hybrid_run):
     assert spec.model.type == "hybrid" and spec.rollout.engine.type == "builtin"
     records = read_metrics(spec.run_dir)
     rl = [r for r in records if r["phase"] == "rl"]
-    assert [r["version"] for r in rl] == [11, 12]                # 10 SFT steps, then one per RL step
+    assert [r["version"] for r in rl] == [13, 14]                # 10 + 2 annealing SFT steps, then one per RL step
     assert all(r["trained_fraction"] > 0 and r["episodes"] == 8 for r in rl)
     # the engine's log-probs are the learner's: it samples from the weights the learner pushed
     assert all(r["mismatch"] < 1e-3 for r in rl), [r["mismatch"] for r in rl]
@@ -61,9 +61,9 @@ def test_routers_are_balanced_every_step_and_their_load_is_logged(hybrid_run):
         assert 1.0 <= r["moe_load_max_mean"] <= 8.0
     trained = load_checkpoint(spec.run_dir / "checkpoints" / "last")
     gates = [m.mlp.gate for m in trained.model.layers if hasattr(m.mlp, "gate")]
-    # 12 updates of +-1e-3 each: every bias moved, none by more than that
+    # 14 updates (10 + 2 annealing SFT steps, 2 RL steps) of +-1e-3 each: every bias moved, none by more than that
     for gate in gates:
-        assert (gate.expert_bias != 0).all() and gate.expert_bias.abs().max() <= 12 * 1e-3 + 1e-6
+        assert (gate.expert_bias != 0).all() and gate.expert_bias.abs().max() <= 14 * 1e-3 + 1e-6
 
 
 def test_the_checkpoint_reloads_as_the_hybrid_model_with_its_tokenizer(hybrid_run):
@@ -110,7 +110,7 @@ def test_rerun_resumes_after_the_last_checkpoint(hybrid_run):
     spec, first = hybrid_run
     result = run(load_spec(EXAMPLE, [*SHORT, f"run_dir={spec.run_dir}", "train.steps=3"]))
     rl = [r for r in read_metrics(spec.run_dir) if r["phase"] == "rl"]
-    assert [r["step"] for r in rl] == [1, 2, 3] and [r["version"] for r in rl] == [11, 12, 13]
+    assert [r["step"] for r in rl] == [1, 2, 3] and [r["version"] for r in rl] == [13, 14, 15]
     assert result["before_rl"] == first["before_rl"]
 
 
@@ -125,7 +125,7 @@ def test_a_migrated_checkpoint_trains_with_ufp4_gemms(ray_session, tiny_llama_di
                                f"model.path={migrated}", "rollout.engine.type=auto", "learner.quant.recipe=ufp4"])
     run(spec)
     rl = [r for r in read_metrics(spec.run_dir) if r["phase"] == "rl"]
-    assert [r["version"] for r in rl] == [3, 4]                  # 2 SFT steps, 2 RL steps
+    assert [r["version"] for r in rl] == [5, 6]                  # 2 + 2 annealing SFT steps, 2 RL steps
     plan = json.loads((spec.run_dir / "quant.json").read_text())
     assert plan["recipe"] == "ufp4" and plan["gemms"]["dgrad"]["dy"]["rounding"] == "sr"
     assert "model.layers.2.attention.dense" in plan["quantised"] and "lm_head" in plan["kept"]
