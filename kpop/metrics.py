@@ -75,6 +75,9 @@ KEYS: tuple[MetricKey, ...] = (
               "with MoE layers only)"),
     MetricKey("moe_load_max_mean/<layer>", ("sft", "rl"), "the same for the MoE layer at index <layer> of "
               "model.layers"),
+    MetricKey("mtp_loss", ("sft", "rl"), "multi-token-prediction loss of the step: cross-entropy of the MTP layers' "
+              "predictions of the trained tokens, averaged over depths, unweighted (the step trains "
+              "mtp_loss_scaling_factor x it; RL: the MTP layers only; models with MTP layers only)"),
     MetricKey("verified", SFT, "reference-solver episodes that verified correct (the cold-start data)"),
     MetricKey("solved", SFT, "reference-solver episodes played"),
     MetricKey("label", EVAL, "which evaluation: before_rl, during_rl, after_rl, or around the rounds after an RL "

@@ -10,8 +10,8 @@ shortest-correct selection, preference pairs, global token/pair normalisers), sp
 over the ranks with a common micro-batch count, and every rank runs `train_plan` on its shard;
 DeepSpeed reduces the gradients (rank r's loss carries the factor world_size, undoing DeepSpeed's
 average, so the update equals one rank's on the whole batch). Metrics: losses, token counts,
-mismatch / clipped / masked fractions (each already divided by the global count) are summed over
-ranks; the MoE load is rank 0's (every rank sums the routers' counts over all ranks). `publish` and `save` are collective (ZeRO-3 shards gathered); rank 0's WeightUpdate is
+mismatch / clipped / masked fractions and the MTP loss (each already divided by the global count)
+are summed over ranks; the MoE load is rank 0's (every rank sums the routers' counts over all ranks). `publish` and `save` are collective (ZeRO-3 shards gathered); rank 0's WeightUpdate is
 returned. The rendezvous is rank 0's node address and a free port there; gloo on CPU, NCCL on GPU.
 
 Placement: `labels` (cluster.placement.learner) restrict the coordinator and every rank to nodes
@@ -85,7 +85,8 @@ def combine(metrics: list[StepMetrics]) -> StepMetrics:
     return StepMetrics(m0.mode, m0.version, total("loss"), m0.grad_norm, int(total("tokens")),
                        int(total("sequences")), total("mismatch"), total("clipped_fraction"),
                        max(m.step_s for m in metrics), total("masked_fraction"), total("pair_accuracy"),
-                       int(total("pairs")), moe_load=m0.moe_load)  # the same on every rank (counts are summed over ranks)
+                       int(total("pairs")), moe_load=m0.moe_load,  # the same on every rank (counts are summed over ranks)
+                       mtp={k: sum(m.mtp[k] for m in metrics) for k in m0.mtp})  # each rank's share of the batch mean
 
 
 class LearnerGroup:

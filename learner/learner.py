@@ -29,6 +29,12 @@ Contract:
   averages gradients over ranks; the sum over micro-batches and ranks is the batch loss.
 - After every optimiser step the MoE routers' expert biases move towards balanced load (balance.py,
   `expert_bias_gamma`); `moe_load` reports max / mean load per MoE layer (empty without routers).
+- A model with multi-token-prediction layers (the hybrid's `num_nextn_predict_layers`) trains them:
+  "sft", "distill" and "rl" steps add w · L_mtp (objectives/mtp.py: on the same tokens as the main
+  loss, from the same forward; in "rl" with the trunk detached, so only the MTP layers learn from
+  it), w = the model config's `mtp_loss_scaling_factor` (0: computed for the metric, not trained).
+  `loss` stays the objective's; `mtp` reports {"mtp_loss": L_mtp} (empty without MTP layers and in
+  "dpo"). A model without MTP layers runs exactly the computation it ran before.
 - `publish()` returns the weights as a WeightUpdate (HF names; ZeRO-3 shards gathered, collective;
   ranks other than 0 return an update with no chunks). `save(dir)` / `load(dir)`: checkpoint.py.
 Runs in a Ray actor (actor.py, group.py) or in-process for tests.
@@ -46,10 +52,11 @@ from kpop.learner.balance import ExpertBalancer
 from kpop.learner.batch import Batch, collate
 from kpop.learner.checkpoint import load_checkpoint, save_checkpoint
 from kpop.learner.deepspeed_engine import RankInfo, build_engine, init_distributed
-from kpop.learner.logprobs import token_logprobs
+from kpop.learner.logprobs import token_and_mtp_logprobs, token_logprobs
 from kpop.learner.objectives.grpo import grpo_loss
 from kpop.learner.objectives.gspo import gspo_loss
 from kpop.learner.objectives.lpo import lpo_loss
+from kpop.learner.objectives.mtp import mtp_loss
 from kpop.learner.objectives.offpolicy import correction_weights, mismatch_sums
 from kpop.learner.objectives.preference import FocusState, dpo_loss
 from kpop.learner.objectives.sft import sft_loss
@@ -77,6 +84,7 @@ class StepMetrics:
     pair_accuracy: float = 0.0     # share of preference pairs with positive implicit reward margin ("dpo")
     pairs: int = 0                 # preference pairs trained on ("dpo")
     moe_load: dict[str, float] = field(default_factory=dict)  # balance.ExpertBalancer.metrics() of the step
+    mtp: dict[str, float] = field(default_factory=dict)       # {"mtp_loss": L_mtp} with MTP layers (objectives/mtp.py)
 
 
 @dataclass
@@ -86,6 +94,7 @@ class _Sums:
     mismatch: float = 0.0
     masked: float = 0.0
     correct_pairs: float = 0.0
+    mtp: float = 0.0
 
 
 class Learner:
@@ -108,6 +117,9 @@ class Learner:
         self.decode = tokenizer_decoder(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        # multi-token-prediction layers (objectives/mtp.py): the hybrid's config names them; a Llama has none
+        self.mtp_layers = int(getattr(model.config, "num_nextn_predict_layers", 0) or 0)
+        self.mtp_weight = float(getattr(model.config, "mtp_loss_scaling_factor", 0.0) or 0.0)
         if spec.quant.recipe != "bf16":
             from kpop.quant import apply_spec
 
@@ -149,8 +161,9 @@ class Learner:
             for k, piece in enumerate(pieces):
                 for j, (micro, adv, rows) in enumerate(piece):
                     logp_old = old[k][j] if old is not None else None
-                    loss = self._micro_loss(plan, micro, adv, rows, sums if epoch == 0 else _Sums(), logp_old, sums)
-                    self.engine.backward(loss * plan.world_size, scale_wrt_gas=False)
+                    loss, aux = self._micro_loss(plan, micro, adv, rows, sums if epoch == 0 else _Sums(), logp_old, sums)
+                    total = loss if aux is None else loss + aux
+                    self.engine.backward(total * plan.world_size, scale_wrt_gas=False)
                     sums.loss += float(loss.detach())
                 self.engine.step()
                 self.balancer.after_step()
@@ -162,7 +175,8 @@ class Learner:
                            sum(t.num_generated for t in plan.rows), plan.sequences if self.rank.rank == 0 else 0,
                            sums.mismatch / n, sums.clipped / (n * plan.epochs), time.perf_counter() - t0,
                            sums.masked / n, sums.correct_pairs / max(plan.num_pairs, 1),
-                           plan.num_pairs if self.rank.rank == 0 else 0, moe_load=self.balancer.metrics())
+                           plan.num_pairs if self.rank.rank == 0 else 0, moe_load=self.balancer.metrics(),
+                           mtp={"mtp_loss": sums.mtp} if self._trains_mtp(plan.mode) else {})
 
     def _zero_moments(self) -> None:
         """Adam restarts: first and second moments and step count to zero, in place (DeepSpeed's
@@ -209,19 +223,32 @@ class Learner:
     def _padding_row(self) -> Trajectory:
         return Trajectory("padding", "padding", [self.pad_id] * 2, [0, 0], [0.0, 0.0], [-1, -1])
 
+    def _trains_mtp(self, mode: str) -> bool:
+        return self.mtp_layers > 0 and mode != "dpo"
+
     def _micro_loss(self, plan: StepPlan, micro: Batch, adv: torch.Tensor, rows: list[Trajectory],
-                    sums: _Sums, logp_old: torch.Tensor | None = None, clip_sums: _Sums | None = None) -> torch.Tensor:
-        """`sums` collects the per-batch metrics (the caller passes a scratch one after the first
-        epoch); `clip_sums` the clipped-token count, which every update adds to."""
-        logp = token_logprobs(self.engine, micro.input_ids, micro.attention_mask)
+                    sums: _Sums, logp_old: torch.Tensor | None = None,
+                    clip_sums: _Sums | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(objective loss, weighted MTP term or None). `sums` collects the per-batch metrics (the
+        caller passes a scratch one after the first epoch); `clip_sums` the clipped-token count,
+        which every update adds to."""
+        if self._trains_mtp(plan.mode):
+            # "rl": the MTP term reaches only the MTP layers (objectives/mtp.py)
+            logp, mtp_logp = token_and_mtp_logprobs(self.engine, micro.input_ids, micro.attention_mask,
+                                                    "layers" if plan.mode == "rl" else "all")
+            aux = mtp_loss(mtp_logp, micro.loss_mask, plan.trained_tokens)
+            sums.mtp += float(aux.detach())
+            aux = aux * self.mtp_weight if self.mtp_weight else None   # weight 0: no gradient at all
+        else:
+            logp, aux = token_logprobs(self.engine, micro.input_ids, micro.attention_mask), None
         if plan.mode in ("sft", "distill"):
-            return sft_loss(logp, micro.loss_mask, plan.num_tokens)
+            return sft_loss(logp, micro.loss_mask, plan.num_tokens), aux
         if plan.mode == "dpo":
-            return self._dpo_loss(plan, micro, logp, sums)
+            return self._dpo_loss(plan, micro, logp, sums), aux
         # one optimiser step per batch: the weights are θ_old until step(), so the detached
         # training forward is the recomputation at θ_old
         old = logp.detach() if logp_old is None else logp_old
-        return self._rl_loss(plan, micro, logp, old, adv, rows, sums, clip_sums or sums)
+        return self._rl_loss(plan, micro, logp, old, adv, rows, sums, clip_sums or sums), aux
 
     def _rl_loss(self, plan: StepPlan, micro: Batch, logp: torch.Tensor, logp_old: torch.Tensor,
                  adv: torch.Tensor, rows: list[Trajectory], sums: _Sums, clip_sums: _Sums) -> torch.Tensor:

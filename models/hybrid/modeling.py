@@ -11,6 +11,11 @@ Trainer / engine API
 --------------------
     out = model(input_ids, attention_mask=None, labels=None)        # full sequence
     out.logits [B, T, V]; out.loss (next-token CE, + MTP term when labels and MTP layers exist)
+    out = model(input_ids, attention_mask, mtp_logprobs="all" | "layers")   # + out["mtp_logprobs"]
+    out["mtp_logprobs"] [D, B, T-1]: the MTP depths' log-probs of the sequence's own tokens, laid out
+    like the next-token targets (mtp_token_logprobs); absent without MTP layers. "all": their
+    gradient reaches the trunk, embeddings and head as in pre-training; "layers": only the MTP layers
+    (the learner's choice in RL steps, kpop.learner.objectives.mtp).
 
     cache = model.new_cache()                                       # HybridCache, empty
     out = model(prompt_ids, past_key_values=cache, use_cache=True)  # prefill
@@ -163,7 +168,7 @@ class BailingMoeV2_5ForCausalLM(BailingMoeV2_5PreTrainedModel, GenerationMixin):
             if isinstance(module, MoEGate):
                 module.update_expert_bias(gamma)
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False, labels=None, inputs_embeds=None, **kwargs) -> CausalLMOutputWithPast:
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False, labels=None, inputs_embeds=None, mtp_logprobs=None, **kwargs) -> CausalLMOutputWithPast:
         out = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache, inputs_embeds)
         logits = self.lm_head(out.last_hidden_state)
         loss = None
@@ -172,7 +177,12 @@ class BailingMoeV2_5ForCausalLM(BailingMoeV2_5PreTrainedModel, GenerationMixin):
             mtp = self.mtp_loss(out, labels, attention_mask)
             if mtp is not None:
                 loss = loss + self.config.mtp_loss_scaling_factor * mtp
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        if mtp_logprobs is not None and self.config.num_nextn_predict_layers:
+            if mtp_logprobs not in ("all", "layers"):
+                raise ValueError(f"mtp_logprobs must be 'all' or 'layers', not {mtp_logprobs!r}")
+            result["mtp_logprobs"] = self.mtp_token_logprobs(out, input_ids, attention_mask, trunk_grad=mtp_logprobs == "all")
+        return result
 
     def mtp_loss(self, out, labels, attention_mask=None) -> torch.Tensor | None:
         """Mean over MTP depths j of CE(token t + j + 2 | h_t, tokens <= t + j + 1)."""
@@ -190,3 +200,46 @@ class BailingMoeV2_5ForCausalLM(BailingMoeV2_5PreTrainedModel, GenerationMixin):
             logits = self.lm_head(h[:, :-shift])
             losses.append(F.cross_entropy(logits.flatten(0, 1).float(), labels[:, shift:].flatten(), ignore_index=-100))
         return torch.stack(losses).mean() if losses else None
+
+    def mtp_token_logprobs(self, out, input_ids, attention_mask=None, trunk_grad: bool = True) -> torch.Tensor | None:
+        """[D, B, T-1] log-probs of the MTP depths of the sequence's own tokens, in the layout of the
+        next-token targets (index s is token s + 1): entry [j, b, s] = log p_j(input_ids[b, s + 1]),
+        depth j predicting token t + j + 2 from position t (so s = t + j + 1); 0 for s < j + 1, where
+        depth j makes no prediction. The LM head's output is upcast to FP32 before the softmax, as for
+        the next-token log-probs. trunk_grad False: the trunk's hidden states and embeddings enter
+        detached and the shared LM head is applied without a weight gradient, so only the MTP layers
+        learn from these log-probs. None without MTP layers."""
+        n = self.config.num_hidden_layers
+        mtp_layers = self.model.layers[n:]
+        if len(mtp_layers) == 0:
+            return None
+        h, embeds = out["pre_norm_hidden"], out["embeds"]
+        if not trunk_grad:
+            h, embeds = h.detach(), embeds.detach()
+        B, T = input_ids.shape
+        depths = []
+        for j, layer in enumerate(mtp_layers):
+            embeds = torch.cat([embeds[:, 1:], torch.zeros_like(embeds[:, :1])], 1)
+            h = layer(embeds, h, out["position_ids"], attention_mask)
+            shift = j + 2
+            logp = torch.zeros(B, max(T - 1, 0), dtype=torch.float32, device=h.device)
+            if T > shift:
+                logits = self._head(h[:, :-shift], weight_grad=trunk_grad).float()
+                picked = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, shift:, None]).squeeze(-1)
+                logp = F.pad(picked, (shift - 1, 0))
+            depths.append(logp)
+        return torch.stack(depths)
+
+    def _head(self, h: torch.Tensor, weight_grad: bool) -> torch.Tensor:
+        """lm_head(h); weight_grad False: the gradient reaches h but not the head's parameters (their
+        requires_grad is off only while this call records its graph)."""
+        if weight_grad:
+            return self.lm_head(h)
+        params = [p for p in self.lm_head.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            return self.lm_head(h)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
