@@ -75,7 +75,7 @@ KEYS: tuple[MetricKey, ...] = (
               "with MoE layers only)"),
     MetricKey("moe_load_max_mean/<layer>", ("sft", "rl"), "the same for the MoE layer at index <layer> of "
               "model.layers"),
-    MetricKey("mtp_loss", ("sft", "rl"), "multi-token-prediction loss of the step: cross-entropy of the MTP layers' "
+    MetricKey("mtp_loss", ("sft", "rl", "distill"), "multi-token-prediction loss of the step: cross-entropy of the MTP layers' "
               "predictions of the trained tokens, averaged over depths, unweighted (the step trains "
               "mtp_loss_scaling_factor x it; RL: the MTP layers only; models with MTP layers only)"),
     MetricKey("verified", SFT, "reference-solver episodes that verified correct (the cold-start data)"),
