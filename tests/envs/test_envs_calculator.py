@@ -12,10 +12,9 @@ from kpop.envs.registry import make_env
 from kpop.envs.solver import reference_policy, run_episode, verified_examples
 
 
-def _episodes(rate: float, seeds):
+def _episodes(rate: float, seeds, option: str = "reference_tool_rate"):
     async def play():
-        return [await run_episode(make_env("calculator", {"reference_tool_rate": rate}), s, reference_policy)
-                for s in seeds]
+        return [await run_episode(make_env("calculator", {option: rate}), s, reference_policy) for s in seeds]
     return asyncio.run(play())
 
 
@@ -42,16 +41,9 @@ def test_skipped_tool_episodes_are_kept_as_verified_cold_start_data():
     assert ["system", "user", "assistant"] in roles and ["system", "user", "assistant", "tool", "assistant"] in roles
 
 
-def _rechecked(rate: float, seeds):
-    async def play():
-        return [await run_episode(make_env("calculator", {"reference_recheck_rate": rate}), s, reference_policy)
-                for s in seeds]
-    return asyncio.run(play())
-
-
 @pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
 def test_the_reference_rechecks_after_its_answer_on_the_configured_share_and_still_scores_one(rate):
-    outs = _rechecked(rate, range(200))
+    outs = _episodes(rate, range(200), "reference_recheck_rate")
     finals = [o.messages[-1]["content"] if isinstance(o.messages[-1], dict) else o.messages[-1].content for o in outs]
     checks = [f for f in finals if "\nCheck: " in f]
     assert all(o.reward == 1.0 for o in outs)                      # the grade reads the first answer only
