@@ -78,6 +78,10 @@ KEYS: tuple[MetricKey, ...] = (
     MetricKey("mtp_loss", ("sft", "rl", "distill"), "multi-token-prediction loss of the step: cross-entropy of the MTP layers' "
               "predictions of the trained tokens, averaged over depths, unweighted (the step trains "
               "mtp_loss_scaling_factor x it; RL: the MTP layers only; models with MTP layers only)"),
+    MetricKey("quant_gemms", ("sft", "rl", *ROUNDS), "GEMMs the learner ran with 4-bit operands in the step "
+              "(learner.quant.recipe set only): the forward, input-gradient and weight-gradient products of every "
+              "quantised linear layer, summed over ranks"),
+    MetricKey("quant_gemms/<gemm>", ("sft", "rl", *ROUNDS), "the same for one GEMM: fprop, dgrad or wgrad"),
     MetricKey("verified", SFT, "reference-solver episodes that verified correct (the cold-start data)"),
     MetricKey("solved", SFT, "reference-solver episodes played"),
     MetricKey("label", EVAL, "which evaluation: before_rl, during_rl, after_rl, or around the rounds after an RL "
@@ -121,6 +125,7 @@ KEYS: tuple[MetricKey, ...] = (
     MetricKey("pass_rate", EVAL_RL, "share of episodes whose task score is at least 0.99"),
     MetricKey("pass_rate/<env>", EVAL_RL, "pass_rate of one environment family"),
     MetricKey("episodes/<env>", EVAL_RL, "episodes of one environment family"),
+    MetricKey("sandbox_runs", EVAL_RL, "sandbox executions the episodes' environments ran (code tools, verifiers)"),
     MetricKey("env_errors", EVAL_RL, "episodes the environment failed (its tool, reward or verifier hung past the step "
               "timeout or raised): finish_reason env_error, reward 0; the run goes on"),
     MetricKey("env_errors/<env>/<kind>", EVAL_RL, "the same for one environment family and kind (timeout or "

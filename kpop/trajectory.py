@@ -45,6 +45,7 @@ class Trajectory:
     finish_reason: str = "stop"
     timing: Timing = field(default_factory=Timing)
     env_error: str = ""  # "" or why the environment failed the episode: "timeout" | "exception" (reward 0)
+    sandbox_runs: int = 0  # sandbox executions its environment ran (code tools, verifiers)
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)
@@ -119,10 +120,11 @@ class TrajectoryBuilder:
         self.versions.extend(versions)
 
     def build(self, reward: float, reward_parts: dict[str, float], num_turns: int,
-              finish_reason: str, timing: Timing, env_error: str = "") -> Trajectory:
+              finish_reason: str, timing: Timing, env_error: str = "", sandbox_runs: int = 0) -> Trajectory:
         return Trajectory(
             task_id=self.task_id, env_id=self.env_id, token_ids=list(self.token_ids),
             loss_mask=list(self.loss_mask), logprobs=list(self.logprobs), versions=list(self.versions),
             reward=reward, reward_parts=dict(reward_parts), group_id=self.group_id,
             num_turns=num_turns, finish_reason=finish_reason, timing=timing, env_error=env_error,
+            sandbox_runs=sandbox_runs,
         )

@@ -86,7 +86,8 @@ def combine(metrics: list[StepMetrics]) -> StepMetrics:
                        int(total("sequences")), total("mismatch"), total("clipped_fraction"),
                        max(m.step_s for m in metrics), total("masked_fraction"), total("pair_accuracy"),
                        int(total("pairs")), moe_load=m0.moe_load,  # the same on every rank (counts are summed over ranks)
-                       mtp={k: sum(m.mtp[k] for m in metrics) for k in m0.mtp})  # each rank's share of the batch mean
+                       mtp={k: sum(m.mtp[k] for m in metrics) for k in m0.mtp},  # each rank's share of the batch mean
+                       quant={k: sum(m.quant[k] for m in metrics) for k in m0.quant})  # each rank runs its own GEMMs
 
 
 class LearnerGroup:

@@ -62,6 +62,7 @@ from kpop.learner.objectives.preference import FocusState, dpo_loss
 from kpop.learner.objectives.sft import sft_loss
 from kpop.learner.plan import StepPlan, micro_batch_rows, plan_step, shard
 from kpop.learner.segmentation import DEFAULT_PUNCTUATION, sentence_units, tokenizer_decoder
+from kpop.quant.gemm import gemm_counts
 from kpop.rollout.engine import WeightUpdate
 from kpop.spec.learner import LearnerSpec
 from kpop.trajectory import Trajectory
@@ -85,6 +86,7 @@ class StepMetrics:
     pairs: int = 0                 # preference pairs trained on ("dpo")
     moe_load: dict[str, float] = field(default_factory=dict)  # balance.ExpertBalancer.metrics() of the step
     mtp: dict[str, float] = field(default_factory=dict)       # {"mtp_loss": L_mtp} with MTP layers (objectives/mtp.py)
+    quant: dict[str, int] = field(default_factory=dict)       # 4-bit GEMMs run in the step, with learner.quant.recipe
 
 
 @dataclass
@@ -154,6 +156,7 @@ class Learner:
             self._zero_moments()
         self.last_mode = plan.mode
         self._set_lr(plan.mode)
+        gemms_before = gemm_counts()
         pieces = [list(self._micro_batches(plan, rows)) for rows in plan.pieces]
         old = self._proximal_logprobs(pieces) if plan.epochs * len(pieces) > 1 else None
         sums, norms = _Sums(), []
@@ -176,7 +179,14 @@ class Learner:
                            sums.mismatch / n, sums.clipped / (n * plan.epochs), time.perf_counter() - t0,
                            sums.masked / n, sums.correct_pairs / max(plan.num_pairs, 1),
                            plan.num_pairs if self.rank.rank == 0 else 0, moe_load=self.balancer.metrics(),
-                           mtp={"mtp_loss": sums.mtp} if self._trains_mtp(plan.mode) else {})
+                           mtp={"mtp_loss": sums.mtp} if self._trains_mtp(plan.mode) else {},
+                           quant=self._quant_gemms(gemms_before))
+
+    def _quant_gemms(self, before: dict[str, int]) -> dict[str, int]:
+        if self.spec.quant.recipe == "bf16":
+            return {}
+        ran = {g: n - before.get(g, 0) for g, n in gemm_counts().items()}
+        return {"quant_gemms": sum(ran.values()), **{f"quant_gemms/{g}": n for g, n in sorted(ran.items())}}
 
     def _zero_moments(self) -> None:
         """Adam restarts: first and second moments and step count to zero, in place (DeepSpeed's

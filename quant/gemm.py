@@ -8,12 +8,15 @@ orthogonal M cancels and the result is a·bᵀ up to rounding in the compute dty
 
 `trace()` instruments every operand quantisation: each event records which GEMM and operand, the
 spec and RHT size actually used, and optionally the operand before and after quantisation. Tests
-use it to check a recipe's placement inside the autograd Function.
+use it to check a recipe's placement inside the autograd Function. `gemm_counts()` counts, per
+process, the GEMMs run with at least one quantised operand, by GEMM (fprop, dgrad, wgrad): the
+learner reports the difference over each step, so a run's records show the 4-bit GEMMs it ran.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +44,12 @@ class TraceEvent:
 
 _trace: list[TraceEvent] | None = None
 _keep_tensors = False
+_counts: Counter[str] = Counter()
+
+
+def gemm_counts() -> dict[str, int]:
+    """GEMMs run so far in this process with a quantised operand, by GEMM name."""
+    return dict(_counts)
 
 
 @contextmanager
@@ -84,6 +93,8 @@ def qgemm(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, gemm: str, seed: int
         a, b = apply_rht(a, spec.rht, seed), apply_rht(b, spec.rht, seed)
     qa = _operand(a, spec.lhs, gemm, "lhs", spec.rht)
     qb = _operand(b, spec.rhs, gemm, "rhs", spec.rht)
+    if spec.lhs.quantised or spec.rhs.quantised:
+        _counts[gemm] += 1
     both = isinstance(qa, Quantized) and isinstance(qb, Quantized)
     if fp8 and both and a.is_cuda:
         from kpop.quant.fp8_gemm import fp8_block_gemm

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from kpop.envs.contract import AgentEnv, Message, bounded_step
+from kpop.envs.sandbox.api import count_executions
 from kpop.rollout.chat import ChatFormat
 from kpop.rollout.engine import GenerationResult
 from kpop.rollout.tool_parser import parse_action
@@ -57,32 +58,33 @@ async def run_episode(env: AgentEnv, episode: Episode, chat: ChatFormat, policy:
     traj = TrajectoryBuilder(task.task_id, episode.env_name, episode.group_id)
     traj.add_context(chat.prompt_ids(task.messages, task.tools))
     reward, parts, finish, turns, env_error = 0.0, {}, "max_turns", 0, ""
-    while turns < limits.max_turns:
-        budget = min(limits.max_new_tokens, limits.max_total_tokens - len(traj))
-        if budget <= 0:
-            finish = "length"
-            break
-        t = time.perf_counter()
-        turn = await policy(list(traj.token_ids), budget)
-        gen_s += time.perf_counter() - t
-        traj.add_generated(turn.token_ids, turn.logprobs, turn.versions)
-        turns += 1
-        t = time.perf_counter()
-        outcome = await bounded_step(env, parse_action(chat.decode(turn.token_ids)), limits.step_timeout_s)
-        env_s += time.perf_counter() - t
-        reward, parts = outcome.reward, outcome.info.reward_parts
-        if outcome.terminated or outcome.truncated:
-            finish = "terminated" if outcome.terminated else "truncated"
-            env_error = environment_failure(outcome)
-            finish = "env_error" if env_error else finish
-            break
-        obs = chat.observation_ids(outcome.observations or [Message("user", "continue")])
-        if len(traj) + len(obs) >= limits.max_total_tokens:
-            finish = "length"
-            break
-        traj.add_context(obs)
+    with count_executions() as sandbox_runs:
+        while turns < limits.max_turns:
+            budget = min(limits.max_new_tokens, limits.max_total_tokens - len(traj))
+            if budget <= 0:
+                finish = "length"
+                break
+            t = time.perf_counter()
+            turn = await policy(list(traj.token_ids), budget)
+            gen_s += time.perf_counter() - t
+            traj.add_generated(turn.token_ids, turn.logprobs, turn.versions)
+            turns += 1
+            t = time.perf_counter()
+            outcome = await bounded_step(env, parse_action(chat.decode(turn.token_ids)), limits.step_timeout_s)
+            env_s += time.perf_counter() - t
+            reward, parts = outcome.reward, outcome.info.reward_parts
+            if outcome.terminated or outcome.truncated:
+                finish = "terminated" if outcome.terminated else "truncated"
+                env_error = environment_failure(outcome)
+                finish = "env_error" if env_error else finish
+                break
+            obs = chat.observation_ids(outcome.observations or [Message("user", "continue")])
+            if len(traj) + len(obs) >= limits.max_total_tokens:
+                finish = "length"
+                break
+            traj.add_context(obs)
     timing = Timing(generate_s=gen_s, env_s=env_s, total_s=time.perf_counter() - t0)
-    return traj.build(reward, parts, turns, finish, timing, env_error)
+    return traj.build(reward, parts, turns, finish, timing, env_error, sandbox_runs[0])
 
 
 def environment_failure(outcome) -> str:

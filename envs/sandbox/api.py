@@ -14,12 +14,18 @@ same meaning, so callers never depend on which one runs:
   `limits.max_output_bytes` each; going past the cap kills the run with `OUTPUT_TRUNCATED`.
 
 These types are stable: add optional fields only.
+
+`count_executions()` counts the executions `run_request` (so `run_python` / `run_command`) starts
+inside a block, including in tasks created there (a context variable: concurrent episodes on one
+event loop each count their own): the agent loop reports them per episode (`sandbox_runs`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -145,9 +151,26 @@ async def run_command(
     return await run_request(request)
 
 
+_executions: ContextVar[list[int] | None] = ContextVar("kpop_sandbox_executions", default=None)
+
+
+@contextmanager
+def count_executions() -> Iterator[list[int]]:
+    """A one-element list holding the number of executions started inside the block so far."""
+    counter = [0]
+    token = _executions.set(counter)
+    try:
+        yield counter
+    finally:
+        _executions.reset(token)
+
+
 async def run_request(request: SandboxRequest) -> SandboxResult:
     from kpop.envs.sandbox.default import (
         default_pool,  # lazy: the pool pulls in the backends
     )
 
+    counter = _executions.get()
+    if counter is not None:
+        counter[0] += 1
     return await default_pool().run(request)

@@ -98,6 +98,7 @@ def summarize(trajs: list[Trajectory], policy_version: int | None = None) -> dic
         "gen_tokens": sum(t.num_generated for t in trajs) / n,
         "turns": sum(t.num_turns for t in trajs) / n,
         "episodes": float(len(trajs)),
+        "sandbox_runs": float(sum(t.sandbox_runs for t in trajs)),
     }
     parts = sorted({k for t in trajs for k in t.reward_parts})
     for k in parts:

@@ -7,7 +7,11 @@
                  group-level reward terms on the complete groups (kpop.loop.group_rewards)
                  train on it (rollouts keep running meanwhile: overlap)
                  publish weights (engines pause "keep": in-flight rollouts resume under v + 1)
-                 ledger + metrics; checkpoint every N steps with the scheduler state
+                 ledger + metrics
+    rounds       after the steps the spec schedules them (kpop.stages.schedule): nothing is drawn
+                 past such a step, the running groups finish, the rounds run as in the synchronous
+                 loop, and groups still held re-run under the new policy (Collector.after_round)
+    checkpoint   every N steps, with the scheduler state
     evaluate     held-out pass rate after RL; final checkpoint
 
 The ledger `<run_dir>/ledger.jsonl` has one line per trained step: {"step", "indices",
@@ -41,6 +45,8 @@ from kpop.scheduler.dpr import DynamicPassRating
 from kpop.scheduler.monitor import EngineMonitor
 from kpop.scheduler.router import EngineRouter
 from kpop.scheduler.state import STATE_FILE, SchedulerState
+from kpop.stages.rounds import run_rounds
+from kpop.stages.schedule import rounds_after, segment_end
 
 
 class LearnerFailed(RuntimeError):
@@ -69,11 +75,13 @@ async def _train(ctx: RunContext, checkpoint) -> dict:
     total, step = ctx.spec.train.steps, state.step if state else 0
     progress = Progress(total, ctx.spec.logging.progress, label="rl")
     t0 = time.perf_counter()
+    rounds: list[dict] = []
     try:
         while step < total:
             rec = await _step(ctx, collector, monitor, step + 1)
             step = rec["step"]
             progress.update(step, {"reward": rec["reward"], "tok/s": rec["tokens_per_s"], "step_s": rec["step_s"]})
+            rounds += await _rounds(ctx, collector, step)
             if ctx.spec.train.eval_every and step % ctx.spec.train.eval_every == 0 and step < total:
                 await asyncio.to_thread(evaluate, ctx, step, "during_rl")
             if step % ctx.spec.train.checkpoint_every == 0 or step == total:
@@ -89,7 +97,18 @@ async def _train(ctx: RunContext, checkpoint) -> dict:
     after = await asyncio.to_thread(evaluate, ctx, total, "after_rl")
     if total == 0:
         await _checkpoint(ctx, collector, checkpoint, 0)
-    return {"before_rl": before, "after_rl": after, "rl": rl}
+    return {"before_rl": before, "after_rl": after, "rl": rl, **({"rounds": rounds} if rounds else {})}
+
+
+async def _rounds(ctx: RunContext, collector: Collector, step: int) -> list[dict]:
+    due = rounds_after(ctx.spec, step)
+    if not due:
+        return []
+    await collector.drain()
+    out = await asyncio.to_thread(run_rounds, ctx, due, evaluate)
+    # One more publish through the collector: it keeps the update a replacement engine loads.
+    collector.after_round(await collector.publish(ctx.learner), segment_end(ctx.spec, step) - step)
+    return out
 
 
 async def _collector(ctx: RunContext, state: SchedulerState | None) -> Collector:
@@ -108,7 +127,8 @@ async def _collector(ctx: RunContext, state: SchedulerState | None) -> Collector
     # One publish up front: engines label tokens with the learner's numbering whatever they were
     # built from, and a replacement engine always has a full update to load.
     version = await collector.publish(ctx.learner)
-    collector.resume(state, version, ctx.spec.train.steps - (state.step if state else 0))
+    done = state.step if state else 0
+    collector.resume(state, version, segment_end(ctx.spec, done) - done)
     return collector
 
 

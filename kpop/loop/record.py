@@ -35,5 +35,5 @@ def rl_record(trajs: list[Trajectory], m: StepMetrics, version: int, times: Step
         "version": version, "step_s": times.step_s, "gen_s": times.gen_s, "train_s": times.train_s,
         "gen_tokens_per_s": gen_tokens / max(times.gen_s, 1e-9),
         "tokens_per_s": gen_tokens / max(times.step_s, 1e-9),
-        **m.moe_load, **m.mtp,
+        **m.moe_load, **m.mtp, **m.quant,
     }

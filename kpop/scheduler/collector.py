@@ -3,6 +3,8 @@
     collector.resume(state, v, steps_left)   take over a checkpointed state (or none) and start
     groups = await collector.next_batch()   waits until the step budget is met
     collector.on_version(v)          after the step's weight update
+    await collector.drain()          before a training round: every admitted group finishes
+    collector.after_round(v, steps)  the round changed the policy: held groups re-run under v
     await collector.checkpoint_state(step)   SchedulerState for the checkpoint, with paused turns
 
 Admission: whenever a group completes (and at start / after each version), new groups are drawn
@@ -15,6 +17,12 @@ away, and eta = 0 waits for everything (synchronous). Groups that still went sta
 token older than v - eta, e.g. after a restore) are dropped from the buffer and re-run from
 scratch under the same draw index: nothing is skipped, nothing trained twice. Dead engines
 reported by workers are replaced in the background with the latest weights.
+
+Training rounds (distillation, preference) change the policy outside the RL steps. The loop
+gives the horizon only the steps up to the next round (kpop.stages.schedule.segment_end), drains,
+runs the round and calls `after_round`: any group still held was generated before the round, so
+it is re-run from scratch under the same index (as a stale group is), and versions are re-based
+onto the engines' new one. Staleness thus keeps bounding the gap to the policy that trains.
 
 Accounting invariant: every drawn index is in exactly one of {trained (ledger), ready, pending}.
 """
@@ -152,6 +160,32 @@ class Collector:
                 pass
             if self.spec.tail_migration and len(self.engines) > 1:
                 await self.router.migrate_tail.remote(self.spec.tail_min_age_s, self.spec.tail_max_moves)
+
+    async def drain(self) -> None:
+        """Wait until no admitted group is running (the horizon admits no new one between steps)."""
+        while self.buffer.pending:
+            self.wake.clear()
+            if self.dispatcher.error or self.error:
+                raise RuntimeError("rollout collection failed") from (self.dispatcher.error or self.error)
+            await self._service_engines()
+            if self.buffer.pending:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=self.spec.tail_check_s)
+                except TimeoutError:
+                    pass
+
+    def after_round(self, engine_version: int, steps_left: int) -> None:
+        """The engines now hold a policy a training round produced (`engine_version`): re-base the
+        versions onto it, re-run every held group under it, draw for the next `steps_left` steps."""
+        assert not self.buffer.pending, "drain() before a round"
+        self.base = engine_version - self.staleness.version
+        held, self.buffer.ready = self.buffer.ready, []
+        self.horizon = DrawHorizon.for_run(steps_left, self.batch_groups, len(held))
+        for group in held:
+            self.staleness.on_requeue()
+            self.counters["requeued"] += 1
+            self._submit(Group(group.group_id, group.index, group.episodes, base=self.base, admitted=self.staleness.version))
+        self._admit()
 
     def _due_running(self) -> bool:
         """A running group would be too stale after this step's update: the step waits for it."""

@@ -50,10 +50,6 @@ class RunSpec(StrictModel):
             every = getattr(self.learner, name).every
             if not every:
                 continue
-            if self.scheduler.type != "sync":
-                raise ValueError(f"learner.{name}.every: rounds run in the synchronous loop only (the KPop scheduler keeps "
-                                 f"generating across steps and has no point to pause for a round): set scheduler.type: sync "
-                                 f"or learner.{name}.every: 0")
             if every > self.train.steps:
                 raise ValueError(f"learner.{name}.every ({every}) is more than train.steps ({self.train.steps}): no round "
                                  f"would run; lower it or set it to 0")

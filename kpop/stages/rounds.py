@@ -87,7 +87,7 @@ def _distill(ctx: RunContext, samples) -> dict[str, Any]:
                             lambda ids: tok.decode(ids, skip_special_tokens=True), tok.eos_token_id, cfg.prune)
     m = ray.get(ctx.learner.train_step.remote(found.targets, "distill"))
     record = {**_common(samples, m), "correct": len(found.correct), "targets": len(found.targets),
-              "pruned": found.pruned, "pruned_tokens": found.pruned_tokens, **m.mtp}
+              "pruned": found.pruned, "pruned_tokens": found.pruned_tokens, **m.mtp, **m.quant}
     before, after = correct_tokens(found.correct, cfg.correct_threshold), correct_tokens(found.targets, cfg.correct_threshold)
     return record | ({"correct_tokens": before, "target_tokens": after} if before is not None else {})
 
@@ -95,7 +95,7 @@ def _distill(ctx: RunContext, samples) -> dict[str, Any]:
 def _preference(ctx: RunContext, samples) -> dict[str, Any]:
     m = ray.get(ctx.learner.train_step.remote(samples, "dpo"))
     score = mean_rubric(samples, ctx.spec.learner.preference.rubric_weights)
-    return {**_common(samples, m), "pairs": m.pairs, **({"pair_accuracy": m.pair_accuracy} if m.pairs else {}),
+    return {**_common(samples, m), **m.quant, "pairs": m.pairs, **({"pair_accuracy": m.pair_accuracy} if m.pairs else {}),
             **({"rubric": score} if score is not None else {})}
 
 

@@ -11,7 +11,10 @@
   trajectories out);
 - two engine replicas with tail migration: requests are moved off the busier replica mid-generation
   and finished on the other (resumed from their prefix), and the run still bounds staleness and
-  accounts for every task.
+  accounts for every task;
+- distillation and preference rounds between KPop steps: they run in order, the first step after a
+  round trains only tokens of the policy it left (staleness 0), and each stretch of RL draws
+  exactly its steps' groups.
 """
 
 import json
@@ -142,3 +145,27 @@ def test_two_engines_migrate_tail_requests_and_account_for_every_task(ray_sessio
     for r in rl:
         assert r["staleness_max"] <= 1 and r["episodes"] == 16 and r["gen_tokens"] > 0
     assert_every_task_accounted(tmp_path, 4)
+
+
+@pytest.mark.slow
+def test_rounds_run_between_kpop_steps_and_train_nothing_generated_before_them(ray_session, tmp_path):
+    from kpop.launch import run
+
+    spec = load_spec(None, [*TINY, "train.steps=4", "scheduler.max_staleness=2", f"run_dir={tmp_path}",
+                            "envs=[{name: calculator}, {name: instructions}]",
+                            "learner.distill.every=2", "learner.distill.steps=1", "learner.distill.tasks=2",
+                            "learner.preference.every=3", "learner.preference.steps=1", "learner.preference.tasks=2"])
+    run(spec)
+    records = [r for r in read_metrics(tmp_path) if r["phase"] in ("rl", "distill", "preference")]
+    assert [(r["phase"], r["step"]) for r in records] == [
+        ("rl", 1), ("rl", 2), ("distill", 1), ("rl", 3), ("preference", 1), ("rl", 4), ("distill", 2)]
+    versions = [r["version"] for r in records]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    # the first RL step after a round trains only tokens of the policy the round left
+    rl = {r["step"]: r for r in records if r["phase"] == "rl"}
+    assert rl[3]["staleness_max"] == 0 and rl[4]["staleness_max"] == 0
+    assert all(r["staleness_max"] <= 2 for r in rl.values())
+    assert_every_task_accounted(tmp_path, 2)
+    # each stretch of RL drew exactly its steps' groups: nothing drawn was thrown away by a round
+    assert final_state(tmp_path)["sampler_position"] == SFT_DRAWS + 4 * 2
+    assert [line["step"] for line in ledger(tmp_path)] == [1, 2, 3, 4]

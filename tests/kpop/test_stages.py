@@ -10,7 +10,7 @@ from kpop.spec import SpecError, load_spec
 from kpop.stages.candidates import answer_prefix, distill_targets, prune
 from kpop.stages.checks import round_envs, round_problems
 from kpop.stages.measures import correct_tokens, mean_rubric
-from kpop.stages.schedule import Round, all_rounds, describe, rounds_after
+from kpop.stages.schedule import Round, all_rounds, describe, rounds_after, segment_end
 from kpop.trajectory import Trajectory
 
 MIXED = "envs=[{name: calculator}, {name: instructions, weight: 3}]"
@@ -31,6 +31,13 @@ def test_rounds_follow_every_kth_rl_step_distillation_first_with_their_own_numbe
     assert rounds_after(spec, 6)[1].first_step == 2 and rounds_after(spec, 6)[1].first_draw == 16
 
 
+def test_a_stretch_of_rl_ends_at_the_next_step_with_a_round_or_at_the_last_step():
+    spec = load_spec(None, ["train.steps=7", "learner.distill.every=2", "learner.preference.every=3", MIXED])
+    # rounds follow steps 2, 3, 4, 6: the KPop loop draws for 2 steps, then 1, 1, 2 and the last 1
+    assert [segment_end(spec, s) for s in range(8)] == [2, 2, 3, 4, 6, 6, 7, 7]
+    assert [segment_end(load_spec(None, ["train.steps=5"]), s) for s in (0, 3, 5)] == [5, 5, 5]
+
+
 def test_the_plan_shows_when_rounds_run_and_where_their_prompts_come_from():
     from kpop.launch import plan
 
@@ -49,7 +56,6 @@ def test_the_plan_shows_when_rounds_run_and_where_their_prompts_come_from():
     (["learner.distill.lr=0.01"], "learner.distill.lr is set, but no distillation round runs (learner.distill.every is 0)"),
     (["learner.preference.beta=0.5", "learner.preference.tasks=4"],
      "learner.preference.beta is set, but no preference round runs"),
-    (["learner.distill.every=2", "scheduler.type=kpop"], "rounds run in the synchronous loop only"),
     (["learner.preference.every=50"], "learner.preference.every (50) is more than train.steps (40)"),
     (["learner.preference.every=5", "learner.zero_stage=3"], "use learner.zero_stage 0-2 with preference rounds"),
 ])

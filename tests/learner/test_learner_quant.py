@@ -1,6 +1,7 @@
 """FP4 training in the learner on both model types: with `learner.quant.recipe` set, exactly the
 layers the run's recorded plan lists are FP4 layers, and every SFT and RL step quantises exactly the
-recipe's GEMMs and operands in them (traced through kpop.quant.gemm.trace), no more, no fewer."""
+recipe's GEMMs and operands in them (traced through kpop.quant.gemm.trace), no more, no fewer; the
+step's metrics count the same GEMMs, and a step without a recipe reports none."""
 
 from __future__ import annotations
 
@@ -61,9 +62,19 @@ def test_sft_and_rl_steps_quantise_exactly_the_recipes_gemms(model, recipe, lear
         seen = Counter((e.gemm, e.role) for e in events)
         # every FP4 layer call runs its three GEMMs, each with both operands quantised as listed
         assert seen == {(g, r): forwards for g in ("fprop", "dgrad", "wgrad") for r in ("lhs", "rhs")}
+        # the step's record counts the same GEMMs (quant_gemms: what a run's metrics show)
+        assert m.quant == {"quant_gemms": 3 * forwards, **{f"quant_gemms/{g}": forwards for g in ("dgrad", "fprop", "wgrad")}}
         for e in events:
             gemm = rec.gemm(e.gemm)
             assert e.spec == (gemm.lhs if e.role == "lhs" else gemm.rhs) and e.rht == gemm.rht
     # checkpoints keep the high-precision parameters: the FP4 layers hold the nn.Linear weights
     state = module.state_dict()
     assert all(state[f"{name}.weight"].dtype == torch.float32 for name in fp4)
+
+
+def test_a_step_without_a_recipe_reports_no_quantised_gemms(learner_model_dir):
+    from kpop.learner.learner import Learner
+
+    learn = Learner(str(learner_model_dir), load_spec(None, []).learner, seed=0, num_threads=1)
+    m = learn.train_step(rows(4, 0), "sft")
+    assert m.tokens > 0 and m.quant == {}

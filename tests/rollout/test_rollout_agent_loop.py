@@ -95,3 +95,32 @@ def test_episode_stops_at_the_token_budget(tiny_tokenizer):
     traj = asyncio.run(run_episode(make_env("calculator"), Episode("calculator", 0), chat, policy,
                                    LoopLimits(max_turns=10, max_total_tokens=prompt + 40, max_new_tokens=40)))
     assert traj.finish_reason == "length" and len(traj.token_ids) <= prompt + 40
+
+
+class SandboxEnv(AgentEnv):
+    """Runs `seed` programs in the default sandbox per step; ends after two steps."""
+
+    def make_task(self, seed, options):
+        self.runs, self.steps = seed, 0
+        return Task(f"sandbox-{seed}", [Message("user", "run")])
+
+    async def astep(self, action):
+        from kpop.envs.sandbox.api import run_python
+
+        results = await asyncio.gather(*(run_python(f"print({i})") for i in range(self.runs)))
+        assert [r.stdout.strip() for r in results] == [str(i) for i in range(self.runs)]
+        self.steps += 1
+        return StepResult([Message("user", "again")], 0.0, self.steps == 2, False, StepInfo())
+
+
+def test_each_episode_counts_its_own_sandbox_executions(tiny_tokenizer):
+    chat = ChatFormat(tiny_tokenizer)
+
+    async def both():
+        # two episodes at once on one event loop: each counts only the executions of its own steps
+        return await asyncio.gather(*(
+            run_episode(SandboxEnv(), Episode("sandbox", runs), chat, RecordingPolicy(chat, ["a", "b"]), LoopLimits())
+            for runs in (1, 3)))
+
+    one, three = asyncio.run(both())
+    assert (one.sandbox_runs, three.sandbox_runs) == (2, 6) and one.num_turns == three.num_turns == 2
