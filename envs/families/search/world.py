@@ -86,23 +86,31 @@ def build_world(seed: int, people: int = 240, companies: int = 60, cities: int =
     return w
 
 
-def make_question(w: World, rng: random.Random) -> Question:
-    """One 2- or 3-hop question; `hops` are the documents that prove the answer, in order."""
-    person = rng.choice(sorted(w.born))
+def _question_kinds(w: World, person: str) -> list[Question]:
+    """Every question about `person` and their employer, in a fixed order (the draw picks one)."""
     company = w.employer[person]
     pid, cid = w.doc_id("person", person), w.doc_id("company", company)
-    kind = rng.randrange(5)
-    if kind == 0:
-        city = w.hq[company]
-        return Question(f"In which city is the company that {person} works for headquartered?", city, [pid, cid], [person, company])
-    if kind == 1:
-        city = w.born[person]
-        return Question(f"In which country was {person} born?", w.country[city], [pid, w.doc_id("city", city)], [person, city])
-    if kind == 2:
-        founder = w.founder[company]
-        return Question(f"In which city was the founder of {company} born?", w.born[founder], [cid, w.doc_id("person", founder)], [company, founder])
-    if kind == 3:
-        return Question(f"In what year was the company that employs {person} founded?", str(w.founded[company]), [pid, cid], [person, company])
-    city = w.hq[company]
-    return Question(f"In which country is the headquarters of the employer of {person}?", w.country[city],
-                    [pid, cid, w.doc_id("city", city)], [person, company, city])
+    born, hq, founder = w.born[person], w.hq[company], w.founder[company]
+    return [
+        Question(f"In which city is the company that {person} works for headquartered?", hq, [pid, cid], [person, company]),
+        Question(f"In which country was {person} born?", w.country[born], [pid, w.doc_id("city", born)], [person, born]),
+        Question(f"In which city was the founder of {company} born?", w.born[founder], [cid, w.doc_id("person", founder)], [company, founder]),
+        Question(f"In what year was the company that employs {person} founded?", str(w.founded[company]), [pid, cid], [person, company]),
+        Question(f"In which country is the headquarters of the employer of {person}?", w.country[hq], [pid, cid, w.doc_id("city", hq)], [person, company, hq]),
+        Question(f"In which city was {person} born?", born, [pid], [person]),
+        Question(f"Which company does {person} work for?", company, [pid], [person]),
+        Question(f"In which city is {company} headquartered?", hq, [cid], [company]),
+        Question(f"In what year was {company} founded?", str(w.founded[company]), [cid], [company]),
+    ]
+
+
+def make_question(w: World, rng: random.Random, min_hops: int = 2, max_hops: int = 3) -> Question:
+    """One question whose chain has `min_hops`..`max_hops` documents; `hops` prove the answer, in order.
+
+    The person is drawn first and the kind second, from the kinds whose hop count is in range, so
+    the default range (2-3: the five multi-hop kinds) draws exactly what it always drew."""
+    person = rng.choice(sorted(w.born))
+    kinds = [q for q in _question_kinds(w, person) if min_hops <= len(q.hops) <= max_hops]
+    if not kinds:
+        raise ValueError(f"no question kind has {min_hops}-{max_hops} hops")
+    return kinds[rng.randrange(len(kinds))]

@@ -39,16 +39,16 @@ class ServiceTask:
     kind: str = ""
 
 
-def _store(rng: random.Random) -> Store:
+def _store(rng: random.Random, customers: int = 5, orders_per_customer: int = 3) -> Store:
     s = Store()
     for i, name in enumerate(_PRODUCTS):
         s.products[f"SKU-{100 + i}"] = {"name": name, "price": rng.randint(5, 200)}
-    order_ids = rng.sample(range(10000, 99999), 15)
-    for c in range(5):
+    order_ids = rng.sample(range(10000, 99999), customers * orders_per_customer)
+    for c in range(customers):
         first, last = rng.choice(_FIRST), rng.choice(_LAST)
         cid = f"C{c + 1:03d}"
         s.customers[cid] = {"name": f"{first} {last}", "email": f"{first}.{last}{c}@example.com".lower(), "tier": rng.choice(["standard", "gold"])}
-        for _ in range(3):
+        for _ in range(orders_per_customer):
             skus = rng.sample(sorted(s.products), rng.randint(1, 3))
             items = [{"sku": k, "price": s.products[k]["price"], "refunded": False} for k in skus]
             s.orders[f"O{order_ids.pop()}"] = {"customer_id": cid, "items": items, "status": rng.choice(["processing", "shipped", "delivered"]),
@@ -56,8 +56,10 @@ def _store(rng: random.Random) -> Store:
     return s
 
 
-def make_task(rng: random.Random) -> ServiceTask:
-    store, kind = _store(rng), rng.choice(KINDS)
+def make_task(rng: random.Random, kinds: tuple[str, ...] = KINDS, customers: int = 5, orders_per_customer: int = 3) -> ServiceTask:
+    """One request of a kind drawn from `kinds` (taken in KINDS order, so the defaults draw as they always did)."""
+    store = _store(rng, customers, orders_per_customer)
+    kind = rng.choice([k for k in KINDS if k in kinds])
     cid = rng.choice(sorted(store.customers))
     customer = store.customers[cid]
     oid = rng.choice(sorted(o for o, v in store.orders.items() if v["customer_id"] == cid))

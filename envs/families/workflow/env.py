@@ -4,16 +4,25 @@ The model gets one job in plain language and the tools; its last turn (no tool c
 episode. The reward is 1.0 when the workspace's final snapshot equals the expected one exactly
 (files, tables and employees, calendar events), else 0.0; the parts say which of the three matched.
 The reference solver replays the generator's tool calls, then says it is done.
+
+Difficulty options: `kinds` (which jobs are drawn; envs/families/workflow/tasks.py lists them) and
+`all_tools` (offer all seven tools, or only those the job's reference plan calls: fewer distractor
+tools and a shorter prompt). `reference_read_rate` is the share of tasks on which the reference
+solver makes the job's first call, the one that reads its input (the request file, the query, the
+day's events); on the others it skips it and acts at once, correctly (it knows the workspace),
+which a model cannot imitate: cold-start data with a low rate teaches a plausible but worse habit,
+acting without reading, that RL can unlearn from reward.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kpop.envs.families.workflow.backend import Workspace
-from kpop.envs.families.workflow.tasks import make_task
+from kpop.envs.families.workflow.tasks import KINDS, make_task
 from kpop.envs.registry import register_env
 from kpop.envs.tool_env import Episode, ToolEnv, Verdict, tool_call_text
 from kpop.envs.tools import Tool, params
@@ -30,18 +39,34 @@ class WorkflowEnv(ToolEnv):
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
         max_turns: int = Field(12, ge=2, le=64, description="Model turns before truncation.")
+        kinds: list[Literal[KINDS]] = Field(list(KINDS), min_length=1, description="Job kinds to draw from (meeting_from_file is the shortest).")
+        all_tools: bool = Field(True, description="Offer all seven tools; false: only the tools the job's reference plan calls.")
+        reference_read_rate: float = Field(1.0, ge=0.0, le=1.0, description="Share of tasks on which the reference solver makes the job's first, reading call; on the others it acts at once, correctly, without reading.")
 
-    def __init__(self, max_turns: int = 12) -> None:
+    def __init__(self, max_turns: int = 12, kinds: list[str] | tuple[str, ...] = KINDS, all_tools: bool = True,
+                 reference_read_rate: float = 1.0) -> None:
         super().__init__(max_turns=max_turns)
+        unknown = set(kinds) - set(KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"kinds must be a non-empty subset of {KINDS}; unknown: {sorted(unknown)}")
+        self.kinds, self.all_tools, self.reference_read_rate = tuple(kinds), all_tools, reference_read_rate
         self.workspace = Workspace()
+        self.needed: set[str] = set()
 
     def build(self, seed: int, rng: random.Random) -> Episode:
-        task = make_task(rng)
+        task = make_task(rng, self.kinds)
         self.workspace = task.workspace
-        plan = [tool_call_text(name, args) for name, args in task.calls] + ["Done."]
+        self.needed = {name for name, _ in task.calls}
+        # its own stream, so the rate leaves each seed's job unchanged
+        reads = random.Random(f"workflow-reference:{seed}").random() < self.reference_read_rate
+        calls = task.calls if reads else task.calls[1:]
+        plan = [tool_call_text(name, args) for name, args in calls] + ["Done."]
         return Episode(f"workflow-{seed}", SYSTEM, task.request, plan, reference_calls=task.calls, facts={"expected": task.expected, "kind": task.kind})
 
     def tools(self) -> list[Tool]:
+        return [t for t in self._all_tools() if self.all_tools or t.name in self.needed]
+
+    def _all_tools(self) -> list[Tool]:
         w = self.workspace
         return [
             Tool("list_files", "List file paths starting with a prefix.", params([], prefix={"type": "string", "maxLength": 128}), w.list_files),
