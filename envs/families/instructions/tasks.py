@@ -1,8 +1,8 @@
 """Task generator of the instruction-following family: a request about a topic plus verifiable rules.
 
-`generate(seed, min_rules, max_rules, held_out_topics)` is a pure function of its arguments (the RNG is seeded with
-"instructions:<seed>"). It picks a topic, then between min_rules and max_rules distinct slots, one
-rule per slot (rules.py):
+`generate(seed, min_rules, max_rules, held_out_topics, slots)` is a pure function of its arguments (the RNG
+is seeded with "instructions:<seed>"). It picks a topic, then between min_rules and max_rules distinct
+slots out of `slots` (default: all of SLOTS; max_rules is capped at their number), one rule per slot (rules.py):
 - length: max_words(25-60) or min_words(12-30);
 - include: 1-2 of the topic's words;
 - forbid: one topic word (never the keyword, never a required word);
@@ -20,6 +20,11 @@ known topics (the split a model too small to copy an unseen topic word can be me
 The reference reply is built from the rules' parameters, not by searching against the checkers (the
 tests check it against them): the topic keyword and the required words spread over the sentence,
 list items or JSON values, neutral padding words up to a minimum length, then the required case.
+Two variants of it (the environment's reference options): `pad_to` pads an at-least-n-words reply
+to max(n, pad_to) words, a length that holds for every bound up to pad_to without counting; `exact`
+puts the reply exactly on its length rule, n words for at least n and for at most n, so only
+counting words hits the bound. Both pad with the same words in the same order, so the two differ
+only in where they stop.
 """
 
 from __future__ import annotations
@@ -83,11 +88,15 @@ class InstructionTask:
     reference: str
 
 
-def generate(seed: int, min_rules: int = 1, max_rules: int = 4, held_out_topics: bool = True) -> InstructionTask:
+def generate(seed: int, min_rules: int = 1, max_rules: int = 4, held_out_topics: bool = True,
+             slots: tuple[str, ...] = SLOTS) -> InstructionTask:
     rng = random.Random(f"instructions:{seed}")
     topic = rng.choice(HELD_OUT_TOPICS if held_out_topics and seed >= HELD_OUT_BASE else TRAIN_TOPICS)
-    slots = set(rng.sample(SLOTS, rng.randint(min_rules, max_rules)))
-    rules = _draw_rules(rng, topic, slots)
+    allowed = [slot for slot in SLOTS if slot in slots]   # in SLOTS' order, so all slots draw as they always did
+    if not min_rules <= len(allowed):
+        raise ValueError(f"min_rules {min_rules} is more than the {len(allowed)} slot(s) {allowed} allow")
+    picked = set(rng.sample(allowed, rng.randint(min_rules, min(max_rules, len(allowed)))))
+    rules = _draw_rules(rng, topic, picked)
     reference = reference_reply(topic, rules)
     rng.shuffle(rules)  # the order the request lists the rules in carries no meaning
     request = rng.choice(_OPENINGS).format(name=topic.name) + "\nFollow these rules:\n" + "\n".join(f"- {r.instruction()}" for r in rules)
@@ -119,9 +128,10 @@ def _draw_rules(rng: random.Random, topic: Topic, slots: set[str]) -> list[Rule]
     return rules
 
 
-def reference_reply(topic: Topic, rules: list[Rule]) -> str:
+def reference_reply(topic: Topic, rules: list[Rule], pad_to: int = 0, exact: bool = False) -> str:
     """A reply that satisfies every rule: the required words first, then other topic words, one
-    slot (sentence, list item or JSON value) at a time, padded to a minimum length."""
+    slot (sentence, list item or JSON value) at a time, padded to a minimum length (module
+    docstring: `pad_to`, `exact`)."""
     by_kind = {r.kind: r for r in rules}
     required = [topic.keyword, *by_kind.get("include_words", Rule("include_words")).words]
     avoid = set(by_kind.get("forbid_word", Rule("forbid_word")).words) | set(required)
@@ -132,8 +142,10 @@ def reference_reply(topic: Topic, rules: list[Rule]) -> str:
     for i, word in enumerate(pool[:max(n_slots, len(required))]):
         pieces[i % n_slots].append(word)
     text = _render(pieces, shape)
+    bound = by_kind.get("min_words") or by_kind.get("max_words")
+    target = 0 if bound is None else bound.count if exact else max(pad_to, bound.count) if bound.kind == "min_words" else 0
     padding = itertools.cycle(PADDING)
-    while "min_words" in by_kind and len(words(text)) < by_kind["min_words"].count:
+    while len(words(text)) < target:
         pieces[-1].append(next(padding))
         text = _render(pieces, shape)
     if "uppercase" in by_kind:
