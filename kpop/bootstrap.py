@@ -48,12 +48,15 @@ def solver_corpus(spec: RunSpec, num: int) -> list[str]:
     configure_sandbox(spec.sandbox)
     rng = random.Random(spec.seed)
 
+    draws = []
+    for _ in range(num):   # drawn in this order whatever the episodes take: the corpus depends on the seed only
+        entry = rng.choice(spec.envs)
+        draws.append((entry, rng.randrange(1 << 30)))
+
     async def collect() -> list[str]:
-        out = []
-        for _ in range(num):
-            entry = rng.choice(spec.envs)
-            out.append(await _transcript(entry.name, entry.options, rng.randrange(1 << 30), spec.rollout.max_turns))
-        return out
+        # concurrently: a family whose reference is verified in the sandbox (coding) waits on it, and
+        # the sandbox pool bounds how many run at once
+        return list(await asyncio.gather(*(_transcript(e.name, e.options, seed, spec.rollout.max_turns) for e, seed in draws)))
 
     return asyncio.run(collect())
 

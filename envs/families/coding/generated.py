@@ -4,6 +4,12 @@ Each template has a statement, a reference body, a bug (a textual mutation of th
 input generator. Hidden tests are the reference's outputs on seeded inputs, computed by running the
 reference (our own code) in this process. A "fix" task is kept only if its bug fails at least one
 hidden test; otherwise the seed falls back to a "write" task, so every fix task is a real fix.
+
+`make_problem(seed, templates, fix_rate, num_tests)` is a pure function of its arguments; its
+defaults (every template, half the tasks posed as fixes, 12 hidden tests) give the problems this
+module always gave. Fewer templates, no fixes or fewer tests make the family easier to learn.
+`lookup_solution` is a submission that passes a problem's hidden tests without computing anything:
+a table from each tested input to its expected output (the coding family's "answers from memory").
 """
 
 from __future__ import annotations
@@ -73,25 +79,43 @@ def _load(source: str, name: str) -> Callable:
     return namespace[name]
 
 
-def make_problem(seed: int) -> Problem:
+TEMPLATE_NAMES = tuple(t.name for t in TEMPLATES)
+
+
+def make_problem(seed: int, templates: tuple[str, ...] = TEMPLATE_NAMES, fix_rate: float = 0.5, num_tests: int = 12) -> Problem:
+    """The problem of `seed`, drawn from the named templates; `fix_rate` of the draws are posed as
+    fixes (where the bug fails a test), each problem has `num_tests` hidden tests."""
     rng = random.Random(f"coding-generated:{seed}")
-    template = rng.choice(TEMPLATES)
+    template = rng.choice([t for t in TEMPLATES if t.name in templates])
     values = template.params(rng)
     source = template.source.format(**values)
     reference = _load(source, template.name)
-    cases = [template.inputs(rng) for _ in range(12)]
+    cases = [template.inputs(rng) for _ in range(num_tests)]
     tests = _tests(reference, cases)
     bug_from, bug_to = (part.format(**values) for part in template.bug)
     buggy_source = source.replace(bug_from, bug_to)
     statement = template.statement.format(**values)
-    if rng.random() < 0.5 and buggy_source != source:
+    answers = tuple((args[0], reference(*args)) for args in cases)
+    if rng.random() < fix_rate and buggy_source != source:
         buggy = _load(buggy_source, template.name)
         if any(_safe(buggy, args) != _safe(reference, args) for args in cases):
             text = (f"This function should do the following: {statement[len('Write '):]}\nIt has a bug. "
                     f"Reply with the fixed function in one ```python code block.\n\n```python\n{buggy_source}```")
-            return Problem(f"generated/fix/{template.name}/{seed}", "fix", text, template.name, tests, source)
+            return Problem(f"generated/fix/{template.name}/{seed}", "fix", text, template.name, tests, source, answers=answers)
     text = f"{statement} Reply with the function in one ```python code block."
-    return Problem(f"generated/write/{template.name}/{seed}", "write", text, template.name, tests, source)
+    return Problem(f"generated/write/{template.name}/{seed}", "write", text, template.name, tests, source, answers=answers)
+
+
+def lookup_solution(problem: Problem) -> str:
+    """The function as a table of the hidden tests' answers, keyed by the repr of the argument
+    (every template takes one): it passes those tests and almost no others."""
+    header = problem.reference.splitlines()[0]  # "def name(arg):", as the reference writes it
+    arg = header[header.index("(") + 1:header.index(")")]
+    table: dict[str, Any] = {}
+    for value, expected in problem.answers:
+        table.setdefault(repr(value), expected)
+    entries = ", ".join(f"{key!r}: {expected!r}" for key, expected in table.items())
+    return f"{header}\n    return {{{entries}}}[repr({arg})]\n"
 
 
 def _safe(fn: Callable, args: tuple) -> Any:

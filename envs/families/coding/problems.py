@@ -24,6 +24,7 @@ class Problem:
     tests: str  # defines check(candidate)
     reference: str  # a complete module that passes the tests
     prompt: str = ""  # code the submission may complete (a signature and docstring)
+    answers: tuple = ()  # generated problems: (input, expected output) of each hidden test, for lookup_solution
 
 
 @lru_cache(maxsize=1)
