@@ -55,3 +55,43 @@ def test_plugin_passes_the_conformance_suite(installed_plugin):
     from kpop.envs.conformance import run_conformance
 
     assert [r for r in run_conformance(installed_plugin, seeds=2) if not r.passed] == []
+
+
+def test_plugin_options_change_the_tasks(installed_plugin):
+    words = {registry.make_env(installed_plugin, {"num_words": 2}).reset_task(s).messages[0].content.split()[-1] for s in range(40)}
+    assert words == {"apple", "river"}
+    assert len({registry.make_env(installed_plugin).reset_task(s).messages[0].content for s in range(40)}) > 2
+    hidden = registry.make_env(installed_plugin, {"hidden": True})
+    task = hidden.reset_task(3)
+    assert hidden.word not in task.messages[0].content and task.tools[0]["function"]["name"] == "read_slot"
+    with pytest.raises(ValueError, match="num_words"):
+        registry.make_env(installed_plugin, {"num_words": 0})
+
+
+async def test_hidden_word_is_read_with_the_tool(installed_plugin):
+    from kpop.envs.contract import Action, ToolCall
+
+    env = registry.make_env(installed_plugin, {"hidden": True})
+    env.reset_task(5)
+    wrong = await env.astep(Action("", [ToolCall("read_slot", {"slot": "one"}, "c0")]))
+    assert not wrong.terminated and wrong.observations[0].content.startswith("error:")
+    read = await env.astep(Action("", [ToolCall("read_slot", {"slot": env.slot}, "c1")]))
+    assert [m.content for m in read.observations] == [env.word] and not read.terminated
+    answer = await env.astep(Action(env.word))
+    assert answer.terminated and answer.reward == 1.0 and answer.info.reward_parts == {"correct": 1.0, "used_tool": 1.0}
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3, 1.0])
+async def test_reference_reads_the_slot_on_the_configured_share_and_always_answers_right(installed_plugin, rate):
+    outs = [await run_episode(registry.make_env(installed_plugin, {"hidden": True, "reference_tool_rate": rate}), s, reference_policy)
+            for s in range(200)]
+    assert {o.reward for o in outs} == {1.0}
+    used = [o.reward_parts["used_tool"] for o in outs]
+    assert [o.turns for o in outs] == [2 if u else 1 for u in used]
+    assert sum(used) / len(used) == pytest.approx(rate, abs=0.07)
+
+
+def test_plugin_passes_the_conformance_suite_when_hidden(installed_plugin):
+    from kpop.envs.conformance import run_conformance
+
+    assert [r for r in run_conformance(installed_plugin, seeds=2, options={"hidden": True, "reference_tool_rate": 0.5}) if not r.passed] == []
