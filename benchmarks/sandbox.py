@@ -1,11 +1,13 @@
 """Sandbox overhead: per-execution cost of each backend against a bare `python3 -c pass`.
 
-Prints one table: p50/p95/min wall time of bare python3, bubblewrap and (if an engine answers)
-Docker, a fresh container per execution and warm (`sandbox.backend.warm`: one running container,
-reset after each execution), the overhead over bare (ms; the minimum approximates an unloaded
-machine on a shared one) and the ratio, then executions/s of the default pool on 2 concurrent
-slots (the 2-core target machine) next to bare python3 run 2 at a time the same way (alternating
-rounds), then the burst row: `--burst` executions (default
+Prints one table: p50/p95/min wall time of bare python3, bubblewrap with fresh namespaces per
+execution ("bwrap", `sandbox.backend.warm: false`) and warm ("bwrap warm", the default: one
+running sandbox per slot, reset after each execution), and (if an engine answers) Docker, a fresh
+container per execution and warm (`sandbox.backend.warm`: one running container, reset after each
+execution), the overhead over bare (ms; the minimum approximates an unloaded machine on a shared
+one) and the ratio, then executions/s of the default pool (its backend and mode named in the row)
+on 2 concurrent slots (the 2-core target machine) next to bare python3 run 2 at a time the same
+way (alternating rounds), then the burst row: `--burst` executions (default
 1,000) submitted at once to the default pool (`SandboxSpec()`), each printing its own index:
 how many completed with the right output, executions/s, and what was left behind, counted before
 and after (processes under this one, processes of sandbox uids, slot cgroups, work directories).
@@ -22,6 +24,7 @@ import time
 
 from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest
 from kpop.envs.sandbox.bwrap import BwrapSandbox
+from kpop.envs.sandbox.bwrap_warm import WarmBwrapSandbox
 from kpop.envs.sandbox.factory import make_pool
 from kpop.spec.sandbox import SandboxSpec
 
@@ -51,7 +54,7 @@ async def timed(box) -> float:
 
 async def interleaved(n: int, n_docker: int) -> dict[str, list[float]]:
     """Alternates the variants within each round, so load from other users hits all alike."""
-    boxes = {"bwrap": BwrapSandbox()}
+    boxes = {"bwrap": BwrapSandbox(), "bwrap warm": WarmBwrapSandbox(slot=1)}
     dbox, why = docker_box()
     if dbox is not None:
         boxes["docker"] = dbox
@@ -62,6 +65,7 @@ async def interleaved(n: int, n_docker: int) -> dict[str, list[float]]:
     for i in range(n):
         samples["bare python3 -c"].append(bare_once())
         samples["bwrap"].append(await timed(boxes["bwrap"]))
+        samples["bwrap warm"].append(await timed(boxes["bwrap warm"]))
         if dbox is not None:
             samples["docker warm"].append(await timed(boxes["docker warm"]))
         if dbox is not None and i < n_docker:
@@ -120,6 +124,11 @@ async def pool_rates(n: int, size: int = 2, rounds: int = 4) -> tuple[float, flo
     return rounds * chunk / pool_s, rounds * chunk / bare_s
 
 
+def mode(spec: SandboxSpec) -> str:
+    """The backend and mode a spec's pool runs, as the rows name it."""
+    return f"{spec.backend.type}{' warm' if getattr(spec.backend, 'warm', False) else ''}"
+
+
 def leak_census() -> dict[str, int]:
     """What a sandbox execution could leave on the host, counted now."""
     import os
@@ -161,7 +170,7 @@ def burst_row(n: int) -> None:
     right, rate = asyncio.run(burst(n))
     after = leak_census()
     leaks = {k: after[k] - before[k] for k in before}
-    print(f"\nburst ({n} at once, default pool of {SandboxSpec().pool_size} slots): {right}/{n} right, "
+    print(f"\nburst ({n} at once, default pool: {mode(SandboxSpec())}, {SandboxSpec().pool_size} slots): {right}/{n} right, "
           f"{rate:.1f} executions/s, leaks {sum(max(v, 0) for v in leaks.values())}")
     print("  " + ", ".join(f"{k}: {before[k]} -> {after[k]}" for k in before))
 
@@ -189,7 +198,7 @@ def main() -> None:
     if why:
         print(f"{'docker':<18}{why}")
     rate, bare_rate = asyncio.run(pool_rates(args.n * 4))
-    print(f"\npool (bwrap, 2 slots): {rate:.1f} executions/s   bare python3, 2 at a time: {bare_rate:.1f}/s   "
+    print(f"\npool (default: {mode(SandboxSpec())}, 2 slots): {rate:.1f} executions/s   bare python3, 2 at a time: {bare_rate:.1f}/s   "
           f"ratio {rate / bare_rate:.2f}")
     if args.burst:
         burst_row(args.burst)

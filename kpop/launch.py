@@ -89,7 +89,8 @@ def describe_sandbox(sandbox: SandboxSpec) -> str:
     b, lim, mib = sandbox.backend, limits_from_spec(sandbox.limits), 2**20
     if b.type == "bwrap":
         binds = f", {len(b.ro_binds)} extra read-only binds" if b.ro_binds else ""
-        backend = f"bwrap ({b.python}{', cgroups' if b.use_cgroups else ''}{binds})"
+        warm = ", warm: one running sandbox per slot, reset after each execution" if b.warm else ", fresh namespaces each"
+        backend = f"bwrap ({b.python}{', cgroups' if b.use_cgroups else ''}{binds}{warm})"
     elif b.type == "docker":
         warm = ", warm: one running container per slot, reset after each execution" if b.warm else ", a fresh container each"
         backend = f"docker (image {b.image}, {b.python}{', engine ' + b.base_url if b.base_url else ''}{warm})"

@@ -1,7 +1,8 @@
-"""The default backend: Linux namespaces through bubblewrap, limits through rlimits and cgroups.
+"""Bubblewrap with fresh namespaces per execution (`sandbox.backend.warm: false`); limits through rlimits and cgroups.
 
-One `BwrapSandbox` is one warm slot: its uid and its cgroups are made once and reused, one
-execution at a time; the namespaces, mounts and work directory are new for every execution.
+One `BwrapSandbox` is one slot: its uid and its cgroups are made once and reused, one execution at
+a time; the namespaces, mounts and work directory are new for every execution. The default, warm
+slot (bwrap_warm.py) keeps one sandbox per slot instead and reuses this slot's uid, cgroups and zygote.
 Containment, per execution:
 * argv is `prlimit … setpriv --reuid U … bwrap … -- CMD`: the code runs as a uid of its own
   (1_000_000 + 256·pid + slot, never root, never another live slot's), so RLIMIT_NPROC applies;
@@ -30,6 +31,8 @@ from kpop.envs.sandbox.classify import Observed, classify, signal_of
 from kpop.envs.sandbox.runner import RawOutcome, supervise
 from kpop.envs.sandbox.zygote_client import HOST_PATH, Zygote, ZygoteDied
 
+SANDBOX_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1"}  # the code's environment before the config's and the request's
 ETC_FILES = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/python3", "/etc/python3.11", "/etc/python3.12")
 
 
@@ -138,8 +141,7 @@ class BwrapSandbox:
 
     def _argv(self, wd: Path, request: SandboxRequest) -> list[str]:
         lim = request.limits or SandboxLimits()
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
-               "PYTHONDONTWRITEBYTECODE": "1", **self.config.env, **request.env}
+        env = {**SANDBOX_ENV, **self.config.env, **request.env}
         box = [self._tools[self.config.bwrap], "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                "--hostname", "sandbox", *self._mounts]
         for path in self.config.ro_binds:

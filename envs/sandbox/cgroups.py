@@ -54,6 +54,7 @@ class CgroupSlot:
         self.dirs = dirs
         self.v2 = "v2" in dirs
         self._base = {"oom": 0, "pids": 0}
+        self._limits: tuple[int, int] | None = None
 
     @classmethod
     def create(cls, slot: int) -> CgroupSlot | None:
@@ -77,6 +78,13 @@ class CgroupSlot:
         return self.dirs["v2" if self.v2 else ctrl] / name
 
     def set_limits(self, memory_bytes: int, pids_max: int) -> None:
+        """Applies the limits (written only when they changed) and starts counting events from now."""
+        if self._limits != (memory_bytes, pids_max):
+            self._write_limits(memory_bytes, pids_max)
+            self._limits = (memory_bytes, pids_max)
+        self._base = self._counters()
+
+    def _write_limits(self, memory_bytes: int, pids_max: int) -> None:
         self._file("pids", "pids.max").write_text(str(pids_max))
         if self.v2:
             self._file("memory", "memory.max").write_text(str(memory_bytes))
@@ -90,7 +98,6 @@ class CgroupSlot:
             except OSError:  # memsw must stay >= the memory limit: lower/raise in the other order
                 for f in reversed(files):
                     f.write_text(str(memory_bytes))
-        self._base = self._counters()
 
     def _counters(self) -> dict[str, int]:
         if self.v2:

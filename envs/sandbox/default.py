@@ -1,7 +1,7 @@
 """The process-wide default pool used by `run_python` / `run_command`.
 
 It is built from the `sandbox:` spec given to `configure` (a RunSpec does that at start-up) or,
-if nothing was configured, from the default `SandboxSpec` (bubblewrap, 4 slots).
+if nothing was configured, from the default `SandboxSpec` (4 warm bubblewrap slots).
 `configure` replaces the pool; the old one is closed in the background once idle.
 """
 

@@ -1,7 +1,7 @@
 """The warm Docker backend: one long-running container per pool slot, reset after every execution.
 
 `sandbox.backend: {type: docker, warm: true}` selects it. The container runs the launcher
-(docker_agent.py, bind-mounted read-only) as its init; each execution is one request over a Unix
+(launcher.py, bind-mounted read-only) as its init; each execution is one request over a Unix
 socket in a root-only host directory, so it costs a fork and exec inside a running container
 instead of creating, starting and removing one (`docker run`: ~200-400 ms here). Isolation is the
 fresh-container backend's: `--network none`, read-only root, no-new-privileges, the code as uid 65534
@@ -23,11 +23,8 @@ The launcher shares the container's memory limit with the code (it uses ~10 MiB 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import socket
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -35,9 +32,10 @@ from pathlib import Path
 from kpop.envs.sandbox import workdir
 from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxResult
 from kpop.envs.sandbox.classify import Observed, classify
+from kpop.envs.sandbox.launcher_client import LAUNCHER, exchange, observed
+from kpop.envs.sandbox.launcher_client import request as launcher_request
 
 UID = 65534
-AGENT = Path(__file__).resolve().with_name("docker_agent.py")
 GRACE_S = 10.0     # past the wall clock: the launcher enforces it, the host only guards the launcher
 START_S = 30.0     # for a new container's launcher to listen
 
@@ -93,12 +91,10 @@ class WarmDockerSandbox:
     async def _execute(self, request: SandboxRequest, lim: SandboxLimits) -> Observed:
         argv = list(request.command) if request.command is not None else [self.python, "main.py"]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8", **request.env}
-        req = {"argv": argv, "env": env, "stdin": request.stdin is not None, "wall_s": lim.wall_s,
-               "cpu_s": lim.cpu_s, "file_bytes": lim.max_file_bytes, "output_bytes": lim.max_output_bytes,
-               "nice": os.getpriority(os.PRIO_PROCESS, 0)}  # as a forked sandbox would inherit it
+        req = launcher_request(argv, env, request.stdin is not None, lim)
         start = time.perf_counter()
         try:
-            res = await asyncio.wait_for(_exchange(self._conn, req), lim.wall_s + GRACE_S)
+            res = await asyncio.wait_for(exchange(self._conn, req), lim.wall_s + GRACE_S)
         except (OSError, TimeoutError) as exc:
             res, error = None, f"{type(exc).__name__}: {exc}"
         else:
@@ -108,8 +104,7 @@ class WarmDockerSandbox:
             if await asyncio.to_thread(self._oom_killed):
                 return Observed(None, 9, time.perf_counter() - start, oom=True)
             return Observed(None, None, time.perf_counter() - start, error=f"warm container lost: {error}")
-        return Observed(res["exit"], res["signal"], res["wall_s"], base64.b64decode(res["stdout"]),
-                        base64.b64decode(res["stderr"]), res["timed_out"], res["overflow"], res["oom"], False)
+        return observed(res)
 
     # ------------------------------------------------------------------ the container
 
@@ -126,7 +121,7 @@ class WarmDockerSandbox:
             self.image, [self.python, "-I", "/kpop/agent.py"], detach=True, user="0:0", network_mode="none",
             read_only=True, ipc_mode="none", cap_drop=["ALL"], cap_add=["SETUID", "SETGID", "KILL"],
             security_opt=["no-new-privileges"], mem_limit=memory, memswap_limit=memory, pids_limit=pids + 1,
-            volumes={str(AGENT): {"bind": "/kpop/agent.py", "mode": "ro"},
+            volumes={str(LAUNCHER): {"bind": "/kpop/agent.py", "mode": "ro"},
                      str(self._dir / "ctl"): {"bind": "/kpop/ctl", "mode": "rw"},
                      str(self._dir / "work"): {"bind": "/work", "mode": "rw"},
                      str(self._dir / "tmp"): {"bind": "/tmp", "mode": "rw"}},
@@ -179,24 +174,3 @@ class WarmDockerSandbox:
             self._client.close()
             self._client = None
 
-
-async def _exchange(conn: socket.socket, obj: dict) -> dict | None:
-    """One request and its answer (4-byte big-endian length + JSON each way); None at EOF."""
-    loop = asyncio.get_running_loop()
-    data = json.dumps(obj).encode()
-    await loop.sock_sendall(conn, struct.pack(">I", len(data)) + data)
-    head = await _exactly(loop, conn, 4)
-    if head is None:
-        return None
-    body = await _exactly(loop, conn, struct.unpack(">I", head)[0])
-    return None if body is None else json.loads(body)
-
-
-async def _exactly(loop: asyncio.AbstractEventLoop, conn: socket.socket, n: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < n:
-        chunk = await loop.sock_recv(conn, n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return bytes(data)

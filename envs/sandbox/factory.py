@@ -32,6 +32,10 @@ def backend_factory(spec: SandboxSpec) -> Callable[[int], Sandbox]:
         from kpop.envs.sandbox.bwrap import BwrapConfig, BwrapSandbox
 
         config = BwrapConfig(python=backend.python, ro_binds=tuple(backend.ro_binds), use_cgroups=backend.use_cgroups)
+        if backend.warm:
+            from kpop.envs.sandbox.bwrap_warm import WarmBwrapSandbox
+
+            return lambda slot: WarmBwrapSandbox(config, slot)
         return lambda slot: BwrapSandbox(config, slot)
     if backend.type == "docker" and backend.warm:
         from kpop.envs.sandbox.docker_warm import WarmDockerSandbox

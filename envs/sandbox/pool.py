@@ -3,7 +3,8 @@
 Contract: `SandboxPool.run` behaves like `Sandbox.run`; at most `size` executions run at once and
 later requests wait in FIFO order. A request without limits gets the pool's default limits.
 Reuse is safe because each backend instance starts every execution from fresh namespaces and a
-fresh work directory; what is reused is its slot (uid, cgroups, a Docker client). A sandbox that
+fresh work directory (what is reused is its slot: uid, cgroups, a Docker client), or, in the warm
+modes, from a sandbox reset to its starting state (bwrap_warm.py, docker_warm.py). A sandbox that
 reports `reusable = False` (a process survived its end-of-run kill) is closed and replaced.
 Slot numbers are unique among the live pools of this process, so their uids and cgroups differ.
 The pool is not tied to one event loop, but must not be used from two loops at once.

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
-STDIN_FILE = ".sandbox-stdin"   # where the Docker backends put a request's stdin (docker_agent.py has its own copy)
+STDIN_FILE = ".sandbox-stdin"   # where the Docker backends put a request's stdin (launcher.py has its own copy)
 
 
 def request_files(files: Mapping[str, bytes | str], code: str | None, stdin: bytes | str | None = None) -> dict[str, bytes | str]:

@@ -5,6 +5,8 @@ migration a slot ever pays) and waits until it serves. `Zygote.spawn(spec, with_
 it one execution and returns a `ZygoteChild`, which has the parts of `asyncio.subprocess.Process`
 that `runner.supervise` uses (pid, stdin, stdout, stderr, wait, returncode), so the wall clock,
 output caps and kills are the same code for every backend. One execution at a time per zygote.
+`Zygote.launch(spec, fds)` starts a long-lived process with the given descriptors as 0/1/2 (a
+warm slot's sandbox, bwrap_warm.py); `wait_exit` then collects its exit status once it ended.
 The zygote is not tied to an event loop: each spawn uses the running loop for its pipes only.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -87,6 +90,25 @@ class Zygote:
         stdin = await _writer(loop, in_w) if in_w is not None else None
         started = await self._receive(loop)
         return ZygoteChild(started["pid"], stdin, stdout, stderr, loop.create_task(self._exit_code(loop)))
+
+    async def launch(self, spec: dict, fds: list[int]) -> int:
+        """Starts `spec` with `fds` (the caller keeps and closes them) as its stdin/stdout/stderr; its pid."""
+        try:
+            socket.send_fds(self._sock, [json.dumps(spec).encode()], fds)
+        except OSError as exc:
+            raise ZygoteDied(f"the sandbox zygote is gone: {exc}") from exc
+        return (await self._receive(asyncio.get_running_loop()))["pid"]
+
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """The exit status of what `launch` started, once it ended (None: the zygote is gone or the
+        status did not come within `timeout_s`); the zygote serves no other request until then."""
+        if not select.select([self._sock], [], [], timeout_s)[0]:
+            return None
+        try:
+            msg = self._sock.recv(4096)
+        except OSError:
+            return None
+        return json.loads(msg)["returncode"] if msg else None
 
     async def _exit_code(self, loop: asyncio.AbstractEventLoop) -> int:
         try:

@@ -12,6 +12,7 @@ class BwrapBackendSpec(StrictModel):
     python: str = Field("python3", min_length=1, description="Interpreter that runs `code` requests, resolved inside the sandbox.")
     ro_binds: list[str] = Field(default_factory=list, description="Extra absolute host paths mounted read-only (e.g. a venv for tests).")
     use_cgroups: bool = Field(True, description="Put each slot in pids+memory cgroups when the host allows it.")
+    warm: bool = Field(True, description="Keep one bwrap sandbox per pool slot and run each execution in it (a launcher inside forks it as the slot's uid with per-execution rlimits; reset after each: its processes killed, /work and /tmp emptied, IPC objects and its uid's kernel keys removed). Its namespaces (network, IPC, mounts) are then shared by a slot's consecutive executions, and there is no user namespace; needs root, else fresh. false: new namespaces and mounts per execution (~+10 ms).")
 
     @model_validator(mode="after")
     def _absolute_binds(self) -> "BwrapBackendSpec":

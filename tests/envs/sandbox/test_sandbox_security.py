@@ -1,5 +1,5 @@
 # ruff: noqa: UP031  (the attack programs are built with %-formatting: they contain braces)
-"""Attacks a model could write, run in the default (bubblewrap) backend with small limits.
+"""Attacks a model could write, run in both bubblewrap modes (fresh and warm, conftest.py) with small limits.
 
 Each test checks that the attack is contained, that the host is unaffected afterwards, and that
 the result's status says what happened.
@@ -196,14 +196,16 @@ async def test_signalling_the_parent_and_host_fails(box, small):
 async def test_symlink_and_proc_escapes_yield_nothing(box, small):
     code = (
         "import os\nos.symlink('/etc/shadow', 'shadow'); os.symlink('/root', 'rootdir'); os.symlink('/proc/1/root', 'procroot')\n"
-        "print(sorted(os.listdir('/proc/1/root')))\n"
+        "try:\n    print(sorted(os.listdir('/proc/1/root')))\nexcept PermissionError:\n    print('denied')\n"
         "print(len([p for p in os.listdir('/proc') if p.isdigit()]))\n"
     )
     result = await box.run(SandboxRequest(code=code, limits=small, outputs=("*", "rootdir/*", "procroot/etc/*")))
     assert result.status is SandboxStatus.OK, result
     assert "main.py" in result.output_files and set(result.output_files) == {"main.py"}  # links not followed
     listing, nprocs = result.stdout.splitlines()
-    assert "root" not in listing and "work" in listing  # /proc/1/root is the sandbox's own root
+    # /proc/1/root is the sandbox's own root (fresh: bwrap's init, the code's uid), or out of reach
+    # (warm: pid 1 is the launcher, another uid)
+    assert listing == "denied" if getattr(box, "sandboxes_started", 0) else "root" not in listing and "work" in listing
     assert int(nprocs) <= 3  # only the sandbox's own processes are visible
 
 
@@ -214,6 +216,9 @@ async def test_work_directory_is_removed(box, small):
     try:
         result = await box.run(SandboxRequest(code="open('f', 'w').write('x')\nimport os; print(os.getcwd())\n", limits=small))
         assert result.ok and result.stdout.strip() == "/work"
+        if getattr(box, "sandboxes_started", 0):  # a warm slot keeps its directory, emptied
+            assert [p.name for p in box._base.iterdir()] == [box._dir.name] and os.listdir(box._dir / "work") == []
+            await box.close()
         assert os.listdir(box._base) == []
     finally:
         shutil.rmtree(box._base)

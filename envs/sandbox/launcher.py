@@ -1,20 +1,26 @@
-"""The launcher inside a warm sandbox container (kpop.envs.sandbox.docker_warm); stdlib only, any Python 3.9+.
+"""The launcher inside a warm sandbox (docker_warm.py, bwrap_warm.py); stdlib only, any Python 3.9+.
 
-It runs as the container's init: pid 1, uid 0 holding only CAP_SETUID, CAP_SETGID and CAP_KILL (no
-DAC override, no ptrace), listening on a Unix socket in a root-only (0700) directory, so the code
-it runs (uid 65534, without those capabilities) can neither reach the socket nor signal, trace or
-replace the launcher. Per request (4-byte big-endian length + JSON, answered the same way) it runs
-one command as 65534 in /work at the caller's niceness with the request's rlimits (CPU, file
-size, no core files), stdin from the request's file, stdout/stderr read up to the cap, the wall
-clock enforced; then it resets the container for the next execution: SIGKILL to every process
-but itself (kill(-1) cannot race a fork: the kernel holds the task list while it signals), every
-zombie reaped, and the System V IPC objects and POSIX queues the code left removed (a 65534
-helper, started only when there are any).
-/work and /tmp are host directories the host empties after each execution. Out-of-memory kills are
-read from the container's memory cgroup (its oom_kill counter before and after).
+It is the sandbox's init: pid 1 of its pid namespace, uid 0 holding only CAP_SETUID, CAP_SETGID and
+CAP_KILL (no DAC override, no ptrace; with CAP_SETPCAP too it first empties its capability bounding
+set, so nothing it starts can regain a capability), so the code it runs (another uid, without those
+capabilities) can neither reach its socket nor signal, trace or replace it. In a Docker container
+it listens on a Unix socket in a root-only (0700) directory (`launcher.py`); in a warm bubblewrap
+slot it serves the connected socket it was given as a file descriptor (`launcher.py --fd N`) and
+exits at EOF. Per request (4-byte big-endian length + JSON, answered the same way) it runs one
+command as the request's uid (65534 if none) in /work at the caller's niceness with the
+request's rlimits (CPU, file size, no core files, any extra ones named), stdin from the request's
+file, stdout/stderr read up to the cap, the wall clock enforced; then it resets the sandbox for the
+next execution: SIGKILL to every process but itself (kill(-1) cannot race a fork: the kernel holds
+the task list while it signals), every zombie reaped (as pid 1 it inherits every orphan), and the
+System V IPC objects and POSIX queues the code left removed, and the keys it added to its uid's
+user and user-session keyrings (kernel keys belong to the uid, not to a namespace; on x86_64,
+aarch64 and riscv64), by helpers running as the code's uid, started only when there is something
+to remove. /work and /tmp are host directories the host empties after each execution. Out-of-memory kills are read from the sandbox's memory cgroup when it is mounted (its
+oom_kill counter before and after); where it is not (bubblewrap), the host reads the slot's.
 """
 
 import base64
+import ctypes
 import json
 import os
 import resource
@@ -23,12 +29,17 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 SOCKET = "/kpop/ctl/agent.sock"
 UID = 65534
 STDIN_FILE = ".sandbox-stdin"
 OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+PR_CAPBSET_DROP = 24
+KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219}.get(os.uname().machine)  # the syscall's number
+# Run as the code's uid: empties its user and user-session keyrings (what `keyctl clear @u; keyctl clear @us` does).
+CLEAR_KEYS = f"import ctypes; k = ctypes.CDLL(None).syscall; k({KEYCTL}, 7, -4); k({KEYCTL}, 7, -5)"
 
 
 def recv(conn):
@@ -65,7 +76,7 @@ def oom_kills():
 
 
 def _child_setup(req):
-    # Runs in the child after it became 65534 (subprocess switches uid before preexec_fn).
+    # Runs in the child after it became the request's uid (subprocess switches uid before preexec_fn).
     os.chdir("/work")
     if req["nice"] > os.getpriority(os.PRIO_PROCESS, 0):  # the caller's niceness (raising it needs no privilege)
         os.setpriority(os.PRIO_PROCESS, 0, req["nice"])
@@ -73,6 +84,8 @@ def _child_setup(req):
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_FSIZE, (req["file_bytes"], req["file_bytes"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for name, soft, hard in req.get("rlimits", ()):
+        resource.setrlimit(getattr(resource, name), (soft, hard))
     if req["stdin"]:
         fd = os.open(STDIN_FILE, os.O_RDONLY)
         os.dup2(fd, 0)
@@ -85,19 +98,19 @@ def _child_setup(req):
 
 
 def execute(req):
-    oom_before, start = oom_kills(), time.monotonic()
+    oom_before, start, uid = oom_kills(), time.monotonic(), req.get("uid", UID)
     try:
         proc = subprocess.Popen(req["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=req["env"], user=UID, group=UID, extra_groups=[], start_new_session=True,
+                                env=req["env"], user=uid, group=uid, extra_groups=[], start_new_session=True,
                                 preexec_fn=lambda: _child_setup(req))
     except OSError as exc:  # no such program, or not executable: what a shell would report
-        reset()
+        reset(uid)
         return {"exit": 127, "signal": None, "wall_s": time.monotonic() - start, "timed_out": False,
                 "overflow": False, "oom": False, "stdout": "", "stderr": _b64(f"{req['argv'][0]}: {exc}\n".encode())}
     out, err, timed_out, overflow = collect(proc, start + req["wall_s"], req["output_bytes"])
     code = proc.wait()
     wall = time.monotonic() - start
-    reset()
+    reset(uid)
     return {"exit": code if code >= 0 else None, "signal": -code if code < 0 else None, "wall_s": wall,
             "timed_out": timed_out, "overflow": overflow, "oom": oom_kills() > oom_before,
             "stdout": _b64(out[: req["output_bytes"]]), "stderr": _b64(err[: req["output_bytes"]])}
@@ -153,7 +166,7 @@ def kill_all():
         pass
 
 
-def reset():
+def reset(uid):
     kill_all()
     while True:
         try:
@@ -161,9 +174,27 @@ def reset():
         except ChildProcessError:
             break
     if _ipc_left():
-        subprocess.run(["/bin/sh", "-c", "ipcrm -a; rm -f /dev/mqueue/*"], user=UID, group=UID, extra_groups=[],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={},
-                       cwd="/", check=False)
+        _as(uid, ["/bin/sh", "-c", "ipcrm -a; rm -f /dev/mqueue/*"])
+    if KEYCTL is not None and _keys_left(uid):
+        _as(uid, [sys.executable, "-I", "-S", "-c", CLEAR_KEYS])
+
+
+def _as(uid, argv):
+    subprocess.run(argv, user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env={}, cwd="/", check=False)
+
+
+def _keys_left(uid):
+    """Keys of `uid` beyond its two (then empty) keyrings: kernel keys are per uid, not per pid namespace."""
+    try:
+        with open("/proc/key-users") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] == f"{uid}:":
+                    return int(fields[2].split("/")[0]) > 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _ipc_left():
@@ -184,18 +215,38 @@ def _b64(data):
     return base64.b64encode(data).decode()
 
 
-def main():
+def drop_bounding_set():
+    """Empties the capability bounding set when CAP_SETPCAP allows it (the launcher keeps what it holds)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    cap = 0
+    while libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:  # EINVAL past the last one, EPERM without SETPCAP
+        cap += 1
+
+
+def serve(conn):
+    with conn:
+        while (req := recv(conn)) is not None:
+            send(conn, execute(req))
+
+
+def main(argv):
+    drop_bounding_set()
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("0")  # not the -1000 a bwrap slot's zygote passes down: after the code, the OOM killer may take us
+    except OSError:
+        pass
+    if len(argv) == 3 and argv[1] == "--fd":
+        serve(socket.socket(fileno=int(argv[2])))
+        return
     if os.path.exists(SOCKET):
         os.unlink(SOCKET)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(SOCKET)
     server.listen(1)
     while True:
-        conn, _ = server.accept()
-        with conn:
-            while (req := recv(conn)) is not None:
-                send(conn, execute(req))
+        serve(server.accept()[0])
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

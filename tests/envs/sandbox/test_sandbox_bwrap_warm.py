@@ -1,0 +1,178 @@
+"""The warm bubblewrap slot (sandbox.backend.warm, the bwrap default); the attack suite runs on it too (conftest.py).
+
+- The spec field is honoured: `warm: true` runs every execution of a pool slot in one sandbox (one
+  network namespace), through the pool a RunSpec configures; `warm: false` makes new namespaces
+  per execution.
+- The reset: what one execution leaves (files in /work and /tmp, a chmod-0 directory, a detached
+  process, a System V shared memory segment, a POSIX queue, a key in its uid's keyring) is gone
+  when the next one runs in the same sandbox.
+- The limits are classified as in a fresh sandbox and the slot serves on afterwards; limits that
+  change between executions apply without a new sandbox.
+- A lost launcher (killed, or stopped past the host's deadline) is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import threading
+
+import pytest
+
+from kpop.envs.sandbox import bwrap_warm, launcher
+from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest, SandboxStatus
+from kpop.envs.sandbox.bwrap_warm import WarmBwrapSandbox
+from kpop.spec import load_spec
+from tests.envs.sandbox.conftest import SMALL
+
+NETNS = SandboxRequest(command=["readlink", "/proc/self/ns/net"], limits=SMALL)
+ADD_KEY = {"x86_64": 248, "aarch64": 217, "riscv64": 217}.get(os.uname().machine)  # add_key's number
+KEYS = "import ctypes\nk = ctypes.CDLL(None).syscall\n"  # the raw keyctl / add_key syscalls
+COUNT_PROCS = "import os; print(len([p for p in os.listdir('/proc') if p.isdigit()]))"
+
+
+@pytest.fixture
+async def warm():
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap (bwrap) is not installed; deploy/setup.sh installs it")
+    if os.geteuid() != 0:
+        pytest.skip("a warm slot needs root (without it the slot runs fresh sandboxes)")
+    sandbox = WarmBwrapSandbox(slot=210)
+    yield sandbox
+    await sandbox.close()
+
+
+@pytest.mark.parametrize("warm_field", [True, False])
+async def test_the_run_spec_field_selects_the_warm_slot(warm_field):
+    if shutil.which("bwrap") is None or os.geteuid() != 0:
+        pytest.skip("needs bwrap and root")
+    from kpop.envs.sandbox.api import run_request
+    from kpop.envs.sandbox.default import configure
+
+    spec = load_spec(None, [f"sandbox.backend.warm={str(warm_field).lower()}", "sandbox.pool_size=1"])
+    pool = configure(spec.sandbox)  # what every environment worker does with its RunSpec's section
+    try:
+        names = [(await run_request(NETNS)).stdout.strip() for _ in range(3)]
+    finally:
+        configure(None)
+        await pool.close()
+    assert all(n.startswith("net:[") for n in names), names
+    assert len(set(names)) == (1 if warm_field else 3), names
+
+
+def test_warm_is_the_default_and_the_run_plan_says_which_mode_runs():
+    from kpop.launch import describe_sandbox
+
+    assert load_spec(None, []).sandbox.backend.warm is True
+    lines = {w: describe_sandbox(load_spec(None, [f"sandbox.backend.warm={w}"]).sandbox) for w in ("true", "false")}
+    assert "warm: one running sandbox per slot" in lines["true"] and "fresh namespaces each" in lines["false"]
+
+
+async def test_nothing_one_execution_leaves_is_visible_to_the_next(warm):
+    if launcher.KEYCTL is None or ADD_KEY is None:
+        pytest.skip("the keyring reset knows the keyctl syscall number of x86_64, aarch64 and riscv64 only")
+    leave = ("import os, subprocess\n"
+             "open('/work/left.txt', 'w').write('x'); open('/tmp/left.txt', 'w').write('x')\n"
+             "os.makedirs('/work/d/e'); os.chmod('/work/d', 0)\n"
+             "open('/dev/mqueue/q', 'w').close()\n"
+             "subprocess.run(['ipcmk', '-M', '4096'], check=True, stdout=subprocess.DEVNULL)\n"
+             "subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
+             f"{KEYS}key = k({ADD_KEY}, b'user', b'probe', b'secret', 6, -4)\n"
+             "print(os.readlink('/proc/self/ns/net'), len(open('/proc/sysvipc/shm').readlines()) - 1, key > 0,\n"
+             "      sorted(os.listdir('/dev/mqueue')))")
+    first = await warm.run(SandboxRequest(code=leave, limits=SMALL))
+    assert first.ok, first
+    netns, shm, key_added, queues = first.stdout.split(" ", 3)
+    assert shm == "1" and key_added == "True" and queues.strip() == "['q']"  # they were there when it ended
+    look = ("import os\n"
+            "procs = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+            "print(os.readlink('/proc/self/ns/net'))\n"
+            "print(sorted(os.listdir('/work')), sorted(os.listdir('/tmp')), sorted(os.listdir('/dev/mqueue')))\n"
+            "print(len(open('/proc/sysvipc/shm').readlines()) - 1, procs[0], len(procs))\n"
+            f"{KEYS}print(k({launcher.KEYCTL}, 10, -4, b'user', b'probe', 0))")  # KEYCTL_SEARCH: -1 (ENOKEY)
+    second = await warm.run(SandboxRequest(code=look, limits=SMALL))
+    assert second.ok, second
+    ns, listing, counts, key = second.stdout.splitlines()
+    assert ns == netns                                   # the same sandbox
+    assert listing == "['main.py'] [] []"                # its own file only
+    assert counts == "0 1 2"                             # no IPC; the launcher (pid 1) and itself
+    assert key == "-1"                                   # the key it added is gone
+    assert warm.sandboxes_started == 1 and warm.leftover_pids() == []
+
+
+async def test_limits_are_classified_and_the_slot_serves_on(warm):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(3.0)
+    hits: list = []
+    listener = threading.Thread(target=lambda: hits.append(_accept(srv)), daemon=True)
+    listener.start()
+    code = ("import socket, os\ntry:\n    socket.create_connection(('127.0.0.1', PORT), timeout=1); print('CONNECTED')\n"
+            "except OSError: print('blocked')\nprint(os.getuid(), os.nice(0))").replace("PORT", str(srv.getsockname()[1]))
+    net = await warm.run(SandboxRequest(code=code, limits=SMALL))
+    assert net.ok and net.stdout.split() == ["blocked", str(warm.uid), str(os.nice(0))], net
+    oom = await warm.run(SandboxRequest(code="x = []\nwhile True: x.append(bytearray(16 * 2**20))", limits=SMALL))
+    assert oom.status is SandboxStatus.OOM, oom
+    slow = await warm.run(SandboxRequest(code="import time; time.sleep(60)", limits=SandboxLimits(wall_s=1.0)))
+    assert slow.status is SandboxStatus.TIMEOUT and slow.wall_s < 4, slow
+    bomb = await warm.run(SandboxRequest(code="import os, time\nfor _ in range(10000): os.fork()\ntime.sleep(60)\n", limits=SMALL))
+    assert bomb.status is SandboxStatus.PIDS_LIMIT and warm.leftover_pids() == [], bomb
+    flood = await warm.run(SandboxRequest(code="while True: print('x' * 4096)", limits=SMALL))
+    assert flood.status is SandboxStatus.OUTPUT_TRUNCATED and len(flood.stdout) == SMALL.max_output_bytes, flood
+    spin = await warm.run(SandboxRequest(code="while True: pass", limits=SandboxLimits(cpu_s=1.0, wall_s=8.0)))
+    assert spin.status is SandboxStatus.CPU_TIMEOUT, spin
+    big = await warm.run(SandboxRequest(code="open('big', 'wb').write(b'0' * (4 * 2**20))", limits=SMALL))
+    assert big.status is SandboxStatus.FILE_TOO_LARGE, big
+    after = await warm.run(SandboxRequest(code=COUNT_PROCS, limits=SMALL))
+    assert after.ok and after.stdout.strip() == "2", after
+    listener.join(5.0)
+    srv.close()
+    assert hits == [None] and warm.sandboxes_started == 1  # the host's listener got nothing; one sandbox throughout
+
+
+def _accept(srv: socket.socket):
+    try:
+        return srv.accept()
+    except OSError:
+        return None
+
+
+async def test_changed_limits_apply_without_a_new_sandbox(warm):
+    grab = "x = bytearray(200 * 2**20); print(len(x) >> 20)"
+    small = await warm.run(SandboxRequest(code=grab, limits=SandboxLimits(memory_bytes=128 * 2**20)))
+    large = await warm.run(SandboxRequest(code=grab, limits=SandboxLimits(memory_bytes=512 * 2**20)))
+    few = await warm.run(SandboxRequest(code="import os, time\nfor _ in range(4): os.fork()\ntime.sleep(0.2)",
+                                        limits=SandboxLimits(max_processes=4)))
+    assert small.status is SandboxStatus.OOM, small
+    assert large.ok and large.stdout.strip() == "200", large
+    assert few.status is SandboxStatus.PIDS_LIMIT, few
+    assert warm.sandboxes_started == 1
+
+
+async def test_a_killed_launcher_is_replaced(warm):
+    first = await warm.run(NETNS)
+    [launcher] = bwrap_warm._children(warm._bwrap_pid)
+    os.kill(launcher, signal.SIGKILL)
+    for _ in range(500):  # until its end of the socket is closed (the kill is asynchronous)
+        if bwrap_warm._hung_up(warm._conn):
+            break
+        await asyncio.sleep(0.01)
+    second = await warm.run(NETNS)
+    assert first.ok and second.ok and first.stdout != second.stdout, (first, second)
+    assert warm.sandboxes_started == 2 and warm.leftover_pids() == []
+
+
+async def test_a_launcher_past_the_host_deadline_is_replaced(warm, monkeypatch):
+    await warm.run(NETNS)
+    monkeypatch.setattr(bwrap_warm, "GRACE_S", 0.5)
+    [launcher] = bwrap_warm._children(warm._bwrap_pid)
+    os.kill(launcher, signal.SIGSTOP)  # it hangs: the host gives up at wall_s + GRACE_S
+    hung = await warm.run(SandboxRequest(command=["true"], limits=SandboxLimits(wall_s=0.5)))
+    assert hung.status is SandboxStatus.SANDBOX_ERROR and "warm sandbox lost" in hung.detail, hung
+    assert hung.wall_s < 3
+    again = await warm.run(SandboxRequest(code="print('fine')", limits=SMALL))
+    assert again.ok and again.stdout == "fine\n" and warm.sandboxes_started == 2, again
