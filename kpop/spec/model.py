@@ -49,6 +49,7 @@ class HybridModelSpec(StrictModel):
     layer_group_size: int | None = Field(None, ge=1, le=64, description="Override of M: one MLA layer closes each group of M layers.")
     num_experts: int | None = Field(None, ge=2, le=4096, description="Override of the routed experts per MoE layer.")
     num_mtp_layers: int | None = Field(None, ge=0, le=8, description="Override of the multi-token-prediction layers.")
+    max_position_embeddings: int | None = Field(None, ge=16, le=1048576, description="Override of the longest sequence the model accepts (its MLA layers' RoPE table; the Lightning layers have no position limit; tiny: 512).")
     init_std: float = Field(0.06, gt=0, le=1.0, description="Std of the normal initialisation of a fresh model's weights (as for llama: 0.02 starts a narrow model's attention almost uniform).")
 
     _check_path = field_validator("path")(_existing_dir)

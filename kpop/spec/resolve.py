@@ -3,11 +3,12 @@ and its options fit that environment's own option model; settings that bound eac
 sandbox execution must be able to reach its wall clock inside the environment step that waits for
 it); the model fits the run: a `model.path` checkpoint is of `model.type`, an explicit vLLM engine
 can run the model here (not the hybrid on CPU), a fresh hybrid model's training state fits this
-machine's memory. The spec a past run recorded (kpop.runtime.recorded) is not held to these checks.
+machine's memory, an episode's token budget fits the model's context (engines refuse longer prompts). The spec a past run recorded (kpop.runtime.recorded) is not held to these checks.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 from kpop.spec.load import Problem, SpecError
@@ -19,7 +20,8 @@ TRAIN_BYTES_PER_PARAM = 16
 def check_run(spec: RunSpec, source: str) -> None:
     from kpop.stages.checks import round_problems
 
-    problems = [*_model_problems(spec), *_env_problems(spec), *_timeout_problems(spec), *round_problems(spec)]
+    problems = [*_model_problems(spec), *_context_problems(spec), *_env_problems(spec), *_timeout_problems(spec),
+                *round_problems(spec)]
     if problems:
         raise SpecError(source, problems)
 
@@ -49,6 +51,34 @@ def _model_problems(spec: RunSpec) -> list[Problem]:
     if model.type == "hybrid" and model.path is None:
         problems += _size_problems(spec)
     return problems
+
+
+def model_context(spec: RunSpec) -> int | None:
+    """Longest sequence the run's model accepts: its checkpoint's config, or the fresh model's size
+    (None: a checkpoint that does not say)."""
+    model = spec.model
+    if model.path is not None:
+        try:
+            config = json.loads((model.path / "config.json").read_text())
+        except (OSError, ValueError):
+            return None   # reported by the model checks
+        return config.get("max_position_embeddings")
+    if model.type == "hybrid":
+        from kpop.models.hybrid.presets import config_from_spec
+
+        return config_from_spec(model).max_position_embeddings
+    return model.max_position_embeddings
+
+
+def _context_problems(spec: RunSpec) -> list[Problem]:
+    context, budget = model_context(spec), spec.rollout.max_total_tokens
+    if context is None or budget <= context:
+        return []
+    fix = ("raise model.max_position_embeddings" if spec.model.path is None
+           else "use a checkpoint with a longer context")
+    return [Problem("rollout.max_total_tokens", f"{budget} tokens per episode, but the model accepts {context} (its "
+                    f"max_position_embeddings): an episode that grows past it would stop the run; lower "
+                    f"rollout.max_total_tokens to at most {context} or {fix}")]
 
 
 def _size_problems(spec: RunSpec) -> list[Problem]:

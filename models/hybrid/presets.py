@@ -53,7 +53,7 @@ def preset_config(name: str, **overrides: Any) -> BailingMoeV2_5Config:
 
 _SPEC_FIELDS = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
                 "layer_group_size": "layer_group_size", "num_experts": "num_experts", "num_mtp_layers": "num_nextn_predict_layers",
-               "init_std": "initializer_range"}
+               "init_std": "initializer_range", "max_position_embeddings": "max_position_embeddings"}
 
 
 def config_from_spec(spec: Any) -> BailingMoeV2_5Config:

@@ -181,3 +181,19 @@ def test_run_refuses_a_model_it_cannot_train_or_serve_here(tmp_path):
     assert _run_problems(["model.type=hybrid", "rollout.engine.type=auto"]) == []
     assert _run_problems(["model.type=hybrid", f"model.path={hybrid}", "rollout.engine.type=builtin"]) == []
     assert _run_problems(["model.type=hybrid", f"model.path={hybrid}", "rollout.engine.num_gpus=1"]) == []
+
+
+def test_run_refuses_an_episode_budget_longer_than_the_models_context(tmp_path):
+    [p] = _run_problems(["rollout.max_total_tokens=1024"])              # the tiny Llama accepts 512
+    assert p.path == "rollout.max_total_tokens" and "at most 512" in p.message and "model.max_position_embeddings" in p.message
+    assert _run_problems(["rollout.max_total_tokens=1024", "model.max_position_embeddings=1024"]) == []
+    [p] = _run_problems(["model.type=hybrid", "rollout.engine.type=builtin", "rollout.max_total_tokens=600"])
+    assert p.path == "rollout.max_total_tokens" and "accepts 512" in p.message    # the tiny preset's RoPE table
+    assert _run_problems(["model.type=hybrid", "rollout.engine.type=builtin", "rollout.max_total_tokens=600",
+                          "model.max_position_embeddings=1024"]) == []
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 256}))
+    assert _run_problems([f"model.path={folder}"]) == []                # the default budget, 256, fits
+    [p] = _run_problems([f"model.path={folder}", "rollout.max_total_tokens=300"])
+    assert p.path == "rollout.max_total_tokens" and "a checkpoint with a longer context" in p.message
