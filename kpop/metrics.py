@@ -125,6 +125,7 @@ KEYS: tuple[MetricKey, ...] = (
     MetricKey("pass_rate", EVAL_RL, "share of episodes whose task score is at least 0.99"),
     MetricKey("pass_rate/<env>", EVAL_RL, "pass_rate of one environment family"),
     MetricKey("episodes/<env>", EVAL_RL, "episodes of one environment family"),
+    MetricKey("env_reward/<env>", EVAL_RL, "mean reward of one environment family's episodes (the eval record's: held-out greedy)"),
     MetricKey("sandbox_runs", EVAL_RL, "sandbox executions the episodes' environments ran (code tools, verifiers)"),
     MetricKey("env_errors", EVAL_RL, "episodes the environment failed (its tool, reward or verifier hung past the step "
               "timeout or raised): finish_reason env_error, reward 0; the run goes on"),

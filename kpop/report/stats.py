@@ -69,6 +69,7 @@ def trajectory_stats(trajs: list[Trajectory], policy_version: int | None = None)
     for env in sorted(by_env):
         group = by_env[env]
         out[f"pass_rate/{env}"] = sum(passed(t) for t in group) / len(group)
+        out[f"env_reward/{env}"] = sum(t.reward for t in group) / len(group)
         out[f"episodes/{env}"] = float(len(group))
     out["env_errors"] = float(sum(bool(t.env_error) for t in trajs))
     for t in trajs:

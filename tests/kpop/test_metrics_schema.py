@@ -27,6 +27,8 @@ def test_trajectory_stats_pass_rates_lengths_latency_and_staleness():
     assert s["pass_rate"] == pytest.approx(2 / 3)                    # passes on the task part, not the reward
     assert s["pass_rate/calc"] == 0.5 and s["pass_rate/search"] == 1.0
     assert s["episodes/calc"] + s["episodes/search"] == 3
+    # the mean reward per family: rewards are task score - 0.1 here
+    assert s["env_reward/calc"] == pytest.approx(0.4) and s["env_reward/search"] == pytest.approx(0.9)
     assert s["response_len_p50"] == 2.0 and s["response_len_max"] == 3.0
     # seconds per env step: 0.1, 0.4, 1.0 -> p50 0.4, p95 interpolated between 0.4 and 1.0
     assert s["env_latency_p50"] == pytest.approx(0.4)
