@@ -30,7 +30,8 @@ queues are removed; then the host empties /work and /tmp and checks that the slo
 nothing but the zygote, bwrap and the launcher. A slot whose launcher stops answering (killed by
 the memory limit, or the host's deadline of wall_s + GRACE_S passed) or where anything else is
 left is torn down (every process in its cgroups killed) and the next execution starts a new
-sandbox. Needs root (two uids, cgroups); without root a slot runs fresh sandboxes instead.
+sandbox. A slot's directory is named after its process (`warm-<pid>-…`): the directories of
+processes that exited without closing their pool are removed when a slot starts. Needs root (two uids, cgroups); without root a slot runs fresh sandboxes instead.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class WarmBwrapSandbox(BwrapSandbox):
     async def _start(self) -> None:
         if self._zygote is None or not self._zygote.alive():
             self._zygote = Zygote.start(self._cgroup)
-        self._dir = Path(tempfile.mkdtemp(prefix="warm-", dir=self._base))
+        _remove_stale(self._base)
+        self._dir = Path(tempfile.mkdtemp(prefix=f"warm-{os.getpid()}-", dir=self._base))
         for sub, mode in (("work", 0o700), ("tmp", 0o1777)):
             (self._dir / sub).mkdir()
             os.chmod(self._dir / sub, mode)
@@ -196,6 +198,14 @@ class WarmBwrapSandbox(BwrapSandbox):
         self._discard()
         await super().close()
         self._cgroup = None  # destroyed: a second close has nothing left to do
+
+
+def _remove_stale(base: Path) -> None:
+    """Removes the directories of warm slots whose process is gone (it exited without closing its pool)."""
+    for entry in base.glob("warm-*-*"):
+        owner = entry.name.split("-")[1]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            workdir.remove(entry)
 
 
 def _hung_up(conn: socket.socket) -> bool:

@@ -90,23 +90,23 @@ def _child_setup(req):
         fd = os.open(STDIN_FILE, os.O_RDONLY)
         os.dup2(fd, 0)
         os.close(fd)
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")  # the memory cgroup's OOM killer picks the code, not the launcher
-    except OSError:
-        pass
 
 
 def execute(req):
     oom_before, start, uid = oom_kills(), time.monotonic(), req.get("uid", UID)
+    # The child inherits 1000 (the memory cgroup's OOM killer then picks the code, not the launcher);
+    # it could not set it itself once it is another uid (its /proc files then belong to root).
+    set_oom_score_adj(1000)
     try:
         proc = subprocess.Popen(req["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=req["env"], user=uid, group=uid, extra_groups=[], start_new_session=True,
                                 preexec_fn=lambda: _child_setup(req))
     except OSError as exc:  # no such program, or not executable: what a shell would report
+        set_oom_score_adj(0)
         reset(uid)
         return {"exit": 127, "signal": None, "wall_s": time.monotonic() - start, "timed_out": False,
                 "overflow": False, "oom": False, "stdout": "", "stderr": _b64(f"{req['argv'][0]}: {exc}\n".encode())}
+    set_oom_score_adj(0)
     out, err, timed_out, overflow = collect(proc, start + req["wall_s"], req["output_bytes"])
     code = proc.wait()
     wall = time.monotonic() - start
@@ -160,6 +160,8 @@ def collect(proc, deadline, cap):
 
 
 def kill_all():
+    if os.getpid() != 1:  # outside a pid namespace of its own, kill(-1) would reach every process of the host
+        raise RuntimeError("the launcher must be pid 1 of its own pid namespace")
     try:
         os.kill(-1, signal.SIGKILL)  # every process but pid 1 (this one)
     except ProcessLookupError:
@@ -229,13 +231,21 @@ def serve(conn):
             send(conn, execute(req))
 
 
-def main(argv):
-    drop_bounding_set()
+def set_oom_score_adj(value):
+    # Lowering it back needs no privilege down to the lowest value a privileged process set (the
+    # -1000 a bwrap slot's zygote passes down; Docker's own setting).
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("0")  # not the -1000 a bwrap slot's zygote passes down: after the code, the OOM killer may take us
+            f.write(str(value))
     except OSError:
         pass
+
+
+def main(argv):
+    if os.getpid() != 1:
+        sys.exit("launcher.py runs only as the init (pid 1) of a sandbox's own pid namespace: its reset kills every other process")
+    drop_bounding_set()
+    set_oom_score_adj(0)  # not the zygote's -1000: after the code, the OOM killer may take us (the host replaces us)
     if len(argv) == 3 and argv[1] == "--fd":
         serve(socket.socket(fileno=int(argv[2])))
         return

@@ -88,9 +88,12 @@ def serve(sock: socket.socket) -> None:
             _child(spec, fds, libc)
         for fd in fds:
             os.close(fd)
-        sock.send(json.dumps({"pid": pid}).encode())
-        _, status = os.waitpid(pid, 0)
-        sock.send(json.dumps({"pid": pid, "returncode": os.waitstatus_to_exitcode(status)}).encode())
+        try:
+            sock.send(json.dumps({"pid": pid}).encode())
+            _, status = os.waitpid(pid, 0)
+            sock.send(json.dumps({"pid": pid, "returncode": os.waitstatus_to_exitcode(status)}).encode())
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the parent is gone (it exited without closing its pool): so is the reason to serve
 
 
 def main(argv: list[str]) -> None:

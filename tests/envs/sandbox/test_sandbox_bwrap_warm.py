@@ -112,9 +112,10 @@ async def test_limits_are_classified_and_the_slot_serves_on(warm):
     listener = threading.Thread(target=lambda: hits.append(_accept(srv)), daemon=True)
     listener.start()
     code = ("import socket, os\ntry:\n    socket.create_connection(('127.0.0.1', PORT), timeout=1); print('CONNECTED')\n"
-            "except OSError: print('blocked')\nprint(os.getuid(), os.nice(0))").replace("PORT", str(srv.getsockname()[1]))
+            "except OSError: print('blocked')\nprint(os.getuid(), os.nice(0), open('/proc/self/oom_score_adj').read())").replace("PORT", str(srv.getsockname()[1]))
     net = await warm.run(SandboxRequest(code=code, limits=SMALL))
-    assert net.ok and net.stdout.split() == ["blocked", str(warm.uid), str(os.nice(0))], net
+    # our niceness; the OOM killer's first choice, not the launcher
+    assert net.ok and net.stdout.split() == ["blocked", str(warm.uid), str(os.nice(0)), "1000"], net
     oom = await warm.run(SandboxRequest(code="x = []\nwhile True: x.append(bytearray(16 * 2**20))", limits=SMALL))
     assert oom.status is SandboxStatus.OOM, oom
     slow = await warm.run(SandboxRequest(code="import time; time.sleep(60)", limits=SandboxLimits(wall_s=1.0)))
@@ -176,3 +177,54 @@ async def test_a_launcher_past_the_host_deadline_is_replaced(warm, monkeypatch):
     assert hung.wall_s < 3
     again = await warm.run(SandboxRequest(code="print('fine')", limits=SMALL))
     assert again.ok and again.stdout == "fine\n" and warm.sandboxes_started == 2, again
+
+
+async def test_directories_of_exited_processes_are_removed_and_others_kept(warm, tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    warm._base = tmp_path
+    stale, alive = tmp_path / f"warm-{dead.pid}-abc", tmp_path / f"warm-{os.getppid()}-abc"
+    for d in (stale, alive):
+        (d / "work").mkdir(parents=True)
+    result = await warm.run(NETNS)
+    assert result.ok and not stale.exists() and alive.exists()
+    assert warm._dir.name.startswith(f"warm-{os.getpid()}-")
+
+
+def test_a_process_that_never_closes_its_pool_leaves_nothing_behind(tmp_path):
+    if shutil.which("bwrap") is None or os.geteuid() != 0:
+        pytest.skip("needs bwrap and root")
+    import subprocess
+    import sys
+    import time
+
+    script = ("import asyncio, os\nfrom kpop.envs.sandbox.api import run_command\n"
+              "r = asyncio.run(run_command(['true']))\nprint(r.status.value, os.getpid())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    status, pid = done.stdout.split()
+    assert status == "ok" and done.returncode == 0 and done.stderr == "", done.stderr  # no zygote traceback
+    for _ in range(300):  # its sandboxes end once they see it gone
+        if not any(_cmdline_has(p, f"warm-{pid}-") for p in os.listdir("/proc") if p.isdigit()):
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("a sandbox of the exited process is still running")
+
+
+def _cmdline_has(pid: str, text: str) -> bool:
+    try:
+        return text.encode() in open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return False
+
+
+def test_the_launcher_refuses_to_run_outside_a_pid_namespace_of_its_own():
+    import subprocess
+    import sys
+
+    # Its reset is kill(-1): as anything but pid 1 of its own namespace it would reach the whole host.
+    done = subprocess.run([sys.executable, "-I", "-S", str(launcher.__file__)], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 1 and "runs only as the init (pid 1)" in done.stderr, done
