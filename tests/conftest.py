@@ -62,3 +62,26 @@ def tiny_tokenizer(tiny_llama_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+
+
+@pytest.fixture(scope="session")
+def benchmark():
+    """`benchmark("quant_train")`: the module of benchmarks/quant_train.py (benchmarks are scripts,
+    not a package), loaded once per name."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module   # dataclasses look their module up there
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    return load

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-
-def _bench():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "model_scaling.py"
-    spec = importlib.util.spec_from_file_location("model_scaling_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_crossover_rule_and_tiny_run(capsys):
-    bench = _bench()
+def test_crossover_rule_and_tiny_run(capsys, benchmark):
+    bench = benchmark("model_scaling")
     rows = [{"T": 1, "lightning_s": 2.0, "sdpa_s": 1.0}, {"T": 2, "lightning_s": 1.0, "sdpa_s": 1.5},
             {"T": 4, "lightning_s": 3.0, "sdpa_s": 2.0}, {"T": 8, "lightning_s": 2.0, "sdpa_s": 4.0}]
     assert bench.crossover(rows) == 8

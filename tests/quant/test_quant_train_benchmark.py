@@ -3,23 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 from kpop.spec.learner import LearnerSpec
 
 
-def _bench():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "quant_train.py"
-    spec = importlib.util.spec_from_file_location("quant_train_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_recipes_map_to_the_learners_settings():
-    bench = _bench()
+def test_recipes_map_to_the_learners_settings(benchmark):
+    bench = benchmark("quant_train")
     base = LearnerSpec()
     got = {r: bench.learner_spec(base, r) for r in bench.RECIPES}
     assert (got["fp32"].precision, got["fp32"].quant.recipe) == ("fp32", "bf16")  # quant "bf16" = off
@@ -30,8 +20,8 @@ def test_recipes_map_to_the_learners_settings():
         assert got[r].quant.keep_last_blocks == 1 and got[r].quant.keep_lm_head
 
 
-def test_table_means_standard_errors_and_per_seed_gaps():
-    bench = _bench()
+def test_table_means_standard_errors_and_per_seed_gaps(benchmark):
+    bench = benchmark("quant_train")
     runs = [{"model": "m", "recipe": rec, "seed": s, "final_loss": v, "held_out_loss": 2 * v}
             for rec, vals in (("fp32", (1.0, 2.0)), ("ufp4", (1.5, 2.1))) for s, v in zip((0, 1), vals)]
     rows = {r["recipe"]: r for r in bench.summarise(runs)}
