@@ -65,6 +65,7 @@ class WarmBwrapSandbox(BwrapSandbox):
         self._dir: Path | None = None
         self._conn: socket.socket | None = None
         self._bwrap_pid: int | None = None
+        self._own: set[int] = set()  # bwrap's and the launcher's pids
         self._lost = False
         self.sandboxes_started = 0
 
@@ -162,8 +163,9 @@ class WarmBwrapSandbox(BwrapSandbox):
         """Processes in the slot's cgroups besides its zygote, bwrap and the launcher (empty between executions)."""
         if self._cgroup is None:
             return []
-        ours = {self._bwrap_pid, *_children(self._bwrap_pid)} if self._bwrap_pid is not None else set()
-        return [p for p in self._cgroup.pids(keep=self._zygote_pid()) if p not in ours]
+        if self._bwrap_pid is not None and len(self._own) < 2:  # bwrap and, once it forked, the launcher
+            self._own = {self._bwrap_pid, *_children(self._bwrap_pid)}
+        return [p for p in self._cgroup.pids(keep=self._zygote_pid()) if p not in self._own]
 
     def _log_tail(self) -> str:
         try:
@@ -192,6 +194,7 @@ class WarmBwrapSandbox(BwrapSandbox):
         if self._dir is not None:
             workdir.remove(self._dir)
         self._conn = self._bwrap_pid = self._dir = None
+        self._own = set()
         self._lost = False
 
     async def close(self) -> None:

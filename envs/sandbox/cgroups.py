@@ -55,6 +55,7 @@ class CgroupSlot:
         self.v2 = "v2" in dirs
         self._base = {"oom": 0, "pids": 0}
         self._limits: tuple[int, int] | None = None
+        self._base_current = False  # _base holds the counters as the last `events` read them
 
     @classmethod
     def create(cls, slot: int) -> CgroupSlot | None:
@@ -78,11 +79,16 @@ class CgroupSlot:
         return self.dirs["v2" if self.v2 else ctrl] / name
 
     def set_limits(self, memory_bytes: int, pids_max: int) -> None:
-        """Applies the limits (written only when they changed) and starts counting events from now."""
+        """Applies the limits (written only when they changed) and starts counting events from now:
+        from the counters the last `events` read when nothing changed since (no process of the slot
+        runs between two executions), else from a new reading."""
         if self._limits != (memory_bytes, pids_max):
             self._write_limits(memory_bytes, pids_max)
             self._limits = (memory_bytes, pids_max)
-        self._base = self._counters()
+            self._base_current = False
+        if not self._base_current:
+            self._base = self._counters()
+        self._base_current = False
 
     def _write_limits(self, memory_bytes: int, pids_max: int) -> None:
         self._file("pids", "pids.max").write_text(str(pids_max))
@@ -113,7 +119,9 @@ class CgroupSlot:
     def events(self) -> tuple[bool, bool]:
         """(an OOM kill happened, the pids limit was hit) since `set_limits`."""
         now = self._counters()
-        return now["oom"] > self._base["oom"], now["pids"] > self._base["pids"]
+        hit = now["oom"] > self._base["oom"], now["pids"] > self._base["pids"]
+        self._base, self._base_current = now, True
+        return hit
 
     def pids(self, keep: int | None = None) -> list[int]:
         return [int(p) for p in self._file("pids", "cgroup.procs").read_text().split() if int(p) != keep]

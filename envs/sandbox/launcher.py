@@ -36,6 +36,7 @@ SOCKET = "/kpop/ctl/agent.sock"
 UID = 65534
 STDIN_FILE = ".sandbox-stdin"
 OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+OOM_FILE = next((path for path in OOM_FILES if os.path.exists(path)), None)  # none in a bwrap sandbox (no /sys)
 PR_CAPBSET_DROP = 24
 KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219}.get(os.uname().machine)  # the syscall's number
 # Run as the code's uid: empties its user and user-session keyrings (what `keyctl clear @u; keyctl clear @us` does).
@@ -63,15 +64,16 @@ def send(conn, obj):
 
 
 def oom_kills():
-    for path in OOM_FILES:
-        try:
-            with open(path) as f:
-                for line in f:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-        except OSError:
-            continue
+    if OOM_FILE is None:
+        return 0
+    try:
+        with open(OOM_FILE) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except OSError:
+        pass
     return 0
 
 
