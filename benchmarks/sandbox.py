@@ -11,7 +11,12 @@ way (alternating rounds), then the burst row: `--burst` executions (default
 1,000) submitted at once to the default pool (`SandboxSpec()`), each printing its own index:
 how many completed with the right output, executions/s, and what was left behind, counted before
 and after (processes under this one, processes of sandbox uids, slot cgroups, work directories).
-Usage: python benchmarks/sandbox.py [-n 40] [--burst 1000].
+`--cpu N` prints instead the CPU time per execution (N executions of `python3 -c pass`, one at a
+time) of bare python3, bwrap and bwrap warm: this process and every process it started, each
+reaped by its parent (a slot's zygote, and with it everything below it, when the slot closes; the
+slot's start-up is spread over the N), which the load of other users barely changes. On a 2-core
+machine with 2 slots busy, bare CPU / sandbox CPU bounds the pool's ratio to bare python3.
+Usage: python benchmarks/sandbox.py [-n 40] [--burst 1000] [--cpu N].
 """
 
 from __future__ import annotations
@@ -175,12 +180,45 @@ def burst_row(n: int) -> None:
     print("  " + ", ".join(f"{k}: {before[k]} -> {after[k]}" for k in before))
 
 
+def cpu_per_execution(n: int) -> dict[str, float]:
+    """CPU ms per execution, this process and everything it started and reaped (see the docstring)."""
+    import resource
+
+    def used() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    async def sandboxed(make) -> None:
+        box = make()
+        for _ in range(n):
+            assert (await box.run(REQUEST)).ok
+        await box.close()  # reaps the zygote, which reaped everything it started
+
+    start = used()
+    for _ in range(n):
+        bare_once()
+    out = {"bare python3 -c": 1000 * (used() - start) / n}
+    for name, make in (("bwrap", BwrapSandbox), ("bwrap warm", lambda: WarmBwrapSandbox(slot=1))):
+        start = used()
+        asyncio.run(sandboxed(make))
+        out[name] = 1000 * (used() - start) / n
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=40, help="executions per measurement")
     parser.add_argument("--burst", type=int, default=1000, help="executions submitted at once (0: skip)")
     parser.add_argument("--burst-only", action="store_true", help="print only the burst row")
+    parser.add_argument("--cpu", type=int, default=0, metavar="N", help="print only CPU ms per execution over N executions")
     args = parser.parse_args()
+    if args.cpu:
+        cpu = cpu_per_execution(args.cpu)
+        base = cpu["bare python3 -c"]
+        print(f"{'backend':<18}{'CPU ms/execution':>18}{'overhead ms':>13}{'bare / this':>13}")
+        for name, ms in cpu.items():
+            print(f"{name:<18}{ms:18.2f}{ms - base:13.2f}{base / ms:13.2f}")
+        return
     if args.burst_only:
         burst_row(args.burst)
         return
