@@ -14,7 +14,7 @@ next execution: SIGKILL to every process but itself (kill(-1) cannot race a fork
 the task list while it signals), every zombie reaped (as pid 1 it inherits every orphan), and the
 System V IPC objects and POSIX queues the code left removed, and the keys it added to its uid's
 user and user-session keyrings (kernel keys belong to the uid, not to a namespace; on x86_64,
-aarch64 and riscv64), by helpers running as the code's uid, started only when there is something
+aarch64 and riscv64), by one helper running as the code's uid, started only when there is something
 to remove. /work and /tmp are host directories the host empties after each execution. Out-of-memory kills are read from the sandbox's memory cgroup when it is mounted (its
 oom_kill counter before and after); where it is not (bubblewrap), the host reads the slot's.
 """
@@ -39,8 +39,23 @@ OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_c
 OOM_FILE = next((path for path in OOM_FILES if os.path.exists(path)), None)  # none in a bwrap sandbox (no /sys)
 PR_CAPBSET_DROP = 24
 KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219}.get(os.uname().machine)  # the syscall's number
-# Run as the code's uid: empties its user and user-session keyrings (what `keyctl clear @u; keyctl clear @us` does).
-CLEAR_KEYS = f"import ctypes; k = ctypes.CDLL(None).syscall; k({KEYCTL}, 7, -4); k({KEYCTL}, 7, -5)"
+# Run as the code's uid, one process (a slot's process limit leaves room for one besides the
+# launcher): removes the System V IPC objects (IPC_RMID), the POSIX queues, and the keys of its user
+# and user-session keyrings (KEYCTL_CLEAR, what `keyctl clear @u; keyctl clear @us` does).
+CLEANUP = f"""
+import ctypes, os
+libc = ctypes.CDLL(None)
+for kind, remove in (("shm", lambda i: libc.shmctl(i, 0, None)), ("sem", lambda i: libc.semctl(i, 0, 0)),
+                     ("msg", lambda i: libc.msgctl(i, 0, None))):
+    with open("/proc/sysvipc/" + kind) as f:
+        for line in f.readlines()[1:]:
+            remove(int(line.split()[1]))
+for name in os.listdir("/dev/mqueue") if os.path.isdir("/dev/mqueue") else ():
+    os.unlink("/dev/mqueue/" + name)
+if {KEYCTL}:
+    libc.syscall({KEYCTL}, 7, -4)
+    libc.syscall({KEYCTL}, 7, -5)
+"""
 
 
 def recv(conn):
@@ -177,15 +192,10 @@ def reset(uid):
             os.waitpid(-1, 0)
         except ChildProcessError:
             break
-    if _ipc_left():
-        _as(uid, ["/bin/sh", "-c", "ipcrm -a; rm -f /dev/mqueue/*"])
-    if KEYCTL is not None and _keys_left(uid):
-        _as(uid, [sys.executable, "-I", "-S", "-c", CLEAR_KEYS])
-
-
-def _as(uid, argv):
-    subprocess.run(argv, user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={}, cwd="/", check=False)
+    if _ipc_left() or (KEYCTL is not None and _keys_left(uid)):
+        subprocess.run([sys.executable, "-I", "-S", "-c", CLEANUP], user=uid, group=uid, extra_groups=[],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={}, cwd="/",
+                       check=False)
 
 
 def _keys_left(uid):

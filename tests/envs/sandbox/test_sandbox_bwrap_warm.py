@@ -28,7 +28,10 @@ from kpop.envs.sandbox.bwrap_warm import WarmBwrapSandbox
 from kpop.spec import load_spec
 from tests.envs.sandbox.conftest import SMALL
 
-NETNS = SandboxRequest(command=["readlink", "/proc/self/ns/net"], limits=SMALL)
+# Which sandbox ran it: its network namespace and when its pid 1 started (namespace inode numbers
+# are reused once a namespace is freed, so the inode alone does not tell two sandboxes apart).
+NETNS = SandboxRequest(code="import os\nprint(os.readlink('/proc/self/ns/net'), "
+                            "open('/proc/1/stat').read().rsplit(')', 1)[1].split()[19])", limits=SMALL)
 ADD_KEY = {"x86_64": 248, "aarch64": 217, "riscv64": 217}.get(os.uname().machine)  # add_key's number
 KEYS = "import ctypes\nk = ctypes.CDLL(None).syscall\n"  # the raw keyctl / add_key syscalls
 COUNT_PROCS = "import os; print(len([p for p in os.listdir('/proc') if p.isdigit()]))"
@@ -59,7 +62,7 @@ async def test_the_run_spec_field_selects_the_warm_slot(warm_field):
     finally:
         configure(None)
         await pool.close()
-    assert all(n.startswith("net:[") for n in names), names
+    assert all(n.startswith("net:[") and len(n.split()) == 2 for n in names), names
     assert len(set(names)) == (1 if warm_field else 3), names
 
 
@@ -124,7 +127,7 @@ async def test_limits_are_classified_and_the_slot_serves_on(warm):
     assert bomb.status is SandboxStatus.PIDS_LIMIT and warm.leftover_pids() == [], bomb
     flood = await warm.run(SandboxRequest(code="while True: print('x' * 4096)", limits=SMALL))
     assert flood.status is SandboxStatus.OUTPUT_TRUNCATED and len(flood.stdout) == SMALL.max_output_bytes, flood
-    spin = await warm.run(SandboxRequest(code="while True: pass", limits=SandboxLimits(cpu_s=1.0, wall_s=8.0)))
+    spin = await warm.run(SandboxRequest(code="while True: pass", limits=SandboxLimits(cpu_s=1.0, wall_s=30.0)))  # nice 19 on a busy machine: 1 CPU-second can take 8+ s
     assert spin.status is SandboxStatus.CPU_TIMEOUT, spin
     big = await warm.run(SandboxRequest(code="open('big', 'wb').write(b'0' * (4 * 2**20))", limits=SMALL))
     assert big.status is SandboxStatus.FILE_TOO_LARGE, big
@@ -228,3 +231,13 @@ def test_the_launcher_refuses_to_run_outside_a_pid_namespace_of_its_own():
     done = subprocess.run([sys.executable, "-I", "-S", str(launcher.__file__)], capture_output=True, text=True,
                           timeout=30, check=False)
     assert done.returncode == 1 and "runs only as the init (pid 1)" in done.stderr, done
+
+
+async def test_the_reset_works_within_a_one_process_limit(warm):
+    # The clean-up helper runs in the slot's cgroups too: with max_processes 1 it must still fit.
+    one = SandboxLimits(max_processes=1)
+    leave = "import ctypes\nprint(ctypes.CDLL(None).shmget(0, 4096, 0o600 | 0o1000) >= 0)"  # IPC_PRIVATE, IPC_CREAT
+    left = await warm.run(SandboxRequest(code=leave, limits=one))
+    look = await warm.run(SandboxRequest(code="print(len(open('/proc/sysvipc/shm').readlines()) - 1)", limits=one))
+    assert left.ok and left.stdout == "True\n", left
+    assert look.ok and look.stdout == "0\n" and warm.sandboxes_started == 1, look
