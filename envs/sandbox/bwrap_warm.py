@@ -37,10 +37,14 @@ processes that exited without closing their pool are removed when a slot starts.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import os
 import select
+import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -55,13 +59,37 @@ from kpop.envs.sandbox.zygote_client import HOST_PATH, Zygote, ZygoteDied
 
 GRACE_S = 10.0   # past the wall clock: the launcher enforces it, the host only guards the launcher
 CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SETPCAP")  # SETPCAP: to empty the bounding set
+HELPER_SOURCE = Path(__file__).resolve().with_name("exec_as.c")
+
+
+@functools.cache
+def native_helper() -> Path | None:
+    """exec_as.c compiled once per version of it into root's cache (None without a C compiler or root)."""
+    cc = shutil.which("cc", path=HOST_PATH) or shutil.which("gcc", path=HOST_PATH)
+    if cc is None or os.geteuid() != 0:
+        return None
+    source = HELPER_SOURCE.read_bytes()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kpop"
+    target = cache / f"exec_as-{hashlib.sha256(source).hexdigest()[:16]}"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cache / f".{target.name}.{os.getpid()}"
+    done = subprocess.run([cc, "-O2", "-o", str(partial), str(HELPER_SOURCE)], capture_output=True, check=False, timeout=120)
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        return None
+    os.chmod(partial, 0o755)
+    os.replace(partial, target)  # atomic: a concurrent compile of the same source wins or loses whole
+    return target
 
 
 class WarmBwrapSandbox(BwrapSandbox):
     name = "bwrap-warm"
 
-    def __init__(self, config=None, slot: int = 0) -> None:
+    def __init__(self, config=None, slot: int = 0, native: bool = True) -> None:
         super().__init__(config, slot)
+        self.native = native  # start executions through exec_as.c when it can be compiled (else in Python)
         self._dir: Path | None = None
         self._conn: socket.socket | None = None
         self._bwrap_pid: int | None = None
@@ -154,6 +182,9 @@ class WarmBwrapSandbox(BwrapSandbox):
         box += ["--hostname", "sandbox", *self._mounts]
         for path in self.config.ro_binds:
             box += ["--ro-bind", path, path]
+        helper = native_helper() if self.native else None
+        if helper is not None:  # the launcher uses it when it is there
+            box += ["--ro-bind", str(helper), "/kpop/exec_as"]
         box += ["--ro-bind", str(LAUNCHER), "/kpop/launcher.py", "--proc", "/proc", "--dev", "/dev",
                 "--mqueue", "/dev/mqueue", "--bind", str(self._dir / "work"), "/work", "--bind", str(self._dir / "tmp"),
                 "/tmp", "--chdir", "/", "--remount-ro", "/", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin"]

@@ -9,6 +9,7 @@
 - The limits are classified as in a fresh sandbox and the slot serves on afterwards; limits that
   change between executions apply without a new sandbox.
 - A lost launcher (killed, or stopped past the host's deadline) is replaced.
+Each runs with the native helper that starts executions (exec_as.c) and without it (Python).
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ KEYS = "import ctypes\nk = ctypes.CDLL(None).syscall\n"  # the raw keyctl / add_
 COUNT_PROCS = "import os; print(len([p for p in os.listdir('/proc') if p.isdigit()]))"
 
 
-@pytest.fixture
-async def warm():
+@pytest.fixture(params=["native", "python"])
+async def warm(request):
+    """A warm slot starting executions through the native helper (exec_as.c) and one without it."""
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap (bwrap) is not installed; deploy/setup.sh installs it")
     if os.geteuid() != 0:
         pytest.skip("a warm slot needs root (without it the slot runs fresh sandboxes)")
-    sandbox = WarmBwrapSandbox(slot=210)
+    if request.param == "native" and bwrap_warm.native_helper() is None:
+        pytest.skip("no C compiler: the launcher starts executions in Python")
+    sandbox = WarmBwrapSandbox(slot=210, native=request.param == "native")
     yield sandbox
     await sandbox.close()
 
@@ -241,3 +245,17 @@ async def test_the_reset_works_within_a_one_process_limit(warm):
     look = await warm.run(SandboxRequest(code="print(len(open('/proc/sysvipc/shm').readlines()) - 1)", limits=one))
     assert left.ok and left.stdout == "True\n", left
     assert look.ok and look.stdout == "0\n" and warm.sandboxes_started == 1, look
+
+
+async def test_the_native_helper_is_what_starts_the_code(warm):
+    # Which one started it shows in how a missing program is reported: the helper's execvp and
+    # strerror, or Python's OSError; either way exit 127, as a shell would.
+    missing = await warm.run(SandboxRequest(command=["no-such-program"], limits=SMALL))
+    assert missing.exit_code == 127, missing
+    if warm.native:
+        assert missing.stderr == "no-such-program: No such file or directory\n", missing
+    else:
+        assert missing.stderr.startswith("no-such-program: [Errno 2]"), missing
+    hidden = await warm.run(SandboxRequest(code="import os\ntry:\n    os.listdir('/kpop')\nexcept PermissionError:\n    print('hidden')",
+                                           limits=SMALL))
+    assert hidden.ok and hidden.stdout == "hidden\n", hidden  # the launcher and the helper are out of the code's reach
