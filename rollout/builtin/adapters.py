@@ -4,7 +4,9 @@
   state [H, d, d] (float32, no columns, updated in place: S <- exp(g) S + k^T v) or an MLA latent
   [T, r] and rotated k_rope [T, rope] (columns on dim 0), attended in the absorbed form over each
   row's own length. The model's own modules and weights throughout; the norms as one fused op each
-  (kpop.rollout.builtin.norms), one RoPE table per step, MoE with one host sync per layer.
+  (kpop.rollout.builtin.norms), one RoPE table per step, MoE with one host sync per layer. Prefill
+  runs the model's forward with its Lightning layers in the chunked form (the same values as the
+  recurrent form the model picks for short prompts, without a fresh state per token).
 - `KVAdapter` (kpop.rollout.builtin.kv_adapter): standard attention through transformers.
 
 Contract (both): `col_dims` gives each cache tensor's per-row column dimension (None: no
@@ -39,7 +41,17 @@ class HybridAdapter:
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        out = self.model(ids, past_key_values=self.model.new_cache(), use_cache=True)
+        # The chunked Lightning form: the recurrent one ("auto" below 64 tokens) writes a fresh
+        # [n, H, d, d] state per token, which dominates a batched prefill on a CPU.
+        lightning = [layer.attention for layer, mla in zip(self.layers, self.is_mla) if not mla]
+        modes = [attn.mode for attn in lightning]
+        try:
+            for attn in lightning:
+                attn.mode = "chunk"
+            out = self.model(ids, past_key_values=self.model.new_cache(), use_cache=True)
+        finally:
+            for attn, mode in zip(lightning, modes):
+                attn.mode = mode
         state: list[torch.Tensor] = []
         for mla, entry in zip(self.is_mla, out.past_key_values.layers):
             state += [entry.latent, entry.k_rope] if mla else [entry]

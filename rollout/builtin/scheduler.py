@@ -152,7 +152,8 @@ class Scheduler:
         events: list[StepEvent] = []
         if self.running:
             width = max(self.lengths)
-            self.cache.ensure(len(self.running), width + 1)
+            if width + 1 > self.cache.col_cap:
+                self.cache.ensure(len(self.running), width + 1, self._reserve(width + 1))
             device = self.cache.device
             pending = torch.tensor([s.output[-1] for s in self.running], device=device)
             lengths = torch.tensor(self.lengths, device=device)
@@ -177,17 +178,25 @@ class Scheduler:
             logits, state = self.adapter.prefill(ids)
             alive = self._sample_into(seqs, logits, version, events)
             if alive:
-                self._store(state, alive, ids.shape[1])
+                self._store(state, alive, ids.shape[1], batch)
                 self.running += [seqs[i] for i in alive]
                 self.lengths += [ids.shape[1]] * len(alive)
 
-    def _store(self, state: list[torch.Tensor], alive: list[int], width: int) -> None:
+    def _store(self, state: list[torch.Tensor], alive: list[int], width: int, admitted: list[Sequence]) -> None:
         if self.cache is None:
             specs = [CacheSpec(tuple(t.shape[1:]), d, t.dtype) for t, d in zip(state, self.adapter.col_dims)]
             self.cache = SlotCache(specs, self.max_batch, self.max_model_len, state[0].device)
-        idx = torch.tensor(alive, device=state[0].device)
-        self.cache.ensure(len(self.running) + len(alive), width)
-        self.cache.write_rows(len(self.running), [t.index_select(0, idx) for t in state])
+        if len(alive) < state[0].shape[0]:
+            idx = torch.tensor(alive, device=state[0].device)
+            state = [t.index_select(0, idx) for t in state]
+        self.cache.ensure(len(self.running) + len(alive), width, self._reserve(width, admitted))
+        self.cache.write_rows(len(self.running), state)
+
+    def _reserve(self, width: int, admitted: list[Sequence] = ()) -> int:
+        """Columns to reserve when the cache is reallocated: what the running sequences and those
+        being admitted can reach (prompt + max_tokens, at most `max_model_len`), up to 8x `width`."""
+        need = max((len(s.prompt) + s.params.max_tokens for s in [*self.running, *admitted]), default=0)
+        return min(need, self.max_model_len, 8 * width)
 
     def _sample_into(self, seqs: list[Sequence], logits: torch.Tensor, version: int, events: list[StepEvent]) -> list[int]:
         """Sample one token per sequence, record it, return the indices still running."""

@@ -8,6 +8,8 @@ Lightning [H, d, d] states, whose size does not grow with the sequence).
 Invariants:
 - Capacity grows geometrically (rows and columns double, columns up to `max_cols`), so appending
   a token is O(1) amortised: a decode step writes one column per row, it never copies the cache.
+  A reallocation may reserve more columns (`reserve_cols`): the scheduler reserves what its
+  running sequences can reach, so a batch usually never grows after its prefill.
 - `move_row(src, dst)` copies a row; the scheduler uses it to keep the running rows dense
   (a finished row is replaced by the last one), so a step always works on rows [0, n).
 - `release()` drops every tensor: an engine with nothing running holds no cache memory.
@@ -46,14 +48,15 @@ class SlotCache:
             out.append(torch.zeros([rows, *shape], dtype=spec.dtype, device=self.device))
         return out
 
-    def ensure(self, rows: int, cols: int) -> None:
-        """Make room for `rows` rows of `cols` columns, keeping what is stored."""
+    def ensure(self, rows: int, cols: int, reserve_cols: int = 0) -> None:
+        """Make room for `rows` rows of `cols` columns, keeping what is stored; a reallocation
+        also makes room for `reserve_cols` columns (the columns the caller expects to need)."""
         if rows > self.max_rows or cols > self.max_cols:
             raise ValueError(f"cache of {rows} x {cols} exceeds the engine's {self.max_rows} x {self.max_cols}")
         if rows <= self.row_cap and cols <= self.col_cap:
             return
         new_rows = min(self.max_rows, max(rows, 2 * self.row_cap, 1))
-        new_cols = min(self.max_cols, max(cols, 2 * self.col_cap, 16))
+        new_cols = min(self.max_cols, max(cols, 2 * self.col_cap, 16, reserve_cols))
         fresh = self._allocate(new_rows, new_cols)
         for old, new, spec in zip(self.tensors, fresh, self.specs):
             dst = new[: self.row_cap]
