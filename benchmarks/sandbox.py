@@ -11,11 +11,12 @@ way (alternating rounds), then the burst row: `--burst` executions (default
 1,000) submitted at once to the default pool (`SandboxSpec()`), each printing its own index:
 how many completed with the right output, executions/s, and what was left behind, counted before
 and after (processes under this one, processes of sandbox uids, slot cgroups, work directories).
-`--cpu N` prints instead the CPU time per execution (N executions of `python3 -c pass`, one at a
-time) of bare python3, bwrap and bwrap warm: this process and every process it started, each
-reaped by its parent (a slot's zygote, and with it everything below it, when the slot closes; the
-slot's start-up is spread over the N), which the load of other users barely changes. On a 2-core
-machine with 2 slots busy, bare CPU / sandbox CPU bounds the pool's ratio to bare python3.
+`--cpu N` prints instead the CPU time per execution of `python3 -c pass` (N rounds alternating bare
+python3, bwrap and bwrap warm, so that load from other users hits all alike): this process's own
+time plus what the processes that reap an execution gained meanwhile (bare: this process's
+children; bwrap: the slot's zygote, which reaps bwrap and everything under it; warm: the zygote,
+bwrap and the launcher, which reaps the code); slot start-up is left out. On a 2-core machine with
+2 slots busy, bare CPU / sandbox CPU bounds the pool's ratio to bare python3.
 Usage: python benchmarks/sandbox.py [-n 40] [--burst 1000] [--cpu N].
 """
 
@@ -23,9 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 from kpop.envs.sandbox.api import SandboxLimits, SandboxRequest
 from kpop.envs.sandbox.bwrap import BwrapSandbox
@@ -180,29 +184,46 @@ def burst_row(n: int) -> None:
     print("  " + ", ".join(f"{k}: {before[k]} -> {after[k]}" for k in before))
 
 
-def cpu_per_execution(n: int) -> dict[str, float]:
-    """CPU ms per execution, this process and everything it started and reaped (see the docstring)."""
-    import resource
+def _stat_cpu(pid: int) -> float:
+    """Seconds of CPU of `pid` and of the children it reaped (utime, stime, cutime, cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
-    def used() -> float:
+
+def _sandbox_pids(box) -> list[int]:
+    """The long-lived processes that reap what a slot's executions start: its zygote, and for a
+    warm slot bwrap and the launcher (whose children are the executions)."""
+    from kpop.envs.sandbox.bwrap_warm import _children
+
+    pids = [box._zygote.pid]
+    if getattr(box, "_bwrap_pid", None):
+        pids += [box._bwrap_pid, *_children(box._bwrap_pid)]
+    return pids
+
+
+async def cpu_per_execution(n: int) -> dict[str, float]:
+    """CPU ms per execution in alternating rounds (see the docstring): this process's own time plus
+    what the reaping processes gained (bare: this process's reaped children)."""
+    def own() -> float:
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
-    async def sandboxed(make) -> None:
-        box = make()
-        for _ in range(n):
-            assert (await box.run(REQUEST)).ok
-        await box.close()  # reaps the zygote, which reaped everything it started
-
-    start = used()
+    boxes = {"bwrap": BwrapSandbox(), "bwrap warm": WarmBwrapSandbox(slot=1)}
+    for box in boxes.values():
+        await box.run(REQUEST)  # start-up (zygote, sandbox) outside the measurement
+    totals = dict.fromkeys(["bare python3 -c", *boxes], 0.0)
     for _ in range(n):
+        start = own()
         bare_once()
-    out = {"bare python3 -c": 1000 * (used() - start) / n}
-    for name, make in (("bwrap", BwrapSandbox), ("bwrap warm", lambda: WarmBwrapSandbox(slot=1))):
-        start = used()
-        asyncio.run(sandboxed(make))
-        out[name] = 1000 * (used() - start) / n
-    return out
+        totals["bare python3 -c"] += own() - start
+        for name, box in boxes.items():
+            pids = _sandbox_pids(box)
+            start = own() + sum(_stat_cpu(p) for p in pids)
+            assert (await box.run(REQUEST)).ok
+            totals[name] += own() + sum(_stat_cpu(p) for p in pids) - start
+    for box in boxes.values():
+        await box.close()
+    return {name: 1000 * total / n for name, total in totals.items()}
 
 
 def main() -> None:
@@ -213,7 +234,7 @@ def main() -> None:
     parser.add_argument("--cpu", type=int, default=0, metavar="N", help="print only CPU ms per execution over N executions")
     args = parser.parse_args()
     if args.cpu:
-        cpu = cpu_per_execution(args.cpu)
+        cpu = asyncio.run(cpu_per_execution(args.cpu))
         base = cpu["bare python3 -c"]
         print(f"{'backend':<18}{'CPU ms/execution':>18}{'overhead ms':>13}{'bare / this':>13}")
         for name, ms in cpu.items():
