@@ -10,7 +10,8 @@ on 2 concurrent slots (the 2-core target machine) next to bare python3 run 2 at 
 way (alternating rounds), then the burst row: `--burst` executions (default
 1,000) submitted at once to the default pool (`SandboxSpec()`), each printing its own index:
 how many completed with the right output, executions/s, and what was left behind, counted before
-and after (processes under this one, processes of sandbox uids, slot cgroups, work directories).
+and after (processes under this one, processes of its sandbox uids, its slot cgroups, work
+directories; other pools running on the machine meanwhile are not counted).
 `--cpu N` prints instead the CPU time per execution of `python3 -c pass` (N rounds alternating bare
 python3, bwrap and bwrap warm, so that load from other users hits all alike): this process's own
 time plus what the processes that reap an execution gained meanwhile (bare: this process's
@@ -139,28 +140,30 @@ def mode(spec: SandboxSpec) -> str:
 
 
 def leak_census() -> dict[str, int]:
-    """What a sandbox execution could leave on the host, counted now."""
-    import os
-
+    """What this process's sandbox executions could leave on the host, counted now: other users'
+    pools on the machine are told apart by the pid in their slot uids (uid_base + 256·pid + slot),
+    cgroups (`<pid>-<slot>`) and warm slot directories (`warm-<pid>-…`); fresh executions' work
+    directories carry no pid and are all counted."""
     import psutil
 
     from kpop.envs.sandbox import cgroups, workdir
     from kpop.envs.sandbox.bwrap import BwrapConfig
 
-    uid_base = BwrapConfig().uid_base
+    me = os.getpid()
+    first_uid = BwrapConfig().uid_base + 256 * me
     sandbox_uid = 0
     for proc in psutil.process_iter(["uids"]):
         try:
-            sandbox_uid += proc.info["uids"] is not None and proc.info["uids"].real >= uid_base
+            sandbox_uid += proc.info["uids"] is not None and first_uid <= proc.info["uids"].real < first_uid + 256
         except psutil.Error:
             pass
     groups = 0
     for parent in (cgroups._parents() or {}).values() if os.geteuid() == 0 else ():
-        groups += sum(1 for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else 0
-    base = workdir.default_base()
+        groups += sum(1 for p in parent.glob(f"{me}-*") if p.is_dir()) if parent.is_dir() else 0
+    entries = [p.name for p in workdir.default_base().iterdir()]
     return {"child processes": len(psutil.Process().children(recursive=True)),
             "sandbox-uid processes": sandbox_uid, "slot cgroups": groups,
-            "work dirs": sum(1 for _ in base.iterdir())}
+            "work dirs": sum(1 for n in entries if n.startswith(f"warm-{me}-") or not n.startswith("warm-"))}
 
 
 async def burst(n: int) -> tuple[int, float]:
