@@ -7,8 +7,9 @@ capabilities) can neither reach its socket nor signal, trace or replace it. In a
 it listens on a Unix socket in a root-only (0700) directory (`launcher.py`); in a warm bubblewrap
 slot it serves the connected socket it was given as a file descriptor (`launcher.py --fd N`) and
 exits at EOF. Per request (4-byte big-endian length + JSON, answered the same way) it runs one
-command as the request's uid (65534 if none) in /work at the caller's niceness with the
-request's rlimits (CPU, file size, no core files, any extra ones named), stdin from the request's
+command as the request's uid (65534 if none; started by the native helper exec_as.c when the host
+mounted it at /kpop/exec_as, a vfork and two execs, else by a Python fork) in /work at the
+caller's niceness with the request's rlimits (CPU, file size, no core files, any extra ones named), stdin from the request's
 file, stdout/stderr read up to the cap, the wall clock enforced; then it resets the sandbox for the
 next execution: SIGKILL to every process but itself (kill(-1) cannot race a fork: the kernel holds
 the task list while it signals), every zombie reaped (as pid 1 it inherits every orphan), and the
