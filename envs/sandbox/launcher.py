@@ -2,21 +2,23 @@
 
 It is the sandbox's init: pid 1 of its pid namespace, uid 0 holding only CAP_SETUID, CAP_SETGID and
 CAP_KILL (no DAC override, no ptrace; with CAP_SETPCAP too it first empties its capability bounding
-set, so nothing it starts can regain a capability), so the code it runs (another uid, without those
-capabilities) can neither reach its socket nor signal, trace or replace it. In a Docker container
-it listens on a Unix socket in a root-only (0700) directory (`launcher.py`); in a warm bubblewrap
-slot it serves the connected socket it was given as a file descriptor (`launcher.py --fd N`) and
-exits at EOF. Per request (4-byte big-endian length + JSON, answered the same way) it runs one
-command as the request's uid (65534 if none; started by the native helper exec_as.c when the host
-mounted it at /kpop/exec_as, a vfork and two execs, else by a Python fork) in /work at the
-caller's niceness with the request's rlimits (CPU, file size, no core files, any extra ones named), stdin from the request's
-file, stdout/stderr read up to the cap, the wall clock enforced; then it resets the sandbox for the
-next execution: SIGKILL to every process but itself (kill(-1) cannot race a fork: the kernel holds
-the task list while it signals), every zombie reaped (as pid 1 it inherits every orphan), and the
-System V IPC objects and POSIX queues the code left removed, and the keys it added to its uid's
-user and user-session keyrings (kernel keys belong to the uid, not to a namespace; on x86_64,
-aarch64 and riscv64), by one helper running as the code's uid, started only when there is something
-to remove. /work and /tmp are host directories the host empties after each execution. Out-of-memory kills are read from the sandbox's memory cgroup when it is mounted (its
+set, so nothing it starts can regain a capability, but for SETUID, SETGID and SETPCAP when the
+native helper is there, which empties it before the code runs), so the code it runs (another uid,
+without those capabilities) can neither reach its socket nor signal, trace or replace it. In a
+Docker container it listens on a Unix socket in a root-only (0700) directory (`launcher.py`); in a
+warm bubblewrap slot it serves the connected socket it was given as a file descriptor (`launcher.py
+--fd N`) and exits at EOF. Per request (4-byte big-endian length + JSON, answered the same way) it
+runs one command as the request's uid (65534 if none) in /work at the caller's niceness with the
+request's rlimits (CPU, file size, no core files, any extra ones named), started by the native
+helper exec_as.c when the host mounted it at /kpop/exec_as (a vfork and two execs), else by a Python
+fork; stdin from the request's file, stdout/stderr read up to the cap, the wall clock enforced; then
+it resets the sandbox for the next execution: SIGKILL to every process but itself (kill(-1) cannot
+race a fork: the kernel holds the task list while it signals), every zombie reaped (as pid 1 it
+inherits every orphan), and the System V IPC objects and POSIX queues the code left removed, and the
+keys it added to its uid's user and user-session keyrings (kernel keys belong to the uid, not to a
+namespace; on x86_64, aarch64 and riscv64), by one helper running as the code's uid, started only
+when there is something to remove. /work and /tmp are host directories the host empties after each
+execution. Out-of-memory kills are read from the sandbox's memory cgroup when it is mounted (its
 oom_kill counter before and after); where it is not (bubblewrap), the host reads the slot's.
 """
 
