@@ -24,7 +24,8 @@ from kpop.spec.resolve import check_run
 
 SEED = 1  # an odd seed: a generated problem, as `source: generated` also asks
 SLEEP = "import time\ntime.sleep(3)\n"
-TOKENS = ["rollout.max_total_tokens=16384", "rollout.sampling.max_new_tokens=4096"]  # the tiny tokenizer splits code finely
+# the tiny tokenizer splits code finely; the spec's context must hold the episode (kpop run checks it)
+TOKENS = ["rollout.max_total_tokens=16384", "rollout.sampling.max_new_tokens=4096", "model.max_position_embeddings=16384"]
 
 
 def scripted_engine(turns: list[list[int]]):
