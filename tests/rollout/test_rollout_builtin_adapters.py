@@ -98,3 +98,30 @@ def test_slot_cache_moves_rows_and_releases():
         cache.ensure(5, 4)
     cache.release()
     assert cache.nbytes() == 0
+
+
+def test_slot_cache_reserves_columns_when_it_reallocates():
+    cache = SlotCache([CacheSpec((2,), 0, torch.float32)], max_rows=4, max_cols=100)
+    cache.ensure(2, 8, reserve_cols=40)
+    assert cache.col_cap == 40
+    cache.ensure(2, 40, reserve_cols=90)  # fits: nothing reallocated
+    assert cache.col_cap == 40
+    cache.ensure(2, 41, reserve_cols=500)
+    assert cache.col_cap == 100  # never past max_cols
+
+
+def test_scheduler_allocates_the_cache_once_for_what_its_sequences_can_reach():
+    from kpop.rollout.builtin.sampling import new_generator
+    from kpop.rollout.builtin.scheduler import Scheduler, Sequence
+    from kpop.rollout.engine import SamplingParams
+
+    scheduler = Scheduler(adapter_for(tiny_hybrid(seed=0)), max_batch=4, max_model_len=128)
+    params = SamplingParams(temperature=1.0, max_tokens=30)
+    for i in range(3):
+        scheduler.submit(Sequence(f"r{i}", [1, 2 + i, 3, 4, 5, 6, 7, 8], params, new_generator(i), frozenset(), arrival=i))
+    scheduler.step(0)
+    tensors, caps = scheduler.cache.tensors, scheduler.cache.col_cap
+    while scheduler.running:
+        assert scheduler.cache.tensors is tensors  # no reallocation mid-batch
+        scheduler.step(0)
+    assert caps == 8 + 30
