@@ -85,3 +85,22 @@ def benchmark():
         return loaded[name]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def ask_checkpoint():
+    """`ask_checkpoint(folder, **create_args)`: serve a checkpoint with `kpop serve`, ask it "What is
+    2+3?" through the official `openai` client; returns (the listed model, the chat completion)."""
+    def ask(folder, **create_args):
+        import openai
+
+        from kpop.deploy.server_process import ServerProcess
+
+        with ServerProcess(folder) as server:
+            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+            [model] = client.models.list().data
+            reply = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "What is 2+3?"}],
+                                                   temperature=0, **create_args)
+        return model, reply
+
+    return ask

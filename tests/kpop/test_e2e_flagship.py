@@ -12,7 +12,8 @@ applied, and the served checkpoint answers the official `openai` client.
 
 from __future__ import annotations
 
-import openai
+import json
+
 import pytest
 
 from kpop.metrics import read_metrics
@@ -24,7 +25,8 @@ SHORT = ["sft.steps=4", "sft.target_loss=0", "sft.anneal.steps=1", "sft.num_exam
          "train.steps=4", "train.tasks_per_step=6", "rollout.group_size=4", "train.eval_tasks=6",
          "learner.distill.every=4", "learner.distill.tasks=6", "learner.distill.steps=1",
          "learner.preference.every=4", "learner.preference.tasks=4", "learner.preference.steps=1",
-         "rollout.sampling.max_new_tokens=48", "logging.progress=lines", "cluster.start_timeout_s=900"]
+         "rollout.sampling.max_new_tokens=48", "logging.progress=lines", "cluster.start_timeout_s=900",
+         "model.max_position_embeddings=640"]
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +54,13 @@ def test_every_part_of_the_design_card_ran(flagship_run):
     assert any("reward/shape/dynamic_length" in r for r in rl)
     assert rl[-1]["dpr_tasks"] > 0
     assert all("moe_load_max_mean" in r for r in rl)
+    # the hybrid's context override reaches the model the run trained and saved
+    config = json.loads((spec.run_dir / "checkpoints" / "last" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 640
 
 
 @pytest.mark.slow
-def test_the_flagship_checkpoint_answers_the_openai_client(flagship_run):
-    from kpop.deploy.server_process import ServerProcess
-
+def test_the_flagship_checkpoint_answers_the_openai_client(flagship_run, ask_checkpoint):
     spec, _ = flagship_run
-    with ServerProcess(spec.run_dir / "checkpoints" / "last") as server:
-        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
-        [model] = client.models.list().data
-        reply = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "What is 2+3?"}],
-                                               max_tokens=8, temperature=0)
+    model, reply = ask_checkpoint(spec.run_dir / "checkpoints" / "last", max_tokens=8)
     assert model.model_extra["backend"] == "builtin" and reply.usage.completion_tokens >= 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 
-import openai
 import pytest
 import torch
 
@@ -81,15 +80,9 @@ def test_the_checkpoint_reloads_as_the_hybrid_model_with_its_tokenizer(hybrid_ru
     assert AutoTokenizer.from_pretrained(str(last)).chat_template
 
 
-def test_kpop_serve_serves_the_checkpoint_with_the_builtin_engine(hybrid_run):
-    from kpop.deploy.server_process import ServerProcess
-
+def test_kpop_serve_serves_the_checkpoint_with_the_builtin_engine(hybrid_run, ask_checkpoint):
     spec, _ = hybrid_run
-    with ServerProcess(spec.run_dir / "checkpoints" / "last") as server:
-        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
-        [model] = client.models.list().data
-        reply = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "What is 2+3?"}],
-                                               max_tokens=8, temperature=0, logprobs=True)
+    model, reply = ask_checkpoint(spec.run_dir / "checkpoints" / "last", max_tokens=8, logprobs=True)
     assert model.model_extra["backend"] == "builtin"
     assert reply.usage.completion_tokens >= 1 and all(t.logprob <= 0 for t in reply.choices[0].logprobs.content)
 
