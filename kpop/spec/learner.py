@@ -69,6 +69,7 @@ class DistillSpec(StrictModel):
     tasks: int = Field(16, ge=1, le=1_000_000, description="Prompts per round step, each sampled rollout.group_size times with the run's sampling; the shortest correct sample of each is the SFT target.")
     prune: bool = Field(True, description="Cut a correct sample after its final answer where its environment marks one (AgentEnv.answer_pattern, e.g. the calculator's 'Answer: N'): re-checking after the answer cannot change the score, so it is not taught.")
     correct_threshold: float = Field(1.0, ge=-1e6, le=1e6, description="A sample is correct when its task score (reward part 'accuracy', else 'task', else the reward) is >= this.")
+    usual_turns: bool = Field(True, description="Choose each prompt's target among its correct samples with the most common number of turns (ties: the larger): a sample that skipped the tool and guessed right is not taught; false: the shortest of all correct samples.")
     lr: float | None = Field(None, gt=0, le=1.0, description="Learning rate of distill steps (None = the SFT learning rate).")
 
 

@@ -10,13 +10,19 @@ Contract (`distill_targets`):
   (the conformance suite's `declarations` check), so the cut sample scores what the sample scored,
   and its reward and parts are kept. The added EOS carries log-prob 0 and the version of the token
   before it: distillation trains on tokens, never on behaviour log-probs;
-- then the shortest sample per prompt (fewest generated tokens, ties: first in batch order) is the
-  target (kpop.learner.objectives.distill.select_shortest_correct), so a pruned sample can win.
+- with `usual_turns` (the default), a prompt's candidates are its correct samples that take the
+  most common number of turns among its correct samples (ties: the larger number): a sample that
+  skipped a tool or a check and happened to be right (a guessed calculator answer) is shorter than
+  every sample that did the work, and teaching it would teach guessing; a shorter strategy is
+  taught only once most of the prompt's correct samples use it;
+- then the shortest candidate per prompt (fewest generated tokens, ties: first in batch order) is
+  the target (kpop.learner.objectives.distill.select_shortest_correct), so a pruned sample can win.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -75,15 +81,27 @@ def prune(t: Trajectory, decode: Decode, pattern: str, eos_id: int) -> Trajector
     return replace(t, token_ids=ids, loss_mask=mask, logprobs=logps, versions=versions)
 
 
+def usual_turns(correct: list[Trajectory]) -> list[Trajectory]:
+    """The samples whose turn count is their prompt's most common one (ties: the larger count)."""
+    counts: dict[str, Counter] = {}
+    for t in correct:
+        counts.setdefault(t.group_id or t.task_id, Counter())[t.num_turns] += 1
+    usual = {key: max(c, key=lambda turns: (c[turns], turns)) for key, c in counts.items()}
+    return [t for t in correct if t.num_turns == usual[t.group_id or t.task_id]]
+
+
 def distill_targets(samples: list[Trajectory], threshold: float, patterns: Mapping[str, str | None],
-                    decode: Decode, eos_id: int, cut: bool = True) -> Targets:
-    """`patterns`: each environment's answer_pattern by env_id (missing or None: never cut)."""
+                    decode: Decode, eos_id: int, cut: bool = True, same_turns: bool = True) -> Targets:
+    """`patterns`: each environment's answer_pattern by env_id (missing or None: never cut);
+    `same_turns`: choose among the samples of the usual turn count only (`usual_turns`)."""
     correct = [t for t in samples if correctness(t) >= threshold]
     shaped = []
     for t in correct:
         pattern = patterns.get(t.env_id) if cut else None
         shaped.append(prune(t, decode, pattern, eos_id) if pattern else t)
-    targets = select_shortest_correct(shaped, threshold)
+    usual = {id(t) for t in usual_turns(correct)} if same_turns else {id(t) for t in correct}
+    candidates = [s for s, t in zip(shaped, correct) if id(t) in usual]
+    targets = select_shortest_correct(candidates, threshold)
     originals = {id(s): t for s, t in zip(shaped, correct)}
     cuts = [(originals[id(s)], s) for s in targets if originals[id(s)] is not s]
     return Targets(targets, correct, len(cuts), sum(a.num_generated - b.num_generated for a, b in cuts))

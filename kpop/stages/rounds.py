@@ -84,7 +84,7 @@ def _distill(ctx: RunContext, samples) -> dict[str, Any]:
     tok = _tokenizer(str(ctx.model_dir))
     patterns = {e.name: _answer_pattern(e.name) for e in ctx.spec.envs}
     found = distill_targets(samples, cfg.correct_threshold, patterns,
-                            lambda ids: tok.decode(ids, skip_special_tokens=True), tok.eos_token_id, cfg.prune)
+                            lambda ids: tok.decode(ids, skip_special_tokens=True), tok.eos_token_id, cfg.prune, cfg.usual_turns)
     m = ray.get(ctx.learner.train_step.remote(found.targets, "distill"))
     record = {**_common(samples, m), "correct": len(found.correct), "targets": len(found.targets),
               "pruned": found.pruned, "pruned_tokens": found.pruned_tokens, **m.mtp, **m.quant}

@@ -71,7 +71,8 @@ def describe(spec: RunSpec) -> list[str]:
             continue
         steps = [s for s in range(section.every, spec.train.steps + 1, section.every)]
         when = ", ".join(map(str, steps)) if len(steps) <= 6 else f"{steps[0]}, {steps[1]}, ..., {steps[-1]}"
-        what = (f"shortest correct of {g} samples per prompt{', cut after the answer' if section.prune else ''}, SFT"
+        usual = " with the prompt's usual number of turns" if kind == "distill" and section.usual_turns else ""
+        what = (f"shortest correct of {g} samples per prompt{usual}{', cut after the answer' if section.prune else ''}, SFT"
                 if kind == "distill" else f"best vs worst of {g} samples per prompt by the signed rubric score, DPO "
                 f"(beta {section.beta:g}) against the policy at the round's start")
         lines.append(f"{TITLES[kind]} round after RL step {when} ({len(steps)} round{'s' * (len(steps) != 1)}): "

@@ -108,7 +108,8 @@ def sample(turns, correct=1.0, group="g", env="calculator"):
             mask.append(0)
     logps = [0.0 if m == 0 else -0.5 for m in mask]
     versions = [-1 if m == 0 else 3 for m in mask]
-    return Trajectory("t", env, ids, mask, logps, versions, reward=correct, reward_parts={"task": correct}, group_id=group)
+    return Trajectory("t", env, ids, mask, logps, versions, reward=correct, reward_parts={"task": correct}, group_id=group,
+                      num_turns=len(turns))
 
 
 def test_answer_prefix_ends_at_the_token_completing_the_first_answer():
@@ -154,6 +155,29 @@ def test_shortest_correct_per_prompt_after_pruning():
         patterns = {"calculator": PATTERN} if kwargs else {"instructions": PATTERN}
         plain_wins = distill_targets(batch, 1.0, patterns, decode, EOS, **kwargs)
         assert plain_wins.targets[0] is plain and plain_wins.pruned == 0
+
+
+def test_a_lucky_shortcut_is_taught_only_when_most_correct_samples_take_it():
+    # prompt a: three correct samples call the tool then answer (2 turns), one answers at once (1 turn,
+    # the shortest); prompt b: two of three correct samples answer at once; prompt c: a 1-1 tie
+    work = [sample([[3, EOS], [19, 20, 19, EOS]], group="a") for _ in range(3)]
+    guess = sample([[19, EOS]], group="a")
+    b_work, b_quick = sample([[3, EOS], [19, EOS]], group="b"), [sample([[19, 20, EOS]], group="b") for _ in range(2)]
+    c_work, c_quick = sample([[3, EOS], [19, EOS]], group="c"), sample([[19, 20, EOS]], group="c")
+    batch = work + [guess, b_work, *b_quick, c_work, c_quick]
+    usual = distill_targets(batch, 1.0, {}, decode, EOS)
+    assert usual.targets == [work[0], b_quick[0], c_work]
+    anything = distill_targets(batch, 1.0, {}, decode, EOS, same_turns=False)
+    assert anything.targets == [guess, b_quick[0], c_quick]
+    assert usual.correct == anything.correct == batch
+
+
+def test_distill_usual_turns_is_a_spec_field_the_dry_run_names():
+    spec = load_spec(None, ["learner.distill.every=2", "train.steps=2"])
+    assert spec.learner.distill.usual_turns is True
+    assert "usual number of turns" in "\n".join(describe(spec))
+    off = load_spec(None, ["learner.distill.every=2", "train.steps=2", "learner.distill.usual_turns=false"])
+    assert "usual number of turns" not in "\n".join(describe(off))
 
 
 def test_prune_with_a_real_tokenizer(tiny_tokenizer):
