@@ -3,7 +3,9 @@
 Contract: `render_plots(runs, out_dir)` writes every plot in `PLOTS` as `<out_dir>/<name>.png`
 and returns a `Plot` per file, in `PLOTS` order. Every PNG is written even when its metrics are
 absent (the axes then say "not measured in this run"), so a report always has the same files.
-Every line series (one quantity of one run) has its own colour, in drawing order (C0, C1, ...);
+Every line series (one quantity of one run) has its own colour, in drawing order (PALETTE: the
+default C0..C9, then tab20's light shades and tab20b: 40 colours before one repeats, as a
+six-family run logs ~20 reward parts);
 when runs are overlaid, run i also gets line style i, so a run's series read as a group. A per-step
 series of at least SMOOTH_MIN points is drawn faint as logged with its smoothed curve on top
 (kpop.report.smooth.ema, TensorBoard's debiased EMA), as users know it from TensorBoard and W&B.
@@ -21,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # (after the backend is chosen)
+from matplotlib.colors import to_hex
 from matplotlib.ticker import MaxNLocator
 
 from kpop.report.runs import RunData
@@ -30,6 +33,8 @@ SMOOTH_MIN = 5      # fewer points than this are drawn as logged: nothing to smo
 RAW_ALPHA = 0.25
 
 STYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
+PALETTE = ([f"C{i}" for i in range(10)] + [to_hex(plt.get_cmap("tab20")(2 * k + 1)) for k in range(10)]
+           + [to_hex(plt.get_cmap("tab20b")(k)) for k in range(20)])
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class Plot:
 
 
 def _colour(i: int) -> str:
-    return f"C{i % 10}"
+    return PALETTE[i % len(PALETTE)]
 
 
 def _tag(run: RunData, runs: list[RunData], what: str) -> str:
@@ -53,7 +58,7 @@ def _lines(ax, runs: list[RunData], phase: str, keys: list[str] | Callable[[RunD
     """Plot `phase` series for each key of each run; returns how many series had points.
 
     `keys` is a list, or a function of the run for keys that differ between runs (reward parts).
-    The n-th series drawn gets colour Cn.
+    The n-th series drawn gets colour PALETTE[n].
     """
     drawn = 0
     for i, run in enumerate(runs):

@@ -28,7 +28,7 @@ def assert_valid_png(data: bytes) -> None:
     assert colours is not None and len(colours) > 20                # drawn on, not a blank canvas
 
 
-def _fake_run(path, name, seed, steps=6, async_keys=True):
+def _fake_run(path, name, seed, steps=6, async_keys=True, parts=("task",)):
     path.mkdir(parents=True)
     (path / "spec.json").write_text(json.dumps({"name": name, "seed": seed, "train": {"steps": steps}}))
     w = MetricsWriter(path, LoggingSpec(tensorboard=False))
@@ -36,7 +36,7 @@ def _fake_run(path, name, seed, steps=6, async_keys=True):
         w.write("sft", s, {"loss": 3.0 / s, "grad_norm": 1.0, "tokens": 100})
     w.write("eval", 0, {"label": "before_rl", "reward": 0.1, "episodes": 4.0, "pass_rate/calculator": 0.25})
     for s in range(1, steps + 1):
-        rec = {"reward": 0.1 * s, "reward/task": 0.1 * s, "gen_tokens": 20.0 + s, "response_len_p50": 20.0,
+        rec = {"reward": 0.1 * s, **{f"reward/{p}": 0.1 * s for p in parts}, "gen_tokens": 20.0 + s, "response_len_p50": 20.0,
                "response_len_max": 30.0, "mismatch": 0.01 * seed, "clipped_fraction": 0.02, "gen_tokens_per_s": 50.0,
                "step_s": 2.0, "gen_s": 1.5, "train_s": 0.5, "pass_rate/calculator": 0.1 * s}
         if async_keys:
@@ -123,4 +123,21 @@ def test_every_series_has_its_own_colour_and_a_smoothed_line_over_the_raw_one(tm
         assert list(twin.get_ydata()) == pytest.approx([0.1 * s for s in range(1, 9)])
     dots = [ln for ln in lines if ln.get_label() == "held-out reward (greedy)"]
     assert {to_hex(d.get_color()) for d in dots}.isdisjoint({to_hex(ln.get_color()) for ln in bold})
+    plt.close(fig)
+
+
+def test_a_six_family_run_s_twenty_reward_parts_get_twenty_one_distinct_colours(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from kpop.report.plots import RAW_ALPHA, plot_reward
+    from kpop.report.runs import load_run
+
+    parts = [f"part{i:02d}" for i in range(20)]
+    run = load_run(_fake_run(tmp_path / "a", "a", seed=1, steps=8, parts=parts))
+    fig = plt.figure()
+    plot_reward(fig, [run])
+    bold = [ln for ln in fig.axes[0].get_lines() if ln.get_alpha() != RAW_ALPHA and ln.get_label().startswith("reward")]
+    assert len(bold) == 21
+    assert len({to_hex(ln.get_color()) for ln in bold}) == 21     # C0..C9 alone would repeat from the 11th
     plt.close(fig)
