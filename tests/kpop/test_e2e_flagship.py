@@ -21,7 +21,7 @@ from kpop.spec import load_spec
 
 EXAMPLE = "examples/flagship.yaml"
 FAMILIES = ("calculator", "coding", "search", "tool_use", "workflow", "instructions")
-SHORT = ["sft.steps=4", "sft.target_loss=0", "sft.anneal.steps=1", "sft.num_examples=48", "sft.batch_size=8",
+SHORT = ["sft.steps=4", "sft.target_loss=0", "sft.num_examples=48", "sft.batch_size=8",
          "train.steps=4", "train.tasks_per_step=6", "rollout.group_size=4", "train.eval_tasks=6",
          "learner.distill.every=4", "learner.distill.tasks=6", "learner.distill.steps=1",
          "learner.preference.every=4", "learner.preference.tasks=4", "learner.preference.steps=1",
