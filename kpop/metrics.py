@@ -67,6 +67,8 @@ def _scheduler(name: str, meaning: str) -> MetricKey:
 KEYS: tuple[MetricKey, ...] = (
     MetricKey("loss", ("sft", "rl", *ROUNDS), "the learner step's loss (SFT and distill: mean token cross-entropy; "
               "preference: DPO loss)"),
+    MetricKey("loss/<env>", SFT + DISTILL, "the same loss over that environment's sequences of the step (a mixed cold "
+              "start's per-family loss; `loss` is their token-weighted mean)"),
     MetricKey("grad_norm", ("sft", "rl", *ROUNDS), "gradient norm before clipping (RL: the largest of the step's optimiser updates)"),
     MetricKey("tokens", SFT + ROUNDS, "tokens trained in the step (generated tokens of the distillation targets, of "
               "the preference pairs)"),

@@ -87,7 +87,16 @@ def combine(metrics: list[StepMetrics]) -> StepMetrics:
                        max(m.step_s for m in metrics), total("masked_fraction"), total("pair_accuracy"),
                        int(total("pairs")), moe_load=m0.moe_load,  # the same on every rank (counts are summed over ranks)
                        mtp={k: sum(m.mtp[k] for m in metrics) for k in m0.mtp},  # each rank's share of the batch mean
-                       quant={k: sum(m.quant[k] for m in metrics) for k in m0.quant})  # each rank runs its own GEMMs
+                       quant={k: sum(m.quant[k] for m in metrics) for k in m0.quant},  # each rank runs its own GEMMs
+                       env_nll=_sum_dicts(m.env_nll for m in metrics), env_tokens=_sum_dicts(m.env_tokens for m in metrics))
+
+
+def _sum_dicts(dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 class LearnerGroup:

@@ -87,6 +87,13 @@ class StepMetrics:
     moe_load: dict[str, float] = field(default_factory=dict)  # balance.ExpertBalancer.metrics() of the step
     mtp: dict[str, float] = field(default_factory=dict)       # {"mtp_loss": L_mtp} with MTP layers (objectives/mtp.py)
     quant: dict[str, int] = field(default_factory=dict)       # 4-bit GEMMs run in the step, with learner.quant.recipe
+    env_nll: dict[str, float] = field(default_factory=dict)   # "sft", "distill": summed token NLL per environment
+    env_tokens: dict[str, int] = field(default_factory=dict)  # ... and the tokens it sums over
+
+    def loss_by_env(self) -> dict[str, float]:
+        """{"loss/<env>": mean token cross-entropy of that environment's rows}: a mixed cold start's
+        per-family loss (the step's `loss` is their token-weighted mean)."""
+        return {f"loss/{env}": self.env_nll[env] / n for env, n in sorted(self.env_tokens.items()) if n}
 
 
 @dataclass
@@ -97,6 +104,15 @@ class _Sums:
     masked: float = 0.0
     correct_pairs: float = 0.0
     mtp: float = 0.0
+    env_nll: dict[str, float] = field(default_factory=dict)
+    env_tokens: dict[str, int] = field(default_factory=dict)
+
+    def add_env_nll(self, logp: torch.Tensor, mask: torch.Tensor, rows: list[Trajectory]) -> None:
+        nll, count = (-(logp.detach() * mask).sum(dim=1)).tolist(), mask.sum(dim=1).tolist()
+        for row, n, c in zip(rows, nll, count, strict=True):
+            if c:
+                self.env_nll[row.env_id] = self.env_nll.get(row.env_id, 0.0) + n
+                self.env_tokens[row.env_id] = self.env_tokens.get(row.env_id, 0) + int(c)
 
 
 class Learner:
@@ -180,7 +196,7 @@ class Learner:
                            sums.masked / n, sums.correct_pairs / max(plan.num_pairs, 1),
                            plan.num_pairs if self.rank.rank == 0 else 0, moe_load=self.balancer.metrics(),
                            mtp={"mtp_loss": sums.mtp} if self._trains_mtp(plan.mode) else {},
-                           quant=self._quant_gemms(gemms_before))
+                           quant=self._quant_gemms(gemms_before), env_nll=sums.env_nll, env_tokens=sums.env_tokens)
 
     def _quant_gemms(self, before: dict[str, int]) -> dict[str, int]:
         if self.spec.quant.recipe == "bf16":
@@ -252,6 +268,7 @@ class Learner:
         else:
             logp, aux = token_logprobs(self.engine, micro.input_ids, micro.attention_mask), None
         if plan.mode in ("sft", "distill"):
+            sums.add_env_nll(logp, micro.loss_mask, rows)
             return sft_loss(logp, micro.loss_mask, plan.num_tokens), aux
         if plan.mode == "dpo":
             return self._dpo_loss(plan, micro, logp, sums), aux

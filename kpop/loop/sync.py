@@ -76,7 +76,7 @@ def _sft_phase(ctx: RunContext, solved: list, steps: range, label: str, target_l
         m = ray.get(ctx.learner.train_step.remote(batch, "sft"))
         ctx.metrics.write("sft", step, {"loss": m.loss, "grad_norm": m.grad_norm, "tokens": m.tokens,
                                         "verified": len(verified), "solved": len(solved), **m.moe_load, **m.mtp,
-                                        **m.quant})
+                                        **m.quant, **m.loss_by_env()})
         progress.update(i, {"loss": m.loss})
         losses.append(m.loss)
         if reached_target(losses, target_loss):

@@ -175,7 +175,8 @@ def _family_colours(runs: list[RunData]) -> dict[tuple[str, str], str]:
 
 def plot_sft_loss(fig, runs: list[RunData]) -> None:
     ax = fig.subplots()
-    _finish(ax, _lines(ax, runs, "sft", ["loss"], marker="."), xlabel="SFT step", ylabel="cross-entropy")
+    drawn = _lines(ax, runs, "sft", lambda run: ["loss", *run.keys("sft", "loss/")], marker=".")
+    _finish(ax, drawn, xlabel="SFT step", ylabel="cross-entropy")
 
 
 class PlotDef(NamedTuple):
@@ -204,7 +205,8 @@ PLOTS: list[PlotDef] = [
     PlotDef("pass_rates", "Pass rate per environment family", (
         "Left: training pass rate per family per step (faint: as logged; bold: smoothed). "
         "Right: greedy held-out pass rate per family in its curve's colour (faded: before RL)."), plot_pass_rates),
-    PlotDef("sft_loss", "Cold-start SFT loss", "Cross-entropy on verified reference-solver episodes.", plot_sft_loss),
+    PlotDef("sft_loss", "Cold-start SFT loss", "Cross-entropy on verified reference-solver episodes; with several "
+            "environments, also each one's own (loss/<env>).", plot_sft_loss),
 ]
 
 

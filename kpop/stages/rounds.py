@@ -87,7 +87,8 @@ def _distill(ctx: RunContext, samples) -> dict[str, Any]:
                             lambda ids: tok.decode(ids, skip_special_tokens=True), tok.eos_token_id, cfg.prune, cfg.usual_turns)
     m = ray.get(ctx.learner.train_step.remote(found.targets, "distill"))
     record = {**_common(samples, m), "correct": len(found.correct), "targets": len(found.targets),
-              "pruned": found.pruned, "pruned_tokens": found.pruned_tokens, **m.mtp, **m.quant}
+              "pruned": found.pruned, "pruned_tokens": found.pruned_tokens, **m.mtp, **m.quant,
+              **m.loss_by_env()}
     before, after = correct_tokens(found.correct, cfg.correct_threshold), correct_tokens(found.targets, cfg.correct_threshold)
     return record | ({"correct_tokens": before, "target_tokens": after} if before is not None else {})
 

@@ -54,6 +54,9 @@ def test_every_part_of_the_design_card_ran(flagship_run):
     assert any("reward/shape/dynamic_length" in r for r in rl)
     assert rl[-1]["dpr_tasks"] > 0
     assert all("moe_load_max_mean" in r for r in rl)
+    for r in (r for r in records if r["phase"] == "sft"):     # the mixed cold start's per-family losses
+        fams = {k.removeprefix("loss/") for k in r if k.startswith("loss/")}
+        assert fams and fams <= set(FAMILIES), r
     # the hybrid's context override reaches the model the run trained and saved
     config = json.loads((spec.run_dir / "checkpoints" / "last" / "config.json").read_text())
     assert config["max_position_embeddings"] == 640

@@ -28,12 +28,13 @@ def assert_valid_png(data: bytes) -> None:
     assert colours is not None and len(colours) > 20                # drawn on, not a blank canvas
 
 
-def _fake_run(path, name, seed, steps=6, async_keys=True, parts=("task",)):
+def _fake_run(path, name, seed, steps=6, async_keys=True, parts=("task",), sft_envs=()):
     path.mkdir(parents=True)
     (path / "spec.json").write_text(json.dumps({"name": name, "seed": seed, "train": {"steps": steps}}))
     w = MetricsWriter(path, LoggingSpec(tensorboard=False))
     for s in range(1, 4):
-        w.write("sft", s, {"loss": 3.0 / s, "grad_norm": 1.0, "tokens": 100})
+        w.write("sft", s, {"loss": 3.0 / s, "grad_norm": 1.0, "tokens": 100,
+                           **{f"loss/{e}": (k + 2.0) / s for k, e in enumerate(sft_envs)}})
     w.write("eval", 0, {"label": "before_rl", "reward": 0.1, "episodes": 4.0, "pass_rate/calculator": 0.25})
     for s in range(1, steps + 1):
         rec = {"reward": 0.1 * s, **{f"reward/{p}": 0.1 * s for p in parts}, "gen_tokens": 20.0 + s, "response_len_p50": 20.0,
@@ -140,4 +141,19 @@ def test_a_six_family_run_s_twenty_reward_parts_get_twenty_one_distinct_colours(
     bold = [ln for ln in fig.axes[0].get_lines() if ln.get_alpha() != RAW_ALPHA and ln.get_label().startswith("reward")]
     assert len(bold) == 21
     assert len({to_hex(ln.get_color()) for ln in bold}) == 21     # C0..C9 alone would repeat from the 11th
+    plt.close(fig)
+
+
+def test_sft_loss_plot_draws_each_environment_s_loss_beside_the_total(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from kpop.report.plots import plot_sft_loss
+    from kpop.report.runs import load_run
+
+    run = load_run(_fake_run(tmp_path / "a", "a", seed=1, sft_envs=("calculator", "search")))
+    fig = plt.figure()
+    plot_sft_loss(fig, [run])
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in fig.axes[0].get_lines()}
+    assert set(lines) == {"loss", "loss/calculator", "loss/search"}
+    assert lines["loss/search"] == pytest.approx([3.0, 1.5, 1.0])
     plt.close(fig)

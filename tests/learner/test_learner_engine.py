@@ -125,3 +125,27 @@ def test_set_sft_lr_scales_the_next_sft_step(learner_model_dir):
         after = learner.state_dict()
         moved.append(sum(float((after[k] - start[k]).abs().sum()) for k in start))
     assert moved[1] / moved[0] == pytest.approx(0.1, rel=0.05)
+
+
+def test_sft_step_reports_each_environment_s_loss_as_an_independent_forward_computes_it(learner_model_dir):
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    batch = [replace(t, env_id="calc" if i < 3 else "search") for i, t in enumerate(make_batch(5, n=5))]
+    naive = AutoModelForCausalLM.from_pretrained(str(learner_model_dir)).float().eval()
+    nll, count = {}, {}
+    with torch.no_grad():
+        for t in batch:        # one sequence at a time, no padding: the loss the step saw before its update
+            logits = naive(torch.tensor([t.token_ids])).logits[0, :-1].log_softmax(-1)
+            logp = logits.gather(1, torch.tensor(t.token_ids[1:])[:, None])[:, 0]
+            mask = torch.tensor(t.loss_mask[1:], dtype=torch.float32)
+            nll[t.env_id] = nll.get(t.env_id, 0.0) - float((logp * mask).sum())
+            count[t.env_id] = count.get(t.env_id, 0) + int(mask.sum())
+    learner = Learner(str(learner_model_dir), spec(), seed=0)    # micro-batches of 3: the envs share one
+    m = learner.train_step(batch, "sft")
+    by_env = m.loss_by_env()
+    assert set(by_env) == {"loss/calc", "loss/search"}
+    for env in ("calc", "search"):
+        assert by_env[f"loss/{env}"] == pytest.approx(nll[env] / count[env], rel=1e-4)
+    assert m.loss == pytest.approx(sum(nll.values()) / sum(count.values()), rel=1e-4)

@@ -50,6 +50,17 @@ def steps():
     return [(make_batch(1, n=5), "sft"), (make_batch(2, n=5), "rl"), (make_batch(3, n=5), "rl")]
 
 
+def test_combined_per_environment_loss_is_token_weighted_over_ranks():
+    from kpop.learner.group import combine
+    from kpop.learner.learner import StepMetrics
+
+    def rank(nll, tokens):
+        return StepMetrics("sft", 1, 0.0, 0.0, 0, 0, 0.0, 0.0, 0.0, env_nll=nll, env_tokens=tokens)
+
+    both = combine([rank({"a": 6.0, "b": 1.0}, {"a": 3, "b": 1}), rank({"a": 2.0}, {"a": 5})])
+    assert both.loss_by_env() == {"loss/a": pytest.approx(8.0 / 8), "loss/b": pytest.approx(1.0)}
+
+
 @pytest.mark.slow   # two rank processes + one in-process rank: ~60 s on 2 idle cores, minutes when shared
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_ranks_match_one_rank(ray_session, learner_model_dir, stage):
@@ -66,6 +77,7 @@ def test_two_ranks_match_one_rank(ray_session, learner_model_dir, stage):
         assert two.loss == pytest.approx(one.loss, abs=1e-5)
         assert two.grad_norm == pytest.approx(one.grad_norm, rel=1e-4)
         assert two.mismatch == pytest.approx(one.mismatch, abs=1e-5)
+        assert two.loss_by_env() == pytest.approx(one.loss_by_env(), abs=1e-5)
     update = ray.get(group.publish.remote(), timeout=300)
     assert update.version == 3
     ranks2, ranks1 = chunks_to_state_dict(update.chunks), single.state_dict()
