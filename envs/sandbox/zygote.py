@@ -76,7 +76,11 @@ def serve(sock: socket.socket) -> None:
     # are reaped before the next fork: a zombie would still count against that uid's RLIMIT_NPROC.
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     while True:
-        msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)
+        except ConnectionResetError:
+            # the owner exited with our last reply unread: as gone as a clean close
+            msg, fds = b"", []
         if not msg:
             _reap_orphans(wait_s=2.0)  # the slot killed everything before closing us
             return

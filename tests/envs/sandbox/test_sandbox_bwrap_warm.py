@@ -259,3 +259,29 @@ async def test_the_native_helper_is_what_starts_the_code(warm):
     hidden = await warm.run(SandboxRequest(code="import os\ntry:\n    os.listdir('/kpop')\nexcept PermissionError:\n    print('hidden')",
                                            limits=SMALL))
     assert hidden.ok and hidden.stdout == "hidden\n", hidden  # the launcher and the helper are out of the code's reach
+
+
+def test_the_zygote_ends_quietly_when_its_owner_exits_with_a_reply_unread():
+    """The owner dies between an execution's two replies: the zygote's next receive fails with
+    ECONNRESET (the closed end had unread data) rather than EOF, and must end as it does at EOF."""
+    import json
+    import select
+    import socket
+    import subprocess
+    import sys
+
+    from kpop.envs.sandbox.zygote_client import ZYGOTE
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    zygote = subprocess.Popen([sys.executable, "-I", "-S", ZYGOTE, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    theirs.close()
+    assert zygote.stdout.readline() == "ready\n"
+    spec = {"cwd": "/", "rlimits": [], "uid": None, "argv": ["/bin/true"], "env": {}}
+    with open(os.devnull, "rb") as stdin, open(os.devnull, "wb") as out:
+        socket.send_fds(ours, [json.dumps(spec).encode()], [stdin.fileno(), out.fileno(), out.fileno()])
+    assert "pid" in json.loads(ours.recv(1 << 16))
+    assert select.select([ours], [], [], 30)[0]          # the returncode reply has arrived, unread
+    ours.close()
+    _, err = zygote.communicate(timeout=30)
+    assert zygote.returncode == 0 and err == "", err
