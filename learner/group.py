@@ -21,6 +21,7 @@ construction raises TimeoutError naming what they ask for (the ranks are not bui
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from kpop.learner.deepspeed_engine import RankInfo, free_port
@@ -92,11 +93,10 @@ def combine(metrics: list[StepMetrics]) -> StepMetrics:
 
 
 def _sum_dicts(dicts) -> dict:
-    out: dict = {}
+    total: Counter = Counter()
     for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return out
+        total.update(d)     # adds values (Counter's `+` would drop zeros)
+    return dict(total)
 
 
 class LearnerGroup:
