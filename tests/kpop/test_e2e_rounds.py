@@ -7,9 +7,11 @@ steps) and a preference round (8 learner steps), each evaluated on held-out task
 
 Asserted: distillation cuts the re-checks (its targets are pruned after the answer) and the held-out
 correct responses get shorter without losing reward (measured with a wide margin: README, Training
-rounds). Not asserted: that the preference round raises the held-out rubric score; at this scale
-its change was within noise in every run measured (README), so an assertion would pass or fail by
-chance. The test checks what the round does: it trains on pairs against the policy at its start.
+rounds). Not asserted here: that the preference round raises the held-out rubric score; on this
+file's start its change was within noise in every run measured (README), so an assertion would pass
+or fail by chance. The test checks what the round does: it trains on pairs against the policy at its
+start. The rise is asserted where the start leaves the rubric something to fix:
+tests/kpop/test_e2e_preference.py (examples/preference.yaml).
 """
 
 import json
