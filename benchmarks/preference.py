@@ -5,7 +5,9 @@ run one at a time so they do not share the cores. The run logs a held-out evalua
 its preference round and one just after (labels before_preference / after_preference); a row gives
 the mean signed rubric score of the held-out tasks (learner.preference.rubric_weights over their
 reward parts) greedy and sampled (one sample per task at the run's temperature), the task reward,
-the pairs the round trained on and the run's wall-clock. The last line counts the seeds whose
+the pairs the round trained on and the run's wall-clock. A distillation round of the same RL step
+runs first where the spec has one (`--set 'learner.distill={every: 1, ...}'`): "before" is then the
+evaluation after it. The last line counts the seeds whose
 greedy rubric rose.
 
     .venv/bin/python benchmarks/preference.py [--seeds 0 1 2] [--spec examples/preference.yaml]
@@ -46,10 +48,13 @@ class Row:
 
 
 def summarize_run(run_dir: Path) -> dict[str, float]:
-    """The evaluations around the run's (first) preference round, from its metrics.jsonl."""
+    """The evaluations around the run's (first) preference round, from its metrics.jsonl: the last
+    one logged before the round's first step (before_preference, or after_distill when a
+    distillation round of the same RL step ran first) and the first after_preference."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    evals = {r["label"]: r for r in records if r["phase"] == "eval"}
-    before, after = evals["before_preference"], evals["after_preference"]
+    first = next(i for i, r in enumerate(records) if r["phase"] == "preference")
+    before = next(r for r in reversed(records[:first]) if r["phase"] == "eval")
+    after = next(r for r in records[first:] if r["phase"] == "eval" and r["label"] == "after_preference")
     return {"rubric_before": before["rubric"], "rubric_after": after["rubric"],
             "sampled_before": before["sampled_rubric"], "sampled_after": after["sampled_rubric"],
             "reward_before": before["reward"], "reward_after": after["reward"],

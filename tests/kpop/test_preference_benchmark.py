@@ -28,3 +28,17 @@ def test_a_runs_row_comes_from_the_evaluations_around_its_preference_round(bench
 def test_a_failed_run_has_no_figures(benchmark):
     failed = benchmark("preference").Row(2, 5.0, False)
     assert math.isnan(failed.gain) and not failed.ok and failed.pairs == 0
+
+
+def test_after_a_distillation_round_the_evaluation_before_the_preference_round_is_the_one_after_it(benchmark, tmp_path):
+    records = [
+        {"phase": "rl", "step": 1},
+        {"phase": "eval", "label": "before_distill", "reward": 0.1, "rubric": 0.5, "sampled_rubric": 0.4},
+        {"phase": "distill", "step": 1},
+        {"phase": "eval", "label": "after_distill", "reward": 0.5, "rubric": 1.25, "sampled_rubric": 1.0},
+        {"phase": "preference", "step": 1, "pairs": 3},
+        {"phase": "eval", "label": "after_preference", "reward": 0.625, "rubric": 1.5, "sampled_rubric": 1.125},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    got = benchmark("preference").summarize_run(tmp_path)
+    assert (got["rubric_before"], got["rubric_after"], got["reward_before"], got["pairs"]) == (1.25, 1.5, 0.5, 3)
