@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from run_example import REPO, run_spec
+
 EXAMPLES = {"calculator": "quickstart.yaml", "coding": "coding.yaml", "search": "search.yaml",
             "tool_use": "tool_use.yaml", "workflow": "workflow.yaml", "instructions": "instructions.yaml",
             "plugin": "plugin.yaml"}
@@ -65,18 +62,8 @@ def summarize_run(run_dir: Path) -> dict[str, float]:
 
 def run_one(family: str, seed: int, out: Path, overrides: list[str]) -> Row:
     run_dir = out / f"{family}_seed{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [str(REPO / ".venv" / "bin" / "kpop"), "run", str(REPO / "examples" / EXAMPLES[family])]
-    for item in (f"seed={seed}", f"run_dir={run_dir}", "logging.progress=lines", *overrides):
-        cmd += ["--set", item]
-    t0 = time.perf_counter()
-    with open(out / f"{family}_seed{seed}.log", "w") as log:
-        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t0
-    if code != 0:
-        print(f"{family} seed {seed}: kpop run failed (exit {code}); see {log.name}", file=sys.stderr)
-        return Row(family, seed, wall, False)
-    return Row(family, seed, wall, True, **summarize_run(run_dir))
+    ok, wall = run_spec(REPO / "examples" / EXAMPLES[family], seed, run_dir, out / f"{family}_seed{seed}.log", overrides)
+    return Row(family, seed, wall, True, **summarize_run(run_dir)) if ok else Row(family, seed, wall, False)
 
 
 def main() -> None:

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from run_example import REPO, run_spec
+
 NAN = float("nan")
 
 
@@ -63,18 +60,8 @@ def summarize_run(run_dir: Path) -> dict[str, float]:
 
 def run_one(spec: Path, seed: int, out: Path, overrides: list[str]) -> Row:
     run_dir = out / f"seed{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [str(REPO / ".venv" / "bin" / "kpop"), "run", str(spec)]
-    for item in (f"seed={seed}", f"run_dir={run_dir}", "logging.progress=lines", *overrides):
-        cmd += ["--set", item]
-    t0 = time.perf_counter()
-    with open(out / f"seed{seed}.log", "w") as log:
-        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t0
-    if code != 0:
-        print(f"seed {seed}: kpop run failed (exit {code}); see {log.name}", file=sys.stderr)
-        return Row(seed, wall, False)
-    return Row(seed, wall, True, **summarize_run(run_dir))
+    ok, wall = run_spec(spec, seed, run_dir, out / f"seed{seed}.log", overrides)
+    return Row(seed, wall, True, **summarize_run(run_dir)) if ok else Row(seed, wall, False)
 
 
 def main() -> None:

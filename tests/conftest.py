@@ -80,6 +80,8 @@ def benchmark():
             spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module   # dataclasses look their module up there
+            if str(path.parent) not in sys.path:   # as `python benchmarks/x.py` runs: its siblings import
+                sys.path.append(str(path.parent))
             spec.loader.exec_module(module)
             loaded[name] = module
         return loaded[name]
