@@ -7,8 +7,7 @@ the mean signed rubric score of the held-out tasks (learner.preference.rubric_we
 reward parts) greedy and sampled (one sample per task at the run's temperature), the task reward,
 the pairs the round trained on and the run's wall-clock. A distillation round of the same RL step
 runs first where the spec has one (`--set 'learner.distill={every: 1, ...}'`): "before" is then the
-evaluation after it. The last line counts the seeds whose
-greedy rubric rose.
+evaluation after it. The last line counts the seeds whose greedy rubric rose.
 
     .venv/bin/python benchmarks/preference.py [--seeds 0 1 2] [--spec examples/preference.yaml]
         [--set KEY=VALUE ...] [--out DIR]

@@ -10,8 +10,9 @@ score with it; with the rubric's signs flipped (rewarding replies that miss the 
 rule) the same round lowers the task score: the round follows the rubric it is given, it is not
 just more training. And the whole sequence in one run (a distillation round added before the
 preference round on the same RL step): distillation shortens the correct held-out replies, then the
-preference round raises the rubric. Measured over seeds with `benchmarks/preference.py` (README, Training rounds):
-greedy rubric +0.257 / +0.312 / +0.253 on seeds 0 / 1 / 2, so the 0.1 margin below is wide.
+preference round raises the rubric. Measured over seeds with `benchmarks/preference.py` (README,
+Training rounds): greedy rubric +0.257 / +0.312 / +0.253 on seeds 0 / 1 / 2, so the 0.1 margin below
+is wide.
 """
 
 from pathlib import Path
@@ -28,7 +29,8 @@ FLIPPED = "learner.preference.rubric_weights={informative: -1.0, constraints: -1
 DISTILL_FIRST = "learner.distill={every: 1, steps: 2, tasks: 16, lr: 1.0e-3}"
 
 
-def _around_the_round(run_dir: Path, extra: list[str]) -> tuple[dict, dict, list[dict]]:
+def _around_the_round(run_dir: Path, extra: list[str]) -> tuple[dict[str, dict], list[dict]]:
+    """Runs the example with `extra` overrides; its evaluations by label and all its records."""
     from kpop.launch import run
 
     spec = load_spec(SPEC, ["logging.progress=lines", "logging.tensorboard=false", f"run_dir={run_dir}", *extra])
