@@ -24,6 +24,9 @@ Contract:
   its step count, so bias correction starts over): RL starts like a run of its own. The mode
   of the last step is part of the checkpoint, so a run resumed at the end of its cold start does
   the same.
+- A round's steps ("distill", "dpo") run on Adam moments of their own: the first step of a round
+  sets the current moments aside and zeroes them; the first step after it (or `save`) puts them
+  back, so RL continues on its own moments and never applies a round's momentum at its own rate.
 - Gradient accumulation is unmanaged (deepspeed_engine.py): each micro-batch's loss is normalised
   by the whole batch's token (or pair) count and multiplied by the world size, because DeepSpeed
   averages gradients over ranks; the sum over micro-batches and ranks is the batch loss.
@@ -68,6 +71,7 @@ from kpop.spec.learner import LearnerSpec
 from kpop.trajectory import Trajectory
 
 PUBLISH_CHUNK_BYTES = 64 << 20
+ROUND_MODES = ("distill", "dpo")      # the training rounds' step modes (kpop.stages.rounds)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,8 @@ class Learner:
         self.balancer = ExpertBalancer(self.engine.module, spec.expert_bias_gamma)  # MoE routers, if any
         self.version, self.steps = 0, 0
         self.last_mode: str | None = None
+        self._set_aside: dict[int, dict] | None = None     # the main phase's Adam state during a round
+        self._set_aside_mode: str | None = None
         self.focus = FocusState()
         self._reference = None
 
@@ -168,6 +174,7 @@ class Learner:
             self.version += 1
             return StepMetrics(plan.mode, self.version, 0.0, 0.0, 0, plan.sequences if self.rank.rank == 0 else 0,
                                0.0, 0.0, time.perf_counter() - t0)
+        self._switch_moments(plan.mode)
         if plan.mode == "rl" and self.last_mode == "sft" and self.spec.fresh_rl_moments:
             self._zero_moments()
         self.last_mode = plan.mode
@@ -203,6 +210,44 @@ class Learner:
             return {}
         ran = {g: n - before.get(g, 0) for g, n in gemm_counts().items()}
         return {"quant_gemms": sum(ran.values()), **{f"quant_gemms/{g}": n for g, n in sorted(ran.items())}}
+
+    def _switch_moments(self, mode: str) -> None:
+        """A round (distill, dpo) runs on Adam moments of its own, from zero; leaving it puts back
+        the moments it set aside. Carried over, a round's momentum (gradients ~20x RL's) would be
+        applied by the next RL updates at RL's learning rate: in a flagship run with rounds after
+        RL step 40 of 48, the 8 RL steps that followed took held-out instructions from 0.88 to 0.03."""
+        entering, leaving = mode in ROUND_MODES, self.last_mode in ROUND_MODES
+        if entering and mode == self.last_mode:
+            return
+        if entering and not leaving:
+            self._set_aside = self._optimizer_state()
+        if leaving and not entering:
+            self.close_round()
+        if entering:
+            self._zero_moments()
+
+    def close_round(self) -> None:
+        """Restore the moments set aside when the current round began (no-op outside a round).
+        `save` calls it, so a checkpoint holds the main phase's moments, never a round's."""
+        if self._set_aside is None:
+            return
+        base = getattr(self.optimizer, "optimizer", self.optimizer)
+        for param, state in base.state.items():
+            saved = self._set_aside.get(id(param), {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and key in saved:
+                    value.copy_(saved[key])
+                elif torch.is_tensor(value):
+                    value.zero_()
+                else:
+                    state[key] = saved.get(key, 0)
+        self.last_mode, self._set_aside = self._set_aside_mode, None
+
+    def _optimizer_state(self) -> dict[int, dict]:
+        base = getattr(self.optimizer, "optimizer", self.optimizer)
+        self._set_aside_mode = self.last_mode
+        return {id(param): {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+                for param, state in base.state.items()}
 
     def _zero_moments(self) -> None:
         """Adam restarts: first and second moments and step count to zero, in place (DeepSpeed's
@@ -369,6 +414,7 @@ class Learner:
         return WeightUpdate(self.version, chunks)
 
     def save(self, directory: str | Path) -> Path:
+        self.close_round()
         return save_checkpoint(self, directory)
 
     def load(self, directory: str | Path) -> int:

@@ -112,3 +112,47 @@ def test_best_each_pairs_the_best_with_every_sample_below_it():
     assert [(p.chosen, p.rejected, p.gap) for p in each] == [(a[0], a[1], 0.5), (a[0], a[2], 1.0), (a[0], a[3], 0.5)]
     assert [(p.chosen, p.rejected) for p in build_preference_pairs(a + b, W, FocusState())] == [(a[0], a[2])]
     assert [p.rejected for p in build_preference_pairs(a, W, FocusState(), margin=0.6, pairing="best_each")] == [a[2]]
+
+
+def _pref_row(ids, group, info):
+    n = len(ids)
+    return Trajectory("t", "e", [5] + ids, [0] + [1] * n, [0.0] + [-0.5] * n, [-1] + [0] * n,
+                      reward_parts={"informative": info}, group_id=group)
+
+
+def _moments(learner) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    base = getattr(learner.optimizer, "optimizer", learner.optimizer)
+    return [(s["exp_avg"].clone(), s["exp_avg_sq"].clone()) for s in base.state.values() if "exp_avg" in s]
+
+
+def test_a_round_runs_on_adam_moments_of_its_own_and_rl_continues_on_its_own(learner_model_dir, tmp_path):
+    """A DPO round's first update is a fresh AdamW's (m = (1-b1) g and v = (1-b2) g^2 for one g), and
+    the RL step after the round continues from the moments RL left (m' = b1 m + (1-b1) g',
+    v' = b2 v + (1-b2) g'^2 for one g'); a save inside a round writes RL's moments too."""
+    from kpop.learner.learner import Learner
+    from kpop.spec.learner import LearnerSpec
+
+    pairs = [_pref_row([10, 11, 12], "a", 1.0), _pref_row([13, 14], "a", 0.0),
+             _pref_row([20, 21], "b", 1.0), _pref_row([22, 23, 24, 25], "b", 0.0)]
+    rl = [_pref_row([30 + i, 31, 32], f"g{i // 2}", 0.0).with_reward(float(i % 2), {}) for i in range(8)]
+    spec = LearnerSpec.model_validate({"preference": {"every": 1, "rubric_weights": {"informative": 1.0}},
+                                       "lr": 1e-2, "off_policy": {"type": "none"}})
+    b1, b2 = spec.betas
+    learner = Learner(str(learner_model_dir), spec, seed=0)
+    learner.train_step(rl, "rl")
+    learner.train_step(rl, "rl")
+    before = _moments(learner)
+    learner.train_step(pairs, "dpo")
+    for m, v in _moments(learner):
+        assert torch.allclose(v, (1 - b2) / (1 - b1) ** 2 * m * m, rtol=1e-4, atol=1e-20)
+    learner.train_step(rl, "rl")
+    gaps = []
+    for (m0, v0), (m1, v1) in zip(before, _moments(learner)):
+        g = (m1 - b1 * m0) / (1 - b1)
+        gaps.append(float((v1 - (b2 * v0 + (1 - b2) * g * g)).abs().max() / v1.abs().max().clamp_min(1e-30)))
+    assert max(gaps) < 1e-4, max(gaps)
+    after_rl = _moments(learner)
+    learner.train_step(pairs, "dpo")
+    learner.save(tmp_path / "ckpt")
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(after_rl, _moments(learner)))
+    assert learner.last_mode == "rl"
