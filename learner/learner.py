@@ -220,7 +220,9 @@ class Learner:
         if entering and mode == self.last_mode:
             return
         if entering and not leaving:
-            self._set_aside = self._optimizer_state()
+            self._set_aside_mode = self.last_mode
+            self._set_aside = {id(param): {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+                               for param, state in self._adam_state().items()}
         if leaving and not entering:
             self.close_round()
         if entering:
@@ -231,8 +233,7 @@ class Learner:
         `save` calls it, so a checkpoint holds the main phase's moments, never a round's."""
         if self._set_aside is None:
             return
-        base = getattr(self.optimizer, "optimizer", self.optimizer)
-        for param, state in base.state.items():
+        for param, state in self._adam_state().items():
             saved = self._set_aside.get(id(param), {})
             for key, value in state.items():
                 if torch.is_tensor(value) and key in saved:
@@ -243,17 +244,14 @@ class Learner:
                     state[key] = saved.get(key, 0)
         self.last_mode, self._set_aside = self._set_aside_mode, None
 
-    def _optimizer_state(self) -> dict[int, dict]:
-        base = getattr(self.optimizer, "optimizer", self.optimizer)
-        self._set_aside_mode = self.last_mode
-        return {id(param): {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
-                for param, state in base.state.items()}
+    def _adam_state(self) -> dict:
+        """The torch optimiser's per-parameter state (under DeepSpeed's wrapper, if any)."""
+        return getattr(self.optimizer, "optimizer", self.optimizer).state
 
     def _zero_moments(self) -> None:
         """Adam restarts: first and second moments and step count to zero, in place (DeepSpeed's
         ZeRO optimisers keep references to these tensors)."""
-        base = getattr(self.optimizer, "optimizer", self.optimizer)
-        for state in base.state.values():
+        for state in self._adam_state().values():
             for key, value in state.items():
                 if torch.is_tensor(value):
                     value.zero_()

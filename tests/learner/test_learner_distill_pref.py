@@ -78,6 +78,18 @@ def test_dpo_loss_hand_computed_and_gradcheck():
     assert torch.autograd.gradcheck(lambda v: dpo_loss(v[:2], v[2:], ref, rr.double(), 0.5, 2, 0.1)[0], (x,))
 
 
+def _pref_row(ids, group, info):
+    n = len(ids)
+    return Trajectory("t", "e", [5] + ids, [0] + [1] * n, [0.0] + [-0.5] * n, [-1] + [0] * n,
+                      reward_parts={"informative": info}, group_id=group)
+
+
+def _two_prompts_pairs() -> list[Trajectory]:
+    """Two prompts, each with a sample that informs (rubric 1) and one that does not (0)."""
+    return [_pref_row([10, 11, 12], "a", 1.0), _pref_row([13, 14], "a", 0.0),
+            _pref_row([20, 21], "b", 1.0), _pref_row([22, 23, 24, 25], "b", 0.0)]
+
+
 def test_reset_reference_makes_the_current_policy_the_dpo_reference(learner_model_dir):
     """After an SFT step moves the weights, DPO against the starting model has z != 0; after
     reset_reference every pair starts at z = 0 exactly: loss log 2, no pair ahead."""
@@ -86,15 +98,10 @@ def test_reset_reference_makes_the_current_policy_the_dpo_reference(learner_mode
     from kpop.learner.learner import Learner
     from kpop.spec.learner import LearnerSpec
 
-    def row(ids, group, info):
-        n = len(ids)
-        return Trajectory("t", "e", [5] + ids, [0] + [1] * n, [0.0] + [-0.5] * n, [-1] + [0] * n,
-                          reward_parts={"informative": info}, group_id=group)
-
-    rows = [row([10, 11, 12], "a", 1.0), row([13, 14], "a", 0.0), row([20, 21], "b", 1.0), row([22, 23, 24, 25], "b", 0.0)]
+    rows = _two_prompts_pairs()
     spec = LearnerSpec.model_validate({"preference": {"every": 1, "rubric_weights": {"informative": 1.0}}, "lr": 1e-2})
     learner = Learner(str(learner_model_dir), spec, seed=0)
-    learner.train_step([row([30, 31, 32, 33], "s", 1.0)] * 4, "sft")
+    learner.train_step([_pref_row([30, 31, 32, 33], "s", 1.0)] * 4, "sft")
     start = learner.train_step(rows, "dpo")
     assert start.pairs == 2 and abs(start.loss - math.log(2)) > 1e-4
     learner.reset_reference()
@@ -114,12 +121,6 @@ def test_best_each_pairs_the_best_with_every_sample_below_it():
     assert [p.rejected for p in build_preference_pairs(a, W, FocusState(), margin=0.6, pairing="best_each")] == [a[2]]
 
 
-def _pref_row(ids, group, info):
-    n = len(ids)
-    return Trajectory("t", "e", [5] + ids, [0] + [1] * n, [0.0] + [-0.5] * n, [-1] + [0] * n,
-                      reward_parts={"informative": info}, group_id=group)
-
-
 def _moments(learner) -> list[tuple[torch.Tensor, torch.Tensor]]:
     base = getattr(learner.optimizer, "optimizer", learner.optimizer)
     return [(s["exp_avg"].clone(), s["exp_avg_sq"].clone()) for s in base.state.values() if "exp_avg" in s]
@@ -132,8 +133,7 @@ def test_a_round_runs_on_adam_moments_of_its_own_and_rl_continues_on_its_own(lea
     from kpop.learner.learner import Learner
     from kpop.spec.learner import LearnerSpec
 
-    pairs = [_pref_row([10, 11, 12], "a", 1.0), _pref_row([13, 14], "a", 0.0),
-             _pref_row([20, 21], "b", 1.0), _pref_row([22, 23, 24, 25], "b", 0.0)]
+    pairs = _two_prompts_pairs()
     rl = [_pref_row([30 + i, 31, 32], f"g{i // 2}", 0.0).with_reward(float(i % 2), {}) for i in range(8)]
     spec = LearnerSpec.model_validate({"preference": {"every": 1, "rubric_weights": {"informative": 1.0}},
                                        "lr": 1e-2, "off_policy": {"type": "none"}})
