@@ -26,7 +26,7 @@ SHORT = ["sft.steps=4", "sft.target_loss=0", "sft.num_examples=48", "sft.batch_s
          "learner.distill.every=4", "learner.distill.tasks=6", "learner.distill.steps=1",
          "learner.preference.every=4", "learner.preference.tasks=4", "learner.preference.steps=1",
          "rollout.sampling.max_new_tokens=48", "logging.progress=lines", "cluster.start_timeout_s=900",
-         "model.max_position_embeddings=640"]
+         "model.max_position_embeddings=640", "sft.anneal.steps=2"]
 
 
 @pytest.fixture(scope="module")
