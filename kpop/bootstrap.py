@@ -68,13 +68,11 @@ def prepare_initial_model(spec: RunSpec) -> Path:
     out = Path(spec.run_dir) / "init"
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
         return out
-    from transformers import AutoTokenizer
-
-    from kpop.models.tokenizer import train_tokenizer
+    from kpop.models.tokenizer import load_tokenizer, train_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     if spec.tokenizer.path is not None:
-        tokenizer = AutoTokenizer.from_pretrained(str(spec.tokenizer.path))
+        tokenizer = load_tokenizer(spec.tokenizer.path)
     else:
         log.info("training a %d-token BPE tokenizer on solver transcripts", spec.tokenizer.vocab_size)
         tokenizer = train_tokenizer(solver_corpus(spec, 1000), spec.tokenizer.vocab_size, out)

@@ -122,9 +122,10 @@ class _Sums:
 class Learner:
     def __init__(self, model_dir: str, spec: LearnerSpec, seed: int = 0, rank: RankInfo | None = None,
                  sft_lr: float | None = None, num_threads: int | None = None, rl_threads: int | None = None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         import kpop.models.hybrid  # noqa: F401 (registers bailing_hybrid with the Auto classes)
+        from kpop.models.tokenizer import load_tokenizer
 
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -135,7 +136,7 @@ class Learner:
         torch.manual_seed(seed)
         self.spec, self.rank, self.model_dir = spec, rank, str(model_dir)
         self.rl_lr, self.sft_lr = spec.lr, sft_lr or spec.lr
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.tokenizer = load_tokenizer(self.model_dir)
         self.decode = tokenizer_decoder(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)

@@ -67,3 +67,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out_dir))
     return fast
+
+
+def load_tokenizer(folder: str | Path):
+    """The tokenizer saved in `folder` (a checkpoint or a tokenizer folder), never prompting.
+
+    A hybrid checkpoint's config.json names its configuration module in `auto_map` for readers
+    that run repository code (vLLM with trust_remote_code). Given such a folder, AutoTokenizer
+    reads the config and, asked nothing, stops on stdin for up to 15 s with "Do you wish to run
+    the custom code? [y/N]". The tokenizer itself is plain BPE and needs no code, so nothing is run.
+    """
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)

@@ -279,9 +279,9 @@ class BuiltinEngine:
 def _load_tokenizer(model_dir: Path):
     if not any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
         return None
-    from transformers import AutoTokenizer
+    from kpop.models.tokenizer import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(model_dir))
+    return load_tokenizer(model_dir)
 
 
 def _eos_ids(model) -> frozenset[int]:

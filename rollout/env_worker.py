@@ -60,12 +60,12 @@ class WorkerConfig:
 
 class EnvWorker:
     def __init__(self, config: WorkerConfig) -> None:
-        from transformers import AutoTokenizer
+        from kpop.models.tokenizer import load_tokenizer
 
         if config.nice:
             yield_cpu(config.nice)  # only ever in the worker's own actor process
         configure_sandbox(config.sandbox)
-        self.chat = ChatFormat(AutoTokenizer.from_pretrained(config.tokenizer_dir))
+        self.chat = ChatFormat(load_tokenizer(config.tokenizer_dir))
         self.configs = {e.name: e for e in config.envs}
         self.limits = config.limits
         self.worker_id = config.worker_id

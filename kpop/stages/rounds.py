@@ -102,9 +102,9 @@ def _preference(ctx: RunContext, samples) -> dict[str, Any]:
 
 @cache
 def _tokenizer(model_dir: str):
-    from transformers import AutoTokenizer
+    from kpop.models.tokenizer import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir)
+    return load_tokenizer(model_dir)
 
 
 def _answer_pattern(name: str) -> str | None:

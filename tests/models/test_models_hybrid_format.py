@@ -104,3 +104,24 @@ def test_save_load_roundtrip_through_auto_classes(tiny_model, tmp_path):
     _assert_bit_exact(tiny_model, auto)
     auto.save_pretrained(tmp_path / "hf")  # transformers' own writer, read back by ours
     _assert_bit_exact(tiny_model, load_checkpoint(tmp_path / "hf"))
+
+
+def test_a_checkpoints_tokenizer_loads_without_asking_on_stdin(tiny_model, tmp_path):
+    """The config's `auto_map` (for vLLM's trust_remote_code) must not make transformers stop on
+    stdin to ask whether to run the folder's code: `kpop eval` and `kpop serve` users would see a
+    [y/N] prompt and wait. The child's stdin stays open and silent, as a terminal's would."""
+    import subprocess
+    import sys
+
+    from kpop.models.tokenizer import train_tokenizer
+
+    train_tokenizer([f"tool call {i} for order {i * 7}" for i in range(200)], 300, tmp_path)
+    save_checkpoint(tiny_model, tmp_path)
+    assert "auto_map" in json.loads((tmp_path / "config.json").read_text())
+    code = ("from kpop.models.tokenizer import load_tokenizer; "
+            f"print(load_tokenizer({str(tmp_path)!r})('order 14').input_ids)")
+    child = subprocess.run([sys.executable, "-c", code], stdin=subprocess.PIPE, capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert "[y/N]" not in child.stdout + child.stderr
+    assert child.stdout.strip().startswith("[")

@@ -117,13 +117,15 @@ async def test_rejected_updates_keep_the_old_version_serving(hybrid_dir):
 async def test_update_while_running_applies_between_steps(hybrid_dir):
     engine = BuiltinEngine(hybrid_dir)
     new = tiny_hybrid(seed=2)
-    task = asyncio.ensure_future(engine.generate(GenerationRequest("r", [3, 4], GREEDY)))
+    update = update_from(new, version=7)  # built first: on a loaded machine building it outlasted 16 tokens
+    n = 64
+    task = asyncio.ensure_future(engine.generate(GenerationRequest("r", [3, 4], SamplingParams(temperature=0, max_tokens=n))))
     await _wait_until(lambda: engine.load().generated_tokens >= 2)
-    await engine.update_weights(update_from(new, version=7))  # not paused: applied between two steps
+    await engine.update_weights(update)  # not paused: applied between two steps
     res = await task
     n_old = res.versions.count(0)
-    assert res.versions == [0] * n_old + [7] * (16 - n_old) and n_old < 16
-    assert res.token_ids[n_old:] == argmax_continue(new, [3, 4] + res.token_ids[:n_old], 16 - n_old)
+    assert res.versions == [0] * n_old + [7] * (n - n_old) and n_old < n
+    assert res.token_ids[n_old:] == argmax_continue(new, [3, 4] + res.token_ids[:n_old], n - n_old)
     await engine.close()
 
 
