@@ -109,7 +109,8 @@ def test_save_load_roundtrip_through_auto_classes(tiny_model, tmp_path):
 def test_a_checkpoints_tokenizer_loads_without_asking_on_stdin(tiny_model, tmp_path):
     """The config's `auto_map` (for vLLM's trust_remote_code) must not make transformers stop on
     stdin to ask whether to run the folder's code: `kpop eval` and `kpop serve` users would see a
-    [y/N] prompt and wait. The child's stdin stays open and silent, as a terminal's would."""
+    [y/N] prompt and wait. The child's stdin is a pipe that gets no answer; transformers prints the
+    prompt before it reads, so the prompt shows in the child's output whenever it asks."""
     import subprocess
     import sys
 
