@@ -4,7 +4,9 @@
   state [H, d, d] (float32, no columns, updated in place: S <- exp(g) S + k^T v) or an MLA latent
   [T, r] and rotated k_rope [T, rope] (columns on dim 0), attended in the absorbed form over each
   row's own length. The model's own modules and weights throughout; the norms as one fused op each
-  (kpop.rollout.builtin.norms), one RoPE table per step, MoE with one host sync per layer. Prefill
+  (kpop.rollout.builtin.norms), one RoPE table per step, MoE with one host sync per layer; the
+  projections that read the same input as one matmul (Lightning q|k|v|gate, MLA q|kv_a; weights
+  packed, kpop.rollout.builtin.packed). Prefill
   runs the model's forward with its Lightning layers in the chunked form (the same values as the
   recurrent form the model picks for short prompts, without a fresh state per token).
 - `KVAdapter` (kpop.rollout.builtin.kv_adapter): standard attention through transformers.
@@ -24,8 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from kpop.models.layers.rope import apply_interleaved, rope_angles
+from kpop.rollout.builtin.matmul import module_linear
 from kpop.rollout.builtin.moe_decode import moe_forward
 from kpop.rollout.builtin.norms import group_rms, rms
+from kpop.rollout.builtin.packed import fused_linear
 
 
 class HybridAdapter:
@@ -82,12 +86,12 @@ class HybridAdapter:
             else:
                 h = h + self._lightning(i, layer.attention, x, rope, next(it)[:B])
             h = h + moe_forward(layer.mlp, rms(layer.post_attention_layernorm, h))
-        return self.model.lm_head(rms(self.model.model.norm, h))[:, -1]
+        return module_linear(self.model.lm_head, rms(self.model.model.norm, h))[:, -1]
 
     def _lightning(self, i: int, attn, x, rope, state: torch.Tensor) -> torch.Tensor:
         """`LightningAttention.forward` for one token per row, the [B, H, d, d] state updated in place."""
         B, H, d = x.shape[0], attn.num_heads, attn.head_dim
-        qkv = attn.query_key_value(x)
+        qkv, gate = fused_linear(attn, "qkv_g", [attn.query_key_value, attn.g_proj], x)
         if attn.linear_silu:
             qkv = F.silu(qkv)
         q, k, v = qkv.view(B, 3, H, d).unbind(1)
@@ -101,8 +105,8 @@ class HybridAdapter:
         q, k, v = q.float(), k.float(), v.float()
         state.mul_(decay).addcmul_(k[..., :, None], v[..., None, :])  # S <- exp(g) S + k^T v
         o = torch.matmul((q * d**-0.5)[..., None, :], state)  # [B, H, 1, d]
-        o = group_rms(attn.g_norm, o.view(B, 1, H * d).to(x.dtype)) * torch.sigmoid(attn.g_proj(x))
-        return attn.dense(o)
+        o = group_rms(attn.g_norm, o.view(B, 1, H * d).to(x.dtype)) * torch.sigmoid(gate)
+        return module_linear(attn.dense, o)
 
     @staticmethod
     def _mla(attn, x, cos, sin, latent, k_rope, rows, lengths, width: int, mask) -> torch.Tensor:
@@ -110,14 +114,17 @@ class HybridAdapter:
         from kpop.models.layers.mla import MLACache
 
         B = x.shape[0]
-        q = attn.q_proj(x) if attn.q_lora_rank is None else attn.q_b_proj(rms(attn.q_a_layernorm, attn.q_a_proj(x)))
+        first = attn.q_proj if attn.q_lora_rank is None else attn.q_a_proj
+        q, kv = fused_linear(attn, "q_kv_a", [first, attn.kv_a_proj_with_mqa], x)
+        if attn.q_lora_rank is not None:
+            q = attn.q_b_proj(rms(attn.q_a_layernorm, q))
         q_nope, q_rope = q.view(B, 1, attn.num_heads, -1).split([attn.nope, attn.rope], -1)
-        c, kr = attn.kv_a_proj_with_mqa(x).split([attn.rank, attn.rope], -1)
+        c, kr = kv.split([attn.rank, attn.rope], -1)
         latent[rows, lengths] = rms(attn.kv_a_layernorm, c)[:, 0].to(latent.dtype)
         k_rope[rows, lengths] = apply_interleaved(kr, cos, sin)[:, 0].to(k_rope.dtype)
         full = MLACache(latent[:, : width + 1], k_rope[:, : width + 1])
         out = attn._absorbed(q_nope, apply_interleaved(q_rope, cos, sin), full, mask)
-        return attn.dense(out.reshape(B, 1, -1).to(x.dtype))
+        return module_linear(attn.dense, out.reshape(B, 1, -1).to(x.dtype))
 
 
 def _neox(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

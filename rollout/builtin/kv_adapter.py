@@ -3,7 +3,8 @@
 Cache: per layer keys and values [Hkv, T, D] per row (columns on dim 1), in the model's dtype.
 Contract: the one in kpop.rollout.builtin.adapters. Two decode paths:
 - direct (Llama, Qwen2, Qwen3 without sliding-window layers): one loop over the model's own
-  modules (projections, rotary embedding, MLP; norms as one fused op, kpop.rollout.builtin.norms); the new keys/values are written into the
+  modules and weights (rotary embedding; q|k|v and gate|up each one matmul over packed weights,
+  kpop.rollout.builtin.packed; norms as one fused op, kpop.rollout.builtin.norms); the new keys/values are written into the
   slots in place and SDPA attends each row over its own length. No per-step cache objects, masks
   built once per step, no copy of the cache.
 - generic (every other architecture): the model's forward over a `DynamicCache` that views the
@@ -16,7 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kpop.rollout.builtin.gated_mlp import gated_mlp
+from kpop.rollout.builtin.matmul import module_linear
 from kpop.rollout.builtin.norms import rms
+from kpop.rollout.builtin.packed import fused_linear
 
 DIRECT_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 
@@ -64,9 +68,7 @@ class KVAdapter:
         rows = torch.arange(B, device=lengths.device)
         for i, layer in enumerate(inner.layers[: self.num_layers]):
             attn, x = layer.self_attn, rms(layer.input_layernorm, h)
-            q = attn.q_proj(x).view(B, 1, -1, attn.head_dim)
-            k = attn.k_proj(x).view(B, 1, -1, attn.head_dim)
-            v = attn.v_proj(x).view(B, 1, -1, attn.head_dim)
+            q, k, v = (t.view(B, 1, -1, attn.head_dim) for t in fused_linear(attn, "qkv", [attn.q_proj, attn.k_proj, attn.v_proj], x))
             if hasattr(attn, "q_norm"):
                 q, k = rms(attn.q_norm, q), rms(attn.k_norm, k)
             q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
@@ -77,9 +79,9 @@ class KVAdapter:
                 q, keys[:, :, : width + 1], values[:, :, : width + 1], attn_mask=mask, scale=attn.scaling,
                 enable_gqa=q.shape[1] != keys.shape[1],
             )
-            h = h + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
-            h = h + layer.mlp(rms(layer.post_attention_layernorm, h))
-        return self.model.lm_head(rms(inner.norm, h))[:, -1]
+            h = h + module_linear(attn.o_proj, o.transpose(1, 2).reshape(B, 1, -1))
+            h = h + gated_mlp(layer.mlp, rms(layer.post_attention_layernorm, h))
+        return module_linear(self.model.lm_head, rms(inner.norm, h))[:, -1]
 
     def _generic(self, tensors, lengths, width: int, tokens) -> torch.Tensor:
         from transformers import DynamicCache
