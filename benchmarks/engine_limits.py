@@ -6,7 +6,9 @@
   included, the embedding table not: a token reads one row of it), routed MoE experts counted
   top-k of E.
 - Batch B > 1 (compute-bound): the time of one decode step's matmuls, each timed here on its own
-  shape, `F.linear` of [rows, in] x [in, out] in the model's dtype; rows = B for dense layers and
+  shape, [rows, in] x [in, out] in the model's dtype, the faster of `F.linear` and the row-chunked
+  `bmm` the built-in engine uses (kpop.rollout.builtin.matmul.chunked; no engine is measured
+  against a limit its own kernel beats); rows = B for dense layers and
   B*k/E (rounded up) for each of the min(E, B*k) routed experts that a balanced router feeds.
   The limit is B / that time. FLOPs counted: 2 x rows x in x out per linear.
 Attention over the cache (<= 72 tokens in the benchmark, ~2% of the weight traffic) and the
@@ -77,14 +79,20 @@ def read_bandwidth(mib: int = 128, repeats: int = 30) -> float:
 
 
 def _linear_time(rows: int, fan_in: int, fan_out: int, dtype: torch.dtype, repeats: int = 40) -> float:
-    """Best single-call time: single calls, so that on a shared machine some run undisturbed."""
+    """Best single-call time of the faster form: single calls, so that on a shared machine some run
+    undisturbed; the two forms take turns."""
+    from kpop.rollout.builtin.matmul import CHUNKS, chunked
+
     x, w = torch.randn(rows, fan_in).to(dtype), torch.randn(fan_out, fan_in).to(dtype)
-    F.linear(x, w)
+    forms = [F.linear] + ([chunked] if fan_out % CHUNKS == 0 else [])
     best = float("inf")
+    for form in forms:
+        form(x, w)
     for _ in range(repeats):
-        start = time.perf_counter()
-        F.linear(x, w)
-        best = min(best, time.perf_counter() - start)
+        for form in forms:
+            start = time.perf_counter()
+            form(x, w)
+            best = min(best, time.perf_counter() - start)
     return best
 
 
