@@ -64,13 +64,13 @@ def engine_launch(spec: RunSpec, model_dir: str | Path, index: int) -> EngineLau
         from kpop.rollout.builtin_engine import BuiltinEngineConfig  # its module imports torch
 
         config = BuiltinEngineConfig(model_dir=str(model_dir), max_batch=eng.max_num_seqs, seed=spec.seed + index,
-                                     device="cuda" if eng.num_gpus > 0 else "cpu")
+                                     device="cuda" if eng.num_gpus > 0 else "cpu", dtype=eng.dtype)
     else:
         from kpop.rollout.vllm_engine import VLLMEngineConfig  # its module imports torch
 
         config = VLLMEngineConfig(model_dir=str(model_dir), kv_cache_gib=eng.kv_cache_gib,
                                   enforce_eager=eng.enforce_eager, seed=spec.seed + index,
-                                  max_num_seqs=eng.max_num_seqs)
+                                  max_num_seqs=eng.max_num_seqs, dtype=eng.dtype)
     return EngineLaunch(config, eng.num_cpus, eng.num_gpus, rollout_nice(spec), dict(spec.cluster.placement.engine))
 
 

