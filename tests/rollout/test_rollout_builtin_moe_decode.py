@@ -1,0 +1,43 @@
+"""`moe_forward` (kpop.rollout.builtin.moe_decode) against the model's own `MoE.forward`: one row,
+several rows with the router's load uneven (the padded `bmm` path), and after a weight update
+copied into the experts' parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kpop.models.layers.moe import MoE
+from kpop.rollout.builtin.moe_decode import moe_forward
+
+
+def _moe(seed: int) -> MoE:
+    torch.manual_seed(seed)
+    return MoE(hidden_size=32, num_experts=8, top_k=2, moe_intermediate_size=24, num_shared_experts=1,
+               n_group=4, topk_group=2, routed_scaling_factor=2.5).eval()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_moe_forward_equals_the_modules_forward(rows):
+    moe = _moe(0)
+    with torch.no_grad():
+        moe.gate.expert_bias[0] = 5.0  # expert 0 in every row's top-k: uneven load, padding in use
+    x = torch.randn(rows, 1, 32)
+    with torch.inference_mode():
+        got = moe_forward(moe, x)
+        want, _ = moe(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_weight_updates_reach_the_stacked_experts():
+    moe, new = _moe(0), _moe(1)
+    x = torch.randn(16, 1, 32)
+    with torch.inference_mode():
+        moe_forward(moe, x)  # builds the stacks
+    with torch.no_grad():
+        for mine, theirs in zip(moe.parameters(), new.parameters()):
+            mine.copy_(theirs)
+    with torch.inference_mode():
+        got = moe_forward(moe, x)
+        want, _ = new(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
