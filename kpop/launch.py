@@ -74,7 +74,8 @@ def _engine(spec: RunSpec) -> str:
     from kpop.runtime.build import engine_choice
 
     choice = engine_choice(spec, spec.model.path)
-    return choice.kind if spec.rollout.engine.type != "auto" else f"{choice.kind} (auto: {choice.reason})"
+    kind = f"{choice.kind} in {spec.rollout.engine.dtype}"
+    return kind if spec.rollout.engine.type != "auto" else f"{kind} (auto: {choice.reason})"
 
 
 def _terms(rewards: list) -> str:

@@ -46,8 +46,9 @@ def test_dry_run_of_the_hybrid_example_shows_its_engine_and_the_resolved_fp4_rec
     assert "dgrad: dy uniform 1x16 e4m3 sr" in quant
     # the tiny preset: MoE layers 1-3 (8 experts), the first and last blocks and the LM head kept
     assert "60 of 98 linear layers quantised" in quant and "model.layers.0.* (6), model.layers.3.* (31), lm_head" in quant
-    plain = kpop("run", "examples/hybrid.yaml", "--dry-run")
-    assert "quant:     off (learner.quant.recipe bf16)" in plain.stdout
+    assert "1 x builtin in float32" in result.stdout
+    plain = kpop("run", "examples/hybrid.yaml", "--dry-run", "--set", "rollout.engine.dtype=bfloat16")
+    assert "quant:     off (learner.quant.recipe bf16)" in plain.stdout and "1 x builtin in bfloat16" in plain.stdout
 
 
 def test_bad_spec_exits_2_with_paths_and_no_traceback(tmp_path):
