@@ -100,6 +100,21 @@ def test_checkpoint_is_a_loadable_hugging_face_folder_with_trained_weights(finis
     assert torch.isfinite(torch.stack([p.abs().sum() for p in trained.parameters()])).all()
 
 
+def test_a_bfloat16_vllm_engine_adds_the_mismatch_the_learner_measures(finished_run, tmp_path):
+    """`rollout.engine.dtype: bfloat16` on the vLLM engine: the same short run logs a train/inference
+    mismatch far above the fp32 engine's (the learner trains in fp32), and still trains."""
+    from kpop.launch import run
+
+    spec, _, _ = finished_run
+    fp32 = [r["mismatch"] for r in read_metrics(spec.run_dir) if r["phase"] == "rl"]
+    bf16_spec = load_spec(None, [*OVERRIDES, "rollout.engine.dtype=bfloat16", f"run_dir={tmp_path}"])
+    assert bf16_spec.rollout.engine.type == "vllm"
+    run(bf16_spec)
+    rl = [r for r in read_metrics(bf16_spec.run_dir) if r["phase"] == "rl"]
+    assert [r["version"] for r in rl] == [14, 15] and all(r["gen_tokens"] > 0 for r in rl)
+    assert min(r["mismatch"] for r in rl) > 1e-3 > 10 * max(fp32), ([r["mismatch"] for r in rl], fp32)
+
+
 def test_rerun_on_the_run_directory_resumes_after_the_last_checkpoint(finished_run):
     """Runs last in this module: it extends the finished run by one RL step."""
     from kpop.launch import run
