@@ -4,9 +4,10 @@ Cache: per layer keys and values [Hkv, T, D] per row (columns on dim 1), in the 
 Contract: the one in kpop.rollout.builtin.adapters. Two decode paths:
 - direct (Llama, Qwen2, Qwen3 without sliding-window layers): one loop over the model's own
   modules and weights (rotary embedding; q|k|v and gate|up each one matmul over packed weights,
-  kpop.rollout.builtin.packed; norms as one fused op, kpop.rollout.builtin.norms); the new keys/values are written into the
-  slots in place and SDPA attends each row over its own length. No per-step cache objects, masks
-  built once per step, no copy of the cache.
+  kpop.rollout.builtin.packed; norms as one fused op, kpop.rollout.builtin.norms); the new
+  keys/values are written into the slots in place and each row attends over its own length (SDPA
+  for one row, `_attend` for several). No per-step cache objects, masks built once per step, no
+  copy of the cache.
 - generic (every other architecture): the model's forward over a `DynamicCache` that views the
   slots, with a 0/1 mask of each row's length; the new column is copied back into the slots.
 Both compute, per row, what the model's full forward computes for that row alone (tested).
@@ -69,7 +70,8 @@ class KVAdapter:
         rows = torch.arange(B, device=lengths.device)
         for i, layer in enumerate(inner.layers[: self.num_layers]):
             attn, x = layer.self_attn, rms(layer.input_layernorm, h)
-            q, k, v = (t.view(B, 1, -1, attn.head_dim) for t in fused_linear(attn, "qkv", [attn.q_proj, attn.k_proj, attn.v_proj], x))
+            qkv = fused_linear(attn, "qkv", [attn.q_proj, attn.k_proj, attn.v_proj], x)
+            q, k, v = (t.view(B, 1, -1, attn.head_dim) for t in qkv)
             if hasattr(attn, "q_norm"):
                 q, k = rms(attn.q_norm, q), rms(attn.k_norm, k)
             q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)

@@ -4,17 +4,17 @@ Why: a decode step multiplies a few rows by each weight, and for those shapes `F
 BLAS call that runs on one thread. Measured on the 2-core box (medium Llama shapes, 12 layers of
 distinct weights, fp32): at 1 row the weights stream at ~11 GB/s on 1 or 2 threads alike, where a
 plain read runs at ~28 GB/s; at 64 rows ~85-110 GFLOP/s. Splitting the weight's output rows into
-`CHUNKS` blocks and multiplying them by one `bmm` gives each thread its own blocks: ~29 GB/s at
-1 row, ~130 GFLOP/s at 64 (benchmarks/engine_limits.py times both forms; the limit takes the faster).
+`CHUNKS` blocks and multiplying them by one `bmm` gives each thread its own blocks: ~29 GB/s at 1
+row, ~130 GFLOP/s at 64 (benchmarks/engine_limits.py times both forms; the limit takes the faster).
 
-Contract: `linear(x [..., in], w [out, in], b [out] | None)` -> [..., out], each output element
-the dot product of its weight row with its input row (the summation order inside a dot product is
-the BLAS kernel's, so values match `F.linear` to rounding, not bit for bit). The chunked form is
-used for float32 weights of at least `MIN_NUMEL` elements (1 MiB) whose output size divides into
+Contract: `linear(x [..., in], w [out, in], b [out] | None)` -> [..., out], each output element the
+dot product of its weight row with its input row (the summation order inside a dot product is the
+BLAS kernel's, so values match `F.linear` to rounding, not bit for bit). The chunked form is used
+for float32 weights of at least `MIN_NUMEL` elements (1 MiB) whose output size divides into
 `CHUNKS`; smaller weights sit in a core's cache, where the `bmm`'s fixed cost loses (192x64: 3.7x
-slower at 1 row; 768x256 even; 768x768 0.74x the time at 64 rows), and other dtypes go to
-`F.linear` (bf16 `bmm` was no faster). `module_linear(m, x)` applies an `nn.Linear` this way and calls
-any other module.
+slower at 1 row; 768x256 even; 768x768 0.74x the time at 64 rows), and other dtypes go to `F.linear`
+(bf16 `bmm` was no faster). `module_linear(m, x)` applies an `nn.Linear` this way and calls any
+other module.
 """
 
 from __future__ import annotations

@@ -1,20 +1,21 @@
 """The hybrid's MoE feed-forward for decoding: `MoE.forward`'s result with one host sync per layer.
 
-`MoE.forward` (kpop.models.layers.moe) finds each expert's tokens with a `nonzero` per expert;
-here the (token, slot) pairs are sorted by expert once and each expert takes a contiguous slice.
-Experts are visited in increasing id and their outputs accumulated in the same order, so the sum
-is the one `MoE.forward` computes (a single row skips the sort and the scatter: its k experts'
-outputs are added directly). Router load is not counted (the engine's model is in eval mode,
-where `MoEGate` counts nothing either). A dense SwiGLU layer goes through `gated_mlp`; any other
-module is simply called.
+`MoE.forward` (kpop.models.layers.moe) finds each expert's tokens with a `nonzero` per expert; here
+the (token, slot) pairs are sorted by expert once and each expert takes its own block. Experts
+are visited in increasing id and their outputs accumulated in the same order, so the sum is the one
+`MoE.forward` computes (a single row skips the sort and the scatter: its k experts' outputs are
+added directly). Router load is not counted (the engine's model is in eval mode, where `MoEGate`
+counts nothing either). A dense SwiGLU layer goes through `gated_mlp`; any other module is simply
+called.
 
-Experts' weights are packed (kpop.rollout.builtin.packed: the parameters become views of the
-stacks, so weight updates land there): [E, 2I, h] (gate | up) and [E, h, I] (down). Several rows:
-the (token, slot) rows sorted by expert are padded to [E, M, h] (M = the busiest expert's rows;
-one host sync per layer for M) and go through two `bmm` calls over all experts, so a layer costs a
-dozen ops whatever E. `bmm` runs the experts on all cores where `grouped_mm` ran one single-threaded
-matmul per expert: medium hybrid end to end 200-216 -> 247-298 tok/s at 16 rows, 466-515 ->
-495-576 at 64. One row: each chosen expert is two linears on its slices of the stacks. The shared expert runs gate|up as one matmul too.
+Experts' weights are packed (kpop.rollout.builtin.packed: the parameters become views of the stacks,
+so weight updates land there): [E, 2I, h] (gate | up) and [E, h, I] (down). Several rows: the
+(token, slot) rows sorted by expert are padded to [E, M, h] (M = the busiest expert's rows; one host
+sync per layer for M) and go through two `bmm` calls over all experts, so a layer costs a dozen ops
+whatever E. `bmm` runs the experts on all cores where `grouped_mm` ran one single-threaded matmul
+per expert: medium hybrid end to end 200-216 -> 247-298 tok/s at 16 rows, 466-515 -> 495-576 at 64.
+One row: each chosen expert is two linears on its slices of the stacks. The shared expert runs
+gate|up as one matmul too.
 """
 
 from __future__ import annotations

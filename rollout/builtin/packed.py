@@ -1,19 +1,18 @@
 """Packed weights: several parameters' values held in one tensor that the parameters are views of.
 
 `packed(owner, key, params, layout)` returns one tensor with the values of `params`, arranged by
-`layout` (`rows`: concatenated along dim 0; `stacked(n)`: each n consecutive parameters
-concatenated along dim 0, the groups stacked on a new dim 0, e.g. MoE experts' gate|up as [E, 2I, h]). At first use every parameter is re-pointed into it (same values, same
-Parameter objects), so a weight update that copies into the parameters
-(kpop.rollout.builtin.weights.WeightLoader.commit) lands in the packed tensor too, and one matmul
-over it computes what the separate ones compute. The tensor is cached on `owner` under `key` with
-the parameters' data pointers; a parameter given other storage since (`model.to(...)`,
-`load_state_dict(assign=True)`) makes it rebuilt from the current values.
+`layout` (`rows`: concatenated along dim 0; `stacked(n)`: each n consecutive parameters concatenated
+along dim 0, the groups stacked on a new dim 0, e.g. MoE experts' gate|up as [E, 2I, h]). At first
+use every parameter is re-pointed into it (same values, same Parameter objects), so a weight update
+that copies into the parameters (kpop.rollout.builtin.weights.WeightLoader.commit) lands in the
+packed tensor too, and one matmul over it computes what the separate ones compute. The tensor is
+cached on `owner` under `key` with the parameters' data pointers; a parameter given other storage
+since (`model.to(...)`, `load_state_dict(assign=True)`) makes it rebuilt from the current values.
 
-`fused_linear(owner, key, linears, x)` is the outputs of several bias-compatible `nn.Linear`
-layers reading the same input, by one `linear` (kpop.rollout.builtin.matmul) over their packed
-weights (and biases): a decode
-step then streams the weights in one call instead of one per layer. Layers that are not plain
-`nn.Linear` (or mix biased and bias-free ones) are simply called one by one.
+`fused_linear(owner, key, linears, x)` is the outputs of several bias-compatible `nn.Linear` layers
+reading the same input, by one `linear` (kpop.rollout.builtin.matmul) over their packed weights (and
+biases): a decode step then streams the weights in one call instead of one per layer. Layers that
+are not plain `nn.Linear` (or mix biased and bias-free ones) are simply called one by one.
 """
 
 from __future__ import annotations
