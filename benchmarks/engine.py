@@ -10,11 +10,16 @@ Models (random init, built locally in a temp folder), per size:
           12 heads of 64, 12 layers): bandwidth-bound at batch 1, matmul-bound at batch 64.
 Every engine samples at temperature 1 from the same prompts (8 tokens each) for --max-tokens
 tokens; tokens/s = generated tokens over the wall time of the whole batch (prefill included),
-best of --repeats, the engines of a model taking turns within each repeat. Rows: built-in and HF `generate` on each model, and vLLM (VLLMEngine,
-in-process) on the Llamas, in each dtype (the tiny size in float32 only). "% limit" compares to
-the limit measured in the same run (benchmarks/engine_limits.py): read bandwidth over weight
-bytes per token at batch 1, the model's own matmul shapes timed here at larger batches. The
-machine may be shared: figures move with its load; ratios measured back to back move less.
+best of --repeats, the engines of a model taking turns within each repeat. Rows: built-in and HF
+`generate` on each model, and vLLM (VLLMEngine, in-process; its engine core is a process of its
+own) on the Llamas, in each dtype (the tiny size in float32 only). "% limit" compares to the
+limit measured in the same run (benchmarks/engine_limits.py): read bandwidth over weight bytes
+per token at batch 1; at larger batches the time of the whole generation's matmuls (prefill and
+decode steps) over the model's own weights, read from memory in forward order.
+Every torch op of this process (HF `generate`, the limits, model loading) runs on the one thread
+the built-in engine uses (kpop.rollout.builtin.torch_thread): a second thread running parallel
+torch ops would throttle every OpenMP worker of the process, the engine's included. The machine
+may be shared: figures move with its load; ratios measured back to back move less.
 """
 
 from __future__ import annotations
@@ -27,11 +32,16 @@ from pathlib import Path
 
 from engine_limits import measure_limits, read_bandwidth
 
+from kpop.rollout.builtin import torch_thread
+
 LLAMA_SIZES = {"tiny": dict(hidden=128, heads=4, kv_heads=4, layers=2), "medium": dict(hidden=768, heads=12, kv_heads=12, layers=12)}
 
 
+PROMPT_LEN = 8
+
+
 def prompts(batch: int) -> list[list[int]]:
-    return [[1] + [(7 * i + j) % 200 + 4 for j in range(7)] for i in range(batch)]
+    return [[1] + [(7 * i + j) % 200 + 4 for j in range(PROMPT_LEN - 1)] for i in range(batch)]
 
 
 def hf_tokens_per_s(model, batch: int, max_tokens: int) -> float:
@@ -64,7 +74,7 @@ async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: 
 
     def run(name: str, engine, b: int, max_tokens: int):
         if name == "HF generate":
-            return hf_tokens_per_s(engine, b, max_tokens)
+            return torch_thread.call(hf_tokens_per_s, engine, b, max_tokens)
         return engine_tokens_per_s(engine, b, max_tokens)
 
     for name, engine in engines:  # warm-up
@@ -85,14 +95,16 @@ async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: 
     return rows
 
 
-async def model_rows(kind: str, size: str, model_dir: Path, dtype: str, batches, args, bandwidth: float) -> list[tuple]:
+async def model_rows(kind: str, size: str, model_dir: Path, dtype: str, batches, args) -> list[tuple]:
     import torch
 
     from kpop.rollout.builtin.weights import load_model
     from kpop.rollout.builtin_engine import BuiltinEngine
 
-    model = load_model(model_dir, dtype=getattr(torch, dtype))
-    limits = measure_limits(model, batches, getattr(torch, dtype), bandwidth)
+    model = torch_thread.call(load_model, model_dir, "cpu", getattr(torch, dtype))
+    bandwidth = torch_thread.call(read_bandwidth)  # per model: the machine's bandwidth drifts (27-62 GB/s seen)
+    print(f"  read bandwidth {bandwidth / 1e9:.1f} GB/s, {args.threads} threads", flush=True)
+    limits = torch_thread.call(measure_limits, model, batches, bandwidth, PROMPT_LEN, args.max_tokens)
     for b in batches:
         print(f"  {kind} {size} {dtype} limit at batch {b}: {limits.tokens_per_s(b):.0f} tok/s ({limits.describe(b)})", flush=True)
 
@@ -136,18 +148,16 @@ async def run(args, tmp: Path) -> None:
 
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    bandwidth = read_bandwidth()
-    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s, {args.threads} threads", flush=True)
     rows = []
     for size in args.sizes.split(","):
         preset = {} if size == "tiny" else {"preset": size}
-        hybrid = tiny_hybrid_dir(tmp / f"hybrid-{size}", **preset)
+        hybrid = torch_thread.call(tiny_hybrid_dir, tmp / f"hybrid-{size}", **preset)
         # No EOS in the config, so vLLM (which stops at the config's EOS) generates full lengths too.
-        llama = tiny_llama_dir(tmp / f"llama-{size}", **LLAMA_SIZES[size], with_tokenizer=True)
+        llama = torch_thread.call(tiny_llama_dir, tmp / f"llama-{size}", **LLAMA_SIZES[size], with_tokenizer=True)
         _drop_eos(llama)
         for dtype in ["float32"] if size == "tiny" else args.dtypes.split(","):
             for kind, model_dir in (("hybrid", hybrid), ("llama", llama)):
-                rows += await model_rows(kind, size, model_dir, dtype, batches, args, bandwidth)
+                rows += await model_rows(kind, size, model_dir, dtype, batches, args)
     print_table(rows)
 
 

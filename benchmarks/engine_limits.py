@@ -1,19 +1,26 @@
 """The machine's decode limits for a model, measured here: what `benchmarks/engine.py` compares to.
 
+The workload is the benchmark's: `batch` prompts of `prompt_len` tokens, `max_tokens` generated
+each (the first by the prefill, the others by `max_tokens - 1` decode steps).
 - Batch 1 (bandwidth-bound): a token reads every weight it uses once, so the limit is
   `read bandwidth / weight bytes per token`. Bandwidth: the best of several `sum()` passes over a
-  256 MiB buffer (a pure streaming read). Weight bytes: every linear layer's weight (the lm_head
+  128 MiB buffer (a pure streaming read). Weight bytes: every linear layer's weight (the lm_head
   included, the embedding table not: a token reads one row of it), routed MoE experts counted
   top-k of E.
-- Batch B > 1 (compute-bound): the time of one decode step's matmuls, each timed here on its own
-  shape, [rows, in] x [in, out] in the model's dtype, the faster of `F.linear` and the row-chunked
-  `bmm` the built-in engine uses (kpop.rollout.builtin.matmul.chunked; no engine is measured
-  against a limit its own kernel beats); rows = B for dense layers and
-  B*k/E (rounded up) for each of the min(E, B*k) routed experts that a balanced router feeds.
-  The limit is B / that time. FLOPs counted: 2 x rows x in x out per linear.
-Attention over the cache (<= 72 tokens in the benchmark, ~2% of the weight traffic) and the
-router, norms and sampling are left out: the limits are upper bounds the engine cannot reach.
+- Batch B > 1 (compute-bound): the time of the batch's matmuls, prefill included:
+  `pass(B * prompt_len) + (max_tokens - 1) * pass(B)`, where `pass(rows)` runs one forward's
+  linear layers in the model's order on their own weights (`rows` x in by each [out, in] weight
+  of the loaded model, so every weight comes from memory as in a real step, not from a cache a
+  repeated shape would keep it in). Routed experts: a balanced router feeds min(E, rows*k) of
+  each layer's experts, ceil(rows*k / fed) rows each. Each layer takes the faster of `F.linear`
+  and the row-chunked `bmm` the built-in engine uses (kpop.rollout.builtin.matmul.chunked; no
+  engine is measured against a limit its own kernel beats), each layer's call timed on its own,
+  best of several passes per form. FLOPs counted: 2 x rows x in x out per linear.
+Attention over the cache (<= 72 tokens in the benchmark, ~2% of the weight traffic), the router,
+norms and sampling are left out: the limits are upper bounds the engine cannot reach.
 Timings take the best of several runs, so a noisy machine yields optimistic (high) limits.
+`hot_step_s` also times each batch-B shape on its own, repeated (its weight stays in cache): the
+bound an earlier version of this benchmark used, printed for comparison.
 """
 
 from __future__ import annotations
@@ -29,23 +36,34 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Linear:
-    fan_in: int
-    fan_out: int
-    experts: int = 1  # a routed expert's layer: one of `experts`, `top_k` of which each token uses
+    weight: torch.Tensor
+    expert: int | None = None  # index in its layer's routed experts
+    experts: int = 1           # routed: one of `experts`, `top_k` of which each token uses
     top_k: int = 1
+
+    @property
+    def fan_out(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def fan_in(self) -> int:
+        return self.weight.shape[1]
 
     @property
     def rows_per_token(self) -> float:
         return self.top_k / self.experts
 
-    def fed(self, batch: int) -> tuple[float, int]:
-        """(share of this layer's experts a balanced router feeds at `batch`, rows each gets)."""
-        fed = min(self.experts, batch * self.top_k)
-        return fed / self.experts, math.ceil(batch * self.top_k / fed)
+    def rows(self, batch_rows: int) -> int:
+        """Rows this layer multiplies when the step has `batch_rows` rows; 0 if it is not fed."""
+        if self.expert is None:
+            return batch_rows
+        fed = min(self.experts, batch_rows * self.top_k)
+        return math.ceil(batch_rows * self.top_k / fed) if self.expert < fed else 0
 
 
 def model_linears(model) -> list[Linear]:
-    """The decode-time linear layers of `model` (MTP layers of the hybrid excluded: unused when decoding)."""
+    """The decode-time linear layers of `model` in forward order (MTP layers of the hybrid excluded:
+    unused when decoding)."""
     cfg = model.config
     n_layers = cfg.num_hidden_layers
     experts, top_k = getattr(cfg, "num_experts", None) or 1, getattr(cfg, "num_experts_per_tok", None) or 1
@@ -56,14 +74,15 @@ def model_linears(model) -> list[Linear]:
         parts = name.split(".")
         if "layers" in parts and int(parts[parts.index("layers") + 1]) >= n_layers:
             continue
-        routed = ".experts." in name
-        out.append(Linear(module.in_features, module.out_features, *((experts, top_k) if routed else (1, 1))))
+        if "experts" in parts:
+            out.append(Linear(module.weight.detach(), int(parts[parts.index("experts") + 1]), experts, top_k))
+        else:
+            out.append(Linear(module.weight.detach()))
     return out
 
 
-def weight_bytes_per_token(linears: list[Linear], dtype: torch.dtype) -> float:
-    size = torch.empty((), dtype=dtype).element_size()
-    return sum(lin.rows_per_token * lin.fan_in * lin.fan_out * size for lin in linears)
+def weight_bytes_per_token(linears: list[Linear]) -> float:
+    return sum(lin.rows_per_token * lin.weight.numel() * lin.weight.element_size() for lin in linears)
 
 
 def read_bandwidth(mib: int = 128, repeats: int = 30) -> float:
@@ -78,60 +97,85 @@ def read_bandwidth(mib: int = 128, repeats: int = 30) -> float:
     return buf.nbytes / best
 
 
-def _linear_time(rows: int, fan_in: int, fan_out: int, dtype: torch.dtype, repeats: int = 40) -> float:
-    """Best single-call time of the faster form: single calls, so that on a shared machine some run
-    undisturbed; the two forms take turns."""
+def _forms(lin: Linear) -> list:
     from kpop.rollout.builtin.matmul import CHUNKS, chunked
 
-    x, w = torch.randn(rows, fan_in).to(dtype), torch.randn(fan_out, fan_in).to(dtype)
-    forms = [F.linear] + ([chunked] if fan_out % CHUNKS == 0 else [])
-    best = float("inf")
-    for form in forms:
-        form(x, w)
+    return [F.linear] + ([chunked] if lin.fan_out % CHUNKS == 0 else [])
+
+
+def pass_time(linears: list[Linear], batch_rows: int, repeats: int = 5) -> tuple[float, float]:
+    """(seconds, FLOPs) of one forward's matmuls at `batch_rows` rows, weights read in model order."""
+    fed = [(lin, lin.rows(batch_rows)) for lin in linears]
+    fed = [(lin, rows) for lin, rows in fed if rows]
+    inputs = {(rows, lin.fan_in, lin.weight.dtype): torch.randn(rows, lin.fan_in).to(lin.weight.dtype) for lin, rows in fed}
+    best = [float("inf")] * len(fed)
     for _ in range(repeats):
-        for form in forms:
-            start = time.perf_counter()
-            form(x, w)
-            best = min(best, time.perf_counter() - start)
-    return best
+        for form in (F.linear, None):
+            for i, (lin, rows) in enumerate(fed):
+                forms = _forms(lin)
+                fn = form if form is not None else forms[-1]
+                x = inputs[rows, lin.fan_in, lin.weight.dtype]
+                start = time.perf_counter()
+                fn(x, lin.weight)
+                best[i] = min(best[i], time.perf_counter() - start)
+    flops = sum(2 * rows * lin.fan_in * lin.fan_out for lin, rows in fed)
+    return sum(best), flops
 
 
-def step_matmul(linears: list[Linear], batch: int, dtype: torch.dtype) -> tuple[float, float]:
-    """(seconds, FLOPs) of one decode step's matmuls at `batch` rows, each shape timed here."""
-    times: dict[tuple[int, int, int], float] = {}
-    seconds = flops = 0.0
+def hot_step_s(linears: list[Linear], batch: int, repeats: int = 40) -> float:
+    """Seconds of one decode step's matmuls with each shape timed alone, repeated (weights hot)."""
+    seconds, times = 0.0, {}
     for lin in linears:
-        share, rows = lin.fed(batch)
+        rows = lin.rows(batch)
+        if not rows:
+            continue
         key = (rows, lin.fan_in, lin.fan_out)
         if key not in times:
-            times[key] = _linear_time(*key, dtype)
-        seconds += share * times[key]
-        flops += share * 2 * rows * lin.fan_in * lin.fan_out
-    return seconds, flops
+            x, w = torch.randn(rows, lin.fan_in).to(lin.weight.dtype), lin.weight
+            best = float("inf")
+            for form in _forms(lin):
+                form(x, w)
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    form(x, w)
+                    best = min(best, time.perf_counter() - start)
+            times[key] = best
+        seconds += times[key]
+    return seconds
 
 
 @dataclass(frozen=True)
 class Limits:
-    bandwidth: float          # bytes/s
+    bandwidth: float                       # bytes/s
     bytes_per_token: float
-    step_s: dict[int, float]  # batch -> seconds of matmuls per decode step
-    step_flops: dict[int, float]
+    prompt_len: int
+    max_tokens: int
+    seconds: dict[int, float]              # batch -> matmul seconds of the whole generation
+    flops: dict[int, float]
+    hot_tokens_per_s: dict[int, float]     # batch -> the earlier, hot-shape bound (decode steps only)
 
     def tokens_per_s(self, batch: int) -> float:
         if batch == 1:
             return self.bandwidth / self.bytes_per_token
-        return batch / self.step_s[batch]
+        return batch * self.max_tokens / self.seconds[batch]
 
     def describe(self, batch: int) -> str:
         if batch == 1:
             return f"{self.bytes_per_token / 1e6:.0f} MB/token at {self.bandwidth / 1e9:.1f} GB/s"
-        return f"{self.step_flops[batch] / 1e9:.2f} GFLOP/step at {self.step_flops[batch] / self.step_s[batch] / 1e9:.0f} GFLOP/s"
+        return (
+            f"{self.flops[batch] / 1e9:.1f} GFLOP, prefill included, at {self.flops[batch] / self.seconds[batch] / 1e9:.0f} GFLOP/s; "
+            f"hot-shape bound {self.hot_tokens_per_s[batch]:.0f} tok/s"
+        )
 
 
-def measure_limits(model, batches: list[int], dtype: torch.dtype, bandwidth: float) -> Limits:
+def measure_limits(model, batches: list[int], bandwidth: float, prompt_len: int, max_tokens: int) -> Limits:
     linears = model_linears(model)
-    step_s, step_flops = {}, {}
+    seconds, flops, hot = {}, {}, {}
     for b in batches:
         if b > 1:
-            step_s[b], step_flops[b] = step_matmul(linears, b, dtype)
-    return Limits(bandwidth, weight_bytes_per_token(linears, dtype), step_s, step_flops)
+            prefill_s, prefill_flops = pass_time(linears, b * prompt_len)
+            step_s, step_flops = pass_time(linears, b)
+            seconds[b] = prefill_s + (max_tokens - 1) * step_s
+            flops[b] = prefill_flops + (max_tokens - 1) * step_flops
+            hot[b] = b / hot_step_s(linears, b)
+    return Limits(bandwidth, weight_bytes_per_token(linears), prompt_len, max_tokens, seconds, flops, hot)

@@ -12,7 +12,8 @@ Contract and invariants (the same as `VLLMEngine` wherever both apply):
   Sampling draws from a per-request `torch.Generator` (`SamplingParams.seed`, else derived from
   the engine seed and the request's arrival number), so results do not depend on batching.
 - The decode loop is one asyncio task: steps (admit + prefill + one decode for all running) run
-  in one dedicated worker thread (weight commits too), in bursts of up to `burst_s` (0.05 s)
+  on the process's torch thread (kpop.rollout.builtin.torch_thread; model loading, weight staging
+  and commits too: one OpenMP team per process), in bursts of up to `burst_s` (0.05 s)
   while holding `_step_lock`; between bursts the event loop dispatches tokens. Abort, pause and weight updates interrupt a burst after
   its current step, so they wait for at most one step; tokens stream once per burst.
 - `pause()` returns once no step is running; in-flight requests are kept ("keep" mode) and new
@@ -34,12 +35,12 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from kpop.rollout.builtin import torch_thread
 from kpop.rollout.builtin.adapters import adapter_for
 from kpop.rollout.builtin.sampling import new_generator
 from kpop.rollout.builtin.scheduler import Scheduler, Sequence, StepEvent
@@ -76,7 +77,7 @@ class BuiltinEngine:
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         start = time.perf_counter()
         self.model_dir = Path(model_dir)
-        self.model = load_model(self.model_dir, device, dtype)
+        self.model = torch_thread.call(load_model, self.model_dir, device, dtype)
         self.weights = WeightLoader(self.model, self.model_dir)
         self.tokenizer = _load_tokenizer(self.model_dir)
         self.eos_ids = _eos_ids(self.model)
@@ -90,10 +91,6 @@ class BuiltinEngine:
         self._loop_task: asyncio.Task | None = None
         self._interrupt = threading.Event()  # set by control calls: the running burst ends after its step
         self.burst_s = 0.05
-        # One OS thread runs every step: each thread that calls into torch gets its own OpenMP team,
-        # and the idle teams of a pool's other threads spin against the working one (measured on
-        # 2 cores: 42 -> 73 tok/s at batch 1 on the medium Llama).
-        self._stepper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kpop-engine-step")
         self._background: set[asyncio.Task] = set()
         self.last_update_s: float | None = None
         self.startup_s = time.perf_counter() - start
@@ -173,21 +170,18 @@ class BuiltinEngine:
                 if self._paused or self._updating:
                     continue
                 try:
-                    events = await asyncio.get_running_loop().run_in_executor(self._stepper, self._burst, torch.get_num_threads(), self._version)
+                    events = await torch_thread.run(self._burst, self._version)
                 except Exception as exc:  # noqa: BLE001 - a failed step fails every live request, not the loop
                     self._fail_all(exc)
                     continue
             self._dispatch(events)
             await asyncio.sleep(0)
 
-    def _burst(self, num_threads: int, version: int) -> list[StepEvent]:
+    def _burst(self, version: int) -> list[StepEvent]:
         """Steps until `burst_s` has passed, a control call interrupts, or the work runs out.
 
         Several steps per thread hop: on a loaded machine the hop costs as much as a small step.
         """
-        # OpenMP thread counts are per OS thread: follow the event loop thread's setting.
-        if torch.get_num_threads() != num_threads:
-            torch.set_num_threads(num_threads)
         self._interrupt.clear()
         start, events = time.perf_counter(), []
         while True:
@@ -237,7 +231,7 @@ class BuiltinEngine:
         async with self._update_lock:
             start = time.perf_counter()
             try:
-                staged = await asyncio.wait_for(asyncio.to_thread(self.weights.stage, update.chunks), timeout)
+                staged = await asyncio.wait_for(torch_thread.run(self.weights.stage, update.chunks), timeout)
             except TimeoutError:
                 raise WeightSyncError(
                     f"weight update to version {update.version} timed out after {timeout:g} s while staging; "
@@ -247,7 +241,7 @@ class BuiltinEngine:
             self._interrupt.set()
             try:
                 async with self._step_lock:
-                    await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._stepper, self._commit, staged, update.version))
+                    await asyncio.shield(torch_thread.run(self._commit, staged, update.version))
             finally:
                 self._updating = False
                 self._wake.set()
@@ -279,7 +273,6 @@ class BuiltinEngine:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         self._fail_all(RuntimeError("engine closed"))
-        self._stepper.shutdown(wait=False)
 
 
 def _load_tokenizer(model_dir: Path):
