@@ -41,3 +41,20 @@ def test_weight_updates_reach_the_stacked_experts():
         got = moe_forward(moe, x)
         want, _ = new(x)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("forced", [(2, 6), (0, 3, 6), (0, 1, 5)])
+def test_one_row_with_two_or_three_chosen_experts(forced):
+    """One row, top-2 and top-3 routers (no groups), the chosen experts forced by their biases."""
+    torch.manual_seed(0)
+    moe = MoE(hidden_size=32, num_experts=8, top_k=len(forced), moe_intermediate_size=24, num_shared_experts=1,
+              n_group=None, topk_group=None, routed_scaling_factor=2.5).eval()
+    with torch.no_grad():
+        for e in forced:
+            moe.gate.expert_bias[e] = 5.0
+    x = torch.randn(1, 1, 32)
+    with torch.inference_mode():
+        assert sorted(moe.gate(x[0])[0][0].tolist()) == list(forced)
+        got = moe_forward(moe, x)
+        want, _ = moe(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
