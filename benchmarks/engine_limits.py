@@ -12,12 +12,13 @@ each (the first by the prefill, the others by `max_tokens - 1` decode steps).
   linear layers in the model's order on their own weights (`rows` x in by each [out, in] weight
   of the loaded model, so every weight comes from memory as in a real step, not from a cache a
   repeated shape would keep it in). Routed experts: a balanced router feeds min(E, rows*k) of
-  each layer's experts, ceil(rows*k / fed) rows each. Each layer takes the faster of `F.linear`
-  and the row-chunked `bmm` the built-in engine uses (kpop.rollout.builtin.matmul.chunked; no
-  engine is measured against a limit its own kernel beats), each layer's call timed on its own,
-  best of several passes per form. FLOPs counted: 2 x rows x in x out per linear.
-Attention over the cache (<= 72 tokens in the benchmark, ~2% of the weight traffic), the router,
-norms and sampling are left out: the limits are upper bounds the engine cannot reach.
+  each layer's experts, ceil(rows*k / fed) rows each. Each layer takes the fastest of `F.linear`,
+  the row-chunked `bmm` and oneDNN over a prepacked copy of the weight, the forms the built-in
+  engine uses (kpop.rollout.builtin.matmul, .onednn: no engine is measured against a limit its
+  own kernels beat), each layer's call timed on its own, best of several passes per form. FLOPs counted: 2 x rows x in x out per linear.
+Attention over the cache (<= 72 tokens in the benchmark: ~2% of the weight traffic at 1 row, but
+at 64 rows the Llama's keys/values read per step are ~2/3 of its weights), the router, norms and
+sampling are left out: the limits are upper bounds the engine cannot reach.
 Timings take the best of several runs, so a noisy machine yields optimistic (high) limits.
 `hot_step_s` also times each batch-B shape on its own, repeated (its weight stays in cache): the
 bound an earlier version of this benchmark used, printed for comparison.
@@ -98,27 +99,34 @@ def read_bandwidth(mib: int = 128, repeats: int = 30) -> float:
 
 
 def _forms(lin: Linear) -> list:
+    """The product's forms the engine can use for this layer: F.linear, the row-chunked `bmm`
+    (kpop.rollout.builtin.matmul.chunked) and oneDNN over a prepacked copy of the weight
+    (kpop.rollout.builtin.onednn; packed here, outside the timing)."""
+    from kpop.rollout.builtin import onednn
     from kpop.rollout.builtin.matmul import CHUNKS, chunked
 
-    return [F.linear] + ([chunked] if lin.fan_out % CHUNKS == 0 else [])
+    forms = [F.linear] + ([chunked] if lin.fan_out % CHUNKS == 0 else [])
+    if onednn.available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight, onednn.BATCH_HINT)
+        forms.append(lambda x, _w: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
+    return forms
 
 
 def pass_time(linears: list[Linear], batch_rows: int, repeats: int = 5) -> tuple[float, float]:
     """(seconds, FLOPs) of one forward's matmuls at `batch_rows` rows, weights read in model order."""
     fed = [(lin, lin.rows(batch_rows)) for lin in linears]
-    fed = [(lin, rows) for lin, rows in fed if rows]
-    inputs = {(rows, lin.fan_in, lin.weight.dtype): torch.randn(rows, lin.fan_in).to(lin.weight.dtype) for lin, rows in fed}
+    fed = [(lin, rows, _forms(lin)) for lin, rows in fed if rows]
+    inputs = {(rows, lin.fan_in, lin.weight.dtype): torch.randn(rows, lin.fan_in).to(lin.weight.dtype) for lin, rows, _ in fed}
     best = [float("inf")] * len(fed)
     for _ in range(repeats):
-        for form in (F.linear, None):
-            for i, (lin, rows) in enumerate(fed):
-                forms = _forms(lin)
-                fn = form if form is not None else forms[-1]
+        for form in range(3):  # one whole pass per form, so each weight comes cold from memory
+            for i, (lin, rows, forms) in enumerate(fed):
+                fn = forms[min(form, len(forms) - 1)]
                 x = inputs[rows, lin.fan_in, lin.weight.dtype]
                 start = time.perf_counter()
                 fn(x, lin.weight)
                 best[i] = min(best[i], time.perf_counter() - start)
-    flops = sum(2 * rows * lin.fan_in * lin.fan_out for lin, rows in fed)
+    flops = sum(2 * rows * lin.fan_in * lin.fan_out for lin, rows, _ in fed)
     return sum(best), flops
 
 

@@ -14,14 +14,19 @@ for float32 weights of at least `MIN_NUMEL` elements (1 MiB) whose output size d
 `CHUNKS`; smaller weights sit in a core's cache, where the `bmm`'s fixed cost loses (192x64: 3.7x
 slower at 1 row; 768x256 even; 768x768 0.74x the time at 64 rows), and other dtypes go to `F.linear`
 (bf16 `bmm` was no faster). `module_linear(m, x)` applies an `nn.Linear` this way and calls any
-other module.
+other module; `project` is `linear` for a model's own weights, picking oneDNN over prepacked
+weights (kpop.rollout.builtin.onednn) where that measured faster: several fp32 rows, or bf16.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kpop.rollout.builtin import onednn
 
 CHUNKS = 4
 MIN_NUMEL = 2**18
@@ -44,7 +49,25 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
     return F.linear(x, w, b)
 
 
+def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object, key: str,
+            params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` for a model's own weight (`params` make it up; `owner`/`key`
+    name its cache): oneDNN over a prepacked copy (kpop.rollout.builtin.onednn) for weights of at
+    least `MIN_NUMEL` on the CPU, float32 with 2+ rows or bfloat16; `linear` otherwise."""
+    if onednn_eligible(x, weight):
+        return onednn.linear(owner, key, params, weight, bias, x)
+    return linear(x, weight, bias)
+
+
+def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        weight.numel() >= MIN_NUMEL and x.device.type == "cpu" and weight.is_contiguous()
+        and (weight.dtype == torch.bfloat16 or (weight.dtype == torch.float32 and x.numel() > x.shape[-1]))
+        and onednn.available()
+    )
+
+
 def module_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(module) is nn.Linear:
-        return linear(x, module.weight, module.bias)
+        return project(x, module.weight, module.bias, module, "weight", (module.weight,))
     return module(x)

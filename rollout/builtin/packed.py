@@ -10,7 +10,7 @@ cached on `owner` under `key` with the parameters' data pointers; a parameter gi
 since (`model.to(...)`, `load_state_dict(assign=True)`) makes it rebuilt from the current values.
 
 `fused_linear(owner, key, linears, x)` is the outputs of several bias-compatible `nn.Linear` layers
-reading the same input, by one `linear` (kpop.rollout.builtin.matmul) over their packed weights (and
+reading the same input, by one `project` (kpop.rollout.builtin.matmul) over their packed weights (and
 biases): a decode step then streams the weights in one call instead of one per layer. Layers that
 are not plain `nn.Linear` (or mix biased and bias-free ones) are simply called one by one.
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from kpop.rollout.builtin.matmul import linear
+from kpop.rollout.builtin.matmul import project
 
 Layout = Callable[[list[torch.Tensor]], tuple[torch.Tensor, list[torch.Tensor]]]
 
@@ -60,6 +60,7 @@ def fused_linear(owner: object, key: str, linears: Sequence[nn.Module], x: torch
     plain = all(type(lin) is nn.Linear for lin in linears)
     if not plain or len({b is None for b in biases}) > 1:
         return [lin(x) for lin in linears]
-    weight = packed(owner, key + ".weight", [lin.weight for lin in linears], rows)
+    params = [lin.weight for lin in linears]
+    weight = packed(owner, key + ".weight", params, rows)
     bias = None if biases[0] is None else packed(owner, key + ".bias", biases, rows)
-    return list(linear(x, weight, bias).split([lin.out_features for lin in linears], -1))
+    return list(project(x, weight, bias, owner, key, params).split([lin.out_features for lin in linears], -1))
