@@ -127,6 +127,21 @@ def test_scheduler_allocates_the_cache_once_for_what_its_sequences_can_reach():
     assert caps == 8 + 30
 
 
+def _decode_matches_forward(which: str, seed: int, calls: list, min_calls_per_layer_step: int) -> None:
+    """Ragged rows decoded together equal each row's full forward (1e-4), and the patched kernel
+    was called at least `min_calls_per_layer_step` times per layer and step."""
+    model = _model(which)
+    gen = torch.Generator().manual_seed(seed)
+    contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
+    got = _run(adapter_for(model), contexts)
+    assert len(calls) >= STEPS * model.config.num_hidden_layers * min_calls_per_layer_step
+    with torch.inference_mode():
+        for step, logits in enumerate(got):
+            for row, (ctx, p) in enumerate(zip(contexts, PROMPT_LENS)):
+                ref = model(torch.tensor([ctx[: p + step + 1]])).logits[0, -1]
+                torch.testing.assert_close(logits[row], ref, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("which", ["hybrid", "llama"])
 def test_decode_through_chunked_linears_equals_full_forward(which, monkeypatch):
     """Every float32 linear of the tiny models through the row-chunked `bmm` (the medium models'
@@ -138,16 +153,7 @@ def test_decode_through_chunked_linears_equals_full_forward(which, monkeypatch):
     monkeypatch.setattr(matmul, "MIN_NUMEL", 0)
     monkeypatch.setattr(onednn, "available", lambda: False)
     monkeypatch.setattr(matmul, "chunked", lambda *a, **k: calls.append(1) or chunked(*a, **k))
-    model = _model(which)
-    gen = torch.Generator().manual_seed(2)
-    contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
-    got = _run(adapter_for(model), contexts)
-    assert len(calls) >= STEPS * model.config.num_hidden_layers * 3
-    with torch.inference_mode():
-        for step, logits in enumerate(got):
-            for row, (ctx, p) in enumerate(zip(contexts, PROMPT_LENS)):
-                ref = model(torch.tensor([ctx[: p + step + 1]])).logits[0, -1]
-                torch.testing.assert_close(logits[row], ref, rtol=0, atol=1e-4)
+    _decode_matches_forward(which, 2, calls, 3)
 
 
 @pytest.mark.parametrize("which", ["llama", "hybrid"])
@@ -162,13 +168,4 @@ def test_decode_through_onednn_linears_equals_full_forward(which, monkeypatch):
     packed_linear = onednn.linear
     monkeypatch.setattr(matmul, "MIN_NUMEL", 0)
     monkeypatch.setattr(onednn, "linear", lambda *a, **k: calls.append(1) or packed_linear(*a, **k))
-    model = _model(which)
-    gen = torch.Generator().manual_seed(3)
-    contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
-    got = _run(adapter_for(model), contexts)
-    assert len(calls) >= STEPS * model.config.num_hidden_layers * 2
-    with torch.inference_mode():
-        for step, logits in enumerate(got):
-            for row, (ctx, p) in enumerate(zip(contexts, PROMPT_LENS)):
-                ref = model(torch.tensor([ctx[: p + step + 1]])).logits[0, -1]
-                torch.testing.assert_close(logits[row], ref, rtol=0, atol=1e-4)
+    _decode_matches_forward(which, 3, calls, 2)
