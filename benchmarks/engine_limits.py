@@ -15,7 +15,8 @@ each (the first by the prefill, the others by `max_tokens - 1` decode steps).
   each layer's experts, ceil(rows*k / fed) rows each. Each layer takes the fastest of `F.linear`,
   the row-chunked `bmm` and oneDNN over a prepacked copy of the weight, the forms the built-in
   engine uses (kpop.rollout.builtin.matmul, .onednn: no engine is measured against a limit its
-  own kernels beat), each layer's call timed on its own, best of several passes per form. FLOPs counted: 2 x rows x in x out per linear.
+  own kernels beat), each layer's call timed on its own, best of several passes per form. FLOPs
+  counted: 2 x rows x in x out per linear.
 Attention over the cache (<= 72 tokens in the benchmark: ~2% of the weight traffic at 1 row, but
 at 64 rows the Llama's keys/values read per step are ~2/3 of its weights), the router, norms and
 sampling are left out: the limits are upper bounds the engine cannot reach.
@@ -119,13 +120,13 @@ def pass_time(linears: list[Linear], batch_rows: int, repeats: int = 5) -> tuple
     inputs = {(rows, lin.fan_in, lin.weight.dtype): torch.randn(rows, lin.fan_in).to(lin.weight.dtype) for lin, rows, _ in fed}
     best = [float("inf")] * len(fed)
     for _ in range(repeats):
-        for form in range(3):  # one whole pass per form, so each weight comes cold from memory
+        for form in range(max(len(forms) for _, _, forms in fed)):  # a whole pass per form: weights come cold
             for i, (lin, rows, forms) in enumerate(fed):
-                fn = forms[min(form, len(forms) - 1)]
-                x = inputs[rows, lin.fan_in, lin.weight.dtype]
-                start = time.perf_counter()
-                fn(x, lin.weight)
-                best[i] = min(best[i], time.perf_counter() - start)
+                if form < len(forms):
+                    x = inputs[rows, lin.fan_in, lin.weight.dtype]
+                    start = time.perf_counter()
+                    forms[form](x, lin.weight)
+                    best[i] = min(best[i], time.perf_counter() - start)
     flops = sum(2 * rows * lin.fan_in * lin.fan_out for lin, rows, _ in fed)
     return sum(best), flops
 

@@ -117,7 +117,7 @@ class HybridAdapter:
         first = attn.q_proj if attn.q_lora_rank is None else attn.q_a_proj
         q, kv = fused_linear(attn, "q_kv_a", [first, attn.kv_a_proj_with_mqa], x)
         if attn.q_lora_rank is not None:
-            q = attn.q_b_proj(rms(attn.q_a_layernorm, q))
+            q = module_linear(attn.q_b_proj, rms(attn.q_a_layernorm, q))
         q_nope, q_rope = q.view(B, 1, attn.num_heads, -1).split([attn.nope, attn.rope], -1)
         c, kr = kv.split([attn.rank, attn.rope], -1)
         latent[rows, lengths] = rms(attn.kv_a_layernorm, c)[:, 0].to(latent.dtype)

@@ -38,7 +38,9 @@ def _llama(model_type: str):
 
 
 def _model(which: str):
-    return tiny_hybrid(seed=0) if which == "hybrid" else _llama("qwen3" if which == "qwen3" else "llama")
+    if which.startswith("hybrid"):  # hybrid-qlora: MLA queries through the low-rank q_a/q_b pair
+        return tiny_hybrid(seed=0, **({"q_lora_rank": 12} if which == "hybrid-qlora" else {}))
+    return _llama("qwen3" if which == "qwen3" else "llama")
 
 
 @torch.inference_mode()
@@ -65,13 +67,13 @@ def _run(adapter, contexts: list[list[int]]) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.02)])
-@pytest.mark.parametrize("which", ["hybrid", "llama", "qwen3", "generic"])
+@pytest.mark.parametrize("which", ["hybrid", "hybrid-qlora", "llama", "qwen3", "generic"])
 def test_decode_logits_equal_full_forward(which, dtype, tol):
     model = _model(which).to(dtype)
     adapter = adapter_for(model)
     if which == "generic":
         adapter.direct = False
-    elif which != "hybrid":
+    elif not which.startswith("hybrid"):
         assert adapter.direct  # Llama and Qwen3 take the direct path by default
     gen = torch.Generator().manual_seed(1)
     contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
