@@ -14,8 +14,9 @@ best of --repeats, the engines of a model taking turns within each repeat. Rows:
 `generate` on each model, and vLLM (VLLMEngine, in-process; its engine core is a process of its
 own) on the Llamas, in each dtype (the tiny size in float32 only). "% limit" compares to the
 limit measured in the same run (benchmarks/engine_limits.py): read bandwidth over weight bytes
-per token at batch 1; at larger batches the time of the whole generation's matmuls (prefill and
-decode steps) over the model's own weights, read from memory in forward order.
+per token at batch 1 (the bandwidth sampled beside the engines' batch-1 runs); at larger batches
+the time of the whole generation's matmuls (prefill and decode steps) over the model's own
+weights, read from memory in forward order; at every batch the decoding state's traffic too.
 Every torch op of this process (HF `generate`, the limits, model loading) runs on the one thread
 the built-in engine uses (kpop.rollout.builtin.torch_thread): a second thread running parallel
 torch ops would throttle every OpenMP worker of the process, the engine's included. The machine
@@ -84,14 +85,23 @@ async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: 
     rows = []
     for b in batches:
         results: dict[str, list[float]] = {name: [] for name, _ in engines}
+        bandwidths = []  # batch 1: sampled around every run, the limit taken at the best sample
         for _ in range(args.repeats):
             for name, engine in engines:
+                if b == 1:
+                    bandwidths.append(torch_thread.call(read_bandwidth, repeats=10))
                 value = run(name, engine, b, args.max_tokens)
                 results[name].append(await value if asyncio.iscoroutine(value) else value)
+        if b == 1:
+            bandwidths.append(torch_thread.call(read_bandwidth, repeats=10))
+            print(f"  read bandwidth beside the batch-1 runs: {min(bandwidths) / 1e9:.1f}-{max(bandwidths) / 1e9:.1f} GB/s", flush=True)
+        bandwidth = max(bandwidths, default=None)
+        limit = limits.tokens_per_s(b, bandwidth)
         for name, _ in engines:
             tps = max(results[name])
-            rows.append((*label, b, name, tps, limits.tokens_per_s(b)))
-            print(f"  {' '.join(label)} batch {b}: {name} {tps:.0f} tok/s ({100 * tps / limits.tokens_per_s(b):.0f}% of limit)", flush=True)
+            rows.append((*label, b, name, tps, limit))
+            print(f"  {' '.join(label)} batch {b}: {name} {tps:.0f} tok/s ({100 * tps / limit:.0f}% of limit "
+                  f"{limit:.0f}: {limits.describe(b, bandwidth)})", flush=True)
     return rows
 
 

@@ -3,10 +3,13 @@
 The workload is the benchmark's: `batch` prompts of `prompt_len` tokens, `max_tokens` generated
 each (the first by the prefill, the others by `max_tokens - 1` decode steps).
 - Batch 1 (bandwidth-bound): a token reads every weight it uses once, so the limit is
-  `read bandwidth / weight bytes per token`. Bandwidth: the best of several `sum()` passes over a
-  128 MiB buffer (a pure streaming read). Weight bytes: every linear layer's weight (the lm_head
-  included, the embedding table not: a token reads one row of it), routed MoE experts counted
-  top-k of E.
+  `read bandwidth / (weight + state bytes per token)`. Bandwidth: the best of several `sum()`
+  passes over a 128 MiB buffer (a pure streaming read); benchmarks/engine.py samples it right
+  before and after each engine's batch-1 runs and takes the best sample of that window (this
+  machine's bandwidth moves 30-80 GB/s from minute to minute: a limit measured minutes away
+  from the run it judges says more about the minute than about the engine). Weight bytes:
+  every linear layer's weight (the lm_head included, the embedding table not: a token reads one
+  row of it), routed MoE experts counted top-k of E.
 - Batch B > 1 (compute-bound): the time of the batch's matmuls, prefill included:
   `pass(B * prompt_len) + (max_tokens - 1) * pass(B)`, where `pass(rows)` runs one forward's
   linear layers in the model's order on their own weights (`rows` x in by each [out, in] weight
@@ -17,9 +20,18 @@ each (the first by the prefill, the others by `max_tokens - 1` decode steps).
   engine uses (kpop.rollout.builtin.matmul, .onednn: no engine is measured against a limit its
   own kernels beat), each layer's call timed on its own, best of several passes per form. FLOPs
   counted: 2 x rows x in x out per linear.
-Attention over the cache (<= 72 tokens in the benchmark: ~2% of the weight traffic at 1 row, but
-at 64 rows the Llama's keys/values read per step are ~2/3 of its weights), the router, norms and
-sampling are left out: the limits are upper bounds the engine cannot reach.
+- Decoding state (every batch): a step also reads what the rows have cached and rewrites any
+  fixed-size state, at the measured bandwidth: `state_bytes` -- per row, every cached column of
+  a growing cache (keys/values, MLA latents: the step attends over all of them) read and the new
+  column written, and a fixed state (the hybrid's Lightning [H, d, d]) read and written once.
+  The shapes and dtypes are those of the model's cache as the engine keeps it (its adapter's
+  prefill state, kpop.rollout.builtin.adapters: keys/values; MLA's latent and rotated key; the
+  Lightning state in float32). At batch 1 this adds ~1-2% to the weight
+  bytes; at 64 rows the medium Llama's keys/values average ~2/3 of its weight bytes per step
+  and the medium hybrid's states ~half of all its weights' bytes in float32 (as many in bf16). Kernels are taken to run one after another (matmul time + state time):
+  no overlap of a compute-bound matmul with a memory-bound read is assumed.
+The router, norms, RoPE, softmax and sampling are left out: the limits are upper bounds the engine
+cannot reach.
 Timings take the best of several runs, so a noisy machine yields optimistic (high) limits.
 `hot_step_s` also times each batch-B shape on its own, repeated (its weight stays in cache): the
 bound an earlier version of this benchmark used, printed for comparison.
@@ -154,37 +166,78 @@ def hot_step_s(linears: list[Linear], batch: int, repeats: int = 40) -> float:
 
 
 @dataclass(frozen=True)
+class StateShape:
+    """Per row: bytes of one cached column summed over the growing caches, bytes of the fixed states."""
+
+    column_bytes: int
+    fixed_bytes: int
+
+    def step_bytes(self, columns: int) -> int:
+        """A decode step over `columns` columns (the new one included): all of them read, the new
+        one written; the fixed states read and written."""
+        return self.column_bytes * (columns + 1) + 2 * self.fixed_bytes
+
+
+def state_shape(model) -> StateShape:
+    """The decoding state the built-in engine keeps per row for `model` (its adapter's prefill state)."""
+    from kpop.rollout.builtin.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    ids = torch.ones(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+    _, state = adapter.prefill(ids)
+    column = fixed = 0
+    for t, col_dim in zip(state, adapter.col_dims):
+        row_bytes = t[0].numel() * t.element_size()
+        if col_dim is None:
+            fixed += row_bytes
+        else:
+            column += row_bytes // t.shape[1 + col_dim]
+    return StateShape(column, fixed)
+
+
+def state_bytes(shape: StateShape, batch: int, prompt_len: int, max_tokens: int) -> int:
+    """State traffic of the generation's decode steps: step s (1..max_tokens-1) attends over
+    prompt_len + s columns."""
+    return batch * sum(shape.step_bytes(prompt_len + s) for s in range(1, max_tokens))
+
+
+@dataclass(frozen=True)
 class Limits:
     bandwidth: float                       # bytes/s
-    bytes_per_token: float
+    bytes_per_token: float                 # weights + state, batch 1
+    state_s: dict[int, float]              # batch -> seconds of state traffic at `bandwidth`
     prompt_len: int
     max_tokens: int
     seconds: dict[int, float]              # batch -> matmul seconds of the whole generation
     flops: dict[int, float]
-    hot_tokens_per_s: dict[int, float]     # batch -> the earlier, hot-shape bound (decode steps only)
+    hot_tokens_per_s: dict[int, float]     # batch -> the earlier, hot-shape bound (decode steps only, no state)
 
-    def tokens_per_s(self, batch: int) -> float:
+    def tokens_per_s(self, batch: int, bandwidth: float | None = None) -> float:
+        """The limit at `batch`; batch 1 at `bandwidth` if given (a sample taken beside the run)."""
         if batch == 1:
-            return self.bandwidth / self.bytes_per_token
-        return batch * self.max_tokens / self.seconds[batch]
+            return (bandwidth or self.bandwidth) / self.bytes_per_token
+        return batch * self.max_tokens / (self.seconds[batch] + self.state_s[batch])
 
-    def describe(self, batch: int) -> str:
+    def describe(self, batch: int, bandwidth: float | None = None) -> str:
         if batch == 1:
-            return f"{self.bytes_per_token / 1e6:.0f} MB/token at {self.bandwidth / 1e9:.1f} GB/s"
+            return f"{self.bytes_per_token / 1e6:.0f} MB/token at {(bandwidth or self.bandwidth) / 1e9:.1f} GB/s"
         return (
-            f"{self.flops[batch] / 1e9:.1f} GFLOP, prefill included, at {self.flops[batch] / self.seconds[batch] / 1e9:.0f} GFLOP/s; "
-            f"hot-shape bound {self.hot_tokens_per_s[batch]:.0f} tok/s"
+            f"{self.flops[batch] / 1e9:.1f} GFLOP, prefill included, at {self.flops[batch] / self.seconds[batch] / 1e9:.0f} GFLOP/s "
+            f"+ state {self.state_s[batch]:.2f} s; hot-shape bound {self.hot_tokens_per_s[batch]:.0f} tok/s"
         )
 
 
 def measure_limits(model, batches: list[int], bandwidth: float, prompt_len: int, max_tokens: int) -> Limits:
     linears = model_linears(model)
-    seconds, flops, hot = {}, {}, {}
+    shape = state_shape(model)
+    seconds, flops, hot, state_s = {}, {}, {}, {}
     for b in batches:
+        state_s[b] = state_bytes(shape, b, prompt_len, max_tokens) / bandwidth
         if b > 1:
             prefill_s, prefill_flops = pass_time(linears, b * prompt_len)
             step_s, step_flops = pass_time(linears, b)
             seconds[b] = prefill_s + (max_tokens - 1) * step_s
             flops[b] = prefill_flops + (max_tokens - 1) * step_flops
             hot[b] = b / hot_step_s(linears, b)
-    return Limits(bandwidth, weight_bytes_per_token(linears), prompt_len, max_tokens, seconds, flops, hot)
+    per_token = weight_bytes_per_token(linears) + state_bytes(shape, 1, prompt_len, max_tokens) / max_tokens
+    return Limits(bandwidth, per_token, state_s, prompt_len, max_tokens, seconds, flops, hot)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from kpop.rollout.builtin.gated_mlp import gated_mlp
 from kpop.rollout.builtin.matmul import module_linear
 from kpop.rollout.builtin.norms import rms
-from kpop.rollout.builtin.packed import fused_linear
+from kpop.rollout.builtin.packed import fused_output
 
 DIRECT_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 
@@ -59,29 +59,34 @@ class KVAdapter:
         return run([t[: tokens.shape[0]] for t in tensors], lengths, width, tokens)
 
     def _direct(self, tensors, lengths, width: int, tokens) -> torch.Tensor:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         inner, B = self.model.model, tokens.shape[0]
         h = inner.embed_tokens(tokens[:, None])
-        cos, sin = inner.rotary_emb(h, lengths[:, None])
+        cos, sin = inner.rotary_emb(h, lengths[:, None])  # [B, 1, D]
+        half = cos.shape[-1] // 2
+        signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)
+        # one row attends over all its width + 1 columns: no mask; several rows: 0 / -inf past each length
         cols = torch.arange(width + 1, device=lengths.device)
-        mask = (cols[None, :] <= lengths[:, None])[:, None, None, :]  # [B, 1, 1, width + 1]
-        bias = None if B == 1 else torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+        bias = None if B == 1 else torch.zeros(B, 1, 1, width + 1, device=h.device).masked_fill_(
+            cols[None, None, None, :] > lengths[:, None, None, None], float("-inf"))
         rows = torch.arange(B, device=lengths.device)
         for i, layer in enumerate(inner.layers[: self.num_layers]):
             attn, x = layer.self_attn, rms(layer.input_layernorm, h)
-            qkv = fused_linear(attn, "qkv", [attn.q_proj, attn.k_proj, attn.v_proj], x)
-            q, k, v = (t.view(B, 1, -1, attn.head_dim) for t in qkv)
+            q_proj, k_proj = attn.q_proj, attn.k_proj
+            q_width, k_width = q_proj.out_features, k_proj.out_features
+            qkv = fused_output(attn, "qkv", [q_proj, k_proj, attn.v_proj], x)
+            qk, v = qkv[..., : q_width + k_width].view(B, -1, attn.head_dim), qkv[..., q_width + k_width :]  # q's heads, then k's
             if hasattr(attn, "q_norm"):
-                q, k = rms(attn.q_norm, q), rms(attn.k_norm, k)
-            q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+                heads = q_width // attn.head_dim
+                qk = torch.cat([rms(attn.q_norm, qk[:, :heads]), rms(attn.k_norm, qk[:, heads:])], 1)
+            qk = _rope(qk, cos, signed_sin)
+            q, k = qk.split([q_width // attn.head_dim, k_width // attn.head_dim], 1)
+            q = q[:, :, None]  # [B, H, 1, D]
             keys, values = tensors[2 * i], tensors[2 * i + 1]  # [B, Hkv, cap, D]
-            keys[rows, :, lengths] = k[:, :, 0]
-            values[rows, :, lengths] = v[:, 0]
+            keys[rows, :, lengths] = k
+            values[rows, :, lengths] = v.view(B, -1, attn.head_dim)
             keys, values = keys[:, :, : width + 1], values[:, :, : width + 1]
             if bias is None:
-                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling,
-                                                   enable_gqa=q.shape[1] != keys.shape[1])
+                o = F.scaled_dot_product_attention(q, keys, values, scale=attn.scaling, enable_gqa=q.shape[1] != keys.shape[1])
             else:
                 o = _attend(q, keys, values, bias, attn.scaling)
             h = h + module_linear(attn.o_proj, o.transpose(1, 2).reshape(B, 1, -1))
@@ -101,6 +106,13 @@ class KVAdapter:
             tensors[2 * i][rows, :, lengths] = layer.keys[:, :, -1]
             tensors[2 * i + 1][rows, :, lengths] = layer.values[:, :, -1]
         return out.logits[:, -1]
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """transformers' `apply_rotary_pos_emb` on x [B, heads, D] with cos/sin [B, 1, D]: `x * cos +
+    rotate_half(x) * sin`, rotate_half(x) = [-x2, x1], here as [x2, x1] (a roll) times
+    [-sin1, sin2]: the same products and sums, so the same values, in 4 ops for q and k at once."""
+    return x * cos + x.roll(cos.shape[-1] // 2, -1) * signed_sin
 
 
 def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:

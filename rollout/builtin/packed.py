@@ -13,6 +13,7 @@ since (`model.to(...)`, `load_state_dict(assign=True)`) makes it rebuilt from th
 reading the same input, by one `project` (kpop.rollout.builtin.matmul) over their packed weights (and
 biases): a decode step then streams the weights in one call instead of one per layer. Layers that
 are not plain `nn.Linear` (or mix biased and bias-free ones) are simply called one by one.
+`fused_output` is the same outputs side by side in one tensor (out features in the layers' order).
 """
 
 from __future__ import annotations
@@ -55,12 +56,17 @@ def packed(owner: object, key: str, params: Sequence[torch.Tensor], layout: Layo
     return whole
 
 
-def fused_linear(owner: object, key: str, linears: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+def fused_output(owner: object, key: str, linears: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The layers' outputs concatenated on the last dim, by one matmul where they are plain."""
     biases = [getattr(lin, "bias", None) for lin in linears]
     plain = all(type(lin) is nn.Linear for lin in linears)
     if not plain or len({b is None for b in biases}) > 1:
-        return [lin(x) for lin in linears]
+        return torch.cat([lin(x) for lin in linears], -1)
     params = [lin.weight for lin in linears]
     weight = packed(owner, key + ".weight", params, rows)
     bias = None if biases[0] is None else packed(owner, key + ".bias", biases, rows)
-    return list(project(x, weight, bias, owner, key, params).split([lin.out_features for lin in linears], -1))
+    return project(x, weight, bias, owner, key, params)
+
+
+def fused_linear(owner: object, key: str, linears: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    return list(fused_output(owner, key, linears, x).split([lin.out_features for lin in linears], -1))

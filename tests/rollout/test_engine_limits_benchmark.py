@@ -1,0 +1,51 @@
+"""benchmarks/engine_limits.py: the decoding state's traffic counted in the limits (hand-computed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def test_state_shape_of_a_llama_is_its_keys_and_values_per_column(benchmark, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from kpop.rollout.builtin.tiny_models import tiny_llama_dir
+
+    limits = benchmark("engine_limits")
+    folder = tiny_llama_dir(tmp_path, hidden=64, heads=2, kv_heads=1, layers=3)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    # 3 layers x (keys + values) x 1 kv head x head_dim 32 x 4 bytes; nothing of fixed size
+    assert limits.state_shape(model) == limits.StateShape(3 * 2 * 1 * 32 * 4, 0)
+    assert limits.state_shape(model.to(torch.bfloat16)) == limits.StateShape(3 * 2 * 32 * 2, 0)
+
+
+def test_state_shape_of_the_hybrid_is_its_latents_and_lightning_states(benchmark):
+    from kpop.rollout.builtin.tiny_models import tiny_hybrid
+
+    limits = benchmark("engine_limits")
+    model = tiny_hybrid()
+    cfg = model.config
+    mla = [cfg.is_mla_layer(i) for i in range(cfg.num_hidden_layers)]
+    assert any(mla) and not all(mla)
+    column = sum(mla) * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4
+    fixed = (len(mla) - sum(mla)) * cfg.num_attention_heads * cfg.head_dim**2 * 4  # float32 [H, d, d]
+    assert limits.state_shape(model) == limits.StateShape(column, fixed)
+
+
+def test_state_bytes_sum_the_decode_steps(benchmark):
+    limits = benchmark("engine_limits")
+    shape = limits.StateShape(column_bytes=10, fixed_bytes=100)
+    # prompt 3, 3 tokens: decode steps 1 and 2 attend over 4 and 5 columns, each read plus the
+    # new one written; the fixed state read and written: (10*5 + 200) + (10*6 + 200), 2 rows
+    assert limits.state_bytes(shape, batch=2, prompt_len=3, max_tokens=3) == 2 * (250 + 260)
+    assert limits.state_bytes(shape, batch=5, prompt_len=3, max_tokens=1) == 0
+
+
+def test_limits_add_state_time_and_take_a_sampled_bandwidth(benchmark):
+    limits = benchmark("engine_limits")
+    lim = limits.Limits(bandwidth=1e9, bytes_per_token=1e6, state_s={1: 0.01, 4: 0.6}, prompt_len=3, max_tokens=8,
+                        seconds={4: 1.0}, flops={4: 1e9}, hot_tokens_per_s={4: 100.0})
+    assert lim.tokens_per_s(1) == pytest.approx(1000.0)
+    assert lim.tokens_per_s(1, bandwidth=2e9) == pytest.approx(2000.0)
+    assert lim.tokens_per_s(4) == pytest.approx(4 * 8 / 1.6)
+    assert "2.0 GB/s" in lim.describe(1, bandwidth=2e9)
