@@ -13,10 +13,11 @@ tokens; tokens/s = generated tokens over the wall time of the whole batch (prefi
 best of --repeats, the engines of a model taking turns within each repeat. Rows: built-in and HF
 `generate` on each model, and vLLM (VLLMEngine, in-process; its engine core is a process of its
 own) on the Llamas, in each dtype (the tiny size in float32 only). "% limit" compares to the
-limit measured in the same run (benchmarks/engine_limits.py): read bandwidth over weight bytes
-per token at batch 1 (the bandwidth sampled beside the engines' batch-1 runs); at larger batches
-the time of the whole generation's matmuls (prefill and decode steps) over the model's own
-weights, read from memory in forward order; at every batch the decoding state's traffic too.
+limit measured in the same run (benchmarks/engine_limits.py): at batch 1 the rate of reading the
+model's weights (sampled beside the engines' batch-1 runs) over the bytes a token reads ("%
+stream": against one long 128 MiB read instead); at larger batches the time of the whole
+generation's matmuls (prefill and decode steps) over the model's own weights, read from memory
+in forward order; at every batch the decoding state's traffic too.
 Every torch op of this process (HF `generate`, the limits, model loading) runs on the one thread
 the built-in engine uses (kpop.rollout.builtin.torch_thread): a second thread running parallel
 torch ops would throttle every OpenMP worker of the process, the engine's included. The machine
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine_limits import measure_limits, read_bandwidth
+from engine_limits import measure_limits, model_linears, read_bandwidth, token_weights, weight_read_bandwidth
 
 from kpop.rollout.builtin import torch_thread
 
@@ -69,9 +70,10 @@ async def engine_tokens_per_s(engine, batch: int, max_tokens: int) -> float:
     return sum(len(r.token_ids) for r in results) / (time.perf_counter() - start)
 
 
-async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: list[int], args, limits) -> list[tuple]:
-    """Rows (model, size, dtype, batch, engine name, tok/s, limit tok/s). The engines take turns
-    within each repeat (A B C A B C ...), so a change in the machine's load hits all of them."""
+async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: list[int], args, model, limits) -> list[tuple]:
+    """Rows (model, size, dtype, batch, engine name, tok/s, limit tok/s, batch 1: the limit at one
+    long stream's bandwidth). The engines take turns within each repeat (A B C A B C ...), so a
+    change in the machine's load hits all of them."""
 
     def run(name: str, engine, b: int, max_tokens: int):
         if name == "HF generate":
@@ -83,26 +85,35 @@ async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: 
         if asyncio.iscoroutine(value):
             await value
     rows = []
+    weights = token_weights(model_linears(model))
     for b in batches:
         results: dict[str, list[float]] = {name: [] for name, _ in engines}
-        bandwidths = []  # batch 1: sampled around every run, the limit taken at the best sample
+        samples: list[tuple[float, float]] = []  # batch 1: (weights' read, one long stream) around every run
         for _ in range(args.repeats):
             for name, engine in engines:
                 if b == 1:
-                    bandwidths.append(torch_thread.call(read_bandwidth, repeats=10))
+                    samples.append(_bandwidths(weights))
                 value = run(name, engine, b, args.max_tokens)
                 results[name].append(await value if asyncio.iscoroutine(value) else value)
         if b == 1:
-            bandwidths.append(torch_thread.call(read_bandwidth, repeats=10))
-            print(f"  read bandwidth beside the batch-1 runs: {min(bandwidths) / 1e9:.1f}-{max(bandwidths) / 1e9:.1f} GB/s", flush=True)
-        bandwidth = max(bandwidths, default=None)
+            samples.append(_bandwidths(weights))
+            reads, streams = zip(*samples)
+            print(f"  beside the batch-1 runs: weights read at {min(reads) / 1e9:.1f}-{max(reads) / 1e9:.1f} GB/s, "
+                  f"one long stream at {min(streams) / 1e9:.1f}-{max(streams) / 1e9:.1f} GB/s", flush=True)
+        bandwidth, stream = max((s[0] for s in samples), default=None), max((s[1] for s in samples), default=None)
         limit = limits.tokens_per_s(b, bandwidth)
+        stream_limit = limits.tokens_per_s(b, stream) if stream else float("nan")
         for name, _ in engines:
             tps = max(results[name])
-            rows.append((*label, b, name, tps, limit))
+            rows.append((*label, b, name, tps, limit, stream_limit))
             print(f"  {' '.join(label)} batch {b}: {name} {tps:.0f} tok/s ({100 * tps / limit:.0f}% of limit "
                   f"{limit:.0f}: {limits.describe(b, bandwidth)})", flush=True)
     return rows
+
+
+def _bandwidths(weights) -> tuple[float, float]:
+    """(the rate of reading `weights` once each, of one long stream), bytes/s, on the torch thread."""
+    return torch_thread.call(weight_read_bandwidth, weights), torch_thread.call(read_bandwidth, repeats=10)
 
 
 async def model_rows(kind: str, size: str, model_dir: Path, dtype: str, batches, args) -> list[tuple]:
@@ -112,8 +123,9 @@ async def model_rows(kind: str, size: str, model_dir: Path, dtype: str, batches,
     from kpop.rollout.builtin_engine import BuiltinEngine
 
     model = torch_thread.call(load_model, model_dir, "cpu", getattr(torch, dtype))
-    bandwidth = torch_thread.call(read_bandwidth)  # per model: the machine's bandwidth drifts (27-62 GB/s seen)
-    print(f"  read bandwidth {bandwidth / 1e9:.1f} GB/s, {args.threads} threads", flush=True)
+    bandwidth = torch_thread.call(weight_read_bandwidth, token_weights(model_linears(model)))
+    print(f"  weights read at {bandwidth / 1e9:.1f} GB/s (one long stream {torch_thread.call(read_bandwidth) / 1e9:.1f}), "
+          f"{args.threads} threads", flush=True)
     limits = torch_thread.call(measure_limits, model, batches, bandwidth, PROMPT_LEN, args.max_tokens)
     for b in batches:
         print(f"  {kind} {size} {dtype} limit at batch {b}: {limits.tokens_per_s(b):.0f} tok/s ({limits.describe(b)})", flush=True)
@@ -123,7 +135,7 @@ async def model_rows(kind: str, size: str, model_dir: Path, dtype: str, batches,
     vllm = _start_vllm(model_dir, dtype) if kind == "llama" and not args.no_vllm else None
     if vllm is not None:
         engines.append(("vLLM", vllm))
-    rows = await engine_rows((kind, size, dtype), engines, batches, args, limits)
+    rows = await engine_rows((kind, size, dtype), engines, batches, args, model, limits)
     await ours.close()
     if vllm is not None:
         vllm.close()
@@ -144,11 +156,14 @@ def _start_vllm(model_dir: Path, dtype: str):
 
 def print_table(rows: list[tuple]) -> None:
     hf = {(r[0], r[1], r[2], r[3]): r[5] for r in rows if r[4] == "HF generate"}
-    print(f"\n{'model':<7}| {'size':<7}| {'dtype':<9}| {'batch':>5} | {'engine':<12}| {'tok/s':>7} | {'vs HF':>5} | {'limit':>6} | {'% limit':>7}")
-    print("-" * 86)
-    for model, size, dtype, b, name, tps, limit in rows:
+    print(f"\n{'model':<7}| {'size':<7}| {'dtype':<9}| {'batch':>5} | {'engine':<12}| {'tok/s':>7} | {'vs HF':>5} | {'limit':>6} | "
+          f"{'% limit':>7} | {'% stream':>8}")
+    print("-" * 97)
+    for model, size, dtype, b, name, tps, limit, stream_limit in rows:
         ratio = tps / hf[(model, size, dtype, b)] if (model, size, dtype, b) in hf else float("nan")
-        print(f"{model:<7}| {size:<7}| {dtype:<9}| {b:>5} | {name:<12}| {tps:>7.0f} | {ratio:>5.2f} | {limit:>6.0f} | {100 * tps / limit:>6.0f}%")
+        stream = f"{100 * tps / stream_limit:>7.0f}%" if b == 1 else f"{'-':>8}"
+        print(f"{model:<7}| {size:<7}| {dtype:<9}| {b:>5} | {name:<12}| {tps:>7.0f} | {ratio:>5.2f} | {limit:>6.0f} | "
+              f"{100 * tps / limit:>6.0f}% | {stream}")
 
 
 async def run(args, tmp: Path) -> None:

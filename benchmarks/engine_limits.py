@@ -3,13 +3,16 @@
 The workload is the benchmark's: `batch` prompts of `prompt_len` tokens, `max_tokens` generated
 each (the first by the prefill, the others by `max_tokens - 1` decode steps).
 - Batch 1 (bandwidth-bound): a token reads every weight it uses once, so the limit is
-  `read bandwidth / (weight + state bytes per token)`. Bandwidth: the best of several `sum()`
-  passes over a 128 MiB buffer (a pure streaming read); benchmarks/engine.py samples it right
-  before and after each engine's batch-1 runs and takes the best sample of that window (this
-  machine's bandwidth moves 30-80 GB/s from minute to minute: a limit measured minutes away
-  from the run it judges says more about the minute than about the engine). Weight bytes:
-  every linear layer's weight (the lm_head included, the embedding table not: a token reads one
-  row of it), routed MoE experts counted top-k of E.
+  `bandwidth / (weight + state bytes per token)`. Weight bytes: every linear layer's weight (the
+  lm_head included, the embedding table not: a token reads one row of it), routed MoE experts
+  counted top-k of E. Bandwidth: `weight_read_bandwidth`, the best of several passes that `sum()`
+  each of those weights once in forward order: the model's own tensors where they lie (huge
+  pages, as the engine's: kpop.rollout.builtin.hugepages), in the pieces a step must read them in
+  (a layer's read waits for the layer before it). benchmarks/engine.py samples it right before
+  and after each engine's batch-1 run and takes the best sample of that window. One long stream
+  (`read_bandwidth`: `sum()` over a 128 MiB buffer) reads faster and moves more on this shared
+  box (30-80 GB/s from minute to minute; 35-43 GB/s while the model-sized tensors read at 31-37,
+  68-72 while they read at 52-54); it is printed beside, with the share of it the engine reaches.
 - Batch B > 1 (compute-bound): the time of the batch's matmuls, prefill included:
   `pass(B * prompt_len) + (max_tokens - 1) * pass(B)`, where `pass(rows)` runs one forward's
   linear layers in the model's order on their own weights (`rows` x in by each [out, in] weight
@@ -21,7 +24,7 @@ each (the first by the prefill, the others by `max_tokens - 1` decode steps).
   own kernels beat), each layer's call timed on its own, best of several passes per form. FLOPs
   counted: 2 x rows x in x out per linear.
 - Decoding state (every batch): a step also reads what the rows have cached and rewrites any
-  fixed-size state, at the measured bandwidth: `state_bytes` -- per row, every cached column of
+  fixed-size state, at the weights' read bandwidth: `state_bytes` -- per row, every cached column of
   a growing cache (keys/values, MLA latents: the step attends over all of them) read and the new
   column written, and a fixed state (the hybrid's Lightning [H, d, d]) read and written once.
   The shapes and dtypes are those of the model's cache as the engine keeps it (its adapter's
@@ -100,15 +103,34 @@ def weight_bytes_per_token(linears: list[Linear]) -> float:
 
 
 def read_bandwidth(mib: int = 128, repeats: int = 30) -> float:
-    """Bytes per second of a streaming read (best of `repeats`: short passes, so that on a shared
-    machine some of them run undisturbed)."""
-    buf = torch.ones(mib * 2**20 // 4)
+    """Bytes per second of one long streaming read (best of `repeats` `sum()` passes over a `mib` MiB
+    buffer on huge pages): printed beside the limit, which reads the model's own weights instead."""
+    from kpop.rollout.builtin import hugepages
+
+    buf = hugepages.empty((mib * 2**20 // 4,), torch.float32).fill_(1.0)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         buf.sum()
         best = min(best, time.perf_counter() - start)
     return buf.nbytes / best
+
+
+def token_weights(linears: list[Linear]) -> list[torch.Tensor]:
+    """The weights one decoded token reads, in forward order (routed experts: the first top-k)."""
+    return [lin.weight for lin in linears if lin.rows(1)]
+
+
+def weight_read_bandwidth(weights: list[torch.Tensor], repeats: int = 10) -> float:
+    """Bytes per second of reading `weights` once each in order with `sum()` (best of `repeats`
+    passes): a batch-1 decode step's minimum memory work, in the pieces the model stores it in."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for w in weights:
+            w.sum()
+        best = min(best, time.perf_counter() - start)
+    return sum(w.nbytes for w in weights) / best
 
 
 def _forms(lin: Linear) -> list:
@@ -220,7 +242,7 @@ class Limits:
 
     def describe(self, batch: int, bandwidth: float | None = None) -> str:
         if batch == 1:
-            return f"{self.bytes_per_token / 1e6:.0f} MB/token at {(bandwidth or self.bandwidth) / 1e9:.1f} GB/s"
+            return f"{self.bytes_per_token / 1e6:.0f} MB/token, weights read at {(bandwidth or self.bandwidth) / 1e9:.1f} GB/s"
         return (
             f"{self.flops[batch] / 1e9:.1f} GFLOP, prefill included, at {self.flops[batch] / self.seconds[batch] / 1e9:.0f} GFLOP/s "
             f"+ state {self.state_s[batch]:.2f} s; hot-shape bound {self.hot_tokens_per_s[batch]:.0f} tok/s"

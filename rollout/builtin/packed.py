@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from kpop.rollout.builtin import hugepages
 from kpop.rollout.builtin.matmul import project
 
 Layout = Callable[[list[torch.Tensor]], tuple[torch.Tensor, list[torch.Tensor]]]
@@ -50,10 +51,13 @@ def packed(owner: object, key: str, params: Sequence[torch.Tensor], layout: Layo
     # Built outside inference mode: an inference tensor could not take the later in-place updates.
     with torch.inference_mode(False), torch.no_grad():
         whole, views = layout([p.detach() for p in params])
+        placed = hugepages.place(whole)
+        views = [placed.as_strided(v.shape, v.stride(), placed.storage_offset() + v.storage_offset() - whole.storage_offset())
+                 for v in views]
         for p, view in zip(params, views, strict=True):
             p.data = view
-    cache[key] = (whole, [p.data_ptr() for p in params])
-    return whole
+    cache[key] = (placed, [p.data_ptr() for p in params])
+    return placed
 
 
 def fused_output(owner: object, key: str, linears: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:

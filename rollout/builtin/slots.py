@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kpop.rollout.builtin import hugepages
+
 
 @dataclass(frozen=True)
 class CacheSpec:
@@ -45,7 +47,10 @@ class SlotCache:
             shape = list(spec.row_shape)
             if spec.col_dim is not None:
                 shape[spec.col_dim] = cols
-            out.append(torch.zeros([rows, *shape], dtype=spec.dtype, device=self.device))
+            if self.device.type == "cpu":  # a step streams the cache: huge pages (kpop.rollout.builtin.hugepages)
+                out.append(hugepages.zeros((rows, *shape), spec.dtype))
+            else:
+                out.append(torch.zeros([rows, *shape], dtype=spec.dtype, device=self.device))
         return out
 
     def ensure(self, rows: int, cols: int, reserve_cols: int = 0) -> None:

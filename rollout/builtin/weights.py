@@ -2,7 +2,8 @@
 
 - `load_model(model_dir, device, dtype)`: `bailing_hybrid` folders go through the hybrid model's
   own strict loader (kpop.models.hybrid.checkpoint); every other architecture through
-  transformers' `AutoModelForCausalLM`. The model is returned in eval mode.
+  transformers' `AutoModelForCausalLM`. The model is returned in eval mode, its tensors of 2 MiB
+  and more in huge-page memory (kpop.rollout.builtin.hugepages: a decode step streams them).
 - `WeightLoader(model, model_dir)` knows the parameter set of the folder (names, shapes; the
   safetensors headers, as `validate_update` expects) and the model tensor each name lands in
   (parameters and persistent buffers, e.g. MoE expert biases; tied weights share one tensor).
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from kpop.rollout.builtin import hugepages
 from kpop.rollout.weight_sync import (
     WeightSyncError,
     chunks_to_state_dict,
@@ -39,7 +41,11 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = 
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = hugepages.place(tensor.data)
+    return model
 
 
 class WeightLoader:
