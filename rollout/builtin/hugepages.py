@@ -1,20 +1,22 @@
-"""Tensors in memory backed by transparent huge pages (2 MiB), for what a decode step streams.
+"""Tensors in memory backed by transparent huge pages (2 MiB), for the weights a decode step streams.
 
-Why: a batch-1 decode step reads every weight once, and on 4 KiB pages a stream of ~300 MB misses
-the TLB on every page. PyTorch's CPU allocator leaves memory on 4 KiB pages unless
+Why: a batch-1 decode step reads every weight once, and on 4 KiB pages a stream of ~300 MB walks
+the page tables for every page. PyTorch's CPU allocator leaves memory on 4 KiB pages unless
 `THP_MEM_ALLOC_ENABLE=1` is set before its first allocation, and even then it aligns to 4 KiB, so
-only the 2 MiB-aligned interior of each tensor can be a huge page. Measured on the 2-core box
-(32 weights of 7-9 MB, the engine's blocked matrix-vector product, read back to back): 30-33 GB/s
-on 4 KiB pages, 51-53 GB/s on huge pages; a plain `sum()` over 128 MiB 35-43 -> 68-72 GB/s.
+only the 2 MiB-aligned interior of a tensor can be a huge page. Measured on the 2-core box (the
+medium Llama of benchmarks/engine.py, two copies in one process, decode steps alternating): batch
+1 12.4-13.2 ms per step against 13.2-13.8 on ordinary pages, 64 rows 67-73 against 69-77 ms; the
+medium hybrid within the machine's noise. Caches stay in ordinary memory: they are allocated per
+batch, and faulting in huge pages costs more than they save (64-row Llama end to end 585-643
+against 697-760 tok/s).
 
 Contract: `empty(shape, dtype)` is a CPU tensor in an anonymous mapping aligned to 2 MiB and
 advised `MADV_HUGEPAGE` (the kernel backs it with huge pages where the machine's THP mode is
 `madvise` or `always`; where it is `never`, or on a system without `madvise`, it is ordinary
 memory: the same values, only slower). The tensor keeps its mapping alive; the memory is returned
-when the last tensor viewing it is freed. `place(t)` is a copy of `t` in such memory and `zeros`
-a zero tensor there; both leave tensors under `MIN_BYTES` in ordinary memory (they fit in a few
-pages, and a huge page would take 2 MiB for each). `enabled()` says whether the
-kernel offers huge pages to `madvise` at all.
+when the last tensor viewing it is freed. `place(t)` is a copy of `t` in such memory; it leaves
+tensors under `MIN_BYTES` as they are (they fit in a few pages, and a huge page would take 2 MiB
+for each). `enabled()` says whether the kernel offers huge pages to `madvise` at all.
 """
 
 from __future__ import annotations
@@ -47,13 +49,6 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
     if hasattr(mmap, "MADV_HUGEPAGE"):
         buffer.madvise(mmap.MADV_HUGEPAGE, offset, size)
     return whole[offset : offset + nbytes].view(dtype).view(shape)
-
-
-def zeros(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """A zero CPU tensor, in huge-page memory from `MIN_BYTES` on."""
-    if math.prod(shape) * torch.empty((), dtype=dtype).element_size() < MIN_BYTES:
-        return torch.zeros(shape, dtype=dtype)
-    return empty(shape, dtype).zero_()
 
 
 def place(t: torch.Tensor) -> torch.Tensor:

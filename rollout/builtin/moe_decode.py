@@ -10,11 +10,12 @@ called.
 
 Experts' weights are packed (kpop.rollout.builtin.packed: the parameters become views of the stacks,
 so weight updates land there): [E, 2I, h] (gate | up) and [E, h, I] (down). Several rows: the
-(token, slot) rows sorted by expert are padded to [E, M, h] (M = the busiest expert's rows; one host
-sync per layer for M) and go through two `bmm` calls over all experts, so a layer costs a dozen ops
-whatever E. `bmm` runs the experts on all cores where `grouped_mm` ran one single-threaded matmul
-per expert: medium hybrid end to end 200-216 -> 247-298 tok/s at 16 rows, 466-515 -> 495-576 at 64.
-One row: each chosen expert is two linears on its slices of the stacks. The shared expert runs
+(token, slot) rows sorted by expert (one host sync per layer for the counts), each expert's block
+through its own two products, `project` (kpop.rollout.builtin.matmul: oneDNN over a prepacked copy
+of the expert's slices from 2 rows on, in bf16 from 1). Medium hybrid decode step, ms, per-expert /
+the earlier form that padded the sorted rows to [E, M, h] for two `bmm` over all experts: 2 rows
+18.5-19.7 / 25.2-27.1, 8 rows 25.7-27.5 / 29.9-30.3, 16 rows 30.9-31.3 / 33.8-35.0, 64 rows
+61.8-62.9 / 67.5-67.7. One row: each chosen expert's two products, no sort. The shared expert runs
 gate|up as one matmul too.
 """
 
@@ -24,13 +25,16 @@ import torch
 import torch.nn.functional as F
 
 from kpop.rollout.builtin.gated_mlp import gated_mlp
-from kpop.rollout.builtin.matmul import linear
+from kpop.rollout.builtin.matmul import project
 from kpop.rollout.builtin.packed import packed, stacked
 
 
-def _expert(gate_up: torch.Tensor, down: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    gate, up = linear(x, gate_up).chunk(2, -1)
-    return linear(F.silu(gate) * up, down)
+def _expert(mlp, stacks: tuple[torch.Tensor, torch.Tensor], e: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert `e` of `mlp` on rows x [n, h]: two products over its slices of the stacks."""
+    w_gate_up, w_down = stacks
+    expert = mlp.experts[e]
+    gate, up = project(x, w_gate_up[e], None, expert, "gate_up", (expert.gate_proj.weight, expert.up_proj.weight)).chunk(2, -1)
+    return project(F.silu(gate) * up, w_down[e], None, expert, "down", (expert.down_proj.weight,))
 
 
 def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
@@ -53,30 +57,27 @@ def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
 
 def _one_token(mlp, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """One row: the chosen experts' outputs summed in increasing expert id (index_add's order)."""
-    w_gate_up, w_down = _stacks(mlp)
-    out = None
+    out, stacks = None, _stacks(mlp)
     for e, w in sorted(zip(idx.tolist(), weights.tolist())):
-        contrib = _expert(w_gate_up[e], w_down[e], x).float() * w  # w came from a float32: the product is index_add's
+        contrib = _expert(mlp, stacks, e, x).float() * w  # w came from a float32: the product is index_add's
         out = contrib if out is None else out + contrib
     return out
 
 
 def _tokens(mlp, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    w_gate_up, w_down = _stacks(mlp)
-    k, num_experts = idx.shape[1], w_gate_up.shape[0]
+    """Several rows: the (token, slot) pairs sorted by expert, each expert's block through `_expert`."""
+    k, num_experts = idx.shape[1], len(mlp.experts)
     flat_idx = idx.flatten()
     order = flat_idx.argsort(stable=True)
-    counts = torch.bincount(flat_idx, minlength=num_experts)
-    experts, tokens = flat_idx[order], order // k
-    slot = torch.arange(order.numel(), device=flat.device) - (counts.cumsum(0) - counts)[experts]
-    padded = flat.new_zeros(num_experts, int(counts.max()), flat.shape[-1])
-    padded[experts, slot] = flat[tokens]
-    gate_up = torch.bmm(padded, w_gate_up.transpose(1, 2))
-    inner = gate_up.shape[-1] // 2
-    y = torch.bmm(F.silu(gate_up[..., :inner]) * gate_up[..., inner:], w_down.transpose(1, 2))[experts, slot]
+    tokens = order // k
+    rows, start, blocks, stacks = flat[tokens], 0, [], _stacks(mlp)
+    for e, n in enumerate(torch.bincount(flat_idx, minlength=num_experts).tolist()):
+        if n:
+            blocks.append(_expert(mlp, stacks, e, rows[start : start + n]))
+            start += n
     # one index_add_ in expert order: the accumulation order of MoE.forward's per-expert adds
     out = torch.zeros_like(flat, dtype=torch.float32)
-    return out.index_add_(0, tokens, y.float() * weights.flatten()[order][:, None])
+    return out.index_add_(0, tokens, torch.cat(blocks).float() * weights.flatten()[order][:, None])
 
 
 def _stacks(mlp) -> tuple[torch.Tensor, torch.Tensor]:

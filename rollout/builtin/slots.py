@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from kpop.rollout.builtin import hugepages
-
 
 @dataclass(frozen=True)
 class CacheSpec:
@@ -47,10 +45,7 @@ class SlotCache:
             shape = list(spec.row_shape)
             if spec.col_dim is not None:
                 shape[spec.col_dim] = cols
-            if self.device.type == "cpu":  # a step streams the cache: huge pages (kpop.rollout.builtin.hugepages)
-                out.append(hugepages.zeros((rows, *shape), spec.dtype))
-            else:
-                out.append(torch.zeros([rows, *shape], dtype=spec.dtype, device=self.device))
+            out.append(torch.zeros([rows, *shape], dtype=spec.dtype, device=self.device))
         return out
 
     def ensure(self, rows: int, cols: int, reserve_cols: int = 0) -> None:

@@ -1,5 +1,5 @@
 """kpop.rollout.builtin.hugepages: 2 MiB-aligned, MADV_HUGEPAGE-advised tensors for what decoding streams,
-and the engine's weights, packed weights and cache placed there."""
+and the engine's weights and packed weights placed there."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from torch import nn
 
 from kpop.rollout.builtin import hugepages
 from kpop.rollout.builtin.packed import fused_linear
-from kpop.rollout.builtin.slots import CacheSpec, SlotCache
 from kpop.rollout.builtin.tiny_models import tiny_llama_dir
 from kpop.rollout.builtin.weights import load_model
 
@@ -55,7 +54,7 @@ def test_empty_memory_is_advised_for_huge_pages():
 
 
 def test_memory_lives_while_a_view_does_and_is_unmapped_after():
-    t = hugepages.zeros((2**20,), torch.float32)
+    t = hugepages.empty((2**20,), torch.float32).zero_()
     start = t.data_ptr()
     view = t[10:20]
     del t
@@ -67,18 +66,16 @@ def test_memory_lives_while_a_view_does_and_is_unmapped_after():
     assert _mapping(start) is None
 
 
-def test_place_and_zeros_keep_small_tensors_in_ordinary_memory():
+def test_place_keeps_small_tensors_in_ordinary_memory():
     small = torch.randn(100)
     assert hugepages.place(small) is small
     big = torch.randn(2**20)  # 4 MiB
     placed = hugepages.place(big)
     assert placed is not big and torch.equal(placed, big) and placed.data_ptr() % hugepages.HUGE_PAGE == 0
-    z = hugepages.zeros((2**20,), torch.float32)
-    assert z.data_ptr() % hugepages.HUGE_PAGE == 0 and not z.any()
 
 
 @needs_thp
-def test_the_engine_s_weights_packed_weights_and_cache_are_advised(tmp_path):
+def test_the_engine_s_weights_and_packed_weights_are_advised(tmp_path):
     model = load_model(tiny_llama_dir(tmp_path, hidden=768, heads=12, kv_heads=12, layers=1))
     attn = model.model.layers[0].self_attn
     assert _advised(attn.o_proj.weight)  # 768 x 768 fp32: 2.25 MiB
@@ -87,6 +84,3 @@ def test_the_engine_s_weights_packed_weights_and_cache_are_advised(tmp_path):
     fused_linear(layers[0], "pair", layers, torch.randn(1, 1024))
     whole = layers[0]._kpop_packed["pair.weight"][0]
     assert _advised(whole) and layers[1].weight.data_ptr() == whole[1024:].data_ptr()
-    cache = SlotCache([CacheSpec((12, 64, 128), None, torch.float32), CacheSpec((4,), None, torch.float32)], max_rows=8, max_cols=16)
-    cache.ensure(8, 1)
-    assert _advised(cache.tensors[0]) and not _advised(cache.tensors[1])
