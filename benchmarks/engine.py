@@ -14,8 +14,9 @@ best of --repeats, the engines of a model taking turns within each repeat. Rows:
 `generate` on each model, and vLLM (VLLMEngine, in-process; its engine core is a process of its
 own) on the Llamas, in each dtype (the tiny size in float32 only). "% limit" compares to the
 limit measured in the same run (benchmarks/engine_limits.py): at batch 1 the rate of reading the
-model's weights (sampled beside the engines' batch-1 runs) over the bytes a token reads ("%
-stream": against one long 128 MiB read instead); at larger batches the time of the whole
+model's weights over the bytes a token reads, the rate sampled right before and after every
+batch-1 run (an engine's fastest run counts, against the better of its two samples; "% stream":
+against one long 128 MiB read instead); at larger batches the time of the whole
 generation's matmuls (prefill and decode steps) over the model's own weights, read from memory
 in forward order; at every batch the decoding state's traffic too.
 Every torch op of this process (HF `generate`, the limits, model loading) runs on the one thread
@@ -73,7 +74,8 @@ async def engine_tokens_per_s(engine, batch: int, max_tokens: int) -> float:
 async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: list[int], args, model, limits) -> list[tuple]:
     """Rows (model, size, dtype, batch, engine name, tok/s, limit tok/s, batch 1: the limit at one
     long stream's bandwidth). The engines take turns within each repeat (A B C A B C ...), so a
-    change in the machine's load hits all of them."""
+    change in the machine's load hits all of them; each engine's fastest run counts, at batch 1
+    against the bandwidths sampled right before and after that run."""
 
     def run(name: str, engine, b: int, max_tokens: int):
         if name == "HF generate":
@@ -87,27 +89,24 @@ async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: 
     rows = []
     weights = token_weights(model_linears(model))
     for b in batches:
-        results: dict[str, list[float]] = {name: [] for name, _ in engines}
-        samples: list[tuple[float, float]] = []  # batch 1: (weights' read, one long stream) around every run
+        runs: dict[str, list[tuple[float, tuple | None]]] = {name: [] for name, _ in engines}
+        before = _bandwidths(weights) if b == 1 else None
         for _ in range(args.repeats):
             for name, engine in engines:
-                if b == 1:
-                    samples.append(_bandwidths(weights))
                 value = run(name, engine, b, args.max_tokens)
-                results[name].append(await value if asyncio.iscoroutine(value) else value)
-        if b == 1:
-            samples.append(_bandwidths(weights))
-            reads, streams = zip(*samples)
-            print(f"  beside the batch-1 runs: weights read at {min(reads) / 1e9:.1f}-{max(reads) / 1e9:.1f} GB/s, "
-                  f"one long stream at {min(streams) / 1e9:.1f}-{max(streams) / 1e9:.1f} GB/s", flush=True)
-        bandwidth, stream = max((s[0] for s in samples), default=None), max((s[1] for s in samples), default=None)
-        limit = limits.tokens_per_s(b, bandwidth)
-        stream_limit = limits.tokens_per_s(b, stream) if stream else float("nan")
+                tps = await value if asyncio.iscoroutine(value) else value
+                # batch 1: the bandwidths sampled just before and just after this run, the better of each
+                after = _bandwidths(weights) if b == 1 else None
+                runs[name].append((tps, None if b > 1 else tuple(map(max, before, after))))
+                before = after
         for name, _ in engines:
-            tps = max(results[name])
-            rows.append((*label, b, name, tps, limit, stream_limit))
+            tps, around = max(runs[name])
+            bandwidth, stream = around or (None, None)
+            limit = limits.tokens_per_s(b, bandwidth)
+            rows.append((*label, b, name, tps, limit, limits.tokens_per_s(b, stream) if stream else float("nan")))
+            beside = f"; one long stream at {stream / 1e9:.1f} GB/s" if stream else ""
             print(f"  {' '.join(label)} batch {b}: {name} {tps:.0f} tok/s ({100 * tps / limit:.0f}% of limit "
-                  f"{limit:.0f}: {limits.describe(b, bandwidth)})", flush=True)
+                  f"{limit:.0f}: {limits.describe(b, bandwidth)}{beside})", flush=True)
     return rows
 
 

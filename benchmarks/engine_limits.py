@@ -9,7 +9,7 @@ each (the first by the prefill, the others by `max_tokens - 1` decode steps).
   each of those weights once in forward order: the model's own tensors where they lie (huge
   pages, as the engine's: kpop.rollout.builtin.hugepages), in the pieces a step must read them in
   (a layer's read waits for the layer before it). benchmarks/engine.py samples it right before
-  and after each engine's batch-1 run and takes the best sample of that window. One long stream
+  and after each batch-1 run and judges a run against the better of its two samples. One long stream
   (`read_bandwidth`: `sum()` over a 128 MiB buffer) reads faster and moves more on this shared
   box (30-80 GB/s from minute to minute; 35-43 GB/s while the model-sized tensors read at 31-37,
   68-72 while they read at 52-54); it is printed beside, with the share of it the engine reaches.

@@ -171,3 +171,19 @@ def test_decode_through_onednn_linears_equals_full_forward(which, monkeypatch):
     monkeypatch.setattr(matmul, "MIN_NUMEL", 0)
     monkeypatch.setattr(onednn, "linear", lambda *a, **k: calls.append(1) or packed_linear(*a, **k))
     _decode_matches_forward(which, 3, calls, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kv_rope_as_a_roll_is_transformers_rotate_half_bit_for_bit(dtype):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from kpop.rollout.builtin.kv_adapter import _rope
+
+    torch.manual_seed(0)
+    q, k = torch.randn(3, 4, 16, dtype=dtype), torch.randn(3, 2, 16, dtype=dtype)  # [B, heads, D]
+    angles = torch.rand(3, 1, 8) * 50
+    cos, sin = torch.cat([angles.cos()] * 2, -1).to(dtype), torch.cat([angles.sin()] * 2, -1).to(dtype)
+    want_q, want_k = apply_rotary_pos_emb(q, k, cos[:, 0], sin[:, 0], unsqueeze_dim=1)  # cos [B, D] -> [B, 1, D]
+    signed_sin = torch.cat([-sin[..., :8], sin[..., 8:]], -1)
+    got = _rope(torch.cat([q, k], 1), cos, signed_sin)
+    assert torch.equal(got[:, :4], want_q) and torch.equal(got[:, 4:], want_k)
