@@ -9,10 +9,10 @@ each (the first by the prefill, the others by `max_tokens - 1` decode steps).
   each of those weights once in forward order: the model's own tensors where they lie (huge
   pages, as the engine's: kpop.rollout.builtin.hugepages), in the pieces a step must read them in
   (a layer's read waits for the layer before it). benchmarks/engine.py samples it right before
-  and after each batch-1 run and judges a run against the better of its two samples. One long stream
-  (`read_bandwidth`: `sum()` over a 128 MiB buffer) reads faster and moves more on this shared
-  box (30-80 GB/s from minute to minute; 35-43 GB/s while the model-sized tensors read at 31-37,
-  68-72 while they read at 52-54); it is printed beside, with the share of it the engine reaches.
+  and after each batch-1 run and judges a run against the better of its two samples. One long
+  stream (`read_bandwidth`: `sum()` over a 128 MiB buffer) reads faster and moves more on this
+  shared box (34-90 GB/s from minute to minute, while the model-sized tensors read at 31-59);
+  it is printed beside, with the share of it the engine reaches.
 - Batch B > 1 (compute-bound): the time of the batch's matmuls, prefill included:
   `pass(B * prompt_len) + (max_tokens - 1) * pass(B)`, where `pass(rows)` runs one forward's
   linear layers in the model's order on their own weights (`rows` x in by each [out, in] weight
@@ -24,15 +24,16 @@ each (the first by the prefill, the others by `max_tokens - 1` decode steps).
   own kernels beat), each layer's call timed on its own, best of several passes per form. FLOPs
   counted: 2 x rows x in x out per linear.
 - Decoding state (every batch): a step also reads what the rows have cached and rewrites any
-  fixed-size state, at the weights' read bandwidth: `state_bytes` -- per row, every cached column of
-  a growing cache (keys/values, MLA latents: the step attends over all of them) read and the new
-  column written, and a fixed state (the hybrid's Lightning [H, d, d]) read and written once.
-  The shapes and dtypes are those of the model's cache as the engine keeps it (its adapter's
-  prefill state, kpop.rollout.builtin.adapters: keys/values; MLA's latent and rotated key; the
-  Lightning state in float32). At batch 1 this adds ~1-2% to the weight
-  bytes; at 64 rows the medium Llama's keys/values average ~2/3 of its weight bytes per step
-  and the medium hybrid's states ~half of all its weights' bytes in float32 (as many in bf16). Kernels are taken to run one after another (matmul time + state time):
-  no overlap of a compute-bound matmul with a memory-bound read is assumed.
+  fixed-size state, at the weights' read bandwidth: `state_bytes` -- per row, every cached
+  column of a growing cache (keys/values, MLA latents: the step attends over all of them) read
+  and the new column written, and a fixed state (the hybrid's Lightning [H, d, d]) read and
+  written once. The shapes and dtypes are those of the model's cache as the engine keeps it (its
+  adapter's prefill state, kpop.rollout.builtin.adapters: keys/values; MLA's latent and rotated
+  key; the Lightning state in float32). At batch 1 this adds ~1-2% to the weight bytes; at 64
+  rows the medium Llama's keys/values average ~2/3 of its weight bytes per step and the medium
+  hybrid's states ~half of all its weights' bytes in float32 (as many in bf16). Kernels are
+  taken to run one after another (matmul time + state time): no overlap of a compute-bound
+  matmul with a memory-bound read is assumed.
 The router, norms, RoPE, softmax and sampling are left out: the limits are upper bounds the engine
 cannot reach.
 Timings take the best of several runs, so a noisy machine yields optimistic (high) limits.
