@@ -13,7 +13,8 @@ against 697-760 tok/s).
 Contract: `empty(shape, dtype)` is a CPU tensor in an anonymous mapping aligned to 2 MiB and
 advised `MADV_HUGEPAGE` (the kernel backs it with huge pages where the machine's THP mode is
 `madvise` or `always`; where it is `never`, or on a system without `madvise`, it is ordinary
-memory: the same values, only slower). The tensor keeps its mapping alive; the memory is returned
+memory: the same values, only slower; where no such mapping can be made, `empty` falls back to
+`torch.empty`). The tensor keeps its mapping alive; the memory is returned
 when the last tensor viewing it is freed. `place(t)` is a copy of `t` in such memory; it leaves
 tensors under `MIN_BYTES` as they are (they fit in a few pages, and a huge page would take 2 MiB
 for each). `enabled()` says whether the kernel offers huge pages to `madvise` at all.
@@ -43,7 +44,10 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
     numel = math.prod(shape)
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
     size = -(-max(nbytes, 1) // HUGE_PAGE) * HUGE_PAGE
-    buffer = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buffer = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (AttributeError, OSError):  # no anonymous private mappings here, or none this large: ordinary memory
+        return torch.empty(shape, dtype=dtype)
     whole = torch.frombuffer(buffer, dtype=torch.uint8)
     offset = -whole.data_ptr() % HUGE_PAGE
     if hasattr(mmap, "MADV_HUGEPAGE"):

@@ -74,6 +74,18 @@ def test_place_keeps_small_tensors_in_ordinary_memory():
     assert placed is not big and torch.equal(placed, big) and placed.data_ptr() % hugepages.HUGE_PAGE == 0
 
 
+def test_placing_falls_back_to_ordinary_memory_when_no_mapping_can_be_made(monkeypatch):
+    import mmap
+
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    big = torch.randn(2**20)
+    placed = hugepages.place(big)
+    assert placed is not big and torch.equal(placed, big)
+
+
 @needs_thp
 def test_the_engine_s_weights_and_packed_weights_are_advised(tmp_path):
     model = load_model(tiny_llama_dir(tmp_path, hidden=768, heads=12, kv_heads=12, layers=1))
