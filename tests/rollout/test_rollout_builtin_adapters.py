@@ -44,8 +44,9 @@ def _model(which: str):
 
 
 @torch.inference_mode()
-def _run(adapter, contexts: list[list[int]]) -> list[torch.Tensor]:
-    """Prefill each row alone, then decode all rows together; logits [B, V] of each step."""
+def _run(adapter, contexts: list[list[int]], past_lengths: float | None = None) -> list[torch.Tensor]:
+    """Prefill each row alone, then decode all rows together; logits [B, V] of each step.
+    `past_lengths`: a value written into every cached column past each row's length first."""
     cache, lengths = None, []
     for row, (ctx, p) in enumerate(zip(contexts, PROMPT_LENS)):
         _, state = adapter.prefill(torch.tensor([ctx[:p]]))
@@ -55,6 +56,11 @@ def _run(adapter, contexts: list[list[int]]) -> list[torch.Tensor]:
         cache.ensure(row + 1, p)
         cache.write_rows(row, state)
         lengths.append(p)
+    if past_lengths is not None:
+        for t, col_dim in zip(cache.tensors, adapter.col_dims):
+            for row, n in enumerate(lengths):
+                if col_dim is not None:
+                    t[row].narrow(col_dim, n, t.shape[1 + col_dim] - n).fill_(past_lengths)
     steps = []
     for _ in range(STEPS):
         width = max(lengths)
@@ -64,6 +70,29 @@ def _run(adapter, contexts: list[list[int]]) -> list[torch.Tensor]:
         lengths = [n + 1 for n in lengths]
     assert cache.col_cap == 64
     return steps
+
+
+def _worst_vs_forward(model, contexts, got) -> float:
+    worst = 0.0
+    with torch.inference_mode():
+        for step, logits in enumerate(got):
+            for row, (ctx, p) in enumerate(zip(contexts, PROMPT_LENS)):
+                ref = model(torch.tensor([ctx[: p + step + 1]])).logits[0, -1].float()
+                worst = max(worst, (ref - logits[row]).abs().max().item())
+    return worst
+
+
+@pytest.mark.parametrize("which", ["hybrid", "llama"])
+def test_columns_past_each_length_do_not_leak_into_decoding(which):
+    from kpop.rollout.builtin.kv_adapter import attention_span
+
+    # widths 20 -> 33 in a 32-column cache at first: several-row steps attend over all of it
+    assert attention_span(max(PROMPT_LENS) + 1, 32) == 32 and attention_span(9, 32) == 9
+    model = _model(which)
+    gen = torch.Generator().manual_seed(2)
+    contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
+    got = _run(adapter_for(model), contexts, past_lengths=1e4)
+    assert _worst_vs_forward(model, contexts, got) < 1e-4
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.02)])
@@ -78,12 +107,7 @@ def test_decode_logits_equal_full_forward(which, dtype, tol):
     gen = torch.Generator().manual_seed(1)
     contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
     got = _run(adapter, contexts)
-    worst = 0.0
-    with torch.inference_mode():
-        for step, logits in enumerate(got):
-            for row, (ctx, p) in enumerate(zip(contexts, PROMPT_LENS)):
-                ref = model(torch.tensor([ctx[: p + step + 1]])).logits[0, -1].float()
-                worst = max(worst, (ref - logits[row]).abs().max().item())
+    worst = _worst_vs_forward(model, contexts, got)
     print(f"\n[{which} {dtype}] max |decode logits - full forward logits| = {worst:.3g}")
     assert worst < tol
 
