@@ -21,20 +21,29 @@ gate|up as one matmul too.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from kpop.rollout.builtin.gated_mlp import gated_mlp
 from kpop.rollout.builtin.matmul import project
 from kpop.rollout.builtin.packed import packed, stacked
 
 
-def _expert(mlp, stacks: tuple[torch.Tensor, torch.Tensor], e: int, x: torch.Tensor) -> torch.Tensor:
-    """Expert `e` of `mlp` on rows x [n, h]: two products over its slices of the stacks."""
-    w_gate_up, w_down = stacks
-    expert = mlp.experts[e]
-    gate, up = project(x, w_gate_up[e], None, expert, "gate_up", (expert.gate_proj.weight, expert.up_proj.weight)).chunk(2, -1)
-    return project(F.silu(gate) * up, w_down[e], None, expert, "down", (expert.down_proj.weight,))
+class _Stacks(NamedTuple):
+    gate_up: torch.Tensor  # [E, 2I, h]
+    down: torch.Tensor  # [E, h, I]
+    experts: list[nn.Module]  # owners of each expert's prepacked copies
+    weights: list[list[torch.Tensor]]  # per expert: its gate, up and down parameters
+
+
+def _expert(stacks: _Stacks, e: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert `e` on rows x [n, h]: two products over its slices of the stacks."""
+    expert, (gate_w, up_w, down_w) = stacks.experts[e], stacks.weights[e]
+    gate, up = project(x, stacks.gate_up[e], None, expert, "gate_up", (gate_w, up_w)).chunk(2, -1)
+    return project(F.silu(gate) * up, stacks.down[e], None, expert, "down", (down_w,))
 
 
 def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
@@ -59,36 +68,35 @@ def _one_token(mlp, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -
     """One row: the chosen experts' outputs summed in increasing expert id (index_add's order)."""
     out, stacks = None, _stacks(mlp)
     for e, w in sorted(zip(idx.tolist(), weights.tolist())):
-        contrib = _expert(mlp, stacks, e, x).float() * w  # w came from a float32: the product is index_add's
+        contrib = _expert(stacks, e, x).float() * w  # w came from a float32: the product is index_add's
         out = contrib if out is None else out + contrib
     return out
 
 
 def _tokens(mlp, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Several rows: the (token, slot) pairs sorted by expert, each expert's block through `_expert`."""
-    k, num_experts = idx.shape[1], len(mlp.experts)
-    flat_idx = idx.flatten()
+    stacks, flat_idx = _stacks(mlp), idx.flatten()
     order = flat_idx.argsort(stable=True)
-    tokens = order // k
-    rows, start, blocks, stacks = flat[tokens], 0, [], _stacks(mlp)
-    for e, n in enumerate(torch.bincount(flat_idx, minlength=num_experts).tolist()):
+    tokens = order // idx.shape[1]
+    rows, start, blocks = flat[tokens], 0, []
+    for e, n in enumerate(torch.bincount(flat_idx, minlength=len(stacks.experts)).tolist()):
         if n:
-            blocks.append(_expert(mlp, stacks, e, rows[start : start + n]))
+            blocks.append(_expert(stacks, e, rows[start : start + n]))
             start += n
     # one index_add_ in expert order: the accumulation order of MoE.forward's per-expert adds
     out = torch.zeros_like(flat, dtype=torch.float32)
     return out.index_add_(0, tokens, torch.cat(blocks).float() * weights.flatten()[order][:, None])
 
 
-def _stacks(mlp) -> tuple[torch.Tensor, torch.Tensor]:
+def _stacks(mlp) -> _Stacks:
     """The experts' weights as [E, 2I, h] and [E, h, I] tensors that the parameters are views of."""
     # The modules' own dicts, read directly: `nn.Module.__getattr__` for 3 x E weights cost ~35 us
     # a layer (medium hybrid), a fifth of a one-row MoE layer's work outside its matmuls.
-    experts = [e._modules for e in mlp._modules["experts"]._modules.values()]
-    gate_up = [m[name]._parameters["weight"] for m in experts for name in ("gate_proj", "up_proj")]
-    gate_up = packed(mlp, "experts.gate_up", gate_up, stacked(2))
-    down = packed(mlp, "experts.down", [m["down_proj"]._parameters["weight"] for m in experts], stacked(1))
-    return gate_up, down
+    experts = list(mlp._modules["experts"]._modules.values())
+    weights = [[e._modules[name]._parameters["weight"] for name in ("gate_proj", "up_proj", "down_proj")] for e in experts]
+    gate_up = packed(mlp, "experts.gate_up", [w for gate, up, _ in weights for w in (gate, up)], stacked(2))
+    down = packed(mlp, "experts.down", [down for _, _, down in weights], stacked(1))
+    return _Stacks(gate_up, down, experts, weights)
 
 
 def _is_swiglu(mlp) -> bool:
