@@ -71,7 +71,7 @@ async def engine_tokens_per_s(engine, batch: int, max_tokens: int) -> float:
     return sum(len(r.token_ids) for r in results) / (time.perf_counter() - start)
 
 
-async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: list[int], args, model, limits) -> list[tuple]:
+async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: list[int], args, weights, limits) -> list[tuple]:
     """Rows (model, size, dtype, batch, engine name, tok/s, limit tok/s, batch 1: the limit at one
     long stream's bandwidth). The engines take turns within each repeat (A B C A B C ...), so a
     change in the machine's load hits all of them; each engine's fastest run counts, at batch 1
@@ -87,7 +87,6 @@ async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: 
         if asyncio.iscoroutine(value):
             await value
     rows = []
-    weights = token_weights(model_linears(model))
     for b in batches:
         runs: dict[str, list[tuple[float, tuple | None]]] = {name: [] for name, _ in engines}
         before = _bandwidths(weights) if b == 1 else None
@@ -122,7 +121,8 @@ async def model_rows(kind: str, size: str, model_dir: Path, dtype: str, batches,
     from kpop.rollout.builtin_engine import BuiltinEngine
 
     model = torch_thread.call(load_model, model_dir, "cpu", getattr(torch, dtype))
-    bandwidth = torch_thread.call(weight_read_bandwidth, token_weights(model_linears(model)))
+    weights = token_weights(model_linears(model))  # what one token reads: the batch-1 rate's sample
+    bandwidth = torch_thread.call(weight_read_bandwidth, weights)
     print(f"  weights read at {bandwidth / 1e9:.1f} GB/s (one long stream {torch_thread.call(read_bandwidth) / 1e9:.1f}), "
           f"{args.threads} threads", flush=True)
     limits = torch_thread.call(measure_limits, model, batches, bandwidth, PROMPT_LEN, args.max_tokens)
@@ -134,7 +134,7 @@ async def model_rows(kind: str, size: str, model_dir: Path, dtype: str, batches,
     vllm = _start_vllm(model_dir, dtype) if kind == "llama" and not args.no_vllm else None
     if vllm is not None:
         engines.append(("vLLM", vllm))
-    rows = await engine_rows((kind, size, dtype), engines, batches, args, model, limits)
+    rows = await engine_rows((kind, size, dtype), engines, batches, args, weights, limits)
     await ours.close()
     if vllm is not None:
         vllm.close()

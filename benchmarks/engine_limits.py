@@ -67,10 +67,6 @@ class Linear:
     def fan_in(self) -> int:
         return self.weight.shape[1]
 
-    @property
-    def rows_per_token(self) -> float:
-        return self.top_k / self.experts
-
     def rows(self, batch_rows: int) -> int:
         """Rows this layer multiplies when the step has `batch_rows` rows; 0 if it is not fed."""
         if self.expert is None:
@@ -97,10 +93,6 @@ def model_linears(model) -> list[Linear]:
         else:
             out.append(Linear(module.weight.detach()))
     return out
-
-
-def weight_bytes_per_token(linears: list[Linear]) -> float:
-    return sum(lin.rows_per_token * lin.weight.numel() * lin.weight.element_size() for lin in linears)
 
 
 def read_bandwidth(mib: int = 128, repeats: int = 30) -> float:
@@ -262,5 +254,5 @@ def measure_limits(model, batches: list[int], bandwidth: float, prompt_len: int,
             seconds[b] = prefill_s + (max_tokens - 1) * step_s
             flops[b] = prefill_flops + (max_tokens - 1) * step_flops
             hot[b] = b / hot_step_s(linears, b)
-    per_token = weight_bytes_per_token(linears) + state_bytes(shape, 1, prompt_len, max_tokens) / max_tokens
+    per_token = sum(w.nbytes for w in token_weights(linears)) + state_bytes(shape, 1, prompt_len, max_tokens) / max_tokens
     return Limits(bandwidth, per_token, state_s, prompt_len, max_tokens, seconds, flops, hot)
