@@ -62,15 +62,20 @@ def packed(owner: object, key: str, params: Sequence[torch.Tensor], layout: Layo
 
 def fused_output(owner: object, key: str, linears: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """The layers' outputs concatenated on the last dim, by one matmul where they are plain."""
-    biases = [getattr(lin, "bias", None) for lin in linears]
-    plain = all(type(lin) is nn.Linear for lin in linears)
-    if not plain or len({b is None for b in biases}) > 1:
+    if not _plain(linears):
         return torch.cat([lin(x) for lin in linears], -1)
     params = [lin.weight for lin in linears]
     weight = packed(owner, key + ".weight", params, rows)
-    bias = None if biases[0] is None else packed(owner, key + ".bias", biases, rows)
+    bias = None if linears[0].bias is None else packed(owner, key + ".bias", [lin.bias for lin in linears], rows)
     return project(x, weight, bias, owner, key, params)
 
 
 def fused_linear(owner: object, key: str, linears: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    if not _plain(linears):
+        return [lin(x) for lin in linears]
     return list(fused_output(owner, key, linears, x).split([lin.out_features for lin in linears], -1))
+
+
+def _plain(linears: Sequence[nn.Module]) -> bool:
+    """Plain `nn.Linear` layers, all with a bias or all without: one matmul can stand in for them."""
+    return all(type(lin) is nn.Linear for lin in linears) and len({lin.bias is None for lin in linears}) == 1
