@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from kpop.models.layers.rope import apply_interleaved, rope_angles
+from kpop.rollout.builtin import native
 from kpop.rollout.builtin.matmul import module_linear
 from kpop.rollout.builtin.moe_decode import moe_forward
 from kpop.rollout.builtin.norms import group_rms, rms
@@ -94,19 +95,33 @@ class HybridAdapter:
         qkv, gate = fused_linear(attn, "qkv_g", [attn.query_key_value, attn.g_proj], x)
         if attn.linear_silu:
             qkv = F.silu(qkv)
+        decay = self._decay.get(i)
+        if decay is None or decay.device != x.device:
+            decay = self._decay[i] = torch.exp(attn.log_decay(x.device))[:, None, None]
+        if B == 1 and _native_lightning(attn, qkv, gate, state, decay):
+            return module_linear(attn.dense, self._lightning_native(attn, qkv, gate, rope, state, decay).view(1, 1, -1))
         q, k, v = qkv.view(B, 3, H, d).unbind(1)
         if attn.use_qk_norm:
             q, k = rms(attn.query_layernorm, q), rms(attn.key_layernorm, k)
         if attn.rope_dim:
             q, k = _neox(torch.stack([q, k]), *rope(attn.rope_dim, attn.rope_theta)).unbind(0)
-        decay = self._decay.get(i)
-        if decay is None or decay.device != x.device:
-            decay = self._decay[i] = torch.exp(attn.log_decay(x.device))[:, None, None]
         q, k, v = q.float(), k.float(), v.float()
         state.mul_(decay).addcmul_(k[..., :, None], v[..., None, :])  # S <- exp(g) S + k^T v
         o = torch.matmul((q * d**-0.5)[..., None, :], state)  # [B, H, 1, d]
         o = group_rms(attn.g_norm, o.view(B, 1, H * d).to(x.dtype)) * torch.sigmoid(gate)
         return module_linear(attn.dense, o)
+
+    @staticmethod
+    def _lightning_native(attn, qkv, gate, rope, state: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+        """`_lightning`'s work between its projections for one float32 row, in one native call."""
+        cos = sin = None
+        if attn.rope_dim:
+            cos, sin = (t.contiguous() for t in rope(attn.rope_dim, attn.rope_theta))
+        q_norm, k_norm = (attn.query_layernorm, attn.key_layernorm) if attn.use_qk_norm else (None, None)
+        return native.lightning_row(
+            qkv, gate, state, decay, q_norm and q_norm.weight, k_norm and k_norm.weight, cos, sin, attn.g_norm.weight,
+            attn.g_norm.groups, q_norm.eps if q_norm else 0.0, attn.g_norm.eps, attn.head_dim**-0.5,
+        )
 
     @staticmethod
     def _mla(attn, x, cos, sin, latent, k_rope, rows, lengths, width: int, mask) -> torch.Tensor:
@@ -125,6 +140,14 @@ class HybridAdapter:
         full = MLACache(latent[:, : width + 1], k_rope[:, : width + 1])
         out = attn._absorbed(q_nope, apply_interleaved(q_rope, cos, sin), full, mask)
         return module_linear(attn.dense, out.reshape(B, 1, -1).to(x.dtype))
+
+
+def _native_lightning(attn, qkv, gate, state, decay) -> bool:
+    """Whether one row of `attn` can take the native kernel: float32 throughout, one eps for q and k."""
+    norms = (attn.query_layernorm, attn.key_layernorm) if attn.use_qk_norm else ()
+    if attn.head_dim > native.MAX_HEAD_DIM or len({n.eps for n in norms}) > 1:
+        return False
+    return native.fits(qkv, gate, state, decay, attn.g_norm.weight, *(n.weight for n in norms))
 
 
 def _neox(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

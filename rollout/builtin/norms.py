@@ -3,14 +3,18 @@
 `rms(norm, x)` = `F.rms_norm(x) * norm.weight`: the statistics in float32 inside the fused kernel,
 the normalised value rounded to x's dtype, then scaled by the weight -- the same order of
 operations, and so the same values, as the modules it stands in for (kpop.models.layers.norm's
-`RMSNorm`, transformers' `LlamaRMSNorm` and the like: `weight * normalised.to(dtype)`).
-`group_rms` does the same per group (`GroupRMSNorm`).
+`RMSNorm`, transformers' `LlamaRMSNorm` and the like: `weight * normalised.to(dtype)`). float32
+rows go to the native kernel (kpop.rollout.builtin.native) where it is built: one call instead of
+`F.rms_norm`'s composite of six ops, the same values to float32 rounding.
+`group_rms` does the same per group (`GroupRMSNorm`), on torch's ops.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from kpop.rollout.builtin import native
 
 
 def _eps(norm) -> float:
@@ -19,6 +23,8 @@ def _eps(norm) -> float:
 
 
 def rms(norm, x: torch.Tensor) -> torch.Tensor:
+    if native.fits(x, norm.weight) and norm.weight.numel() == x.shape[-1]:
+        return native.rms_norm(x, norm.weight, _eps(norm))
     return F.rms_norm(x, (x.shape[-1],), None, _eps(norm)) * norm.weight
 
 

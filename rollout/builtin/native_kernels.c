@@ -1,0 +1,65 @@
+/* One-row decode kernels of the built-in engine: float32, contiguous, single-threaded, no
+   allocation. Built and loaded by kpop.rollout.builtin.native, which states the contracts; each is
+   tested there against torch's own ops (tests/rollout/test_rollout_builtin_native.py). */
+#include <math.h>
+#include <stdint.h>
+
+#define KPOP_MAX_HEAD_DIM 1024
+
+/* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for `rows` rows of `n` values. */
+void kpop_rms_norm(const float *x, const float *w, float *y, int64_t rows, int64_t n, float eps) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        float ss = 0.0f;
+        for (int64_t i = 0; i < n; i++) ss += xr[i] * xr[i];
+        float inv = 1.0f / sqrtf(ss / (float)n + eps);
+        for (int64_t i = 0; i < n; i++) yr[i] = (xr[i] * inv) * w[i];
+    }
+}
+
+/* Rotate the first 2 * half values of x (rotate-half layout) by cos/sin [half]. */
+static void neox(float *x, const float *c, const float *s, int64_t half) {
+    for (int64_t i = 0; i < half; i++) {
+        float a = x[i], b = x[half + i];
+        x[i] = a * c[i] - b * s[i];
+        x[half + i] = b * c[i] + a * s[i];
+    }
+}
+
+/* One token of Lightning attention for one row, from its q|k|v and gate projections. */
+void kpop_lightning_row(const float *qkv, const float *gate, float *state, const float *decay,
+                        const float *q_norm, const float *k_norm, const float *cos_, const float *sin_,
+                        const float *g_norm, float *out, int64_t heads, int64_t d, int64_t half,
+                        int64_t groups, float qk_eps, float g_eps, float scale) {
+    float q[KPOP_MAX_HEAD_DIM], k[KPOP_MAX_HEAD_DIM];
+    for (int64_t h = 0; h < heads; h++) {
+        const float *qh = qkv + h * d, *kh = qkv + (heads + h) * d, *v = qkv + (2 * heads + h) * d;
+        if (q_norm) {
+            kpop_rms_norm(qh, q_norm, q, 1, d, qk_eps);
+            kpop_rms_norm(kh, k_norm, k, 1, d, qk_eps);
+        } else {
+            for (int64_t i = 0; i < d; i++) { q[i] = qh[i]; k[i] = kh[i]; }
+        }
+        neox(q, cos_, sin_, half);
+        neox(k, cos_, sin_, half);
+        /* One pass over S: S <- decay S + k^T v, and o += (scale q_i) S[i] with the new row. */
+        float *S = state + h * d * d, *o = out + h * d, g = decay[h];
+        for (int64_t j = 0; j < d; j++) o[j] = 0.0f;
+        for (int64_t i = 0; i < d; i++) {
+            float ki = k[i], qi = q[i] * scale, *Si = S + i * d;
+            for (int64_t j = 0; j < d; j++) {
+                float s = Si[j] * g + ki * v[j];
+                Si[j] = s;
+                o[j] += qi * s;
+            }
+        }
+    }
+    int64_t size = heads * d / groups;
+    for (int64_t grp = 0; grp < groups; grp++) {
+        float *o = out + grp * size;
+        kpop_rms_norm(o, g_norm + grp * size, o, 1, size, g_eps);
+        const float *gt = gate + grp * size;
+        for (int64_t i = 0; i < size; i++) o[i] *= 1.0f / (1.0f + expf(-gt[i]));
+    }
+}

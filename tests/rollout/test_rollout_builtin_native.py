@@ -1,0 +1,137 @@
+"""The native one-row decode kernels (kpop.rollout.builtin.native) against float64 references written
+from their contracts, the hybrid's one-row decode through them against the model's full forward,
+and the build: cached per source, reported (not raised) when no compiler exists."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kpop.rollout.builtin import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernels are not built")
+
+
+def _rms64(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.double()
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 768), (64, 1, 96), (3, 5)])
+def test_rms_norm_equals_the_formula_and_torchs_op(shape):
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(shape, generator=gen) * 3, torch.randn(shape[-1], generator=gen)
+    got = native.rms_norm(x, w, 1e-6)
+    torch.testing.assert_close(got.double(), _rms64(x, w, 1e-6), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, F.rms_norm(x, (shape[-1],), None, 1e-6) * w, rtol=1e-5, atol=1e-6)
+
+
+def _lightning64(qkv, gate, state, decay, qn, kn, cos, sin, gn, groups, qk_eps, g_eps, scale):
+    """The contract, head by head in float64: returns (out [H*d], new state [H, d, d])."""
+    H, d = state.shape[0], state.shape[-1]
+    q, k, v = qkv.double().view(3, H, d)
+    if qn is not None:
+        q, k = _rms64(q, qn, qk_eps), _rms64(k, kn, qk_eps)
+    if cos is not None:
+        half = cos.numel()
+        c, s = cos.double(), sin.double()
+
+        def rot(x):
+            a, b = x[:, :half], x[:, half : 2 * half]
+            return torch.cat([a * c - b * s, b * c + a * s, x[:, 2 * half :]], -1)
+
+        q, k = rot(q), rot(k)
+    new = decay.double().view(H, 1, 1) * state.double() + k[:, :, None] * v[:, None, :]
+    o = torch.einsum("hi,hij->hj", q * scale, new).reshape(groups, -1)
+    o = _rms64(o, torch.ones(o.shape[-1]), g_eps).reshape(-1) * gn.double()
+    return o * torch.sigmoid(gate.double()), new
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+@pytest.mark.parametrize("half", [0, 8])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_lightning_row_equals_the_formula(qk_norm, half, groups):
+    H, d = 3, 32
+    gen = torch.Generator().manual_seed(1)
+    qkv, gate = torch.randn(3 * H * d, generator=gen), torch.randn(H * d, generator=gen)
+    state, decay = torch.randn(H, d, d, generator=gen), torch.rand(H, generator=gen)
+    qn, kn = (torch.randn(d, generator=gen), torch.randn(d, generator=gen)) if qk_norm else (None, None)
+    cos, sin = (torch.randn(half, generator=gen), torch.randn(half, generator=gen)) if half else (None, None)
+    gn = torch.randn(H * d, generator=gen)
+    want_out, want_state = _lightning64(qkv, gate, state, decay, qn, kn, cos, sin, gn, groups, 1e-6, 1e-5, d**-0.5)
+    got = native.lightning_row(qkv, gate, state, decay, qn, kn, cos, sin, gn, groups, 1e-6, 1e-5, d**-0.5)
+    torch.testing.assert_close(state.double(), want_state, rtol=1e-5, atol=1e-5)  # updated in place
+    torch.testing.assert_close(got.double(), want_out, rtol=1e-4, atol=1e-5)
+
+
+def test_lightning_row_rejects_shapes_that_do_not_match():
+    state = torch.zeros(2, 8, 8)
+    with pytest.raises(ValueError, match="shapes"):
+        native.lightning_row(torch.zeros(40), torch.zeros(16), state, torch.ones(2), None, None, None, None,
+                             torch.ones(16), 1, 1e-6, 1e-6, 1.0)
+    with pytest.raises(ValueError, match="groups"):
+        native.lightning_row(torch.zeros(48), torch.zeros(16), state, torch.ones(2), None, None, None, None,
+                             torch.ones(16), 3, 1e-6, 1e-6, 1.0)
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(use_native, monkeypatch):
+    """One row decoded for 12 steps (Lightning and MLA layers) equals the model's full forward over
+    the row's context (1e-4); the kernel runs once per Lightning layer and step, or never when the
+    kernels are unavailable (the torch ops stand in)."""
+    from kpop.rollout.builtin.adapters import adapter_for
+    from kpop.rollout.builtin.slots import CacheSpec, SlotCache
+    from kpop.rollout.builtin.tiny_models import tiny_hybrid
+
+    calls = []
+    kernel = native.lightning_row
+    monkeypatch.setattr(native, "lightning_row", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    if not use_native:
+        monkeypatch.setattr(native, "available", lambda: False)
+    model = tiny_hybrid(seed=0)
+    lightning_layers = sum(not model.config.is_mla_layer(i) for i in range(model.config.num_hidden_layers))
+    adapter = adapter_for(model)
+    context = torch.randint(0, 320, (18,), generator=torch.Generator().manual_seed(4)).tolist()
+    steps, prompt = 12, 6
+    with torch.inference_mode():
+        _, state = adapter.prefill(torch.tensor([context[:prompt]]))
+        specs = [CacheSpec(tuple(t.shape[1:]), d, t.dtype) for t, d in zip(state, adapter.col_dims)]
+        cache = SlotCache(specs, max_rows=1, max_cols=64)
+        cache.ensure(1, prompt + steps)
+        cache.write_rows(0, state)
+        for n in range(prompt, prompt + steps):
+            logits = adapter.decode(cache.tensors, torch.tensor([n]), n, torch.tensor([context[n]]))
+            want = model(torch.tensor([context[: n + 1]])).logits[0, -1]
+            torch.testing.assert_close(logits[0], want, rtol=0, atol=1e-4)
+    assert len(calls) == (steps * lightning_layers if use_native else 0)
+    assert lightning_layers > 0
+
+
+def test_the_build_is_cached_and_a_missing_compiler_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPOP_CACHE_DIR", str(tmp_path))
+    first = native.build()
+    stamp = first.stat().st_mtime_ns
+    assert native.build() == first and first.stat().st_mtime_ns == stamp  # no second compile
+    assert first.parent == tmp_path / "native" and list(first.parent.iterdir()) == [first]
+    with pytest.raises(RuntimeError, match="no C compiler 'kpop-no-such-cc'"):
+        native.build("kpop-no-such-cc")
+
+
+def test_without_the_kernels_rms_is_torchs_op(monkeypatch):
+    from kpop.models.layers.norm import RMSNorm
+    from kpop.rollout.builtin.norms import rms
+
+    norm = RMSNorm(64)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(4, 1, 64)
+    calls = []
+    kernel = native.rms_norm
+    monkeypatch.setattr(native, "rms_norm", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    with torch.inference_mode():
+        torch.testing.assert_close(rms(norm, x), norm(x), rtol=1e-5, atol=1e-6)
+        assert calls == [1]
+        monkeypatch.setattr(native, "available", lambda: False)
+        assert torch.equal(rms(norm, x), F.rms_norm(x, (64,), None, norm.eps) * norm.weight)
+        assert calls == [1]
