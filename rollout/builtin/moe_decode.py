@@ -15,8 +15,9 @@ through its own two products, `project` (kpop.rollout.builtin.matmul: oneDNN ove
 of the expert's slices from 2 rows on, in bf16 from 1). Medium hybrid decode step, ms, per-expert /
 the earlier form that padded the sorted rows to [E, M, h] for two `bmm` over all experts: 2 rows
 18.5-19.7 / 25.2-27.1, 8 rows 25.7-27.5 / 29.9-30.3, 16 rows 30.9-31.3 / 33.8-35.0, 64 rows
-61.8-62.9 / 67.5-67.7. One row: each chosen expert's two products, no sort. The shared expert runs
-gate|up as one matmul too.
+61.8-62.9 / 67.5-67.7. One row: each chosen expert's two products, no sort, and a float32 router
+runs as one native call (kpop.rollout.builtin.native.route_row) instead of the gate's ~25 ops. The
+shared expert runs gate|up as one matmul too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kpop.rollout.builtin import native
 from kpop.rollout.builtin.gated_mlp import gated_mlp
 from kpop.rollout.builtin.matmul import project
 from kpop.rollout.builtin.packed import packed, stacked
@@ -53,21 +55,24 @@ def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
         return gated_mlp(mlp, x) if _is_swiglu(mlp) else mlp(x)
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
-    idx, weights, _ = mlp.gate(flat)
-    if flat.shape[0] == 1:
-        out = _one_token(mlp, flat, idx[0], weights[0])
+    if flat.shape[0] == 1 and native.routes(flat, mlp.gate):
+        out = _one_token(mlp, flat, *native.route_row(flat, mlp.gate))
     else:
-        out = _tokens(mlp, flat, idx, weights)
+        idx, weights, _ = mlp.gate(flat)
+        if flat.shape[0] == 1:
+            out = _one_token(mlp, flat, idx[0].tolist(), weights[0].tolist())
+        else:
+            out = _tokens(mlp, flat, idx, weights)
     out = out.to(x.dtype)
     if mlp.shared_experts is not None:
         out = out + gated_mlp(mlp.shared_experts, flat)
     return out.reshape(shape)
 
 
-def _one_token(mlp, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _one_token(mlp, x: torch.Tensor, idx: list[int], weights: list[float]) -> torch.Tensor:
     """One row: the chosen experts' outputs summed in increasing expert id (index_add's order)."""
     out, stacks = None, _stacks(mlp)
-    for e, w in sorted(zip(idx.tolist(), weights.tolist())):
+    for e, w in sorted(zip(idx, weights)):
         contrib = _expert(stacks, e, x).float() * w  # w came from a float32: the product is index_add's
         out = contrib if out is None else out + contrib
     return out

@@ -16,6 +16,9 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
   dims (rotate-half layout), S_h <- decay_h S_h + k_h^T v_h in place, o_h = (scale q_h) S_h; then
   out = group RMSNorm(o) (groups of H * d / groups, weight g_norm) * sigmoid(gate). This is
   `HybridAdapter._lightning`'s work between its two projections, for one row.
+- `route_row(x [h], gate)` -> (expert ids, weights) as Python lists, for `MoEGate` (kpop.models.
+  layers.moe) over one row: what `gate(x)` returns for it (ids in pick order, ties to the lower id).
+  `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups).
 Values equal the torch ops' to float32 rounding (sums run in another order), not bit for bit.
 
 Build: `$CC` (default `cc`) `-O3 -march=native -shared -fPIC` into `~/.cache/kpop/native/`
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native_kernels.c")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 MAX_HEAD_DIM = 1024  # KPOP_MAX_HEAD_DIM in the source
+MAX_EXPERTS = 1024  # KPOP_MAX_EXPERTS
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
@@ -97,6 +101,8 @@ def _library() -> ctypes.CDLL | None:
     lib.kpop_rms_norm.restype = None
     lib.kpop_lightning_row.argtypes = [_P] * 10 + [_I64] * 4 + [_F32] * 3
     lib.kpop_lightning_row.restype = None
+    lib.kpop_route_row.argtypes = [_P] * 3 + [_I64] * 5 + [_F32] + [_P] * 2
+    lib.kpop_route_row.restype = None
     return lib
 
 
@@ -140,3 +146,24 @@ def lightning_row(qkv: torch.Tensor, gate: torch.Tensor, state: torch.Tensor, de
         _ptr(cos), _ptr(sin), g_norm.data_ptr(), out.data_ptr(), heads, d, half, groups, qk_eps, g_eps, scale,
     )
     return out
+
+
+def routes(x: torch.Tensor, gate) -> bool:
+    """Whether `route_row` can route one row `x` for `gate` (a `MoEGate`)."""
+    experts = gate.weight.shape[0]
+    per = experts // gate.n_group
+    return (
+        x.numel() == gate.weight.shape[1] and experts <= MAX_EXPERTS and experts % gate.n_group == 0
+        and gate.top_k <= per * gate.topk_group and fits(x, gate.weight, gate.expert_bias)
+    )
+
+
+def route_row(x: torch.Tensor, gate) -> tuple[list[int], list[float]]:
+    experts, hidden = gate.weight.shape
+    k = gate.top_k
+    ids, weights = (ctypes.c_int64 * k)(), (ctypes.c_float * k)()
+    _library().kpop_route_row(
+        x.data_ptr(), gate.weight.data_ptr(), gate.expert_bias.data_ptr(), experts, hidden, gate.n_group,
+        gate.topk_group, k, gate.routed_scaling_factor, ids, weights,
+    )
+    return list(ids), list(weights)

@@ -63,3 +63,59 @@ void kpop_lightning_row(const float *qkv, const float *gate, float *state, const
         for (int64_t i = 0; i < size; i++) o[i] *= 1.0f / (1.0f + expf(-gt[i]));
     }
 }
+
+#define KPOP_MAX_EXPERTS 1024
+
+/* The index of the largest v[i] among `ok` ones (the lowest index among equals), -1 if none. */
+static int64_t best(const float *v, const unsigned char *ok, int64_t n) {
+    int64_t arg = -1;
+    for (int64_t i = 0; i < n; i++)
+        if (ok[i] && (arg < 0 || v[i] > v[arg])) arg = i;
+    return arg;
+}
+
+/* MoEGate's sigmoid router for one row: s = sigmoid(W x), experts picked by s + bias (group-
+   limited when n_group > 1: a group's score is the sum of its best two), weights s of the picked
+   experts normalised to sum 1 when k > 1, times scale. Writes idx[k] and w[k] in pick order. */
+void kpop_route_row(const float *x, const float *W, const float *bias, int64_t E, int64_t h,
+                    int64_t n_group, int64_t topk_group, int64_t k, float scale, int64_t *idx, float *w) {
+    float s[KPOP_MAX_EXPERTS], sel[KPOP_MAX_EXPERTS], group[KPOP_MAX_EXPERTS];
+    unsigned char ok[KPOP_MAX_EXPERTS];
+    for (int64_t e = 0; e < E; e++) {
+        const float *We = W + e * h;
+        float dot = 0.0f;
+        for (int64_t i = 0; i < h; i++) dot += We[i] * x[i];
+        s[e] = 1.0f / (1.0f + expf(-dot));
+        sel[e] = s[e] + bias[e];
+        ok[e] = 1;
+    }
+    if (n_group > 1) {
+        int64_t per = E / n_group, top = per < 2 ? per : 2;
+        unsigned char gok[KPOP_MAX_EXPERTS];
+        for (int64_t g = 0; g < n_group; g++) {
+            unsigned char in[KPOP_MAX_EXPERTS];
+            for (int64_t i = 0; i < per; i++) in[i] = 1;
+            group[g] = 0.0f;
+            for (int64_t t = 0; t < top; t++) {
+                int64_t b = best(sel + g * per, in, per);
+                group[g] += sel[g * per + b];
+                in[b] = 0;
+            }
+            gok[g] = 1;
+        }
+        unsigned char kept[KPOP_MAX_EXPERTS] = {0};
+        for (int64_t t = 0; t < topk_group; t++) {
+            int64_t g = best(group, gok, n_group);
+            kept[g] = 1;
+            gok[g] = 0;
+        }
+        for (int64_t e = 0; e < E; e++) ok[e] = kept[e / per];
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; j++) {
+        idx[j] = best(sel, ok, E);
+        ok[idx[j]] = 0;
+        sum += s[idx[j]];
+    }
+    for (int64_t j = 0; j < k; j++) w[j] = (k > 1 ? s[idx[j]] / (sum + 1e-20f) : s[idx[j]]) * scale;
+}

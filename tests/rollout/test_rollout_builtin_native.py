@@ -135,3 +135,50 @@ def test_without_the_kernels_rms_is_torchs_op(monkeypatch):
         monkeypatch.setattr(native, "available", lambda: False)
         assert torch.equal(rms(norm, x), F.rms_norm(x, (64,), None, norm.eps) * norm.weight)
         assert calls == [1]
+
+
+@pytest.mark.parametrize("experts,k,n_group,topk_group", [(8, 2, 4, 2), (8, 3, None, None), (16, 4, 4, 2), (6, 1, None, None)])
+def test_route_row_picks_what_the_gate_picks(experts, k, n_group, topk_group):
+    from kpop.models.layers.moe import MoEGate
+
+    torch.manual_seed(experts + k)
+    gate = MoEGate(24, experts, k, n_group, topk_group, routed_scaling_factor=2.5).eval()
+    with torch.no_grad():
+        gate.expert_bias.normal_(0, 0.1)
+    for _ in range(40):
+        x = torch.randn(1, 24)
+        assert native.routes(x, gate)
+        ids, weights = native.route_row(x, gate)
+        want_ids, want_weights, _ = gate(x)
+        order = want_ids[0].argsort()
+        assert sorted(ids) == want_ids[0][order].tolist()
+        got = torch.tensor([w for _, w in sorted(zip(ids, weights))])
+        torch.testing.assert_close(got, want_weights[0][order], rtol=1e-5, atol=1e-6)
+
+
+def test_route_row_refuses_gates_it_cannot_route():
+    from kpop.models.layers.moe import MoEGate
+
+    gate = MoEGate(24, 8, 2, 4, 2, routed_scaling_factor=1.0)
+    x = torch.randn(1, 24)
+    assert native.routes(x, gate)
+    assert not native.routes(x.bfloat16(), gate)
+    assert not native.routes(torch.randn(2, 24), gate)  # one row only
+    assert not native.routes(x, MoEGate(24, 8, 5, 4, 1, routed_scaling_factor=1.0))  # 5 picks from 2 kept
+
+
+def test_one_row_moe_routes_natively_and_equals_the_module(monkeypatch):
+    from kpop.models.layers.moe import MoE
+    from kpop.rollout.builtin.moe_decode import moe_forward
+
+    calls = []
+    kernel = native.route_row
+    monkeypatch.setattr(native, "route_row", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    torch.manual_seed(0)
+    moe = MoE(hidden_size=32, num_experts=8, top_k=2, moe_intermediate_size=24, num_shared_experts=1,
+              n_group=4, topk_group=2, routed_scaling_factor=2.5).eval()
+    with torch.inference_mode():
+        for _ in range(5):
+            x = torch.randn(1, 1, 32)
+            torch.testing.assert_close(moe_forward(moe, x), moe(x)[0], rtol=0, atol=1e-5)
+    assert len(calls) == 5
