@@ -137,8 +137,14 @@ class HybridAdapter:
         c, kr = kv.split([attn.rank, attn.rope], -1)
         latent[rows, lengths] = rms(attn.kv_a_layernorm, c)[:, 0].to(latent.dtype)
         k_rope[rows, lengths] = apply_interleaved(kr, cos, sin)[:, 0].to(k_rope.dtype)
-        full = MLACache(latent[:, : width + 1], k_rope[:, : width + 1])
-        out = attn._absorbed(q_nope, apply_interleaved(q_rope, cos, sin), full, mask)
+        q_rope = apply_interleaved(q_rope, cos, sin)
+        kv_b = attn.kv_b_proj.weight
+        if B == 1 and q.dtype == torch.float32 and native.fits(latent, k_rope, kv_b):
+            # one row: every one of its width + 1 columns is attended (no mask)
+            out = native.mla_row(q_nope[0, 0].contiguous(), q_rope[0, 0].contiguous(), latent[0, : width + 1],
+                                 k_rope[0, : width + 1], kv_b, attn.scaling)
+        else:
+            out = attn._absorbed(q_nope, q_rope, MLACache(latent[:, : width + 1], k_rope[:, : width + 1]), mask)
         return module_linear(attn.dense, out.reshape(B, 1, -1).to(x.dtype))
 
 

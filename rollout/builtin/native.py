@@ -16,6 +16,9 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
   dims (rotate-half layout), S_h <- decay_h S_h + k_h^T v_h in place, o_h = (scale q_h) S_h; then
   out = group RMSNorm(o) (groups of H * d / groups, weight g_norm) * sigmoid(gate). This is
   `HybridAdapter._lightning`'s work between its two projections, for one row.
+- `mla_row(q_nope [H, nope], q_rope [H, rope], latent [T, r], k_rope [T, rope], kv_b [H * (nope +
+  v), r], scaling)` -> out [H, v]: `MultiLatentAttention._absorbed` for one query over all T
+  columns (q_lat = q_nope W_uk, softmax(scaling (q_lat latent^T + q_rope k_rope^T)) latent W_uv^T).
 - `route_row(x [h], gate)` -> (expert ids, weights) as Python lists, for `MoEGate` (kpop.models.
   layers.moe) over one row: what `gate(x)` returns for it (ids in pick order, ties to the lower id).
   `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups).
@@ -46,7 +49,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
 MAX_HEAD_DIM = 1024  # KPOP_MAX_HEAD_DIM in the source
 MAX_EXPERTS = 1024  # KPOP_MAX_EXPERTS
 
@@ -101,6 +104,8 @@ def _library() -> ctypes.CDLL | None:
     lib.kpop_rms_norm.restype = None
     lib.kpop_lightning_row.argtypes = [_P] * 10 + [_I64] * 4 + [_F32] * 3
     lib.kpop_lightning_row.restype = None
+    lib.kpop_mla_row.argtypes = [_P] * 7 + [_I64] * 6 + [_F32]
+    lib.kpop_mla_row.restype = None
     lib.kpop_route_row.argtypes = [_P] * 3 + [_I64] * 5 + [_F32] + [_P] * 2
     lib.kpop_route_row.restype = None
     return lib
@@ -144,6 +149,21 @@ def lightning_row(qkv: torch.Tensor, gate: torch.Tensor, state: torch.Tensor, de
     _library().kpop_lightning_row(
         qkv.data_ptr(), gate.data_ptr(), state.data_ptr(), decay.data_ptr(), _ptr(q_norm), _ptr(k_norm),
         _ptr(cos), _ptr(sin), g_norm.data_ptr(), out.data_ptr(), heads, d, half, groups, qk_eps, g_eps, scale,
+    )
+    return out
+
+
+def mla_row(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
+            kv_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    (heads, nope), rope, (T, rank) = q_nope.shape, q_rope.shape[-1], latent.shape
+    v = kv_b.shape[0] // heads - nope
+    if q_rope.shape != (heads, rope) or k_rope.shape != (T, rope) or kv_b.shape != (heads * (nope + v), rank) or v <= 0:
+        raise ValueError(f"mla_row: shapes q_nope {tuple(q_nope.shape)}, q_rope {tuple(q_rope.shape)}, latent "
+                         f"{tuple(latent.shape)}, k_rope {tuple(k_rope.shape)}, kv_b {tuple(kv_b.shape)}")
+    out, scratch = torch.empty(heads, v), torch.empty(T + 2 * rank)
+    _library().kpop_mla_row(
+        q_nope.data_ptr(), q_rope.data_ptr(), latent.data_ptr(), k_rope.data_ptr(), kv_b.data_ptr(), out.data_ptr(),
+        scratch.data_ptr(), heads, nope, rope, v, rank, T, scaling,
     )
     return out
 

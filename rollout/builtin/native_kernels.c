@@ -12,6 +12,7 @@ void kpop_rms_norm(const float *x, const float *w, float *y, int64_t rows, int64
         const float *xr = x + r * n;
         float *yr = y + r * n;
         float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
         for (int64_t i = 0; i < n; i++) ss += xr[i] * xr[i];
         float inv = 1.0f / sqrtf(ss / (float)n + eps);
         for (int64_t i = 0; i < n; i++) yr[i] = (xr[i] * inv) * w[i];
@@ -84,6 +85,7 @@ void kpop_route_row(const float *x, const float *W, const float *bias, int64_t E
     for (int64_t e = 0; e < E; e++) {
         const float *We = W + e * h;
         float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
         for (int64_t i = 0; i < h; i++) dot += We[i] * x[i];
         s[e] = 1.0f / (1.0f + expf(-dot));
         sel[e] = s[e] + bias[e];
@@ -118,4 +120,55 @@ void kpop_route_row(const float *x, const float *W, const float *bias, int64_t E
         sum += s[idx[j]];
     }
     for (int64_t j = 0; j < k; j++) w[j] = (k > 1 ? s[idx[j]] / (sum + 1e-20f) : s[idx[j]]) * scale;
+}
+
+/* Absorbed multi-latent attention for one row over its T cached columns: per head h,
+   q_lat = q_nope[h] W_uk[h] ([nope] x [nope, r]), scores[t] = scaling (q_lat . latent[t] +
+   q_rope[h] . k_rope[t]), p = softmax(scores), out[h] = W_uv[h] (sum_t p[t] latent[t]).
+   w_kv_b [H, nope + v, r] holds W_uk (first nope rows of each head) and W_uv (the next v).
+   scratch: T + 2 r floats. */
+void kpop_mla_row(const float *q_nope, const float *q_rope, const float *latent, const float *k_rope,
+                  const float *w_kv_b, float *out, float *scratch, int64_t H, int64_t nope, int64_t rope,
+                  int64_t v, int64_t r, int64_t T, float scaling) {
+    float *scores = scratch, *q_lat = scratch + T, *ctx = scratch + T + r;
+    for (int64_t h = 0; h < H; h++) {
+        const float *w_uk = w_kv_b + h * (nope + v) * r, *w_uv = w_uk + nope * r;
+        const float *qn = q_nope + h * nope, *qr = q_rope + h * rope;
+        for (int64_t j = 0; j < r; j++) q_lat[j] = 0.0f;
+        for (int64_t n = 0; n < nope; n++) {
+            float a = qn[n];
+            const float *row = w_uk + n * r;
+            for (int64_t j = 0; j < r; j++) q_lat[j] += a * row[j];
+        }
+        float top = -INFINITY;
+        for (int64_t t = 0; t < T; t++) {
+            const float *lt = latent + t * r, *kt = k_rope + t * rope;
+            float dot = 0.0f, dr = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t j = 0; j < r; j++) dot += q_lat[j] * lt[j];
+#pragma omp simd reduction(+ : dr)
+            for (int64_t j = 0; j < rope; j++) dr += qr[j] * kt[j];
+            scores[t] = (dot + dr) * scaling;
+            if (scores[t] > top) top = scores[t];
+        }
+        float total = 0.0f;
+        for (int64_t t = 0; t < T; t++) {
+            scores[t] = expf(scores[t] - top);
+            total += scores[t];
+        }
+        for (int64_t j = 0; j < r; j++) ctx[j] = 0.0f;
+        for (int64_t t = 0; t < T; t++) {
+            float p = scores[t] / total;
+            const float *lt = latent + t * r;
+            for (int64_t j = 0; j < r; j++) ctx[j] += p * lt[j];
+        }
+        float *o = out + h * v;
+        for (int64_t i = 0; i < v; i++) {
+            const float *row = w_uv + i * r;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t j = 0; j < r; j++) dot += ctx[j] * row[j];
+            o[i] = dot;
+        }
+    }
 }

@@ -78,15 +78,16 @@ def test_lightning_row_rejects_shapes_that_do_not_match():
 @pytest.mark.parametrize("use_native", [True, False])
 def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(use_native, monkeypatch):
     """One row decoded for 12 steps (Lightning and MLA layers) equals the model's full forward over
-    the row's context (1e-4); the kernel runs once per Lightning layer and step, or never when the
-    kernels are unavailable (the torch ops stand in)."""
+    the row's context (1e-4); the kernels run once per Lightning or MLA layer and step, or never when
+    they are unavailable (the torch ops stand in)."""
     from kpop.rollout.builtin.adapters import adapter_for
     from kpop.rollout.builtin.slots import CacheSpec, SlotCache
     from kpop.rollout.builtin.tiny_models import tiny_hybrid
 
-    calls = []
-    kernel = native.lightning_row
+    calls, mla_calls = [], []
+    kernel, mla_kernel = native.lightning_row, native.mla_row
     monkeypatch.setattr(native, "lightning_row", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    monkeypatch.setattr(native, "mla_row", lambda *a, **k: mla_calls.append(1) or mla_kernel(*a, **k))
     if not use_native:
         monkeypatch.setattr(native, "available", lambda: False)
     model = tiny_hybrid(seed=0)
@@ -104,8 +105,10 @@ def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(use_native
             logits = adapter.decode(cache.tensors, torch.tensor([n]), n, torch.tensor([context[n]]))
             want = model(torch.tensor([context[: n + 1]])).logits[0, -1]
             torch.testing.assert_close(logits[0], want, rtol=0, atol=1e-4)
+    mla_layers = model.config.num_hidden_layers - lightning_layers
     assert len(calls) == (steps * lightning_layers if use_native else 0)
-    assert lightning_layers > 0
+    assert len(mla_calls) == (steps * mla_layers if use_native else 0)
+    assert lightning_layers > 0 and mla_layers > 0
 
 
 def test_the_build_is_cached_and_a_missing_compiler_is_an_error(tmp_path, monkeypatch):
@@ -182,3 +185,20 @@ def test_one_row_moe_routes_natively_and_equals_the_module(monkeypatch):
             x = torch.randn(1, 1, 32)
             torch.testing.assert_close(moe_forward(moe, x), moe(x)[0], rtol=0, atol=1e-5)
     assert len(calls) == 5
+
+
+@pytest.mark.parametrize("T", [1, 37])
+def test_mla_row_equals_the_absorbed_attention(T):
+    heads, nope, rope, v, rank = 3, 16, 8, 12, 20
+    gen = torch.Generator().manual_seed(T)
+    q_nope, q_rope = torch.randn(heads, nope, generator=gen), torch.randn(heads, rope, generator=gen)
+    latent, k_rope = torch.randn(T, rank, generator=gen), torch.randn(T, rope, generator=gen)
+    kv_b = torch.randn(heads * (nope + v), rank, generator=gen) * 0.3
+    w = kv_b.double().view(heads, nope + v, rank)
+    q_lat = torch.einsum("hn,hnr->hr", q_nope.double(), w[:, :nope])
+    scores = (q_lat @ latent.double().T + q_rope.double() @ k_rope.double().T) * 0.2
+    want = torch.einsum("hr,hvr->hv", scores.softmax(-1) @ latent.double(), w[:, nope:])
+    got = native.mla_row(q_nope, q_rope, latent, k_rope, kv_b, 0.2)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="shapes"):
+        native.mla_row(q_nope, q_rope, latent, k_rope[:, :4], kv_b, 0.2)
