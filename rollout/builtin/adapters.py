@@ -6,7 +6,9 @@
   row's own length. The model's own modules and weights throughout; the norms as one fused op each
   (kpop.rollout.builtin.norms), one RoPE table per step, MoE with one host sync per layer; the
   projections that read the same input as one matmul (Lightning q|k|v|gate, MLA q|kv_a; weights
-  packed, kpop.rollout.builtin.packed). Prefill runs the model's forward with its Lightning layers
+  packed, kpop.rollout.builtin.packed). One float32 row: each Lightning layer's work between its
+  projections and MLA's attention run as native kernels (kpop.rollout.builtin.native) where they
+  are built. Prefill runs the model's forward with its Lightning layers
   in the chunked form (the same values as the recurrent form the model picks for short prompts,
   without a fresh state per token).
 - `KVAdapter` (kpop.rollout.builtin.kv_adapter): standard attention through transformers.

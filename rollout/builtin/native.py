@@ -2,11 +2,13 @@
 
 Why: at one row a decode step's products already read the weights at the rate `sum()` reads them
 (medium hybrid: 6.0 ms of an 11.5-12 ms step), and the rest is ~1,300 eager torch ops at a few
-microseconds each (`F.rms_norm` alone takes ~10 us on a 768-vector). These kernels do a few of
-those ops' work in one call each: RMSNorm, and all of a Lightning layer's one-token work between
-its q|k|v|gate and output projections, the state update and its readout in one pass over the
-state instead of three (medium hybrid, alternating generations in one process: 12.7 -> 11.3 ms a
-step). A kernel needs no torch op inside; it is called through ctypes on the tensors' memory.
+microseconds each (`F.rms_norm` alone takes ~10 us on a 768-vector). These kernels do some of
+those ops' work in one call each: RMSNorm; all of a Lightning layer's one-token work between its
+q|k|v|gate and output projections (the state's update and readout in one pass over the state
+instead of three); MLA's absorbed attention; the MoE router's pick. Medium hybrid, 12 alternating
+generations in one process: 12.0 -> 9.5 ms a one-row step (median). A kernel runs no torch op
+and no OpenMP (a second OpenMP runtime would fight torch's); it is called through ctypes on the
+tensors' memory.
 
 Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify):
 - `rms_norm(x [..., n], weight [n], eps)` = `F.rms_norm(x, (n,), None, eps) * weight`.
@@ -24,7 +26,7 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
   `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups).
 Values equal the torch ops' to float32 rounding (sums run in another order), not bit for bit.
 
-Build: `$CC` (default `cc`) `-O3 -march=native -shared -fPIC` into `~/.cache/kpop/native/`
+Build: `$CC` (default `cc`) with `FLAGS` (`-fopenmp-simd`: SIMD pragmas only, no runtime) into `~/.cache/kpop/native/`
 (`KPOP_CACHE_DIR` moves it), one file per hash of the source, the flags, the compiler's version and
 the CPU's flags, written under a temporary name and renamed, so processes starting together (Ray
 actors) never load a half-written library. No compiler, or a failed build: `available()` is False,
