@@ -43,6 +43,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from functools import cache
 from pathlib import Path
 
@@ -87,11 +88,13 @@ def build(compiler: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
+    start = time.perf_counter()
     done = subprocess.run([exe, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
     if done.returncode:
         os.unlink(tmp)
         raise RuntimeError(f"{cc} failed on {SOURCE.name}:\n{done.stderr.strip()}")
     os.replace(tmp, target)
+    log.info("built the native decode kernels in %.1f s: %s", time.perf_counter() - start, target)
     return target
 
 

@@ -119,6 +119,9 @@ def test_the_build_is_cached_and_a_missing_compiler_is_an_error(tmp_path, monkey
     assert first.parent == tmp_path / "native" and list(first.parent.iterdir()) == [first]
     with pytest.raises(RuntimeError, match="no C compiler 'kpop-no-such-cc'"):
         native.build("kpop-no-such-cc")
+    with pytest.raises(RuntimeError, match="false failed on native_kernels.c"):  # a compiler that fails
+        native.build("false")
+    assert list(first.parent.iterdir()) == [first]  # the failed build left nothing behind
 
 
 def test_without_the_kernels_rms_is_torchs_op(monkeypatch):
