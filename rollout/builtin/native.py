@@ -30,7 +30,8 @@ Build: `$CC` (default `cc`) with `FLAGS` (`-fopenmp-simd`: SIMD pragmas only, no
 (`KPOP_CACHE_DIR` moves it), one file per hash of the source, the flags, the compiler's version and
 the CPU's flags, written under a temporary name and renamed, so processes starting together (Ray
 actors) never load a half-written library. No compiler, or a failed build: `available()` is False,
-one warning is logged, and callers keep their torch path.
+one warning is logged, and callers keep their torch path. `switched_off()` makes callers take it
+on purpose (benchmarks/native_kernels.py measures both side by side).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -116,8 +118,23 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
+_switched_off = False
+
+
+@contextmanager
+def switched_off():
+    """Inside: `available()` is False, so every caller takes its torch path (for side-by-side
+    measurements and tests of those paths)."""
+    global _switched_off
+    before, _switched_off = _switched_off, True
+    try:
+        yield
+    finally:
+        _switched_off = before
+
+
 def available() -> bool:
-    return _library() is not None
+    return not _switched_off and _library() is not None
 
 
 def fits(*tensors: torch.Tensor | None) -> bool:

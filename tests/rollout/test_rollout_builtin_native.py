@@ -138,9 +138,10 @@ def test_without_the_kernels_rms_is_torchs_op(monkeypatch):
     with torch.inference_mode():
         torch.testing.assert_close(rms(norm, x), norm(x), rtol=1e-5, atol=1e-6)
         assert calls == [1]
-        monkeypatch.setattr(native, "available", lambda: False)
-        assert torch.equal(rms(norm, x), F.rms_norm(x, (64,), None, norm.eps) * norm.weight)
-        assert calls == [1]
+        with native.switched_off():
+            assert not native.available()
+            assert torch.equal(rms(norm, x), F.rms_norm(x, (64,), None, norm.eps) * norm.weight)
+        assert calls == [1] and native.available()
 
 
 @pytest.mark.parametrize("experts,k,n_group,topk_group", [(8, 2, 4, 2), (8, 3, None, None), (16, 4, 4, 2), (6, 1, None, None)])
