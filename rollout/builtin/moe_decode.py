@@ -55,18 +55,23 @@ def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
         return gated_mlp(mlp, x) if _is_swiglu(mlp) else mlp(x)
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
-    if flat.shape[0] == 1 and native.routes(flat, mlp.gate):
-        out = _one_token(mlp, flat, *native.route_row(flat, mlp.gate))
+    if flat.shape[0] == 1:
+        out = _one_token(mlp, flat, *_route_one(mlp.gate, flat))
     else:
         idx, weights, _ = mlp.gate(flat)
-        if flat.shape[0] == 1:
-            out = _one_token(mlp, flat, idx[0].tolist(), weights[0].tolist())
-        else:
-            out = _tokens(mlp, flat, idx, weights)
+        out = _tokens(mlp, flat, idx, weights)
     out = out.to(x.dtype)
     if mlp.shared_experts is not None:
         out = out + gated_mlp(mlp.shared_experts, flat)
     return out.reshape(shape)
+
+
+def _route_one(gate, x: torch.Tensor) -> tuple[list[int], list[float]]:
+    """One row's (expert ids, weights): one native call where the gate qualifies, else the gate's own forward."""
+    if native.routes(x, gate):
+        return native.route_row(x, gate)
+    idx, weights, _ = gate(x)
+    return idx[0].tolist(), weights[0].tolist()
 
 
 def _one_token(mlp, x: torch.Tensor, idx: list[int], weights: list[float]) -> torch.Tensor:
