@@ -5,9 +5,11 @@ Contract: the one in kpop.rollout.builtin.adapters. Two decode paths:
 - direct (Llama, Qwen2, Qwen3 without sliding-window layers): one loop over the model's own
   modules and weights (rotary embedding; q|k|v and gate|up each one matmul over packed weights,
   kpop.rollout.builtin.packed; norms as one fused op, kpop.rollout.builtin.norms); the new
-  keys/values are written into the slots in place and each row attends over its own length (SDPA
-  for one row, `_attend` for several). No per-step cache objects, masks built once per step, no
-  copy of the cache.
+  keys/values are written into the slots in place and each row attends over its own length. In
+  float32 with RoPE over the whole head, RoPE, the write and the attention are one native call a
+  layer (kpop.rollout.builtin.native.kv_attend, on torch's threads); otherwise torch's ops (SDPA
+  for one row, `_attend` over a masked span for several). No per-step cache objects, masks built
+  once per step, no copy of the cache.
 - generic (every other architecture): the model's forward over a `DynamicCache` that views the
   slots, with a 0/1 mask of each row's length; the new column is copied back into the slots.
 Both compute, per row, what the model's full forward computes for that row alone (tested).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kpop.rollout.builtin import native
 from kpop.rollout.builtin.gated_mlp import gated_mlp
 from kpop.rollout.builtin.matmul import module_linear
 from kpop.rollout.builtin.norms import rms
@@ -62,37 +65,14 @@ class KVAdapter:
         inner, B = self.model.model, tokens.shape[0]
         h = inner.embed_tokens(tokens[:, None])
         cos, sin = inner.rotary_emb(h, lengths[:, None])  # [B, 1, D]
-        half = cos.shape[-1] // 2
-        signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)
-        # One row attends over all its width + 1 columns: no mask. Several rows: 0 / -inf past each
-        # length, over `span` columns: all of the cache's capacity once width + 1 reaches 3/5 of it
-        # (a strided [:width + 1] view costs ~1.5x per column; see `attention_span`).
-        span = width + 1 if B == 1 else attention_span(width + 1, tensors[0].shape[2])
-        cols = torch.arange(span, device=lengths.device)
-        bias = None if B == 1 else torch.zeros(B, 1, 1, span, device=h.device).masked_fill_(
-            cols[None, None, None, :] > lengths[:, None, None, None], float("-inf"))
-        rows = torch.arange(B, device=lengths.device)
+        attend = _native_step(cos, sin, lengths, width, tensors) or _torch_step(cos, sin, lengths, width, tensors)
         for i, layer in enumerate(inner.layers[: self.num_layers]):
             attn, x = layer.self_attn, rms(layer.input_layernorm, h)
-            q_proj, k_proj = attn.q_proj, attn.k_proj
-            q_width, k_width = q_proj.out_features, k_proj.out_features
-            qkv = fused_output(attn, "qkv", [q_proj, k_proj, attn.v_proj], x)
-            qk, v = qkv[..., : q_width + k_width].view(B, -1, attn.head_dim), qkv[..., q_width + k_width :]  # q's heads, then k's
+            qkv = fused_output(attn, "qkv", [attn.q_proj, attn.k_proj, attn.v_proj], x)  # q's heads, k's, v's
             if hasattr(attn, "q_norm"):
-                heads = q_width // attn.head_dim
-                qk = torch.cat([rms(attn.q_norm, qk[:, :heads]), rms(attn.k_norm, qk[:, heads:])], 1)
-            qk = _rope(qk, cos, signed_sin)
-            q, k = qk.split([q_width // attn.head_dim, k_width // attn.head_dim], 1)
-            q = q[:, :, None]  # [B, H, 1, D]
-            keys, values = tensors[2 * i], tensors[2 * i + 1]  # [B, Hkv, cap, D]
-            keys[rows, :, lengths] = k
-            values[rows, :, lengths] = v.view(B, -1, attn.head_dim)
-            keys, values = keys[:, :, :span], values[:, :, :span]
-            if bias is None:
-                o = F.scaled_dot_product_attention(q, keys, values, scale=attn.scaling, enable_gqa=q.shape[1] != keys.shape[1])
-            else:
-                o = _attend(q, keys, values, bias, attn.scaling)
-            h = h + module_linear(attn.o_proj, o.transpose(1, 2).reshape(B, 1, -1))
+                qkv = _qk_normed(attn, qkv)
+            o = attend(attn, qkv.view(B, -1), tensors[2 * i], tensors[2 * i + 1])  # [B, H * D]
+            h = h + module_linear(attn.o_proj, o.view(B, 1, -1))
             h = h + gated_mlp(layer.mlp, rms(layer.post_attention_layernorm, h))
         return module_linear(self.model.lm_head, rms(inner.norm, h))[:, -1]
 
@@ -109,6 +89,61 @@ class KVAdapter:
             tensors[2 * i][rows, :, lengths] = layer.keys[:, :, -1]
             tensors[2 * i + 1][rows, :, lengths] = layer.values[:, :, -1]
         return out.logits[:, -1]
+
+
+def _qk_normed(attn, qkv: torch.Tensor) -> torch.Tensor:
+    """qkv [B, 1, (H + 2 Hkv) D] with q's and k's heads through their own RMSNorms (Qwen3)."""
+    B, D = qkv.shape[0], attn.head_dim
+    heads, kv_heads = attn.q_proj.out_features // D, attn.k_proj.out_features // D
+    q, k, v = qkv.view(B, heads + 2 * kv_heads, D).split([heads, kv_heads, kv_heads], 1)
+    return torch.cat([rms(attn.q_norm, q), rms(attn.k_norm, k), v], 1).view(B, 1, -1)
+
+
+def _native_step(cos, sin, lengths, width: int, tensors):
+    """The step's attention as one `native.kv_attend` per layer, or None where the kernel does not
+    apply (not float32, RoPE over part of the head, or the kernels unavailable)."""
+    B, D = cos.shape[0], tensors[0].shape[-1]
+    if cos.shape[-1] != D or D % 2 or lengths.dtype != torch.int64 or not native.fits(cos, sin, *tensors):
+        return None
+    cos, sin, lengths = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous(), lengths.contiguous()
+
+    def attend(attn, qkv, keys, values):
+        heads, kv_heads = attn.q_proj.out_features // D, attn.k_proj.out_features // D
+        return native.kv_attend(qkv.contiguous(), heads, kv_heads, cos, sin, keys, values, lengths, attn.scaling, width + 1)
+
+    return attend
+
+
+def _torch_step(cos, sin, lengths, width: int, tensors):
+    """The step's attention on torch's ops: RoPE, the new column written by `index_put`, SDPA for
+    one row, `_attend` over a masked span for several."""
+    B, cap = cos.shape[0], tensors[0].shape[2]
+    half = cos.shape[-1] // 2
+    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)
+    # One row attends over all its width + 1 columns: no mask. Several rows: 0 / -inf past each
+    # length, over `span` columns: all of the cache's capacity once width + 1 reaches 3/5 of it
+    # (a strided [:width + 1] view costs ~1.5x per column; see `attention_span`).
+    span = width + 1 if B == 1 else attention_span(width + 1, cap)
+    cols = torch.arange(span, device=lengths.device)
+    bias = None if B == 1 else torch.zeros(B, 1, 1, span, device=cos.device).masked_fill_(
+        cols[None, None, None, :] > lengths[:, None, None, None], float("-inf"))
+    rows = torch.arange(B, device=lengths.device)
+
+    def attend(attn, qkv, keys, values):
+        D = attn.head_dim
+        heads, kv_heads = attn.q_proj.out_features // D, attn.k_proj.out_features // D
+        qk, v = qkv[:, : (heads + kv_heads) * D].view(B, -1, D), qkv[:, (heads + kv_heads) * D :]
+        q, k = _rope(qk, cos, signed_sin).split([heads, kv_heads], 1)
+        keys[rows, :, lengths] = k
+        values[rows, :, lengths] = v.view(B, -1, D)
+        q, keys, values = q[:, :, None], keys[:, :, :span], values[:, :, :span]  # q [B, H, 1, D]
+        if bias is None:
+            o = F.scaled_dot_product_attention(q, keys, values, scale=attn.scaling, enable_gqa=heads != kv_heads)
+        else:
+            o = _attend(q, keys, values, bias, attn.scaling)
+        return o.transpose(1, 2).reshape(B, -1)
+
+    return attend
 
 
 def attention_span(columns: int, capacity: int) -> int:

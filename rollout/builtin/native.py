@@ -1,4 +1,4 @@
-"""One-row decode kernels in C (native_kernels.c), compiled on first use by the machine's C compiler.
+"""Decode kernels in C (native_kernels.c), compiled on first use by the machine's C compiler.
 
 Why: at one row a decode step's products already read the weights at the rate `sum()` reads them
 (medium hybrid: 6.0 ms of an 11.5-12 ms step), and the rest is ~1,300 eager torch ops at a few
@@ -6,9 +6,11 @@ microseconds each (`F.rms_norm` alone takes ~10 us on a 768-vector). These kerne
 those ops' work in one call each: RMSNorm; all of a Lightning layer's one-token work between its
 q|k|v|gate and output projections (the state's update and readout in one pass over the state
 instead of three); MLA's absorbed attention; the MoE router's pick. Medium hybrid, 12 alternating
-generations in one process: 12.0 -> 9.5 ms a one-row step (median). A kernel runs no torch op
-and no OpenMP (a second OpenMP runtime would fight torch's); it is called through ctypes on the
-tensors' memory.
+generations in one process: 12.0 -> 9.5 ms a one-row step (median). At any row count, a
+standard-attention layer's step between its projections (RoPE, the cache write, attention over
+each row's own length) is one call, `kv_attend`, in place of ~15 ops (among them two `index_put`
+and SDPA or two `bmm` over a padded span). A kernel runs no torch op; it is called through ctypes
+on the tensors' memory.
 
 Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify):
 - `rms_norm(x [..., n], weight [n], eps)` = `F.rms_norm(x, (n,), None, eps) * weight`.
@@ -24,14 +26,19 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
 - `route_row(x [h], gate)` -> (expert ids, weights) as Python lists, for `MoEGate` (kpop.models.
   layers.moe) over one row: what `gate(x)` returns for it (ids in pick order, ties to the lower id).
   `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups).
+- `kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale, columns)`: see its
+  docstring; `KVAdapter`'s attention for one new token per row.
 Values equal the torch ops' to float32 rounding (sums run in another order), not bit for bit.
 
-Build: `$CC` (default `cc`) with `FLAGS` (`-fopenmp-simd`: SIMD pragmas only, no runtime) into `~/.cache/kpop/native/`
-(`KPOP_CACHE_DIR` moves it), one file per hash of the source, the flags, the compiler's version and
-the CPU's flags, written under a temporary name and renamed, so processes starting together (Ray
-actors) never load a half-written library. No compiler, or a failed build: `available()` is False,
-one warning is logged, and callers keep their torch path. `switched_off()` makes callers take it
-on purpose (benchmarks/native_kernels.py measures both side by side).
+Build: `$CC` (default `cc`) with `flags()` into `~/.cache/kpop/native/` (`KPOP_CACHE_DIR` moves
+it), one file per hash of the source, the flags, the compiler's version and the CPU's flags, written
+under a temporary name and renamed, so processes starting together (Ray actors) never load a
+half-written library. OpenMP: `-fopenmp` only where torch itself runs on GNU OpenMP and its
+libgomp is already loaded in this process: the library then links the same `libgomp.so.1` (the
+loader reuses a loaded soname), so `kv_attend` runs on torch's own thread pool and nothing else
+spins beside it; elsewhere `-fopenmp-simd` (SIMD pragmas only) and `kv_attend` runs serially. No
+compiler, or a failed build: `available()` is False, one warning is logged, and callers keep their
+torch path. `switched_off()` makes callers take it on purpose (benchmarks/native_kernels.py measures both side by side).
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
+BASE_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 MAX_HEAD_DIM = 1024  # KPOP_MAX_HEAD_DIM in the source
 MAX_EXPERTS = 1024  # KPOP_MAX_EXPERTS
 
@@ -75,7 +82,21 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def build(compiler: str | None = None) -> Path:
+def torch_on_libgomp() -> bool:
+    """torch's parallel backend is OpenMP and a libgomp is mapped into this process."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return False
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def flags(openmp: bool) -> list[str]:
+    return [*BASE_FLAGS, "-fopenmp" if openmp else "-fopenmp-simd"]
+
+
+def build(compiler: str | None = None, openmp: bool = False) -> Path:
     """The compiled library's path, compiling it unless an identical build is cached. Raises
     `RuntimeError` (with the compiler's output) when no compiler is found or the build fails."""
     cc = compiler or os.environ.get("CC", "cc")
@@ -83,7 +104,8 @@ def build(compiler: str | None = None) -> Path:
     if exe is None:
         raise RuntimeError(f"no C compiler {cc!r} on PATH")
     version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, platform.machine(), _cpu_flags()]).encode())
+    options = flags(openmp)
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *options, version, platform.machine(), _cpu_flags()]).encode())
     target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -91,7 +113,7 @@ def build(compiler: str | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     start = time.perf_counter()
-    done = subprocess.run([exe, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+    done = subprocess.run([exe, *options, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
     if done.returncode:
         os.unlink(tmp)
         raise RuntimeError(f"{cc} failed on {SOURCE.name}:\n{done.stderr.strip()}")
@@ -102,10 +124,15 @@ def build(compiler: str | None = None) -> Path:
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        lib = ctypes.CDLL(str(build()))
-    except (RuntimeError, OSError) as exc:
-        log.warning("native decode kernels unavailable, the torch ops stand in: %s", exc)
+    lib = None
+    for openmp in (True, False) if torch_on_libgomp() else (False,):
+        try:
+            lib = ctypes.CDLL(str(build(openmp=openmp)))
+            break
+        except (RuntimeError, OSError) as exc:
+            log.warning("native decode kernels%s unavailable: %s", " with OpenMP" if openmp else "", exc)
+    if lib is None:
+        log.warning("the torch ops stand in for the native decode kernels")
         return None
     lib.kpop_rms_norm.argtypes = [_P, _P, _P, _I64, _I64, _F32]
     lib.kpop_rms_norm.restype = None
@@ -115,6 +142,8 @@ def _library() -> ctypes.CDLL | None:
     lib.kpop_mla_row.restype = None
     lib.kpop_route_row.argtypes = [_P] * 3 + [_I64] * 5 + [_F32] + [_P] * 2
     lib.kpop_route_row.restype = None
+    lib.kpop_kv_attend.argtypes = [_P, _I64] + [_P] * 7 + [_I64] * 6 + [_F32, _I64]
+    lib.kpop_kv_attend.restype = None
     return lib
 
 
@@ -209,3 +238,30 @@ def route_row(x: torch.Tensor, gate) -> tuple[list[int], list[float]]:
         gate.topk_group, k, gate.routed_scaling_factor, ids, weights,
     )
     return list(ids), list(weights)
+
+
+def kv_attend(qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
+              keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, scale: float, columns: int) -> torch.Tensor:
+    """One new token per row attending over a key/value cache, on torch's threads where built with
+    OpenMP. qkv [B, (heads + 2 kv_heads) d] (query heads, key heads, value heads), cos/sin [B, d]
+    (HF's full-width rotate-half tables at each row's position), keys/values [B, kv_heads, cap, d],
+    lengths [B] int64 with every length < columns <= cap. Per row b: k and each query head
+    rotated (`q cos + rotate_half(q) sin`), k and v written at column lengths[b] of keys/values in
+    place, then out[b, h] = softmax(scale q_h K^T) V over columns 0..lengths[b] of the head's key
+    group (query heads grouped over key heads as HF's `repeat_kv`). Returns out [B, heads * d]."""
+    B, kv, cap, d = keys.shape
+    if (kv != kv_heads or heads % kv_heads or values.shape != keys.shape or qkv.shape != (B, (heads + 2 * kv) * d)
+            or cos.shape != (B, d) or sin.shape != (B, d) or lengths.shape != (B,) or not 0 < columns <= cap or d % 2):
+        raise ValueError(f"kv_attend: shapes qkv {tuple(qkv.shape)}, keys {tuple(keys.shape)}, values "
+                         f"{tuple(values.shape)}, cos {tuple(cos.shape)}, lengths {tuple(lengths.shape)}, "
+                         f"heads {heads}/{kv_heads}, columns {columns}")
+    if lengths.dtype != torch.int64 or not lengths.is_contiguous():
+        raise ValueError("kv_attend: lengths must be a contiguous int64 tensor")
+    group = heads // kv
+    out, scratch = torch.empty(B, heads * d), torch.empty(B * kv, group * (columns + d))
+    _library().kpop_kv_attend(
+        qkv.data_ptr(), qkv.shape[1], cos.data_ptr(), sin.data_ptr(), keys.data_ptr(), values.data_ptr(),
+        lengths.data_ptr(), out.data_ptr(), scratch.data_ptr(), B, heads, kv, d, cap, columns, scale,
+        torch.get_num_threads(),
+    )
+    return out

@@ -1,6 +1,8 @@
-/* One-row decode kernels of the built-in engine: float32, contiguous, single-threaded, no
-   allocation. Built and loaded by kpop.rollout.builtin.native, which states the contracts; each is
-   tested there against torch's own ops (tests/rollout/test_rollout_builtin_native.py). */
+/* Decode kernels of the built-in engine: float32, contiguous, no allocation; single-threaded
+   except kpop_kv_attend, which spreads its rows and heads over torch's own OpenMP threads where
+   the library is built with -fopenmp (serial otherwise). Built and loaded by
+   kpop.rollout.builtin.native, which states the contracts; each is tested there against torch's
+   own ops (tests/rollout/test_rollout_builtin_native.py). */
 #include <math.h>
 #include <stdint.h>
 
@@ -169,6 +171,66 @@ void kpop_mla_row(const float *q_nope, const float *q_rope, const float *latent,
 #pragma omp simd reduction(+ : dot)
             for (int64_t j = 0; j < r; j++) dot += ctx[j] * row[j];
             o[i] = dot;
+        }
+    }
+}
+
+/* HF's rotate-half RoPE with full-width cos/sin [d]: y = x cos + [-x2, x1] sin. */
+static void rotate_half(const float *x, const float *c, const float *s, float *y, int64_t d) {
+    int64_t half = d / 2;
+    for (int64_t i = 0; i < half; i++) {
+        y[i] = x[i] * c[i] - x[half + i] * s[i];
+        y[half + i] = x[half + i] * c[half + i] + x[i] * s[half + i];
+    }
+}
+
+/* One new token per row over a key/value cache [B, Hkv, cap, d]. Per row b and key head g (one
+   task each): k rotated and written with v at column L = lengths[b]; each of the G = Hq / Hkv query
+   heads of the group rotated and attending over columns 0..L: out[b, h] = softmax(scale q k^T) V.
+   qkv row b: Hq query heads, then Hkv key heads, then Hkv value heads, `stride` floats apart.
+   scratch: G * (cols + d) floats per task, cols > max(lengths). */
+void kpop_kv_attend(const float *qkv, int64_t stride, const float *cos_, const float *sin_, float *keys,
+                    float *values, const int64_t *lengths, float *out, float *scratch, int64_t B, int64_t Hq,
+                    int64_t Hkv, int64_t d, int64_t cap, int64_t cols, float scale, int64_t threads) {
+    int64_t G = Hq / Hkv;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t task = 0; task < B * Hkv; task++) {
+        int64_t b = task / Hkv, g = task % Hkv, L = lengths[b], T = L + 1;
+        const float *row = qkv + b * stride, *c = cos_ + b * d, *s = sin_ + b * d;
+        float *K = keys + (b * Hkv + g) * cap * d, *V = values + (b * Hkv + g) * cap * d;
+        float *scores = scratch + task * G * (cols + d), *q = scores + G * cols;
+        rotate_half(row + (Hq + g) * d, c, s, K + L * d, d);
+        const float *v = row + (Hq + Hkv + g) * d;
+        for (int64_t i = 0; i < d; i++) V[L * d + i] = v[i];
+        for (int64_t j = 0; j < G; j++) rotate_half(row + (g * G + j) * d, c, s, q + j * d, d);
+        for (int64_t t = 0; t < T; t++) {
+            const float *kt = K + t * d;
+            for (int64_t j = 0; j < G; j++) {
+                const float *qj = q + j * d;
+                float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                for (int64_t i = 0; i < d; i++) dot += qj[i] * kt[i];
+                scores[j * cols + t] = dot * scale;
+            }
+        }
+        for (int64_t j = 0; j < G; j++) {
+            float *p = scores + j * cols, top = -INFINITY, total = 0.0f;
+            for (int64_t t = 0; t < T; t++) top = p[t] > top ? p[t] : top;
+            for (int64_t t = 0; t < T; t++) {
+                p[t] = expf(p[t] - top);
+                total += p[t];
+            }
+            for (int64_t t = 0; t < T; t++) p[t] /= total;
+        }
+        float *o = out + (b * Hq + g * G) * d;
+        for (int64_t i = 0; i < G * d; i++) o[i] = 0.0f;
+        for (int64_t t = 0; t < T; t++) {
+            const float *vt = V + t * d;
+            for (int64_t j = 0; j < G; j++) {
+                float p = scores[j * cols + t], *oj = o + j * d;
+#pragma omp simd
+                for (int64_t i = 0; i < d; i++) oj[i] += p * vt[i];
+            }
         }
     }
 }

@@ -211,3 +211,29 @@ def test_kv_rope_as_a_roll_is_transformers_rotate_half_bit_for_bit(dtype):
     signed_sin = torch.cat([-sin[..., :8], sin[..., 8:]], -1)
     got = _rope(torch.cat([q, k], 1), cos, signed_sin)
     assert torch.equal(got[:, :4], want_q) and torch.equal(got[:, 4:], want_k)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("use_native", [True, False])
+@pytest.mark.parametrize("which", ["llama", "qwen3"])
+def test_direct_kv_decode_with_and_without_the_native_attention(which, use_native, threads, monkeypatch):
+    """float32 direct KV decoding of ragged rows (columns past each length filled with 1e4) equals
+    the full forward on either attention path: `native.kv_attend` once per layer and step, or
+    torch's ops (never the kernel) when the kernels are off."""
+    from kpop.rollout.builtin import native
+
+    if use_native and not native.available():
+        pytest.skip("no C compiler: the native kernels are not built")
+    torch.set_num_threads(threads)
+    calls, kernel = [], native.kv_attend
+    monkeypatch.setattr(native, "kv_attend", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    model = _model(which)
+    gen = torch.Generator().manual_seed(3)
+    contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
+    if use_native:
+        got = _run(adapter_for(model), contexts, past_lengths=1e4)
+    else:
+        with native.switched_off():
+            got = _run(adapter_for(model), contexts, past_lengths=1e4)
+    assert _worst_vs_forward(model, contexts, got) < 1e-4
+    assert len(calls) == (STEPS * model.config.num_hidden_layers if use_native else 0)

@@ -1,0 +1,99 @@
+"""`native.kv_attend` (one new token per row over a key/value cache) against a float64 reference
+written from its contract, on one and two of torch's threads, and the library's OpenMP: torch's
+own libgomp, never a second runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kpop.rollout.builtin import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernels are not built")
+
+
+def _attend64(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale):
+    """The contract in float64, row by row and head by head: (out [B, H*d], keys, values after)."""
+    B, _, _, d = keys.shape
+    keys, values = keys.double().clone(), values.double().clone()
+    q, k, v = qkv.double().split([heads * d, kv_heads * d, kv_heads * d], -1)
+    q, k, v = q.view(B, heads, d), k.view(B, kv_heads, d), v.view(B, kv_heads, d)
+    c, s = cos.double()[:, None], sin.double()[:, None]
+
+    def rotate(x):
+        return x * c + torch.cat([-x[..., d // 2 :], x[..., : d // 2]], -1) * s
+
+    q, k = rotate(q), rotate(k)
+    out = torch.empty(B, heads, d, dtype=torch.float64)
+    for b in range(B):
+        n = int(lengths[b])
+        keys[b, :, n], values[b, :, n] = k[b], v[b]
+        for h in range(heads):
+            g = h // (heads // kv_heads)
+            p = torch.softmax(scale * keys[b, g, : n + 1] @ q[b, h], 0)
+            out[b, h] = p @ values[b, g, : n + 1]
+    return out.view(B, -1), keys, values
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("B,heads,kv_heads,d,cap", [(1, 4, 4, 16, 9), (5, 8, 2, 32, 17), (16, 6, 3, 8, 40)])
+def test_kv_attend_equals_the_formula(B, heads, kv_heads, d, cap, threads):
+    gen = torch.Generator().manual_seed(B)
+    qkv = torch.randn(B, (heads + 2 * kv_heads) * d, generator=gen)
+    cos, sin = torch.randn(B, d, generator=gen), torch.randn(B, d, generator=gen)
+    keys, values = torch.randn(B, kv_heads, cap, d, generator=gen), torch.randn(B, kv_heads, cap, d, generator=gen)
+    lengths = torch.randint(0, cap - 1, (B,), generator=gen)
+    lengths[0] = cap - 2  # the widest row: columns = cap - 1
+    want, want_keys, want_values = _attend64(qkv, heads, kv_heads, cos, sin, keys, values, lengths, 0.3)
+    got = native.kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, 0.3, int(lengths.max()) + 1)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    # the new column written at each row's length, every other column untouched
+    torch.testing.assert_close(keys.double(), want_keys, rtol=1e-6, atol=1e-6)
+    assert torch.equal(values.double(), want_values)
+
+
+def test_kv_attend_reads_no_column_past_a_rows_length():
+    gen = torch.Generator().manual_seed(7)
+    B, H, d, cap = 3, 2, 8, 12
+    qkv, cos, sin = torch.randn(B, 3 * H * d, generator=gen), torch.randn(B, d, generator=gen), torch.randn(B, d, generator=gen)
+    keys, values = torch.randn(B, H, cap, d, generator=gen), torch.randn(B, H, cap, d, generator=gen)
+    lengths = torch.tensor([2, 9, 5])
+    clean = native.kv_attend(qkv, H, H, cos, sin, keys.clone(), values.clone(), lengths, 0.5, 10)
+    for b, n in enumerate(lengths.tolist()):
+        keys[b, :, n + 1 :], values[b, :, n + 1 :] = 1e4, 1e4
+    assert torch.equal(native.kv_attend(qkv, H, H, cos, sin, keys, values, lengths, 0.5, 10), clean)
+
+
+def test_kv_attend_rejects_what_it_cannot_take():
+    keys = torch.zeros(2, 2, 8, 4)
+    qkv, cos, lengths = torch.zeros(2, 6 * 4), torch.zeros(2, 4), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="shapes"):
+        native.kv_attend(qkv, 3, 2, cos, cos, keys, keys.clone(), lengths, 1.0, 3)  # 3 heads over 2 groups
+    with pytest.raises(ValueError, match="shapes"):
+        native.kv_attend(qkv, 2, 2, cos, cos, keys, keys.clone(), lengths, 1.0, 9)  # past the capacity
+    with pytest.raises(ValueError, match="int64"):
+        native.kv_attend(qkv, 2, 2, cos, cos, keys, keys.clone(), lengths.int(), 1.0, 3)
+
+
+def test_an_openmp_build_shares_torchs_libgomp():
+    """Where torch runs on libgomp the library is built with OpenMP, and the process still maps one
+    libgomp: the kernel's threads are torch's own pool."""
+    if not native.torch_on_libgomp():
+        pytest.skip("torch here does not run on GNU OpenMP")
+    assert "-fopenmp" in native.flags(True) and "-fopenmp" not in native.flags(False)
+    native.kv_attend(torch.zeros(1, 3 * 8), 1, 1, torch.ones(1, 8), torch.zeros(1, 8), torch.zeros(1, 1, 4, 8),
+                     torch.zeros(1, 1, 4, 8), torch.tensor([0]), 1.0, 1)
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    gomp = {line.split()[-1] for line in maps if "libgomp" in line}
+    kernels = {line.split()[-1] for line in maps if "kernels-" in line}
+    assert len(gomp) == 1, gomp
+    assert any(str(native.build(openmp=True)) == path for path in kernels)
