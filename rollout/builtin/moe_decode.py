@@ -25,11 +25,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kpop.rollout.builtin import native
-from kpop.rollout.builtin.gated_mlp import gated_mlp
+from kpop.rollout.builtin.gated_mlp import gated_mlp, swiglu
 from kpop.rollout.builtin.matmul import project
 from kpop.rollout.builtin.packed import packed, stacked
 
@@ -44,8 +43,8 @@ class _Stacks(NamedTuple):
 def _expert(stacks: _Stacks, e: int, x: torch.Tensor) -> torch.Tensor:
     """Expert `e` on rows x [n, h]: two products over its slices of the stacks."""
     expert, (gate_w, up_w, down_w) = stacks.experts[e], stacks.weights[e]
-    gate, up = project(x, stacks.gate_up[e], None, expert, "gate_up", (gate_w, up_w)).chunk(2, -1)
-    return project(F.silu(gate) * up, stacks.down[e], None, expert, "down", (down_w,))
+    gate_up = project(x, stacks.gate_up[e], None, expert, "gate_up", (gate_w, up_w))
+    return project(swiglu(gate_up), stacks.down[e], None, expert, "down", (down_w,))
 
 
 def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
 - `route_row(x [h], gate)` -> (expert ids, weights) as Python lists, for `MoEGate` (kpop.models.
   layers.moe) over one row: what `gate(x)` returns for it (ids in pick order, ties to the lower id).
   `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups).
+- `swiglu(gate_up [..., 2n])` -> [..., n]: `F.silu(gate) * up` for gate, up = the two halves
+  (rows spread over torch's threads where built with OpenMP).
 - `kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale, columns)`: see its
   docstring; `KVAdapter`'s attention for one new token per row.
 Values equal the torch ops' to float32 rounding (sums run in another order), not bit for bit.
@@ -83,13 +85,16 @@ def _cpu_flags() -> str:
 
 
 def torch_on_libgomp() -> bool:
-    """torch's parallel backend is OpenMP and a libgomp is mapped into this process."""
+    """torch's parallel backend is OpenMP and a `libgomp.so.1` is mapped into this process: the
+    soname an `-fopenmp` build asks for (wheels that bundle their own renamed copy, as
+    sentencepiece's `libgomp-<hash>.so`, do not count: the loader would not reuse those)."""
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return False
     try:
-        return "libgomp" in Path("/proc/self/maps").read_text()
+        maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return False
+    return any(Path(line.split()[-1]).name.startswith("libgomp.so.1") for line in maps if "/" in line)
 
 
 def flags(openmp: bool) -> list[str]:
@@ -144,6 +149,8 @@ def _library() -> ctypes.CDLL | None:
     lib.kpop_route_row.restype = None
     lib.kpop_kv_attend.argtypes = [_P, _I64] + [_P] * 7 + [_I64] * 6 + [_F32, _I64]
     lib.kpop_kv_attend.restype = None
+    lib.kpop_swiglu.argtypes = [_P, _P, _I64, _I64, _I64]
+    lib.kpop_swiglu.restype = None
     return lib
 
 
@@ -264,4 +271,14 @@ def kv_attend(qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, s
         lengths.data_ptr(), out.data_ptr(), scratch.data_ptr(), B, heads, kv, d, cap, columns, scale,
         torch.get_num_threads(),
     )
+    return out
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """`F.silu(gate) * up` with gate, up = gate_up.chunk(2, -1), in one pass."""
+    n2 = gate_up.shape[-1]
+    if n2 % 2:
+        raise ValueError(f"swiglu: the last dim ({n2}) holds gate and up halves")
+    out = gate_up.new_empty(*gate_up.shape[:-1], n2 // 2)
+    _library().kpop_swiglu(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // n2, n2 // 2, torch.get_num_threads())
     return out

@@ -234,3 +234,13 @@ void kpop_kv_attend(const float *qkv, int64_t stride, const float *cos_, const f
         }
     }
 }
+
+/* SwiGLU over rows: out[r, i] = silu(gu[r, i]) * gu[r, n + i], gu [rows, 2n] (gate | up). */
+void kpop_swiglu(const float *gu, float *out, int64_t rows, int64_t n, int64_t threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = gu + r * 2 * n, *u = g + n;
+        float *o = out + r * n;
+        for (int64_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}

@@ -1,10 +1,8 @@
-"""`native.kv_attend` (one new token per row over a key/value cache) against a float64 reference
+"""`native.kv_attend` (one new token per row over a key/value cache) and `native.swiglu` against references
 written from its contract, on one and two of torch's threads, and the library's OpenMP: torch's
 own libgomp, never a second runtime."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -84,16 +82,54 @@ def test_kv_attend_rejects_what_it_cannot_take():
         native.kv_attend(qkv, 2, 2, cos, cos, keys, keys.clone(), lengths.int(), 1.0, 3)
 
 
+_LOAD_AND_LIST = """
+import torch
+from pathlib import Path
+def gomp():
+    return sorted({l.split()[-1] for l in Path('/proc/self/maps').read_text().splitlines() if 'libgomp' in l})
+before = gomp()
+from kpop.rollout.builtin import native
+native.kv_attend(torch.zeros(1, 24), 1, 1, torch.ones(1, 8), torch.zeros(1, 8), torch.zeros(1, 1, 4, 8),
+                 torch.zeros(1, 1, 4, 8), torch.tensor([0]), 1.0, 1)
+maps = Path('/proc/self/maps').read_text()
+print(before == gomp(), str(native.build(openmp=True)) in maps, native.torch_on_libgomp())
+"""
+
+
 def test_an_openmp_build_shares_torchs_libgomp():
-    """Where torch runs on libgomp the library is built with OpenMP, and the process still maps one
-    libgomp: the kernel's threads are torch's own pool."""
+    """Where torch runs on libgomp, loading the library (built with OpenMP) maps no libgomp that
+    torch had not already loaded: the kernel's threads are torch's own pool."""
+    import subprocess
+    import sys
+
     if not native.torch_on_libgomp():
         pytest.skip("torch here does not run on GNU OpenMP")
     assert "-fopenmp" in native.flags(True) and "-fopenmp" not in native.flags(False)
-    native.kv_attend(torch.zeros(1, 3 * 8), 1, 1, torch.ones(1, 8), torch.zeros(1, 8), torch.zeros(1, 1, 4, 8),
-                     torch.zeros(1, 1, 4, 8), torch.tensor([0]), 1.0, 1)
-    maps = Path("/proc/self/maps").read_text().splitlines()
-    gomp = {line.split()[-1] for line in maps if "libgomp" in line}
-    kernels = {line.split()[-1] for line in maps if "kernels-" in line}
-    assert len(gomp) == 1, gomp
-    assert any(str(native.build(openmp=True)) == path for path in kernels)
+    done = subprocess.run([sys.executable, "-c", _LOAD_AND_LIST], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", "True", "True"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 768), (5, 1, 96), (64, 34)])
+def test_swiglu_equals_silu_of_the_gate_times_the_up_half(shape, threads):
+    gate_up = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 4
+    gate, up = gate_up.double().chunk(2, -1)
+    torch.testing.assert_close(native.swiglu(gate_up).double(), gate * torch.sigmoid(gate) * up, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="halves"):
+        native.swiglu(torch.zeros(2, 5))
+
+
+def test_gated_mlps_middle_is_native_for_silu_only(monkeypatch):
+    from transformers.activations import SiLUActivation
+
+    from kpop.rollout.builtin.gated_mlp import swiglu
+
+    calls, kernel = [], native.swiglu
+    monkeypatch.setattr(native, "swiglu", lambda *a: calls.append(1) or kernel(*a))
+    gate_up = torch.randn(3, 16, generator=torch.Generator().manual_seed(4))
+    gate, up = gate_up.chunk(2, -1)
+    for act in (torch.nn.functional.silu, torch.nn.SiLU(), SiLUActivation()):
+        torch.testing.assert_close(swiglu(gate_up, act), torch.nn.functional.silu(gate) * up)
+    assert len(calls) == 3
+    assert torch.equal(swiglu(gate_up, torch.nn.GELU()), torch.nn.functional.gelu(gate) * up)
+    assert torch.equal(swiglu(gate_up.double()), torch.nn.functional.silu(gate.double()) * up.double())
+    assert len(calls) == 3  # GELU and float64 stay on torch's ops
