@@ -15,9 +15,12 @@ through its own two products, `project` (kpop.rollout.builtin.matmul: oneDNN ove
 of the expert's slices from 2 rows on, in bf16 from 1). Medium hybrid decode step, ms, per-expert /
 the earlier form that padded the sorted rows to [E, M, h] for two `bmm` over all experts: 2 rows
 18.5-19.7 / 25.2-27.1, 8 rows 25.7-27.5 / 29.9-30.3, 16 rows 30.9-31.3 / 33.8-35.0, 64 rows
-61.8-62.9 / 67.5-67.7. One row: each chosen expert's two products, no sort, and a float32 router
-runs as one native call (kpop.rollout.builtin.native.route_row) instead of the gate's ~25 ops. The
-shared expert runs gate|up as one matmul too.
+61.8-62.9 / 67.5-67.7. One float32 row: the whole layer in two native calls where the gate and
+the shared expert qualify (`native.route_row` for the router's pick, `native.ffn_row` for the
+chosen experts and the shared expert, products included, their rows over torch's threads): a
+layer with cold weights 320 against 490 us, the medium hybrid's one-row step 0.96x (8 alternating
+pairs, 0.92-1.02). Otherwise each chosen expert's two products, no sort; the shared expert runs
+gate|up as one matmul too.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 
 from kpop.rollout.builtin import native
-from kpop.rollout.builtin.gated_mlp import gated_mlp, swiglu
+from kpop.rollout.builtin.gated_mlp import gated_mlp, swiglu, swiglu_weights
 from kpop.rollout.builtin.matmul import project
 from kpop.rollout.builtin.packed import packed, stacked
 
@@ -55,6 +58,9 @@ def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
     if flat.shape[0] == 1:
+        whole = _one_row_native(mlp, flat)
+        if whole is not None:
+            return whole.view(shape)
         out = _one_token(mlp, flat, *_route_one(mlp.gate, flat))
     else:
         idx, weights, _ = mlp.gate(flat)
@@ -63,6 +69,22 @@ def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
     if mlp.shared_experts is not None:
         out = out + gated_mlp(mlp.shared_experts, flat)
     return out.reshape(shape)
+
+
+def _one_row_native(mlp, x: torch.Tensor) -> torch.Tensor | None:
+    """The whole layer for one row (routing, the chosen experts, the shared expert) in two native
+    calls, or None where it does not qualify (float32 throughout, a gate `native.route_row`
+    routes, a plain SwiGLU shared expert or none)."""
+    shared = mlp.shared_experts
+    dense = None if shared is None else swiglu_weights(shared)
+    if (shared is not None and dense is None) or not native.routes(x, mlp.gate):
+        return None
+    stacks = _stacks(mlp)
+    if not native.fits(stacks.gate_up, stacks.down, *(dense or ())):
+        return None
+    picked = sorted(zip(*native.route_row(x, mlp.gate)))  # increasing expert id: `_one_token`'s order
+    return native.ffn_row(x.reshape(-1), stacks.gate_up, stacks.down, [e for e, _ in picked], [w for _, w in picked],
+                          *(dense or (None, None)))
 
 
 def _route_one(gate, x: torch.Tensor) -> tuple[list[int], list[float]]:

@@ -9,7 +9,8 @@ instead of three); MLA's absorbed attention; the MoE router's pick. Medium hybri
 generations in one process: 12.0 -> 9.5 ms a one-row step (median). At any row count, a
 standard-attention layer's step between its projections (RoPE, the cache write, attention over
 each row's own length) is one call, `kv_attend`, in place of ~15 ops (among them two `index_put`
-and SDPA or two `bmm` over a padded span). A kernel runs no torch op; it is called through ctypes
+and SDPA or two `bmm` over a padded span); a one-row MoE layer's experts and shared expert, their
+products included, are one call, `ffn_row`. A kernel runs no torch op; it is called through ctypes
 on the tensors' memory.
 
 Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify):
@@ -28,6 +29,11 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
   `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups).
 - `swiglu(gate_up [..., 2n])` -> [..., n]: `F.silu(gate) * up` for gate, up = the two halves
   (rows spread over torch's threads where built with OpenMP).
+- `ffn_row(x [h], gate_up [E, 2I, h] | None, down [E, h, I] | None, ids, weights, dense_gate_up
+  [2D, h] | None, dense_down [h, D] | None)` -> [h]: one row through a sum of SwiGLU feed-forwards,
+  sum_j weights[j] FFN_{ids[j]}(x) over the given experts in increasing id, plus the dense one
+  (the MoE's shared expert, or a dense layer alone), FFN(x) = down(silu(gate x) * up x): a whole
+  one-row MoE or SwiGLU layer in one call, its products' rows over torch's threads.
 - `kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale, columns)`: see its
   docstring; `KVAdapter`'s attention for one new token per row.
 Values equal the torch ops' to float32 rounding (sums run in another order), not bit for bit.
@@ -151,6 +157,8 @@ def _library() -> ctypes.CDLL | None:
     lib.kpop_kv_attend.restype = None
     lib.kpop_swiglu.argtypes = [_P, _P, _I64, _I64, _I64]
     lib.kpop_swiglu.restype = None
+    lib.kpop_ffn_row.argtypes = [_P] * 5 + [_I64] * 2 + [_P] * 2 + [_I64] * 2 + [_P] * 2 + [_I64]
+    lib.kpop_ffn_row.restype = None
     return lib
 
 
@@ -281,4 +289,26 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"swiglu: the last dim ({n2}) holds gate and up halves")
     out = gate_up.new_empty(*gate_up.shape[:-1], n2 // 2)
     _library().kpop_swiglu(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // n2, n2 // 2, torch.get_num_threads())
+    return out
+
+
+def ffn_row(x: torch.Tensor, gate_up: torch.Tensor | None, down: torch.Tensor | None, ids: list[int],
+            weights: list[float], dense_gate_up: torch.Tensor | None, dense_down: torch.Tensor | None) -> torch.Tensor:
+    h, k = x.numel(), len(ids)
+    experts, inner = (0, 0) if gate_up is None else (gate_up.shape[0], gate_up.shape[1] // 2)
+    dense = 0 if dense_down is None else dense_down.shape[1]
+    shapes_ok = (
+        (gate_up is None) == (down is None) and (dense_gate_up is None) == (dense_down is None) and bool(k or dense)
+        and (gate_up is None or (gate_up.shape == (experts, 2 * inner, h) and down.shape == (experts, h, inner)))
+        and (dense_gate_up is None or (dense_gate_up.shape == (2 * dense, h) and dense_down.shape == (h, dense)))
+    )
+    if not shapes_ok or len(weights) != k or list(ids) != sorted(set(ids)) or any(not 0 <= e < experts for e in ids):
+        shape = lambda t: None if t is None else tuple(t.shape)  # noqa: E731
+        raise ValueError(f"ffn_row: x [{h}], experts {list(ids)} (weights {list(weights)}) of gate_up {shape(gate_up)}, "
+                         f"down {shape(down)}; dense {shape(dense_gate_up)}, {shape(dense_down)}")
+    out, scratch = torch.empty(h), torch.empty(3 * (k * inner + dense))
+    _library().kpop_ffn_row(
+        x.data_ptr(), _ptr(gate_up), _ptr(down), (ctypes.c_int64 * max(k, 1))(*ids), (ctypes.c_float * max(k, 1))(*weights),
+        k, inner, _ptr(dense_gate_up), _ptr(dense_down), dense, h, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads(),
+    )
     return out

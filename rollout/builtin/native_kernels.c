@@ -244,3 +244,95 @@ void kpop_swiglu(const float *gu, float *out, int64_t rows, int64_t n, int64_t t
         for (int64_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#define KPOP_THREAD omp_get_thread_num()
+#define KPOP_THREADS omp_get_num_threads()
+#else
+#define KPOP_THREAD 0
+#define KPOP_THREADS 1
+#endif
+
+/* a . b over n floats with four independent accumulators (one chain would wait on each add). */
+static float dot4(const float *a, const float *b, int64_t n) {
+    int64_t j = 0;
+    float total = 0.0f;
+#ifdef __AVX512F__
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (; j + 64 <= n; j += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 16), _mm512_loadu_ps(b + j + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 32), _mm512_loadu_ps(b + j + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 48), _mm512_loadu_ps(b + j + 48), s3);
+    }
+    total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#else
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    for (; j + 4 <= n; j += 4) {
+        s0 += a[j] * b[j];
+        s1 += a[j + 1] * b[j + 1];
+        s2 += a[j + 2] * b[j + 2];
+        s3 += a[j + 3] * b[j + 3];
+    }
+    total = (s0 + s1) + (s2 + s3);
+#endif
+    for (; j < n; j++) total += a[j] * b[j];
+    return total;
+}
+
+/* y[i] = W[i] . x for rows [r0, r1) of W [*, n]: one row at a time, so a thread's rows are one
+   sequential read. */
+static void matvec_rows(const float *W, const float *x, float *y, int64_t r0, int64_t r1, int64_t n) {
+    for (int64_t i = r0; i < r1; i++) y[i] = dot4(W + i * n, x, n);
+}
+
+/* Thread t's share [lo, hi) of n rows split over T threads. */
+static void share(int64_t n, int64_t t, int64_t T, int64_t *lo, int64_t *hi) {
+    *lo = n * t / T;
+    *hi = n * (t + 1) / T;
+}
+
+/* One row through a sum of SwiGLU feed-forwards: out = sum_j w[j] FFN_{ids[j]}(x) (ids ascending,
+   added in that order) + FFN_dense(x), FFN(x) = down (silu(gate x) * (up x)). Expert e's gate|up
+   is gate_up + e * 2I * h ([2I, h]), its down down + e * h * I ([h, I]); the dense one (optional:
+   dense_gate_up NULL) dense_gate_up [2D, h], dense_down [h, D]. scratch: 3 (k I + D) floats.
+   Every product's rows are spread over the threads (one parallel region, two barriers). */
+void kpop_ffn_row(const float *x, const float *gate_up, const float *down, const int64_t *ids, const float *w,
+                  int64_t k, int64_t I, const float *dense_gate_up, const float *dense_down, int64_t D, int64_t h,
+                  float *out, float *scratch, int64_t threads) {
+    int64_t m = dense_gate_up ? k + 1 : k;
+    float *pre = scratch, *hid = scratch + 2 * (k * I + D);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t t = KPOP_THREAD, T = KPOP_THREADS, lo, hi;
+        for (int64_t j = 0; j < m; j++) {
+            int64_t n = j < k ? I : D;
+            const float *W = j < k ? gate_up + ids[j] * 2 * I * h : dense_gate_up;
+            share(2 * n, t, T, &lo, &hi);
+            matvec_rows(W, x, pre + 2 * j * I, lo, hi, h);
+        }
+#pragma omp barrier
+        for (int64_t j = 0; j < m; j++) {
+            int64_t n = j < k ? I : D;
+            const float *g = pre + 2 * j * I, *u = g + n;
+            share(n, t, T, &lo, &hi);
+            for (int64_t i = lo; i < hi; i++) hid[j * I + i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        }
+#pragma omp barrier
+        share(h, t, T, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) out[i] = 0.0f;
+        for (int64_t j = 0; j < m; j++) {
+            int64_t n = j < k ? I : D;
+            const float *W = j < k ? down + ids[j] * h * I : dense_down, *v = hid + j * I;
+            float wj = j < k ? w[j] : 1.0f;
+            for (int64_t i = lo; i < hi; i++) {
+                float dot = dot4(W + i * n, v, n);
+                out[i] += j < k ? dot * wj : dot;
+            }
+        }
+    }
+}
