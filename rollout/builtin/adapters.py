@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from kpop.models.layers.rope import apply_interleaved, rope_angles
 from kpop.rollout.builtin import native
 from kpop.rollout.builtin.matmul import module_linear
 from kpop.rollout.builtin.moe_decode import moe_forward
-from kpop.rollout.builtin.norms import group_rms, rms
-from kpop.rollout.builtin.packed import fused_linear
+from kpop.rollout.builtin.norms import eps_of, group_rms, rms
+from kpop.rollout.builtin.packed import fused_linear, packed
+from kpop.rollout.builtin.packed import rows as row_layout
 
 
 class HybridAdapter:
@@ -81,27 +83,34 @@ class HybridAdapter:
         rows = torch.arange(B, device=lengths.device)
         it = iter(tensors)
         for i, (layer, mla) in enumerate(zip(self.layers, self.is_mla)):
-            x = rms(layer.input_layernorm, h)
             if mla:
                 latent, k_rope = next(it)[:B], next(it)[:B]
                 cos, sin = rope(layer.attention.rope, layer.attention.rope_theta)
+                x = rms(layer.input_layernorm, h)
                 h = h + self._mla(layer.attention, x, cos, sin, latent, k_rope, rows, lengths, width, mask)
             else:
-                h = h + self._lightning(i, layer.attention, x, rope, next(it)[:B])
+                state, decay = next(it)[:B], self._decay_of(i, layer.attention, h.device)
+                whole = _lightning_block_native(layer, h, rope, state, decay) if B == 1 else None
+                if whole is None:
+                    whole = h + self._lightning(layer.attention, rms(layer.input_layernorm, h), rope, state, decay)
+                h = whole
             h = h + moe_forward(layer.mlp, rms(layer.post_attention_layernorm, h))
         return module_linear(self.model.lm_head, rms(self.model.model.norm, h))[:, -1]
 
-    def _lightning(self, i: int, attn, x, rope, state: torch.Tensor) -> torch.Tensor:
+    def _decay_of(self, i: int, attn, device) -> torch.Tensor:
+        """exp(log-decay) [H, 1, 1] of Lightning layer i, built once per device."""
+        decay = self._decay.get(i)
+        if decay is None or decay.device != device:
+            decay = self._decay[i] = torch.exp(attn.log_decay(device))[:, None, None]
+        return decay
+
+    @staticmethod
+    def _lightning(attn, x, rope, state: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
         """`LightningAttention.forward` for one token per row, the [B, H, d, d] state updated in place."""
         B, H, d = x.shape[0], attn.num_heads, attn.head_dim
         qkv, gate = fused_linear(attn, "qkv_g", [attn.query_key_value, attn.g_proj], x)
         if attn.linear_silu:
             qkv = F.silu(qkv)
-        decay = self._decay.get(i)
-        if decay is None or decay.device != x.device:
-            decay = self._decay[i] = torch.exp(attn.log_decay(x.device))[:, None, None]
-        if B == 1 and _native_lightning(attn, qkv, gate, state, decay):
-            return module_linear(attn.dense, self._lightning_native(attn, qkv, gate, rope, state, decay).view(1, 1, -1))
         q, k, v = qkv.view(B, 3, H, d).unbind(1)
         if attn.use_qk_norm:
             q, k = rms(attn.query_layernorm, q), rms(attn.key_layernorm, k)
@@ -112,18 +121,6 @@ class HybridAdapter:
         o = torch.matmul((q * d**-0.5)[..., None, :], state)  # [B, H, 1, d]
         o = group_rms(attn.g_norm, o.view(B, 1, H * d).to(x.dtype)) * torch.sigmoid(gate)
         return module_linear(attn.dense, o)
-
-    @staticmethod
-    def _lightning_native(attn, qkv, gate, rope, state: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
-        """`_lightning`'s work between its projections for one float32 row, in one native call."""
-        cos = sin = None
-        if attn.rope_dim:
-            cos, sin = (t.contiguous() for t in rope(attn.rope_dim, attn.rope_theta))
-        q_norm, k_norm = (attn.query_layernorm, attn.key_layernorm) if attn.use_qk_norm else (None, None)
-        return native.lightning_row(
-            qkv, gate, state, decay, q_norm and q_norm.weight, k_norm and k_norm.weight, cos, sin, attn.g_norm.weight,
-            attn.g_norm.groups, q_norm.eps if q_norm else 0.0, attn.g_norm.eps, attn.head_dim**-0.5,
-        )
 
     @staticmethod
     def _mla(attn, x, cos, sin, latent, k_rope, rows, lengths, width: int, mask) -> torch.Tensor:
@@ -150,12 +147,32 @@ class HybridAdapter:
         return module_linear(attn.dense, out.reshape(B, 1, -1).to(x.dtype))
 
 
-def _native_lightning(attn, qkv, gate, state, decay) -> bool:
-    """Whether one row of `attn` can take the native kernel: float32 throughout, one eps for q and k."""
-    norms = (attn.query_layernorm, attn.key_layernorm) if attn.use_qk_norm else ()
-    if attn.head_dim > native.MAX_HEAD_DIM or len({n.eps for n in norms}) > 1:
-        return False
-    return native.fits(qkv, gate, state, decay, attn.g_norm.weight, *(n.weight for n in norms))
+def _lightning_block_native(layer, h, rope, state: torch.Tensor, decay: torch.Tensor) -> torch.Tensor | None:
+    """h + the layer's Lightning attention of RMSNorm(h) for one float32 row, in one native call
+    (kpop.rollout.builtin.native.lightning_layer_row: its projections included), or None where the
+    layer does not qualify: projections that are not plain bias-free linears, another dtype, q
+    and k norms with different eps, heads wider than the kernel's limit."""
+    attn, norm = layer.attention, layer.input_layernorm
+    modules = attn._modules  # read directly: `nn.Module.__getattr__` is ~1 us an attribute here
+    linears = [modules.get(name) for name in ("query_key_value", "g_proj", "dense")]
+    norms = (modules["query_layernorm"], modules["key_layernorm"]) if attn.use_qk_norm else ()
+    if (any(type(lin) is not nn.Linear or lin.bias is not None for lin in linears) or attn.head_dim > native.MAX_HEAD_DIM
+            or len({n.eps for n in norms}) > 1):
+        return None
+    qkv_w, g_w, dense_w = (lin._parameters["weight"] for lin in linears)
+    w_qkvg = packed(attn, "qkv_g.weight", [qkv_w, g_w], row_layout)  # the tensor `fused_linear` multiplies by
+    g_norm = modules["g_norm"]
+    if not native.fits(h, norm.weight, w_qkvg, dense_w, state, decay, g_norm.weight, *(n.weight for n in norms)):
+        return None
+    cos = sin = None
+    if attn.rope_dim:
+        cos, sin = (t.contiguous() for t in rope(attn.rope_dim, attn.rope_theta))
+    q_norm, k_norm = norms or (None, None)
+    return native.lightning_layer_row(
+        h.reshape(-1), norm.weight, eps_of(norm), w_qkvg, attn.linear_silu, state, decay, q_norm and q_norm.weight,
+        k_norm and k_norm.weight, cos, sin, g_norm.weight, g_norm.groups, q_norm.eps if q_norm else 0.0, g_norm.eps,
+        attn.head_dim**-0.5, dense_w,
+    ).view(h.shape)
 
 
 def _neox(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

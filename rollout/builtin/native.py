@@ -2,40 +2,41 @@
 
 Why: at one row a decode step's products already read the weights at the rate `sum()` reads them
 (medium hybrid: 6.0 ms of an 11.5-12 ms step), and the rest is ~1,300 eager torch ops at a few
-microseconds each (`F.rms_norm` alone takes ~10 us on a 768-vector). These kernels do some of
-those ops' work in one call each: RMSNorm; all of a Lightning layer's one-token work between its
-q|k|v|gate and output projections (the state's update and readout in one pass over the state
-instead of three); MLA's absorbed attention; the MoE router's pick. Medium hybrid, 12 alternating
-generations in one process: 12.0 -> 9.5 ms a one-row step (median). At any row count, a
-standard-attention layer's step between its projections (RoPE, the cache write, attention over
-each row's own length) is one call, `kv_attend`, in place of ~15 ops (among them two `index_put`
-and SDPA or two `bmm` over a padded span); a one-row MoE layer's experts and shared expert, their
-products included, are one call, `ffn_row`. A kernel runs no torch op; it is called through ctypes
-on the tensors' memory.
+microseconds each (`F.rms_norm` alone takes ~10 us on a 768-vector). These kernels do that work in
+one call each: RMSNorm; a Lightning layer's whole one-row attention block, its projections
+included (the state's update and readout in one pass over the state instead of three); MLA's
+absorbed attention; the MoE router's pick and a one-row MoE layer's experts, products included;
+SwiGLU's middle; and, at any row count, a standard-attention layer's step between its
+projections (RoPE, the cache write, attention over each row's own length: ~15 ops, among them two
+`index_put` and SDPA or two `bmm` over a padded span). A kernel runs no torch op; it is called
+through ctypes on the tensors' memory. Products inside a kernel are rows of dot products with
+four accumulators, one thread's rows one sequential read: over cold weights as fast as torch's
+blocked `bmm` (0.92-1.07x), over cache-hot ones ~2x.
 
 Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify):
 - `rms_norm(x [..., n], weight [n], eps)` = `F.rms_norm(x, (n,), None, eps) * weight`.
-- `lightning_row(qkv [3 * H * d], gate [H * d], state [H, d, d], decay [H], q_norm, k_norm ([d] or
-  None), cos, sin ([half]; half may be 0), g_norm [H * d], groups, qk_eps, g_eps, scale)` -> out
-  [H * d]: per head h, q and k RMS-normed (if q_norm is given) and rotated on their first 2 * half
-  dims (rotate-half layout), S_h <- decay_h S_h + k_h^T v_h in place, o_h = (scale q_h) S_h; then
-  out = group RMSNorm(o) (groups of H * d / groups, weight g_norm) * sigmoid(gate). This is
-  `HybridAdapter._lightning`'s work between its two projections, for one row.
+- `lightning_layer_row(h [hidden], norm_w, norm_eps, w_qkvg [4 H d, hidden], silu_qkv, state [H, d,
+  d], decay [H], q_norm, k_norm ([d] or None), cos, sin ([half]; half may be 0), g_norm [H d],
+  groups, qk_eps, g_eps, scale, w_dense [hidden, H d])` -> h + W_dense out: x = RMSNorm(h) (norm_w,
+  norm_eps); q|k|v|gate = W_qkvg x, SiLU on q|k|v when silu_qkv; per head, q and k RMS-normed (if
+  q_norm is given) and rotated on their first 2 * half dims (rotate-half layout), S_h <- decay_h
+  S_h + k_h^T v_h in place, o_h = (scale q_h) S_h; out = group RMSNorm(o) (groups of H d / groups,
+  weight g_norm) * sigmoid(gate). `HybridAdapter`'s Lightning block for one row.
 - `mla_row(q_nope [H, nope], q_rope [H, rope], latent [T, r], k_rope [T, rope], kv_b [H * (nope +
   v), r], scaling)` -> out [H, v]: `MultiLatentAttention._absorbed` for one query over all T
   columns (q_lat = q_nope W_uk, softmax(scaling (q_lat latent^T + q_rope k_rope^T)) latent W_uv^T).
 - `route_row(x [h], gate)` -> (expert ids, weights) as Python lists, for `MoEGate` (kpop.models.
   layers.moe) over one row: what `gate(x)` returns for it (ids in pick order, ties to the lower id).
   `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups).
-- `swiglu(gate_up [..., 2n])` -> [..., n]: `F.silu(gate) * up` for gate, up = the two halves
-  (rows spread over torch's threads where built with OpenMP).
 - `ffn_row(x [h], gate_up [E, 2I, h] | None, down [E, h, I] | None, ids, weights, dense_gate_up
   [2D, h] | None, dense_down [h, D] | None)` -> [h]: one row through a sum of SwiGLU feed-forwards,
   sum_j weights[j] FFN_{ids[j]}(x) over the given experts in increasing id, plus the dense one
-  (the MoE's shared expert, or a dense layer alone), FFN(x) = down(silu(gate x) * up x): a whole
-  one-row MoE or SwiGLU layer in one call, its products' rows over torch's threads.
+  (a MoE's shared expert), FFN(x) = down(silu(gate x) * up x).
+- `swiglu(gate_up [..., 2n])` -> [..., n]: `F.silu(gate) * up` for gate, up = the two halves.
 - `kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale, columns)`: see its
   docstring; `KVAdapter`'s attention for one new token per row.
+`lightning_layer_row`, `ffn_row`, `swiglu` and `kv_attend` spread their work over torch's threads
+where the library is built with OpenMP (below).
 Values equal the torch ops' to float32 rounding (sums run in another order), not bit for bit.
 
 Build: `$CC` (default `cc`) with `flags()` into `~/.cache/kpop/native/` (`KPOP_CACHE_DIR` moves
@@ -43,8 +44,8 @@ it), one file per hash of the source, the flags, the compiler's version and the 
 under a temporary name and renamed, so processes starting together (Ray actors) never load a
 half-written library. OpenMP: `-fopenmp` only where torch itself runs on GNU OpenMP and its
 libgomp is already loaded in this process: the library then links the same `libgomp.so.1` (the
-loader reuses a loaded soname), so `kv_attend` runs on torch's own thread pool and nothing else
-spins beside it; elsewhere `-fopenmp-simd` (SIMD pragmas only) and `kv_attend` runs serially. No
+loader reuses a loaded soname), so those kernels run on torch's own thread pool and nothing else
+spins beside it; elsewhere `-fopenmp-simd` (SIMD pragmas only) and they run serially. No
 compiler, or a failed build: `available()` is False, one warning is logged, and callers keep their
 torch path. `switched_off()` makes callers take it on purpose (benchmarks/native_kernels.py measures both side by side).
 """
@@ -147,8 +148,6 @@ def _library() -> ctypes.CDLL | None:
         return None
     lib.kpop_rms_norm.argtypes = [_P, _P, _P, _I64, _I64, _F32]
     lib.kpop_rms_norm.restype = None
-    lib.kpop_lightning_row.argtypes = [_P] * 10 + [_I64] * 4 + [_F32] * 3
-    lib.kpop_lightning_row.restype = None
     lib.kpop_mla_row.argtypes = [_P] * 7 + [_I64] * 6 + [_F32]
     lib.kpop_mla_row.restype = None
     lib.kpop_route_row.argtypes = [_P] * 3 + [_I64] * 5 + [_F32] + [_P] * 2
@@ -159,6 +158,8 @@ def _library() -> ctypes.CDLL | None:
     lib.kpop_swiglu.restype = None
     lib.kpop_ffn_row.argtypes = [_P] * 5 + [_I64] * 2 + [_P] * 2 + [_I64] * 2 + [_P] * 2 + [_I64]
     lib.kpop_ffn_row.restype = None
+    lib.kpop_lightning_layer_row.argtypes = [_P, _P, _F32, _P, _I64] + [_P] * 7 + [_I64] * 4 + [_F32] * 3 + [_P, _I64, _P, _P, _I64]
+    lib.kpop_lightning_layer_row.restype = None
     return lib
 
 
@@ -199,24 +200,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     y = torch.empty_like(x)
     _library().kpop_rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.numel() // n, n, eps)
     return y
-
-
-def lightning_row(qkv: torch.Tensor, gate: torch.Tensor, state: torch.Tensor, decay: torch.Tensor,
-                  q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, cos: torch.Tensor | None,
-                  sin: torch.Tensor | None, g_norm: torch.Tensor, groups: int, qk_eps: float, g_eps: float,
-                  scale: float) -> torch.Tensor:
-    heads, d = state.shape[-3], state.shape[-1]
-    half = 0 if cos is None else cos.numel()
-    if d > MAX_HEAD_DIM or qkv.numel() != 3 * heads * d or gate.numel() != heads * d or state.numel() != heads * d * d:
-        raise ValueError(f"lightning_row: shapes qkv {tuple(qkv.shape)}, gate {tuple(gate.shape)}, state {tuple(state.shape)}")
-    if (q_norm is None) != (k_norm is None) or (heads * d) % groups or 2 * half > d:
-        raise ValueError("lightning_row: q/k norms both or neither, groups dividing H * d, 2 * half <= d")
-    out = torch.empty(heads * d, dtype=torch.float32)
-    _library().kpop_lightning_row(
-        qkv.data_ptr(), gate.data_ptr(), state.data_ptr(), decay.data_ptr(), _ptr(q_norm), _ptr(k_norm),
-        _ptr(cos), _ptr(sin), g_norm.data_ptr(), out.data_ptr(), heads, d, half, groups, qk_eps, g_eps, scale,
-    )
-    return out
 
 
 def mla_row(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
@@ -310,5 +293,25 @@ def ffn_row(x: torch.Tensor, gate_up: torch.Tensor | None, down: torch.Tensor | 
     _library().kpop_ffn_row(
         x.data_ptr(), _ptr(gate_up), _ptr(down), (ctypes.c_int64 * max(k, 1))(*ids), (ctypes.c_float * max(k, 1))(*weights),
         k, inner, _ptr(dense_gate_up), _ptr(dense_down), dense, h, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads(),
+    )
+    return out
+
+
+def lightning_layer_row(h: torch.Tensor, norm_w: torch.Tensor, norm_eps: float, w_qkvg: torch.Tensor, silu_qkv: bool,
+                        state: torch.Tensor, decay: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None,
+                        cos: torch.Tensor | None, sin: torch.Tensor | None, g_norm: torch.Tensor, groups: int,
+                        qk_eps: float, g_eps: float, scale: float, w_dense: torch.Tensor) -> torch.Tensor:
+    hidden, (heads, d) = h.numel(), (state.shape[-3], state.shape[-1])
+    half = 0 if cos is None else cos.numel()
+    if (norm_w.numel() != hidden or w_qkvg.shape != (4 * heads * d, hidden) or w_dense.shape != (hidden, heads * d)
+            or state.numel() != heads * d * d or d > MAX_HEAD_DIM or (heads * d) % groups or 2 * half > d
+            or (q_norm is None) != (k_norm is None)):
+        raise ValueError(f"lightning_layer_row: shapes h [{hidden}], w_qkvg {tuple(w_qkvg.shape)}, state "
+                         f"{tuple(state.shape)}, w_dense {tuple(w_dense.shape)}, groups {groups}, rope half {half}")
+    out, scratch = torch.empty(hidden), torch.empty(hidden + 5 * heads * d)
+    _library().kpop_lightning_layer_row(
+        h.data_ptr(), norm_w.data_ptr(), norm_eps, w_qkvg.data_ptr(), int(silu_qkv), state.data_ptr(), decay.data_ptr(),
+        _ptr(q_norm), _ptr(k_norm), _ptr(cos), _ptr(sin), g_norm.data_ptr(), heads, d, half, groups, qk_eps, g_eps,
+        scale, w_dense.data_ptr(), hidden, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads(),
     )
     return out

@@ -336,3 +336,34 @@ void kpop_ffn_row(const float *x, const float *gate_up, const float *down, const
         }
     }
 }
+
+/* One row through a Lightning layer's attention block, projections included: x = RMSNorm(h),
+   q|k|v|gate = W_qkvg x (silu on q|k|v when silu_qkv), o = kpop_lightning_row(...) (the state
+   updated in place), h_out = h + W_dense o. scratch: hidden + 5 H d floats. The products' rows
+   are spread over the threads; the norm and the state's pass run on one. */
+void kpop_lightning_layer_row(const float *h, const float *norm_w, float norm_eps, const float *w_qkvg, int64_t silu_qkv,
+                              float *state, const float *decay, const float *q_norm, const float *k_norm,
+                              const float *cos_, const float *sin_, const float *g_norm, int64_t heads, int64_t d,
+                              int64_t half, int64_t groups, float qk_eps, float g_eps, float scale,
+                              const float *w_dense, int64_t hidden, float *h_out, float *scratch, int64_t threads) {
+    int64_t hd = heads * d;
+    float *x = scratch, *qkvg = x + hidden, *o = qkvg + 4 * hd;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t t = KPOP_THREAD, T = KPOP_THREADS, lo, hi;
+#pragma omp single
+        kpop_rms_norm(h, norm_w, x, 1, hidden, norm_eps);
+        share(4 * hd, t, T, &lo, &hi);
+        matvec_rows(w_qkvg, x, qkvg, lo, hi, hidden);
+#pragma omp barrier
+#pragma omp single
+        {
+            if (silu_qkv)
+                for (int64_t i = 0; i < 3 * hd; i++) qkvg[i] = qkvg[i] / (1.0f + expf(-qkvg[i]));
+            kpop_lightning_row(qkvg, qkvg + 3 * hd, state, decay, q_norm, k_norm, cos_, sin_, g_norm, o, heads, d, half,
+                               groups, qk_eps, g_eps, scale);
+        }
+        share(hidden, t, T, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) h_out[i] = h[i] + dot4(w_dense + i * hd, o, hd);
+    }
+}

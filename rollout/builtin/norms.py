@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from kpop.rollout.builtin import native
 
 
-def _eps(norm) -> float:
+def eps_of(norm) -> float:
     eps = getattr(norm, "eps", None)
     return norm.variance_epsilon if eps is None else eps
 
 
 def rms(norm, x: torch.Tensor) -> torch.Tensor:
     if native.fits(x, norm.weight) and norm.weight.numel() == x.shape[-1]:
-        return native.rms_norm(x, norm.weight, _eps(norm))
-    return F.rms_norm(x, (x.shape[-1],), None, _eps(norm)) * norm.weight
+        return native.rms_norm(x, norm.weight, eps_of(norm))
+    return F.rms_norm(x, (x.shape[-1],), None, eps_of(norm)) * norm.weight
 
 
 def group_rms(norm, x: torch.Tensor) -> torch.Tensor:

@@ -48,50 +48,73 @@ def _lightning64(qkv, gate, state, decay, qn, kn, cos, sin, gn, groups, qk_eps, 
     return o * torch.sigmoid(gate.double()), new
 
 
+def _layer64(h, norm_w, w_qkvg, silu, state, decay, qn, kn, cos, sin, gn, groups, w_dense):
+    """`lightning_layer_row`'s contract in float64: (h + W_dense o, new state)."""
+    x = _rms64(h, norm_w, 1e-6)
+    qkvg = w_qkvg.double() @ x
+    hd = qkvg.numel() // 4
+    qkv, gate = qkvg[: 3 * hd], qkvg[3 * hd :]
+    if silu:
+        qkv = F.silu(qkv)
+    o, new = _lightning64(qkv, gate, state, decay, qn, kn, cos, sin, gn, groups, 1e-6, 1e-5, state.shape[-1] ** -0.5)
+    return h.double() + w_dense.double() @ o, new
+
+
+@pytest.mark.parametrize("silu", [True, False])
 @pytest.mark.parametrize("qk_norm", [True, False])
 @pytest.mark.parametrize("half", [0, 8])
 @pytest.mark.parametrize("groups", [1, 4])
-def test_lightning_row_equals_the_formula(qk_norm, half, groups):
-    H, d = 3, 32
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lightning_layer_row_equals_the_formula(qk_norm, half, groups, silu, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # the kernel's thread count, nothing else
+    H, d, hidden = 3, 32, 56
     gen = torch.Generator().manual_seed(1)
-    qkv, gate = torch.randn(3 * H * d, generator=gen), torch.randn(H * d, generator=gen)
+    h, norm_w = torch.randn(hidden, generator=gen), torch.randn(hidden, generator=gen)
+    w_qkvg, w_dense = torch.randn(4 * H * d, hidden, generator=gen) * 0.2, torch.randn(hidden, H * d, generator=gen) * 0.2
     state, decay = torch.randn(H, d, d, generator=gen), torch.rand(H, generator=gen)
     qn, kn = (torch.randn(d, generator=gen), torch.randn(d, generator=gen)) if qk_norm else (None, None)
     cos, sin = (torch.randn(half, generator=gen), torch.randn(half, generator=gen)) if half else (None, None)
     gn = torch.randn(H * d, generator=gen)
-    want_out, want_state = _lightning64(qkv, gate, state, decay, qn, kn, cos, sin, gn, groups, 1e-6, 1e-5, d**-0.5)
-    got = native.lightning_row(qkv, gate, state, decay, qn, kn, cos, sin, gn, groups, 1e-6, 1e-5, d**-0.5)
+    want, want_state = _layer64(h, norm_w, w_qkvg, silu, state, decay, qn, kn, cos, sin, gn, groups, w_dense)
+    got = native.lightning_layer_row(h, norm_w, 1e-6, w_qkvg, silu, state, decay, qn, kn, cos, sin, gn, groups, 1e-6, 1e-5,
+                                     d**-0.5, w_dense)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(state.double(), want_state, rtol=1e-5, atol=1e-5)  # updated in place
-    torch.testing.assert_close(got.double(), want_out, rtol=1e-4, atol=1e-5)
 
 
-def test_lightning_row_rejects_shapes_that_do_not_match():
-    state = torch.zeros(2, 8, 8)
-    with pytest.raises(ValueError, match="shapes"):
-        native.lightning_row(torch.zeros(40), torch.zeros(16), state, torch.ones(2), None, None, None, None,
-                             torch.ones(16), 1, 1e-6, 1e-6, 1.0)
-    with pytest.raises(ValueError, match="groups"):
-        native.lightning_row(torch.zeros(48), torch.zeros(16), state, torch.ones(2), None, None, None, None,
-                             torch.ones(16), 3, 1e-6, 1e-6, 1.0)
+def test_lightning_layer_row_rejects_shapes_that_do_not_match():
+    h, state, w_dense = torch.zeros(16), torch.zeros(2, 8, 8), torch.zeros(16, 16)
+    with pytest.raises(ValueError, match="shapes"):  # q|k|v|gate must be 4 H d = 64 rows
+        native.lightning_layer_row(h, torch.ones(16), 1e-6, torch.zeros(60, 16), False, state, torch.ones(2), None, None,
+                                   None, None, torch.ones(16), 1, 0.0, 1e-5, 1.0, w_dense)
+    with pytest.raises(ValueError, match="shapes"):  # 3 groups do not divide H d = 16
+        native.lightning_layer_row(h, torch.ones(16), 1e-6, torch.zeros(64, 16), False, state, torch.ones(2), None, None,
+                                   None, None, torch.ones(16), 3, 0.0, 1e-5, 1.0, w_dense)
 
 
-@pytest.mark.parametrize("use_native", [True, False])
-def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(use_native, monkeypatch):
+@pytest.mark.parametrize("mode", ["native", "torch", "biased-dense"])
+def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(mode, monkeypatch):
     """One row decoded for 12 steps (Lightning and MLA layers) equals the model's full forward over
     the row's context (1e-4); the kernels run once per Lightning or MLA layer and step, or never when
-    they are unavailable (the torch ops stand in)."""
+    they are unavailable (the torch ops stand in). Lightning output projections with a bias keep
+    those layers on torch's ops (the layer kernel takes bias-free ones), MLA still native."""
     from kpop.rollout.builtin.adapters import adapter_for
     from kpop.rollout.builtin.slots import CacheSpec, SlotCache
     from kpop.rollout.builtin.tiny_models import tiny_hybrid
 
     calls, mla_calls = [], []
-    kernel, mla_kernel = native.lightning_row, native.mla_row
-    monkeypatch.setattr(native, "lightning_row", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    kernel, mla_kernel = native.lightning_layer_row, native.mla_row
+    monkeypatch.setattr(native, "lightning_layer_row", lambda *a, **k: calls.append(1) or kernel(*a, **k))
     monkeypatch.setattr(native, "mla_row", lambda *a, **k: mla_calls.append(1) or mla_kernel(*a, **k))
-    if not use_native:
+    if mode == "torch":
         monkeypatch.setattr(native, "available", lambda: False)
     model = tiny_hybrid(seed=0)
     lightning_layers = sum(not model.config.is_mla_layer(i) for i in range(model.config.num_hidden_layers))
+    if mode == "biased-dense":
+        for i, layer in enumerate(model.model.layers):
+            if not model.config.is_mla_layer(i):
+                dense = layer.attention.dense
+                layer.attention.dense = torch.nn.Linear(dense.in_features, dense.out_features, bias=True)
     adapter = adapter_for(model)
     context = torch.randint(0, 320, (18,), generator=torch.Generator().manual_seed(4)).tolist()
     steps, prompt = 12, 6
@@ -106,8 +129,8 @@ def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(use_native
             want = model(torch.tensor([context[: n + 1]])).logits[0, -1]
             torch.testing.assert_close(logits[0], want, rtol=0, atol=1e-4)
     mla_layers = model.config.num_hidden_layers - lightning_layers
-    assert len(calls) == (steps * lightning_layers if use_native else 0)
-    assert len(mla_calls) == (steps * mla_layers if use_native else 0)
+    assert len(calls) == (steps * lightning_layers if mode == "native" else 0)
+    assert len(mla_calls) == (steps * mla_layers if mode != "torch" else 0)
     assert lightning_layers > 0 and mla_layers > 0
 
 
