@@ -86,14 +86,16 @@ class HybridAdapter:
             if mla:
                 latent, k_rope = next(it)[:B], next(it)[:B]
                 cos, sin = rope(layer.attention.rope, layer.attention.rope_theta)
-                x = rms(layer.input_layernorm, h)
-                h = h + self._mla(layer.attention, x, cos, sin, latent, k_rope, rows, lengths, width, mask)
+                whole = _mla_block_native(layer, h, cos, sin, latent, k_rope, width) if B == 1 else None
+                if whole is None:
+                    x = rms(layer.input_layernorm, h)
+                    whole = h + self._mla(layer.attention, x, cos, sin, latent, k_rope, rows, lengths, width, mask)
             else:
                 state, decay = next(it)[:B], self._decay_of(i, layer.attention, h.device)
                 whole = _lightning_block_native(layer, h, rope, state, decay) if B == 1 else None
                 if whole is None:
                     whole = h + self._lightning(layer.attention, rms(layer.input_layernorm, h), rope, state, decay)
-                h = whole
+            h = whole
             h = h + moe_forward(layer.mlp, rms(layer.post_attention_layernorm, h))
         return module_linear(self.model.lm_head, rms(self.model.model.norm, h))[:, -1]
 
@@ -172,6 +174,30 @@ def _lightning_block_native(layer, h, rope, state: torch.Tensor, decay: torch.Te
         h.reshape(-1), norm.weight, eps_of(norm), w_qkvg, attn.linear_silu, state, decay, q_norm and q_norm.weight,
         k_norm and k_norm.weight, cos, sin, g_norm.weight, g_norm.groups, q_norm.eps if q_norm else 0.0, g_norm.eps,
         attn.head_dim**-0.5, dense_w,
+    ).view(h.shape)
+
+
+def _mla_block_native(layer, h, cos, sin, latent, k_rope, width: int) -> torch.Tensor | None:
+    """h + the layer's MLA attention of RMSNorm(h) for one float32 row (its length is `width`), in
+    one native call (kpop.rollout.builtin.native.mla_layer_row: projections and the cache write
+    included), or None where the layer does not qualify: queries through a low-rank pair,
+    projections that are not plain bias-free linears, another dtype."""
+    attn, norm = layer.attention, layer.input_layernorm
+    if attn.q_lora_rank is not None:
+        return None
+    modules = attn._modules
+    linears = [modules.get(name) for name in ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "dense")]
+    if any(type(lin) is not nn.Linear or lin.bias is not None for lin in linears):
+        return None
+    q_w, kv_a_w, kv_b, dense_w = (lin._parameters["weight"] for lin in linears)
+    w_qkva = packed(attn, "q_kv_a.weight", [q_w, kv_a_w], row_layout)  # the tensor `fused_linear` multiplies by
+    kv_norm = modules["kv_a_layernorm"]
+    if not native.fits(h, norm.weight, w_qkva, kv_norm.weight, cos, sin, latent, k_rope, kv_b, dense_w):
+        return None
+    return native.mla_layer_row(
+        h.reshape(-1), norm.weight, eps_of(norm), w_qkva, kv_norm.weight, eps_of(kv_norm), cos.reshape(-1),
+        sin.reshape(-1), latent[0], k_rope[0], width, kv_b, attn.scaling, dense_w, attn.num_heads, attn.nope,
+        attn.rope, attn.v_dim,
     ).view(h.shape)
 
 

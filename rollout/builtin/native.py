@@ -25,6 +25,13 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
 - `mla_row(q_nope [H, nope], q_rope [H, rope], latent [T, r], k_rope [T, rope], kv_b [H * (nope +
   v), r], scaling)` -> out [H, v]: `MultiLatentAttention._absorbed` for one query over all T
   columns (q_lat = q_nope W_uk, softmax(scaling (q_lat latent^T + q_rope k_rope^T)) latent W_uv^T).
+- `mla_layer_row(h [hidden], norm_w, norm_eps, w_qkva [H (nope + rope) + r + rope, hidden], kv_norm_w
+  [r], kv_eps, cos, sin [rope / 2], latent [cap, r], k_rope [cap, rope], length, kv_b, scaling,
+  w_dense [hidden, H v], heads, nope, rope, v)` -> h + W_dense out: x = RMSNorm(h); q | c | kr =
+  W_qkva x; column `length` of the row's cache gets RMSNorm(c) (kv_norm_w, kv_eps) and kr rotated
+  (pairs (2i, 2i+1), kpop.models.layers.rope.apply_interleaved); out = `mla_row` of q's heads
+  (their rope parts rotated the same way) over columns 0..length. `HybridAdapter`'s MLA block
+  for one row whose queries come from one projection (no q low-rank pair).
 - `route_row(x [h], gate)` -> (expert ids, weights) as Python lists, for `MoEGate` (kpop.models.
   layers.moe) over one row: what `gate(x)` returns for it (ids in pick order, ties to the lower id).
   `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups).
@@ -35,7 +42,7 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
 - `swiglu(gate_up [..., 2n])` -> [..., n]: `F.silu(gate) * up` for gate, up = the two halves.
 - `kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale, columns)`: see its
   docstring; `KVAdapter`'s attention for one new token per row.
-`lightning_layer_row`, `ffn_row`, `swiglu` and `kv_attend` spread their work over torch's threads
+`lightning_layer_row`, `mla_layer_row`, `ffn_row`, `swiglu` and `kv_attend` spread their work over torch's threads
 where the library is built with OpenMP (below).
 Values equal the torch ops' to float32 rounding (sums run in another order), not bit for bit.
 
@@ -160,6 +167,8 @@ def _library() -> ctypes.CDLL | None:
     lib.kpop_ffn_row.restype = None
     lib.kpop_lightning_layer_row.argtypes = [_P, _P, _F32, _P, _I64] + [_P] * 7 + [_I64] * 4 + [_F32] * 3 + [_P, _I64, _P, _P, _I64]
     lib.kpop_lightning_layer_row.restype = None
+    lib.kpop_mla_layer_row.argtypes = [_P, _P, _F32, _P, _P, _F32] + [_P] * 4 + [_I64, _P, _F32, _P] + [_I64] * 6 + [_P, _P, _I64]
+    lib.kpop_mla_layer_row.restype = None
     return lib
 
 
@@ -313,5 +322,28 @@ def lightning_layer_row(h: torch.Tensor, norm_w: torch.Tensor, norm_eps: float, 
         h.data_ptr(), norm_w.data_ptr(), norm_eps, w_qkvg.data_ptr(), int(silu_qkv), state.data_ptr(), decay.data_ptr(),
         _ptr(q_norm), _ptr(k_norm), _ptr(cos), _ptr(sin), g_norm.data_ptr(), heads, d, half, groups, qk_eps, g_eps,
         scale, w_dense.data_ptr(), hidden, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads(),
+    )
+    return out
+
+
+def mla_layer_row(h: torch.Tensor, norm_w: torch.Tensor, norm_eps: float, w_qkva: torch.Tensor, kv_norm_w: torch.Tensor,
+                  kv_eps: float, cos: torch.Tensor, sin: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
+                  length: int, kv_b: torch.Tensor, scaling: float, w_dense: torch.Tensor, heads: int, nope: int,
+                  rope: int, v: int) -> torch.Tensor:
+    hidden, (cap, rank) = h.numel(), latent.shape
+    if (w_qkva.shape != (heads * (nope + rope) + rank + rope, hidden) or k_rope.shape != (cap, rope) or rope % 2
+            or kv_norm_w.numel() != rank or cos.numel() != rope // 2 or sin.numel() != rope // 2 or not 0 <= length < cap
+            or kv_b.shape != (heads * (nope + v), rank) or w_dense.shape != (hidden, heads * v) or norm_w.numel() != hidden):
+        raise ValueError(f"mla_layer_row: shapes h [{hidden}], w_qkva {tuple(w_qkva.shape)}, latent {tuple(latent.shape)}, "
+                         f"k_rope {tuple(k_rope.shape)}, kv_b {tuple(kv_b.shape)}, w_dense {tuple(w_dense.shape)}, "
+                         f"length {length}, heads {heads} x (nope {nope}, rope {rope}, v {v})")
+    threads = torch.get_num_threads()
+    rows = heads * (nope + rope) + rank + rope
+    out = torch.empty(hidden)
+    scratch = torch.empty(hidden + rows + heads * (nope + rope) + heads * v + threads * (length + 1 + 2 * rank))
+    _library().kpop_mla_layer_row(
+        h.data_ptr(), norm_w.data_ptr(), norm_eps, w_qkva.data_ptr(), kv_norm_w.data_ptr(), kv_eps, cos.data_ptr(),
+        sin.data_ptr(), latent.data_ptr(), k_rope.data_ptr(), length, kv_b.data_ptr(), scaling, w_dense.data_ptr(),
+        hidden, heads, nope, rope, v, rank, out.data_ptr(), scratch.data_ptr(), threads,
     )
     return out

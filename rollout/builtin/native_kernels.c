@@ -124,55 +124,59 @@ void kpop_route_row(const float *x, const float *W, const float *bias, int64_t E
     for (int64_t j = 0; j < k; j++) w[j] = (k > 1 ? s[idx[j]] / (sum + 1e-20f) : s[idx[j]]) * scale;
 }
 
-/* Absorbed multi-latent attention for one row over its T cached columns: per head h,
-   q_lat = q_nope[h] W_uk[h] ([nope] x [nope, r]), scores[t] = scaling (q_lat . latent[t] +
-   q_rope[h] . k_rope[t]), p = softmax(scores), out[h] = W_uv[h] (sum_t p[t] latent[t]).
-   w_kv_b [H, nope + v, r] holds W_uk (first nope rows of each head) and W_uv (the next v).
-   scratch: T + 2 r floats. */
+/* Absorbed multi-latent attention of one head h for one row over its T cached columns:
+   q_lat = q_nope W_uk[h] ([nope] x [nope, r]), scores[t] = scaling (q_lat . latent[t] + q_rope .
+   k_rope[t]), p = softmax(scores), out = W_uv[h] (sum_t p[t] latent[t]). w_kv_b [H, nope + v, r]
+   holds W_uk (first nope rows of each head) and W_uv (the next v). scratch: T + 2 r floats. */
+static void mla_head(const float *qn, const float *qr, const float *latent, const float *k_rope, const float *w_kv_b,
+                     float *o, float *scratch, int64_t h, int64_t nope, int64_t rope, int64_t v, int64_t r, int64_t T,
+                     float scaling) {
+    float *scores = scratch, *q_lat = scratch + T, *ctx = scratch + T + r;
+    const float *w_uk = w_kv_b + h * (nope + v) * r, *w_uv = w_uk + nope * r;
+    for (int64_t j = 0; j < r; j++) q_lat[j] = 0.0f;
+    for (int64_t n = 0; n < nope; n++) {
+        float a = qn[n];
+        const float *row = w_uk + n * r;
+        for (int64_t j = 0; j < r; j++) q_lat[j] += a * row[j];
+    }
+    float top = -INFINITY;
+    for (int64_t t = 0; t < T; t++) {
+        const float *lt = latent + t * r, *kt = k_rope + t * rope;
+        float dot = 0.0f, dr = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < r; j++) dot += q_lat[j] * lt[j];
+#pragma omp simd reduction(+ : dr)
+        for (int64_t j = 0; j < rope; j++) dr += qr[j] * kt[j];
+        scores[t] = (dot + dr) * scaling;
+        if (scores[t] > top) top = scores[t];
+    }
+    float total = 0.0f;
+    for (int64_t t = 0; t < T; t++) {
+        scores[t] = expf(scores[t] - top);
+        total += scores[t];
+    }
+    for (int64_t j = 0; j < r; j++) ctx[j] = 0.0f;
+    for (int64_t t = 0; t < T; t++) {
+        float p = scores[t] / total;
+        const float *lt = latent + t * r;
+        for (int64_t j = 0; j < r; j++) ctx[j] += p * lt[j];
+    }
+    for (int64_t i = 0; i < v; i++) {
+        const float *row = w_uv + i * r;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < r; j++) dot += ctx[j] * row[j];
+        o[i] = dot;
+    }
+}
+
+/* `mla_head` for every head h: q_nope [H, nope], q_rope [H, rope], out [H, v]. */
 void kpop_mla_row(const float *q_nope, const float *q_rope, const float *latent, const float *k_rope,
                   const float *w_kv_b, float *out, float *scratch, int64_t H, int64_t nope, int64_t rope,
                   int64_t v, int64_t r, int64_t T, float scaling) {
-    float *scores = scratch, *q_lat = scratch + T, *ctx = scratch + T + r;
-    for (int64_t h = 0; h < H; h++) {
-        const float *w_uk = w_kv_b + h * (nope + v) * r, *w_uv = w_uk + nope * r;
-        const float *qn = q_nope + h * nope, *qr = q_rope + h * rope;
-        for (int64_t j = 0; j < r; j++) q_lat[j] = 0.0f;
-        for (int64_t n = 0; n < nope; n++) {
-            float a = qn[n];
-            const float *row = w_uk + n * r;
-            for (int64_t j = 0; j < r; j++) q_lat[j] += a * row[j];
-        }
-        float top = -INFINITY;
-        for (int64_t t = 0; t < T; t++) {
-            const float *lt = latent + t * r, *kt = k_rope + t * rope;
-            float dot = 0.0f, dr = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t j = 0; j < r; j++) dot += q_lat[j] * lt[j];
-#pragma omp simd reduction(+ : dr)
-            for (int64_t j = 0; j < rope; j++) dr += qr[j] * kt[j];
-            scores[t] = (dot + dr) * scaling;
-            if (scores[t] > top) top = scores[t];
-        }
-        float total = 0.0f;
-        for (int64_t t = 0; t < T; t++) {
-            scores[t] = expf(scores[t] - top);
-            total += scores[t];
-        }
-        for (int64_t j = 0; j < r; j++) ctx[j] = 0.0f;
-        for (int64_t t = 0; t < T; t++) {
-            float p = scores[t] / total;
-            const float *lt = latent + t * r;
-            for (int64_t j = 0; j < r; j++) ctx[j] += p * lt[j];
-        }
-        float *o = out + h * v;
-        for (int64_t i = 0; i < v; i++) {
-            const float *row = w_uv + i * r;
-            float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t j = 0; j < r; j++) dot += ctx[j] * row[j];
-            o[i] = dot;
-        }
-    }
+    for (int64_t h = 0; h < H; h++)
+        mla_head(q_nope + h * nope, q_rope + h * rope, latent, k_rope, w_kv_b, out + h * v, scratch, h, nope, rope, v, r,
+                 T, scaling);
 }
 
 /* HF's rotate-half RoPE with full-width cos/sin [d]: y = x cos + [-x2, x1] sin. */
@@ -365,5 +369,58 @@ void kpop_lightning_layer_row(const float *h, const float *norm_w, float norm_ep
         }
         share(hidden, t, T, &lo, &hi);
         for (int64_t i = lo; i < hi; i++) h_out[i] = h[i] + dot4(w_dense + i * hd, o, hd);
+    }
+}
+
+/* Rotate pairs (2i, 2i+1) of x [2 half] by cos/sin [half] into y (kpop.models.layers.rope's
+   interleaved layout). */
+static void interleaved(const float *x, const float *c, const float *s, float *y, int64_t half) {
+    for (int64_t i = 0; i < half; i++) {
+        float a = x[2 * i], b = x[2 * i + 1];
+        y[2 * i] = a * c[i] - b * s[i];
+        y[2 * i + 1] = b * c[i] + a * s[i];
+    }
+}
+
+/* One row through an MLA layer's attention block (q without a low-rank pair), projections
+   included: x = RMSNorm(h); q | c | kr = W_qkva x (q [H, nope + rope]); column L of the cache gets
+   latent[L] = RMSNorm(c) (kv_norm) and k_rope[L] = kr rotated; every head attends over columns
+   0..L (`mla_head`, q's rope part rotated); h_out = h + W_dense o. Products' rows and the heads
+   are spread over the threads. scratch: hidden + (H (nope + rope) + r + rope) + H (nope + rope)
+   + H v + threads (L + 1 + 2 r) floats. */
+void kpop_mla_layer_row(const float *h, const float *norm_w, float norm_eps, const float *w_qkva,
+                        const float *kv_norm_w, float kv_eps, const float *cos_, const float *sin_, float *latent,
+                        float *k_rope, int64_t L, const float *w_kv_b, float scaling, const float *w_dense,
+                        int64_t hidden, int64_t H, int64_t nope, int64_t rope, int64_t v, int64_t r, float *h_out,
+                        float *scratch, int64_t threads) {
+    int64_t qd = H * (nope + rope), rows = qd + r + rope, T = L + 1;
+    float *x = scratch, *qkva = x + hidden, *qn = qkva + rows, *qr = qn + H * nope, *o = qr + H * rope;
+    float *heads_scratch = o + H * v;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t t = KPOP_THREAD, T_ = KPOP_THREADS, lo, hi;
+#pragma omp single
+        kpop_rms_norm(h, norm_w, x, 1, hidden, norm_eps);
+        share(rows, t, T_, &lo, &hi);
+        matvec_rows(w_qkva, x, qkva, lo, hi, hidden);
+#pragma omp barrier
+#pragma omp single
+        {
+            const float *c = qkva + qd, *kr = c + r;
+            kpop_rms_norm(c, kv_norm_w, latent + L * r, 1, r, kv_eps);
+            interleaved(kr, cos_, sin_, k_rope + L * rope, rope / 2);
+            for (int64_t i = 0; i < H; i++) {
+                const float *qi = qkva + i * (nope + rope);
+                for (int64_t j = 0; j < nope; j++) qn[i * nope + j] = qi[j];
+                interleaved(qi + nope, cos_, sin_, qr + i * rope, rope / 2);
+            }
+        }
+        float *mine = heads_scratch + t * (T + 2 * r);
+        share(H, t, T_, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++)
+            mla_head(qn + i * nope, qr + i * rope, latent, k_rope, w_kv_b, o + i * v, mine, i, nope, rope, v, r, T, scaling);
+#pragma omp barrier
+        share(hidden, t, T_, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) h_out[i] = h[i] + dot4(w_dense + i * H * v, o, H * v);
     }
 }

@@ -118,7 +118,7 @@ async def test_update_while_running_applies_between_steps(hybrid_dir):
     engine = BuiltinEngine(hybrid_dir)
     new = tiny_hybrid(seed=2)
     update = update_from(new, version=7)  # built first: on a loaded machine building it outlasted 16 tokens
-    n = 64
+    n = 256  # a tiny model's step is ~1 ms: 64 tokens could all come out before the update was staged
     task = asyncio.ensure_future(engine.generate(GenerationRequest("r", [3, 4], SamplingParams(temperature=0, max_tokens=n))))
     await _wait_until(lambda: engine.load().generated_tokens >= 2)
     await engine.update_weights(update)  # not paused: applied between two steps

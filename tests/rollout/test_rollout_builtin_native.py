@@ -92,23 +92,24 @@ def test_lightning_layer_row_rejects_shapes_that_do_not_match():
                                    None, None, torch.ones(16), 3, 0.0, 1e-5, 1.0, w_dense)
 
 
-@pytest.mark.parametrize("mode", ["native", "torch", "biased-dense"])
+@pytest.mark.parametrize("mode", ["native", "torch", "biased-dense", "q-lora"])
 def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(mode, monkeypatch):
     """One row decoded for 12 steps (Lightning and MLA layers) equals the model's full forward over
-    the row's context (1e-4); the kernels run once per Lightning or MLA layer and step, or never when
-    they are unavailable (the torch ops stand in). Lightning output projections with a bias keep
-    those layers on torch's ops (the layer kernel takes bias-free ones), MLA still native."""
+    the row's context (1e-4); the layer kernels run once per Lightning or MLA layer and step, or
+    never when they are unavailable (the torch ops stand in). Lightning output projections with a
+    bias keep those layers on torch's ops (the layer kernel takes bias-free ones); MLA queries
+    through a low-rank pair keep MLA's projections on torch, its attention on `mla_row`."""
     from kpop.rollout.builtin.adapters import adapter_for
     from kpop.rollout.builtin.slots import CacheSpec, SlotCache
     from kpop.rollout.builtin.tiny_models import tiny_hybrid
 
-    calls, mla_calls = [], []
-    kernel, mla_kernel = native.lightning_layer_row, native.mla_row
-    monkeypatch.setattr(native, "lightning_layer_row", lambda *a, **k: calls.append(1) or kernel(*a, **k))
-    monkeypatch.setattr(native, "mla_row", lambda *a, **k: mla_calls.append(1) or mla_kernel(*a, **k))
+    calls = {"lightning_layer_row": [], "mla_layer_row": [], "mla_row": []}
+    for name, seen in calls.items():
+        kernel = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _k=kernel, _seen=seen: _seen.append(1) or _k(*a))
     if mode == "torch":
         monkeypatch.setattr(native, "available", lambda: False)
-    model = tiny_hybrid(seed=0)
+    model = tiny_hybrid(seed=0, **({"q_lora_rank": 12} if mode == "q-lora" else {}))
     lightning_layers = sum(not model.config.is_mla_layer(i) for i in range(model.config.num_hidden_layers))
     if mode == "biased-dense":
         for i, layer in enumerate(model.model.layers):
@@ -129,8 +130,9 @@ def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(mode, monk
             want = model(torch.tensor([context[: n + 1]])).logits[0, -1]
             torch.testing.assert_close(logits[0], want, rtol=0, atol=1e-4)
     mla_layers = model.config.num_hidden_layers - lightning_layers
-    assert len(calls) == (steps * lightning_layers if mode == "native" else 0)
-    assert len(mla_calls) == (steps * mla_layers if mode != "torch" else 0)
+    per_step = {"lightning_layer_row": lightning_layers * (mode in ("native", "q-lora")),
+                "mla_layer_row": mla_layers * (mode in ("native", "biased-dense")), "mla_row": mla_layers * (mode == "q-lora")}
+    assert {name: len(seen) for name, seen in calls.items()} == {name: steps * n for name, n in per_step.items()}
     assert lightning_layers > 0 and mla_layers > 0
 
 

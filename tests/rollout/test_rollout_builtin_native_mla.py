@@ -1,0 +1,73 @@
+"""`native.mla_layer_row` (an MLA layer's one-row attention block, projections and the cache write
+included) against a float64 reference written from its contract, on one and two threads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kpop.rollout.builtin import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernels are not built")
+
+
+def _rms64(x, w, eps):
+    x = x.double()
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+
+def _pairs64(x, cos, sin):
+    """Pairs (2i, 2i+1) rotated: kpop.models.layers.rope.apply_interleaved."""
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack([a * cos - b * sin, b * cos + a * sin], -1).flatten(-2)
+
+
+def _mla_layer64(h, norm_w, w_qkva, kv_norm_w, cos, sin, latent, k_rope, length, kv_b, scaling, w_dense, H, nope, rope, v):
+    rank = latent.shape[1]
+    x = _rms64(h, norm_w, 1e-6)
+    qkva = w_qkva.double() @ x
+    q, c, kr = qkva.split([H * (nope + rope), rank, rope])
+    latent, k_rope = latent.double().clone(), k_rope.double().clone()
+    c64, s64 = cos.double(), sin.double()
+    latent[length], k_rope[length] = _rms64(c, kv_norm_w, 1e-5), _pairs64(kr, c64, s64)
+    q = q.view(H, nope + rope)
+    q_nope, q_rope = q[:, :nope], _pairs64(q[:, nope:], c64, s64)
+    w = kv_b.double().view(H, nope + v, rank)
+    T = length + 1
+    q_lat = torch.einsum("hn,hnr->hr", q_nope, w[:, :nope])
+    scores = (q_lat @ latent[:T].T + q_rope @ k_rope[:T].T) * scaling
+    o = torch.einsum("hr,hvr->hv", scores.softmax(-1) @ latent[:T], w[:, nope:])
+    return h.double() + w_dense.double() @ o.reshape(-1), latent, k_rope
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("length", [0, 13])
+def test_mla_layer_row_equals_the_formula(length, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # the kernel's thread count, nothing else
+    H, nope, rope, v, rank, hidden, cap = 3, 16, 8, 12, 20, 40, 16
+    gen = torch.Generator().manual_seed(length)
+    h, norm_w, kv_norm_w = torch.randn(hidden, generator=gen), torch.randn(hidden, generator=gen), torch.randn(rank, generator=gen)
+    w_qkva = torch.randn(H * (nope + rope) + rank + rope, hidden, generator=gen) * 0.2
+    kv_b, w_dense = torch.randn(H * (nope + v), rank, generator=gen) * 0.3, torch.randn(hidden, H * v, generator=gen) * 0.2
+    angles = torch.rand(rope // 2, generator=gen) * 6
+    cos, sin = angles.cos(), angles.sin()
+    latent, k_rope = torch.randn(cap, rank, generator=gen), torch.randn(cap, rope, generator=gen)
+    want, want_latent, want_k_rope = _mla_layer64(h, norm_w, w_qkva, kv_norm_w, cos, sin, latent, k_rope, length, kv_b,
+                                                  0.3, w_dense, H, nope, rope, v)
+    got = native.mla_layer_row(h, norm_w, 1e-6, w_qkva, kv_norm_w, 1e-5, cos, sin, latent, k_rope, length, kv_b, 0.3,
+                               w_dense, H, nope, rope, v)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    # the new column written at `length`, every other column untouched
+    torch.testing.assert_close(latent.double(), want_latent, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(k_rope.double(), want_k_rope, rtol=1e-5, atol=1e-5)
+
+
+def test_mla_layer_row_rejects_shapes_that_do_not_match():
+    H, nope, rope, v, rank, hidden, cap = 2, 4, 4, 4, 6, 8, 5
+    args = [torch.zeros(hidden), torch.ones(hidden), 1e-6, torch.zeros(H * (nope + rope) + rank + rope, hidden),
+            torch.ones(rank), 1e-5, torch.ones(rope // 2), torch.zeros(rope // 2), torch.zeros(cap, rank),
+            torch.zeros(cap, rope), 2, torch.zeros(H * (nope + v), rank), 1.0, torch.zeros(hidden, H * v), H, nope, rope, v]
+    native.mla_layer_row(*args)
+    for index, bad in [(3, torch.zeros(5, hidden)), (10, cap), (11, torch.zeros(3, rank)), (9, torch.zeros(cap, 2))]:
+        with pytest.raises(ValueError, match="shapes"):
+            native.mla_layer_row(*args[:index], bad, *args[index + 1 :])
