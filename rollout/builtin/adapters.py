@@ -35,6 +35,7 @@ from kpop.rollout.builtin.moe_decode import moe_forward
 from kpop.rollout.builtin.norms import eps_of, group_rms, rms
 from kpop.rollout.builtin.packed import fused_linear, packed
 from kpop.rollout.builtin.packed import rows as row_layout
+from kpop.rollout.builtin.row_plan import RowPlan, RowStep
 
 
 class HybridAdapter:
@@ -47,6 +48,7 @@ class HybridAdapter:
         self.is_mla = [bool(model.config.is_mla_layer(i)) for i in range(n)]
         self.col_dims = tuple(d for mla in self.is_mla for d in ((0, 0) if mla else (None,)))
         self._decay = {}  # layer index -> exp(log-decay) [H, 1, 1], built once per device
+        self._plans: dict[bool, RowPlan | None] = {}
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -69,6 +71,9 @@ class HybridAdapter:
     @torch.inference_mode()
     def decode(self, tensors: list[torch.Tensor], lengths: torch.Tensor, width: int, tokens: torch.Tensor) -> torch.Tensor:
         B = tokens.shape[0]
+        plan = self._row_plan() if B == 1 else None
+        if plan is not None:
+            return self._decode_row(plan, tensors, lengths, width, tokens)
         h = self.model.model.word_embeddings(tokens[:, None])
         positions = lengths[:, None]
         angles: dict[tuple[int, float], tuple[torch.Tensor, torch.Tensor]] = {}  # one RoPE table per step
@@ -97,6 +102,33 @@ class HybridAdapter:
                     whole = h + self._lightning(layer.attention, rms(layer.input_layernorm, h), rope, state, decay)
             h = whole
             h = h + moe_forward(layer.mlp, rms(layer.post_attention_layernorm, h))
+        return module_linear(self.model.lm_head, rms(self.model.model.norm, h))[:, -1]
+
+    def _row_plan(self) -> RowPlan | None:
+        """The one-row native plan (kpop.rollout.builtin.row_plan), rebuilt when a parameter got new
+        storage; None where the kernels are off or some layer is not fully native (remembered per
+        kernel availability, so `native.switched_off()` is honoured step by step)."""
+        available = native.available()
+        if not available:
+            return None
+        plan = self._plans.get(available, False)
+        if plan is False or (plan is not None and not plan.valid()):
+            plan = self._plans[available] = RowPlan.build(self)
+        return plan
+
+    def _decode_row(self, plan: RowPlan, tensors, lengths, width: int, tokens) -> torch.Tensor:
+        """`decode` for one float32 row through the plan: one or two native calls a layer (a layer
+        without a MoE takes `moe_forward` for its feed-forward)."""
+        h = self.model.model.word_embeddings(tokens[:, None])
+        step, it = RowStep(lengths[:, None], width), iter(tensors)
+        for i, (layer, mla) in enumerate(zip(self.layers, self.is_mla)):
+            caches = (next(it)[0], next(it)[0]) if mla else (next(it)[0],)
+            h = plan.attention[i](h, *caches, step)
+            feed_forward = plan.feed_forward[i]
+            if feed_forward is None:
+                h = h + moe_forward(layer.mlp, rms(layer.post_attention_layernorm, h))
+            else:
+                h = feed_forward(h, step)
         return module_linear(self.model.lm_head, rms(self.model.model.norm, h))[:, -1]
 
     def _decay_of(self, i: int, attn, device) -> torch.Tensor:

@@ -79,7 +79,7 @@ def _one_row_native(mlp, x: torch.Tensor) -> torch.Tensor | None:
     dense = None if shared is None else swiglu_weights(shared)
     if (shared is not None and dense is None) or not native.routes(x, mlp.gate):
         return None
-    stacks = _stacks(mlp)
+    stacks = stacks_of(mlp)
     if not native.fits(stacks.gate_up, stacks.down, *(dense or ())):
         return None
     picked = sorted(zip(*native.route_row(x, mlp.gate)))  # increasing expert id: `_one_token`'s order
@@ -97,7 +97,7 @@ def _route_one(gate, x: torch.Tensor) -> tuple[list[int], list[float]]:
 
 def _one_token(mlp, x: torch.Tensor, idx: list[int], weights: list[float]) -> torch.Tensor:
     """One row: the chosen experts' outputs summed in increasing expert id (index_add's order)."""
-    out, stacks = None, _stacks(mlp)
+    out, stacks = None, stacks_of(mlp)
     for e, w in sorted(zip(idx, weights)):
         contrib = _expert(stacks, e, x).float() * w  # w came from a float32: the product is index_add's
         out = contrib if out is None else out + contrib
@@ -106,7 +106,7 @@ def _one_token(mlp, x: torch.Tensor, idx: list[int], weights: list[float]) -> to
 
 def _tokens(mlp, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Several rows: the (token, slot) pairs sorted by expert, each expert's block through `_expert`."""
-    stacks, flat_idx = _stacks(mlp), idx.flatten()
+    stacks, flat_idx = stacks_of(mlp), idx.flatten()
     order = flat_idx.argsort(stable=True)
     tokens = order // idx.shape[1]
     rows, start, blocks = flat[tokens], 0, []
@@ -119,7 +119,7 @@ def _tokens(mlp, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -
     return out.index_add_(0, tokens, torch.cat(blocks).float() * weights.flatten()[order][:, None])
 
 
-def _stacks(mlp) -> _Stacks:
+def stacks_of(mlp) -> _Stacks:
     """The experts' weights as [E, 2I, h] and [E, h, I] tensors that the parameters are views of."""
     # The modules' own dicts, read directly: `nn.Module.__getattr__` for 3 x E weights cost ~35 us
     # a layer (medium hybrid), a fifth of a one-row MoE layer's work outside its matmuls.

@@ -169,6 +169,8 @@ def _library() -> ctypes.CDLL | None:
     lib.kpop_lightning_layer_row.restype = None
     lib.kpop_mla_layer_row.argtypes = [_P, _P, _F32, _P, _P, _F32] + [_P] * 4 + [_I64, _P, _F32, _P] + [_I64] * 6 + [_P, _P, _I64]
     lib.kpop_mla_layer_row.restype = None
+    lib.kpop_moe_layer_row.argtypes = [_P, _P, _F32, _P, _P] + [_I64] * 4 + [_F32, _P, _P, _I64, _P, _P, _I64, _I64, _P, _P, _I64]
+    lib.kpop_moe_layer_row.restype = None
     return lib
 
 
@@ -185,6 +187,15 @@ def switched_off():
         yield
     finally:
         _switched_off = before
+
+
+def library() -> ctypes.CDLL:
+    """The loaded kernels, for callers that prepare their arguments once (kpop.rollout.builtin.
+    row_plan); RuntimeError when they are unavailable."""
+    lib = None if _switched_off else _library()
+    if lib is None:
+        raise RuntimeError("the native decode kernels are unavailable")
+    return lib
 
 
 def available() -> bool:

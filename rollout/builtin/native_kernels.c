@@ -424,3 +424,24 @@ void kpop_mla_layer_row(const float *h, const float *norm_w, float norm_eps, con
         for (int64_t i = lo; i < hi; i++) h_out[i] = h[i] + dot4(w_dense + i * H * v, o, H * v);
     }
 }
+
+/* One row through a MoE layer's block: x = RMSNorm(h), the router's pick (kpop_route_row), then
+   h_out = h + kpop_ffn_row(x, the picked experts in increasing id, the shared expert if any).
+   scratch: hidden + 3 (k I + D) floats. */
+void kpop_moe_layer_row(const float *h, const float *norm_w, float norm_eps, const float *gate_w, const float *bias,
+                        int64_t E, int64_t n_group, int64_t topk_group, int64_t k, float scale, const float *gate_up,
+                        const float *down, int64_t I, const float *dense_gate_up, const float *dense_down, int64_t D,
+                        int64_t hidden, float *h_out, float *scratch, int64_t threads) {
+    int64_t ids[KPOP_MAX_EXPERTS];
+    float w[KPOP_MAX_EXPERTS];
+    float *x = scratch;
+    kpop_rms_norm(h, norm_w, x, 1, hidden, norm_eps);
+    kpop_route_row(x, gate_w, bias, E, hidden, n_group, topk_group, k, scale, ids, w);
+    for (int64_t i = 1; i < k; i++) /* increasing id: MoE.forward's accumulation order */
+        for (int64_t j = i; j > 0 && ids[j] < ids[j - 1]; j--) {
+            int64_t e = ids[j]; ids[j] = ids[j - 1]; ids[j - 1] = e;
+            float f = w[j]; w[j] = w[j - 1]; w[j - 1] = f;
+        }
+    kpop_ffn_row(x, gate_up, down, ids, w, k, I, dense_gate_up, dense_down, D, hidden, h_out, scratch + hidden, threads);
+    for (int64_t i = 0; i < hidden; i++) h_out[i] += h[i];
+}

@@ -95,18 +95,23 @@ def test_lightning_layer_row_rejects_shapes_that_do_not_match():
 @pytest.mark.parametrize("mode", ["native", "torch", "biased-dense", "q-lora"])
 def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(mode, monkeypatch):
     """One row decoded for 12 steps (Lightning and MLA layers) equals the model's full forward over
-    the row's context (1e-4); the layer kernels run once per Lightning or MLA layer and step, or
-    never when they are unavailable (the torch ops stand in). Lightning output projections with a
-    bias keep those layers on torch's ops (the layer kernel takes bias-free ones); MLA queries
-    through a low-rank pair keep MLA's projections on torch, its attention on `mla_row`."""
+    the row's context (1e-4) on each one-row path: the prepared plan (kpop.rollout.builtin.row_plan:
+    every layer native, no wrapper called), torch's ops (kernels unavailable), and the per-layer
+    native calls of a model the plan does not take: Lightning output projections with a bias keep
+    those layers on torch's ops, MLA queries through a low-rank pair keep MLA's projections on
+    torch and its attention on `mla_row`."""
     from kpop.rollout.builtin.adapters import adapter_for
     from kpop.rollout.builtin.slots import CacheSpec, SlotCache
     from kpop.rollout.builtin.tiny_models import tiny_hybrid
+
+    from kpop.rollout.builtin.adapters import HybridAdapter
 
     calls = {"lightning_layer_row": [], "mla_layer_row": [], "mla_row": []}
     for name, seen in calls.items():
         kernel = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _k=kernel, _seen=seen: _seen.append(1) or _k(*a))
+    planned, decode_row = [], HybridAdapter._decode_row
+    monkeypatch.setattr(HybridAdapter, "_decode_row", lambda *a: planned.append(1) or decode_row(*a))
     if mode == "torch":
         monkeypatch.setattr(native, "available", lambda: False)
     model = tiny_hybrid(seed=0, **({"q_lora_rank": 12} if mode == "q-lora" else {}))
@@ -130,9 +135,10 @@ def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(mode, monk
             want = model(torch.tensor([context[: n + 1]])).logits[0, -1]
             torch.testing.assert_close(logits[0], want, rtol=0, atol=1e-4)
     mla_layers = model.config.num_hidden_layers - lightning_layers
-    per_step = {"lightning_layer_row": lightning_layers * (mode in ("native", "q-lora")),
-                "mla_layer_row": mla_layers * (mode in ("native", "biased-dense")), "mla_row": mla_layers * (mode == "q-lora")}
+    per_step = {"lightning_layer_row": lightning_layers * (mode == "q-lora"),
+                "mla_layer_row": mla_layers * (mode == "biased-dense"), "mla_row": mla_layers * (mode == "q-lora")}
     assert {name: len(seen) for name, seen in calls.items()} == {name: steps * n for name, n in per_step.items()}
+    assert len(planned) == (steps if mode == "native" else 0)
     assert lightning_layers > 0 and mla_layers > 0
 
 

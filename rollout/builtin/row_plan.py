@@ -1,0 +1,214 @@
+"""The hybrid model's one-row decode as prepared native calls: each layer's arguments looked up once.
+
+Why: at one float32 row every layer is already one or two native calls (kpop.rollout.builtin.
+native), and what is left is the Python that finds their arguments: module attributes, packed
+weights, dtype checks. A step streams ~180 MB of weights, which evicts those Python objects from
+the caches, so that lookup costs 3-5x what it costs hot (a layer's argument lookup measured
+18 -> 89 us after a 48 MB read). A `RowPlan` does it once: per layer a callable holding the
+data pointers and sizes of its weights, so a step touches one plan entry and the per-step tensors.
+
+Contract: `RowPlan.build(adapter)` is the plan, or None when some layer is not fully native
+(another dtype, a bias, queries through a low-rank pair, a router or shared expert the kernels
+do not take): the adapter then keeps its per-layer paths. A layer entry maps h [1, 1, hidden] to
+h + attention(RMSNorm(h)) (`attention`) and h + MoE(RMSNorm(h)) (`feed_forward`), equal to the
+per-layer paths to float32 rounding. The plan holds every tensor it points at (their memory
+stays alive) and `valid()`, checked once a step, says whether every parameter it stands for is
+still its module's, with the storage it had: a weight update copied in place keeps the plan; a
+parameter replaced or given new storage (`load_state_dict(assign=True)`, `model.to`) makes the
+adapter build a new one. Modules replaced after the plan was built are not seen (nor are they by
+the adapter's own list of layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from kpop.models.layers.rope import rope_angles
+from kpop.rollout.builtin import native
+from kpop.rollout.builtin.gated_mlp import swiglu_weights
+from kpop.rollout.builtin.moe_decode import stacks_of
+from kpop.rollout.builtin.norms import eps_of
+from kpop.rollout.builtin.packed import packed
+from kpop.rollout.builtin.packed import rows as row_layout
+
+
+@dataclass
+class RowPlan:
+    attention: list[Callable]  # per layer: (h, its cache tensors..., step) -> new h
+    feed_forward: list[Callable | None]  # per layer: (h, step) -> new h; None: not a MoE layer
+    held: list[torch.Tensor] = field(default_factory=list)  # what the pointers point into
+    watched: list[tuple[dict, str, torch.Tensor]] = field(default_factory=list)  # (owner's dict, name, tensor)
+    pointers: list[int] = field(default_factory=list)
+
+    @staticmethod
+    def build(adapter) -> RowPlan | None:
+        from kpop.models.layers.moe import MoE
+
+        if not native.available():
+            return None
+        plan = RowPlan([], [])
+        for layer, mla in zip(adapter.layers, adapter.is_mla):
+            attention = (_mla if mla else _lightning)(plan, layer)
+            mlp = layer.mlp
+            feed_forward = _moe(plan, mlp, layer.post_attention_layernorm) if isinstance(mlp, MoE) else None
+            if attention is None or (isinstance(mlp, MoE) and feed_forward is None):
+                return None
+            plan.attention.append(attention)
+            plan.feed_forward.append(feed_forward)
+        plan.pointers = [t.data_ptr() for _, _, t in plan.watched]
+        return plan
+
+    def valid(self) -> bool:
+        """Every parameter the plan stands for is still its module's, with the storage it had."""
+        return all(owner.get(name) is t and t.data_ptr() == p for (owner, name, t), p in zip(self.watched, self.pointers))
+
+    def watch(self, module, name: str = "weight") -> torch.Tensor:
+        """`module`'s parameter (or buffer) `name`, checked by `valid` from now on."""
+        owner = module._parameters if name in module._parameters else module._buffers
+        tensor = owner.get(name)
+        if tensor is None:
+            raise _NotNative
+        self.watched.append((owner, name, tensor))
+        return tensor
+
+    def hold(self, *tensors: torch.Tensor) -> list[int]:
+        """Keeps `tensors` alive with the plan and returns their data pointers; _NotNative if any
+        is not a contiguous float32 CPU tensor."""
+        if not native.fits(*tensors):
+            raise _NotNative
+        self.held += tensors
+        return [t.data_ptr() for t in tensors]
+
+    def packed(self, owner, key: str, linears) -> int:
+        """The pointer of the linears' weights packed as rows (kpop.rollout.builtin.packed)."""
+        weights = [self.watch(lin) for lin in linears]
+        return self.hold(packed(owner, key, weights, row_layout))[0]
+
+
+class RowStep:
+    """What the layers of one step share: its thread count, the row's length (`width`) and one
+    contiguous RoPE table per (dims, theta) at the row's position, as pointers."""
+
+    def __init__(self, positions: torch.Tensor, width: int) -> None:
+        self.positions, self.width, self.threads = positions, width, torch.get_num_threads()
+        self._tables: dict[tuple[int, float], tuple] = {}
+
+    def tables(self, rot: int, theta: float) -> tuple[int, int]:
+        hit = self._tables.get((rot, theta))
+        if hit is None:
+            cos, sin = (t.contiguous() for t in rope_angles(self.positions, rot, theta))
+            hit = self._tables[rot, theta] = (cos, sin, cos.data_ptr(), sin.data_ptr())
+        return hit[2], hit[3]
+
+
+class _NotNative(Exception):
+    pass
+
+
+def _plain(*linears) -> None:
+    """_NotNative unless every layer is a bias-free `nn.Linear`."""
+    if any(type(lin) is not nn.Linear or lin.bias is not None for lin in linears):
+        raise _NotNative
+
+
+def _guard(build):
+    def wrapped(*args):
+        try:
+            return build(*args)
+        except _NotNative:
+            return None
+
+    return wrapped
+
+
+@_guard
+def _lightning(plan: RowPlan, layer) -> Callable:
+    attn, norm, lib = layer.attention, layer.input_layernorm, native.library()
+    norms = (attn.query_layernorm, attn.key_layernorm) if attn.use_qk_norm else ()
+    if attn.head_dim > native.MAX_HEAD_DIM or len({n.eps for n in norms}) > 1:
+        raise _NotNative
+    _plain(attn.query_key_value, attn.g_proj, attn.dense)
+    g_norm = attn.g_norm
+    if (attn.num_heads * attn.head_dim) % g_norm.groups or attn.rope_dim > attn.head_dim:
+        raise _NotNative
+    p_qkvg = plan.packed(attn, "qkv_g.weight", [attn.query_key_value, attn.g_proj])
+    dense_w = plan.watch(attn.dense)
+    p_norm, p_dense, p_g, p_decay = plan.hold(plan.watch(norm), dense_w, plan.watch(g_norm),
+                                              torch.exp(attn.log_decay(dense_w.device)).contiguous())
+    p_q, p_k = plan.hold(*(plan.watch(n) for n in norms)) if norms else (None, None)
+    hidden, heads, d, half = dense_w.shape[0], attn.num_heads, attn.head_dim, attn.rope_dim // 2
+    fixed = (eps_of(norm), p_qkvg, int(attn.linear_silu))
+    rope_key = (attn.rope_dim, attn.rope_theta)
+    tail = (p_g, heads, d, half, g_norm.groups, norms[0].eps if norms else 0.0, g_norm.eps, d**-0.5, p_dense, hidden)
+
+    def run(h: torch.Tensor, state: torch.Tensor, step) -> torch.Tensor:
+        cos, sin = step.tables(*rope_key) if half else (None, None)
+        out, scratch = torch.empty(hidden), torch.empty(hidden + 5 * heads * d)
+        lib.kpop_lightning_layer_row(h.data_ptr(), p_norm, *fixed, state.data_ptr(), p_decay, p_q, p_k,
+                                     cos, sin, *tail, out.data_ptr(), scratch.data_ptr(), step.threads)
+        return out.view(1, 1, hidden)
+
+    return run
+
+
+@_guard
+def _mla(plan: RowPlan, layer) -> Callable:
+    attn, norm, lib = layer.attention, layer.input_layernorm, native.library()
+    if attn.q_lora_rank is not None or attn.rope % 2:
+        raise _NotNative
+    _plain(attn.q_proj, attn.kv_a_proj_with_mqa, attn.kv_b_proj, attn.dense)
+    kv_norm = attn.kv_a_layernorm
+    p_qkva = plan.packed(attn, "q_kv_a.weight", [attn.q_proj, attn.kv_a_proj_with_mqa])
+    dense_w = plan.watch(attn.dense)
+    p_norm, p_kv_norm, p_kv_b, p_dense = plan.hold(plan.watch(norm), plan.watch(kv_norm), plan.watch(attn.kv_b_proj), dense_w)
+    hidden, heads, nope, rope, v, rank = dense_w.shape[0], attn.num_heads, attn.nope, attn.rope, attn.v_dim, attn.rank
+    rope_key, norm_eps, kv_eps = (rope, attn.rope_theta), eps_of(norm), eps_of(kv_norm)
+    fixed = (hidden, heads, nope, rope, v, rank)
+
+    def run(h: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor, step) -> torch.Tensor:
+        cos, sin = step.tables(*rope_key)
+        out = torch.empty(hidden)
+        scratch = torch.empty(hidden + 2 * heads * (nope + rope) + rank + rope + heads * v
+                              + step.threads * (step.width + 1 + 2 * rank))
+        lib.kpop_mla_layer_row(h.data_ptr(), p_norm, norm_eps, p_qkva, p_kv_norm, kv_eps, cos, sin, latent.data_ptr(),
+                               k_rope.data_ptr(), step.width, p_kv_b, attn.scaling, p_dense, *fixed, out.data_ptr(),
+                               scratch.data_ptr(), step.threads)
+        return out.view(1, 1, hidden)
+
+    return run
+
+
+@_guard
+def _moe(plan: RowPlan, mlp, norm) -> Callable:
+    gate, lib = mlp.gate, native.library()
+    if not native.routes(torch.empty(gate.weight.shape[1]), gate):
+        raise _NotNative
+    shared = mlp.shared_experts
+    if shared is not None and swiglu_weights(shared) is None:
+        raise _NotNative
+    stacks = stacks_of(mlp)
+    for expert in stacks.experts:
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            plan.watch(expert._modules[name])
+    p_gu, p_down = plan.hold(stacks.gate_up, stacks.down)
+    p_norm, p_gate, p_bias = plan.hold(plan.watch(norm), plan.watch(gate), plan.watch(gate, "expert_bias"))
+    p_sgu, p_sdown, dense = None, None, 0
+    if shared is not None:
+        p_sgu = plan.packed(shared, "gate_up.weight", [shared.gate_proj, shared.up_proj])
+        (p_sdown,) = plan.hold(plan.watch(shared.down_proj))
+        dense = shared.down_proj.weight.shape[1]
+    hidden, inner = stacks.down.shape[1], stacks.down.shape[2]
+    route = (gate.weight.shape[0], gate.n_group, gate.topk_group, gate.top_k, gate.routed_scaling_factor)
+    fixed = (p_norm, eps_of(norm), p_gate, p_bias, *route, p_gu, p_down, inner, p_sgu, p_sdown, dense, hidden)
+    scratch_size = hidden + 3 * (gate.top_k * inner + dense)
+
+    def run(h: torch.Tensor, step) -> torch.Tensor:
+        out, scratch = torch.empty(hidden), torch.empty(scratch_size)
+        lib.kpop_moe_layer_row(h.data_ptr(), *fixed, out.data_ptr(), scratch.data_ptr(), step.threads)
+        return out.view(1, 1, hidden)
+
+    return run
