@@ -35,7 +35,7 @@ from kpop.rollout.builtin.moe_decode import moe_forward
 from kpop.rollout.builtin.norms import eps_of, group_rms, rms
 from kpop.rollout.builtin.packed import fused_linear, packed
 from kpop.rollout.builtin.packed import rows as row_layout
-from kpop.rollout.builtin.row_plan import RowPlan, RowStep
+from kpop.rollout.builtin.row_plan import PlanCache, RowPlan, RowStep, hybrid_row_plan
 
 
 class HybridAdapter:
@@ -48,7 +48,7 @@ class HybridAdapter:
         self.is_mla = [bool(model.config.is_mla_layer(i)) for i in range(n)]
         self.col_dims = tuple(d for mla in self.is_mla for d in ((0, 0) if mla else (None,)))
         self._decay = {}  # layer index -> exp(log-decay) [H, 1, 1], built once per device
-        self._plans: dict[bool, RowPlan | None] = {}
+        self._plans = PlanCache(hybrid_row_plan)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -105,16 +105,8 @@ class HybridAdapter:
         return module_linear(self.model.lm_head, rms(self.model.model.norm, h))[:, -1]
 
     def _row_plan(self) -> RowPlan | None:
-        """The one-row native plan (kpop.rollout.builtin.row_plan), rebuilt when a parameter got new
-        storage; None where the kernels are off or some layer is not fully native (remembered per
-        kernel availability, so `native.switched_off()` is honoured step by step)."""
-        available = native.available()
-        if not available:
-            return None
-        plan = self._plans.get(available, False)
-        if plan is False or (plan is not None and not plan.valid()):
-            plan = self._plans[available] = RowPlan.build(self)
-        return plan
+        """The one-row native plan (kpop.rollout.builtin.row_plan), or None (the per-layer paths)."""
+        return self._plans.get(self)
 
     def _decode_row(self, plan: RowPlan, tensors, lengths, width: int, tokens) -> torch.Tensor:
         """`decode` for one float32 row through the plan: one or two native calls a layer (a layer

@@ -22,9 +22,11 @@ import torch.nn.functional as F
 
 from kpop.rollout.builtin import native
 from kpop.rollout.builtin.gated_mlp import gated_mlp
+from kpop.rollout.builtin.kv_row_plan import KVRowStep, kv_row_plan
 from kpop.rollout.builtin.matmul import module_linear
 from kpop.rollout.builtin.norms import rms
 from kpop.rollout.builtin.packed import fused_output
+from kpop.rollout.builtin.row_plan import PlanCache
 
 DIRECT_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 
@@ -45,6 +47,7 @@ class KVAdapter:
         self.num_layers = model.config.num_hidden_layers
         self.col_dims = (1,) * (2 * self.num_layers)
         self.direct = _direct_ok(model)
+        self._plans = PlanCache(kv_row_plan)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -58,8 +61,21 @@ class KVAdapter:
 
     @torch.inference_mode()
     def decode(self, tensors: list[torch.Tensor], lengths: torch.Tensor, width: int, tokens: torch.Tensor) -> torch.Tensor:
+        plan = self._plans.get(self) if tokens.shape[0] == 1 and self.direct else None
+        if plan is not None:
+            return self._decode_row(plan, tensors, lengths, width, tokens)
         run = self._direct if self.direct else self._generic
         return run([t[: tokens.shape[0]] for t in tensors], lengths, width, tokens)
+
+    def _decode_row(self, plan, tensors, lengths, width: int, tokens) -> torch.Tensor:
+        """One float32 row through the plan (kpop.rollout.builtin.kv_row_plan): two native calls a layer."""
+        inner = self.model.model
+        h = inner.embed_tokens(tokens[:, None])
+        step = KVRowStep(inner, h, lengths, width)
+        for i in range(self.num_layers):
+            h = plan.attention[i](h, tensors[2 * i][0], tensors[2 * i + 1][0], step)
+            h = plan.feed_forward[i](h, step)
+        return module_linear(self.model.lm_head, rms(inner.norm, h))[:, -1]
 
     def _direct(self, tensors, lengths, width: int, tokens) -> torch.Tensor:
         inner, B = self.model.model, tokens.shape[0]

@@ -171,6 +171,10 @@ def _library() -> ctypes.CDLL | None:
     lib.kpop_mla_layer_row.restype = None
     lib.kpop_moe_layer_row.argtypes = [_P, _P, _F32, _P, _P] + [_I64] * 4 + [_F32, _P, _P, _I64, _P, _P, _I64, _I64, _P, _P, _I64]
     lib.kpop_moe_layer_row.restype = None
+    lib.kpop_attn_layer_row.argtypes = [_P, _P, _F32] + [_P] * 5 + [_I64, _I64, _F32, _P] + [_I64] * 4 + [_P, _P, _I64]
+    lib.kpop_attn_layer_row.restype = None
+    lib.kpop_mlp_layer_row.argtypes = [_P, _P, _F32, _P, _P, _I64, _I64, _P, _P, _I64]
+    lib.kpop_mlp_layer_row.restype = None
     return lib
 
 

@@ -193,49 +193,56 @@ static void rotate_half(const float *x, const float *c, const float *s, float *y
    heads of the group rotated and attending over columns 0..L: out[b, h] = softmax(scale q k^T) V.
    qkv row b: Hq query heads, then Hkv key heads, then Hkv value heads, `stride` floats apart.
    scratch: G * (cols + d) floats per task, cols > max(lengths). */
+/* kpop_kv_attend's work for one (row b, key head g) task. */
+static void kv_task(const float *row, const float *c, const float *s, float *K, float *V, int64_t L, float *out,
+                    float *scores, int64_t Hq, int64_t Hkv, int64_t g, int64_t d, int64_t cols, float scale) {
+    int64_t G = Hq / Hkv, T = L + 1;
+    float *q = scores + G * cols;
+    rotate_half(row + (Hq + g) * d, c, s, K + L * d, d);
+    const float *v = row + (Hq + Hkv + g) * d;
+    for (int64_t i = 0; i < d; i++) V[L * d + i] = v[i];
+    for (int64_t j = 0; j < G; j++) rotate_half(row + (g * G + j) * d, c, s, q + j * d, d);
+    for (int64_t t = 0; t < T; t++) {
+        const float *kt = K + t * d;
+        for (int64_t j = 0; j < G; j++) {
+            const float *qj = q + j * d;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = 0; i < d; i++) dot += qj[i] * kt[i];
+            scores[j * cols + t] = dot * scale;
+        }
+    }
+    for (int64_t j = 0; j < G; j++) {
+        float *p = scores + j * cols, top = -INFINITY, total = 0.0f;
+        for (int64_t t = 0; t < T; t++) top = p[t] > top ? p[t] : top;
+        for (int64_t t = 0; t < T; t++) {
+            p[t] = expf(p[t] - top);
+            total += p[t];
+        }
+        for (int64_t t = 0; t < T; t++) p[t] /= total;
+    }
+    float *o = out + g * G * d;
+    for (int64_t i = 0; i < G * d; i++) o[i] = 0.0f;
+    for (int64_t t = 0; t < T; t++) {
+        const float *vt = V + t * d;
+        for (int64_t j = 0; j < G; j++) {
+            float p = scores[j * cols + t], *oj = o + j * d;
+#pragma omp simd
+            for (int64_t i = 0; i < d; i++) oj[i] += p * vt[i];
+        }
+    }
+}
+
 void kpop_kv_attend(const float *qkv, int64_t stride, const float *cos_, const float *sin_, float *keys,
                     float *values, const int64_t *lengths, float *out, float *scratch, int64_t B, int64_t Hq,
                     int64_t Hkv, int64_t d, int64_t cap, int64_t cols, float scale, int64_t threads) {
     int64_t G = Hq / Hkv;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t task = 0; task < B * Hkv; task++) {
-        int64_t b = task / Hkv, g = task % Hkv, L = lengths[b], T = L + 1;
-        const float *row = qkv + b * stride, *c = cos_ + b * d, *s = sin_ + b * d;
-        float *K = keys + (b * Hkv + g) * cap * d, *V = values + (b * Hkv + g) * cap * d;
-        float *scores = scratch + task * G * (cols + d), *q = scores + G * cols;
-        rotate_half(row + (Hq + g) * d, c, s, K + L * d, d);
-        const float *v = row + (Hq + Hkv + g) * d;
-        for (int64_t i = 0; i < d; i++) V[L * d + i] = v[i];
-        for (int64_t j = 0; j < G; j++) rotate_half(row + (g * G + j) * d, c, s, q + j * d, d);
-        for (int64_t t = 0; t < T; t++) {
-            const float *kt = K + t * d;
-            for (int64_t j = 0; j < G; j++) {
-                const float *qj = q + j * d;
-                float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                for (int64_t i = 0; i < d; i++) dot += qj[i] * kt[i];
-                scores[j * cols + t] = dot * scale;
-            }
-        }
-        for (int64_t j = 0; j < G; j++) {
-            float *p = scores + j * cols, top = -INFINITY, total = 0.0f;
-            for (int64_t t = 0; t < T; t++) top = p[t] > top ? p[t] : top;
-            for (int64_t t = 0; t < T; t++) {
-                p[t] = expf(p[t] - top);
-                total += p[t];
-            }
-            for (int64_t t = 0; t < T; t++) p[t] /= total;
-        }
-        float *o = out + (b * Hq + g * G) * d;
-        for (int64_t i = 0; i < G * d; i++) o[i] = 0.0f;
-        for (int64_t t = 0; t < T; t++) {
-            const float *vt = V + t * d;
-            for (int64_t j = 0; j < G; j++) {
-                float p = scores[j * cols + t], *oj = o + j * d;
-#pragma omp simd
-                for (int64_t i = 0; i < d; i++) oj[i] += p * vt[i];
-            }
-        }
+        int64_t b = task / Hkv, g = task % Hkv;
+        kv_task(qkv + b * stride, cos_ + b * d, sin_ + b * d, keys + (b * Hkv + g) * cap * d,
+                values + (b * Hkv + g) * cap * d, lengths[b], out + b * Hq * d, scratch + task * G * (cols + d), Hq,
+                Hkv, g, d, cols, scale);
     }
 }
 
@@ -443,5 +450,42 @@ void kpop_moe_layer_row(const float *h, const float *norm_w, float norm_eps, con
             float f = w[j]; w[j] = w[j - 1]; w[j - 1] = f;
         }
     kpop_ffn_row(x, gate_up, down, ids, w, k, I, dense_gate_up, dense_down, D, hidden, h_out, scratch + hidden, threads);
+    for (int64_t i = 0; i < hidden; i++) h_out[i] += h[i];
+}
+
+/* One row through a standard-attention layer's block: x = RMSNorm(h), q|k|v = W_qkv x (Hq query,
+   Hkv key, Hkv value heads of d), kv_task per key head over keys/values [Hkv, cap, d] of the row
+   (new column L, attention over 0..L), h_out = h + W_o o. scratch: hidden + (Hq + 2 Hkv) d + Hq d
+   + Hkv G (L + 1 + d) floats. */
+void kpop_attn_layer_row(const float *h, const float *norm_w, float norm_eps, const float *w_qkv, const float *cos_,
+                         const float *sin_, float *keys, float *values, int64_t L, int64_t cap, float scale,
+                         const float *w_o, int64_t hidden, int64_t Hq, int64_t Hkv, int64_t d, float *h_out,
+                         float *scratch, int64_t threads) {
+    int64_t rows = (Hq + 2 * Hkv) * d, G = Hq / Hkv, cols = L + 1;
+    float *x = scratch, *qkv = x + hidden, *o = qkv + rows, *tasks = o + Hq * d;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t t = KPOP_THREAD, T = KPOP_THREADS, lo, hi;
+#pragma omp single
+        kpop_rms_norm(h, norm_w, x, 1, hidden, norm_eps);
+        share(rows, t, T, &lo, &hi);
+        matvec_rows(w_qkv, x, qkv, lo, hi, hidden);
+#pragma omp barrier
+        share(Hkv, t, T, &lo, &hi);
+        for (int64_t g = lo; g < hi; g++)
+            kv_task(qkv, cos_, sin_, keys + g * cap * d, values + g * cap * d, L, o, tasks + g * G * (cols + d), Hq, Hkv,
+                    g, d, cols, scale);
+#pragma omp barrier
+        share(hidden, t, T, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) h_out[i] = h[i] + dot4(w_o + i * Hq * d, o, Hq * d);
+    }
+}
+
+/* One row through a SwiGLU MLP block: h_out = h + FFN(RMSNorm(h)) (kpop_ffn_row's dense part).
+   scratch: hidden + 3 D floats. */
+void kpop_mlp_layer_row(const float *h, const float *norm_w, float norm_eps, const float *gate_up, const float *down,
+                        int64_t D, int64_t hidden, float *h_out, float *scratch, int64_t threads) {
+    kpop_rms_norm(h, norm_w, scratch, 1, hidden, norm_eps);
+    kpop_ffn_row(scratch, 0, 0, 0, 0, 0, 0, gate_up, down, D, hidden, h_out, scratch + hidden, threads);
     for (int64_t i = 0; i < hidden; i++) h_out[i] += h[i];
 }

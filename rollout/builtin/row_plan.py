@@ -7,7 +7,7 @@ the caches, so that lookup costs 3-5x what it costs hot (a layer's argument look
 18 -> 89 us after a 48 MB read). A `RowPlan` does it once: per layer a callable holding the
 data pointers and sizes of its weights, so a step touches one plan entry and the per-step tensors.
 
-Contract: `RowPlan.build(adapter)` is the plan, or None when some layer is not fully native
+Contract: `hybrid_row_plan(adapter)` is the plan, or None when some layer is not fully native
 (another dtype, a bias, queries through a low-rank pair, a router or shared expert the kernels
 do not take): the adapter then keeps its per-layer paths. A layer entry maps h [1, 1, hidden] to
 h + attention(RMSNorm(h)) (`attention`) and h + MoE(RMSNorm(h)) (`feed_forward`), equal to the
@@ -44,23 +44,10 @@ class RowPlan:
     watched: list[tuple[dict, str, torch.Tensor]] = field(default_factory=list)  # (owner's dict, name, tensor)
     pointers: list[int] = field(default_factory=list)
 
-    @staticmethod
-    def build(adapter) -> RowPlan | None:
-        from kpop.models.layers.moe import MoE
-
-        if not native.available():
-            return None
-        plan = RowPlan([], [])
-        for layer, mla in zip(adapter.layers, adapter.is_mla):
-            attention = (_mla if mla else _lightning)(plan, layer)
-            mlp = layer.mlp
-            feed_forward = _moe(plan, mlp, layer.post_attention_layernorm) if isinstance(mlp, MoE) else None
-            if attention is None or (isinstance(mlp, MoE) and feed_forward is None):
-                return None
-            plan.attention.append(attention)
-            plan.feed_forward.append(feed_forward)
-        plan.pointers = [t.data_ptr() for _, _, t in plan.watched]
-        return plan
+    def seal(self) -> RowPlan:
+        """Records the watched tensors' storage: the state `valid` compares with."""
+        self.pointers = [t.data_ptr() for _, _, t in self.watched]
+        return self
 
     def valid(self) -> bool:
         """Every parameter the plan stands for is still its module's, with the storage it had."""
@@ -71,15 +58,15 @@ class RowPlan:
         owner = module._parameters if name in module._parameters else module._buffers
         tensor = owner.get(name)
         if tensor is None:
-            raise _NotNative
+            raise NotNative
         self.watched.append((owner, name, tensor))
         return tensor
 
     def hold(self, *tensors: torch.Tensor) -> list[int]:
-        """Keeps `tensors` alive with the plan and returns their data pointers; _NotNative if any
+        """Keeps `tensors` alive with the plan and returns their data pointers; NotNative if any
         is not a contiguous float32 CPU tensor."""
         if not native.fits(*tensors):
-            raise _NotNative
+            raise NotNative
         self.held += tensors
         return [t.data_ptr() for t in tensors]
 
@@ -105,36 +92,73 @@ class RowStep:
         return hit[2], hit[3]
 
 
-class _NotNative(Exception):
-    pass
+class NotNative(Exception):
+    """A builder's way of saying that a layer does not qualify."""
 
 
-def _plain(*linears) -> None:
-    """_NotNative unless every layer is a bias-free `nn.Linear`."""
+class PlanCache:
+    """An adapter's plan: built at first use, rebuilt when `valid()` fails, None (remembered)
+    where the builder declines; asked again under each kernel availability, so
+    `native.switched_off()` is honoured step by step."""
+
+    def __init__(self, builder: Callable[[object], RowPlan | None]) -> None:
+        self.builder, self.plans = builder, {}
+
+    def get(self, adapter) -> RowPlan | None:
+        if not native.available():
+            return None
+        plan = self.plans.get(True, False)
+        if plan is False or (plan is not None and not plan.valid()):
+            plan = self.plans[True] = self.builder(adapter)
+        return plan
+
+
+def hybrid_row_plan(adapter) -> RowPlan | None:
+    """`HybridAdapter`'s plan: every Lightning and MLA layer native, every MoE layer native (a
+    dense feed-forward layer keeps `moe_forward`: its entry is None)."""
+    from kpop.models.layers.moe import MoE
+
+    plan = RowPlan([], [])
+    for layer, mla in zip(adapter.layers, adapter.is_mla):
+        attention = (_mla if mla else _lightning)(plan, layer)
+        mlp = layer.mlp
+        feed_forward = _moe(plan, mlp, layer.post_attention_layernorm) if isinstance(mlp, MoE) else None
+        if attention is None or (isinstance(mlp, MoE) and feed_forward is None):
+            return None
+        plan.attention.append(attention)
+        plan.feed_forward.append(feed_forward)
+    return plan.seal()
+
+
+def plain(*linears) -> None:
+    """NotNative unless every layer is a bias-free `nn.Linear`."""
     if any(type(lin) is not nn.Linear or lin.bias is not None for lin in linears):
-        raise _NotNative
+        raise NotNative
 
 
-def _guard(build):
+def guard(build):
+    """`build`, returning None where it raised NotNative."""
+
+
     def wrapped(*args):
         try:
             return build(*args)
-        except _NotNative:
+        except NotNative:
             return None
 
     return wrapped
 
 
-@_guard
+@guard
 def _lightning(plan: RowPlan, layer) -> Callable:
     attn, norm, lib = layer.attention, layer.input_layernorm, native.library()
     norms = (attn.query_layernorm, attn.key_layernorm) if attn.use_qk_norm else ()
     if attn.head_dim > native.MAX_HEAD_DIM or len({n.eps for n in norms}) > 1:
-        raise _NotNative
-    _plain(attn.query_key_value, attn.g_proj, attn.dense)
+        raise NotNative
+    plain(attn.query_key_value, attn.g_proj, attn.dense)
     g_norm = attn.g_norm
     if (attn.num_heads * attn.head_dim) % g_norm.groups or attn.rope_dim > attn.head_dim:
-        raise _NotNative
+        raise NotNative
     p_qkvg = plan.packed(attn, "qkv_g.weight", [attn.query_key_value, attn.g_proj])
     dense_w = plan.watch(attn.dense)
     p_norm, p_dense, p_g, p_decay = plan.hold(plan.watch(norm), dense_w, plan.watch(g_norm),
@@ -155,12 +179,12 @@ def _lightning(plan: RowPlan, layer) -> Callable:
     return run
 
 
-@_guard
+@guard
 def _mla(plan: RowPlan, layer) -> Callable:
     attn, norm, lib = layer.attention, layer.input_layernorm, native.library()
     if attn.q_lora_rank is not None or attn.rope % 2:
-        raise _NotNative
-    _plain(attn.q_proj, attn.kv_a_proj_with_mqa, attn.kv_b_proj, attn.dense)
+        raise NotNative
+    plain(attn.q_proj, attn.kv_a_proj_with_mqa, attn.kv_b_proj, attn.dense)
     kv_norm = attn.kv_a_layernorm
     p_qkva = plan.packed(attn, "q_kv_a.weight", [attn.q_proj, attn.kv_a_proj_with_mqa])
     dense_w = plan.watch(attn.dense)
@@ -182,14 +206,14 @@ def _mla(plan: RowPlan, layer) -> Callable:
     return run
 
 
-@_guard
+@guard
 def _moe(plan: RowPlan, mlp, norm) -> Callable:
     gate, lib = mlp.gate, native.library()
     if not native.routes(torch.empty(gate.weight.shape[1]), gate):
-        raise _NotNative
+        raise NotNative
     shared = mlp.shared_experts
     if shared is not None and swiglu_weights(shared) is None:
-        raise _NotNative
+        raise NotNative
     stacks = stacks_of(mlp)
     for expert in stacks.experts:
         for name in ("gate_proj", "up_proj", "down_proj"):

@@ -100,11 +100,9 @@ def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(mode, monk
     native calls of a model the plan does not take: Lightning output projections with a bias keep
     those layers on torch's ops, MLA queries through a low-rank pair keep MLA's projections on
     torch and its attention on `mla_row`."""
-    from kpop.rollout.builtin.adapters import adapter_for
+    from kpop.rollout.builtin.adapters import HybridAdapter, adapter_for
     from kpop.rollout.builtin.slots import CacheSpec, SlotCache
     from kpop.rollout.builtin.tiny_models import tiny_hybrid
-
-    from kpop.rollout.builtin.adapters import HybridAdapter
 
     calls = {"lightning_layer_row": [], "mla_layer_row": [], "mla_row": []}
     for name, seen in calls.items():

@@ -10,7 +10,7 @@ import torch
 
 from kpop.rollout.builtin import native
 from kpop.rollout.builtin.adapters import HybridAdapter
-from kpop.rollout.builtin.row_plan import RowPlan
+from kpop.rollout.builtin.row_plan import hybrid_row_plan
 from kpop.rollout.builtin.slots import CacheSpec, SlotCache
 from kpop.rollout.builtin.tiny_models import tiny_hybrid
 
@@ -71,5 +71,49 @@ def test_no_plan_with_the_kernels_switched_off_or_a_layer_they_do_not_take():
     with native.switched_off():
         assert adapter._row_plan() is None
         _decode(adapter, model, CONTEXT, 6, 2)
-    assert RowPlan.build(HybridAdapter(tiny_hybrid(seed=0, q_lora_rank=12))) is None  # MLA queries through a low-rank pair
-    assert RowPlan.build(HybridAdapter(tiny_hybrid(seed=0).to(torch.bfloat16))) is None
+    assert hybrid_row_plan(HybridAdapter(tiny_hybrid(seed=0, q_lora_rank=12))) is None  # MLA queries through a low-rank pair
+    assert hybrid_row_plan(HybridAdapter(tiny_hybrid(seed=0).to(torch.bfloat16))) is None
+
+
+def _llama(model_type: str):
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+    cls = LlamaConfig if model_type == "llama" else Qwen3Config
+    torch.manual_seed(0)
+    config = cls(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, max_position_embeddings=128, tie_word_embeddings=False)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_llamas_one_row_runs_through_its_plan_and_follows_weight_updates(threads, monkeypatch):
+    from kpop.rollout.builtin.kv_adapter import KVAdapter
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    planned, decode_row = [], KVAdapter._decode_row
+    monkeypatch.setattr(KVAdapter, "_decode_row", lambda *a: planned.append(1) or decode_row(*a))
+    try:
+        model, new = _llama("llama"), _llama("llama")
+        with torch.no_grad():
+            for p in new.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        adapter = KVAdapter(model)
+        _decode(adapter, model, CONTEXT, 6, 5)
+        plan = adapter._plans.get(adapter)
+        with torch.no_grad():
+            for mine, theirs in zip(model.parameters(), new.parameters()):
+                mine.copy_(theirs)
+        _decode(adapter, model, CONTEXT, 6, 5)
+        assert adapter._plans.get(adapter) is plan and len(planned) == 10
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_qwen3s_qk_norms_and_bfloat16_keep_the_direct_path(monkeypatch):
+    from kpop.rollout.builtin.kv_adapter import KVAdapter
+    from kpop.rollout.builtin.kv_row_plan import kv_row_plan
+
+    model = _llama("qwen3")
+    assert kv_row_plan(KVAdapter(model)) is None and kv_row_plan(KVAdapter(_llama("llama").to(torch.bfloat16))) is None
+    _decode(KVAdapter(model), model, CONTEXT, 6, 3)
