@@ -307,6 +307,18 @@ static void share(int64_t n, int64_t t, int64_t T, int64_t *lo, int64_t *hi) {
     *hi = n * (t + 1) / T;
 }
 
+/* Inside a parallel region (thread t of T): x = RMSNorm(h) on one thread, then y = W x with W's
+   rows spread over the threads; every thread leaves after the last row is written. */
+static void norm_then_matvec(const float *h, const float *norm_w, float eps, const float *W, int64_t rows,
+                             int64_t hidden, float *x, float *y, int64_t t, int64_t T) {
+    int64_t lo, hi;
+#pragma omp single
+    kpop_rms_norm(h, norm_w, x, 1, hidden, eps);
+    share(rows, t, T, &lo, &hi);
+    matvec_rows(W, x, y, lo, hi, hidden);
+#pragma omp barrier
+}
+
 /* One row through a sum of SwiGLU feed-forwards: out = sum_j w[j] FFN_{ids[j]}(x) (ids ascending,
    added in that order) + FFN_dense(x), FFN(x) = down (silu(gate x) * (up x)). Expert e's gate|up
    is gate_up + e * 2I * h ([2I, h]), its down down + e * h * I ([h, I]); the dense one (optional:
@@ -362,11 +374,7 @@ void kpop_lightning_layer_row(const float *h, const float *norm_w, float norm_ep
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int64_t t = KPOP_THREAD, T = KPOP_THREADS, lo, hi;
-#pragma omp single
-        kpop_rms_norm(h, norm_w, x, 1, hidden, norm_eps);
-        share(4 * hd, t, T, &lo, &hi);
-        matvec_rows(w_qkvg, x, qkvg, lo, hi, hidden);
-#pragma omp barrier
+        norm_then_matvec(h, norm_w, norm_eps, w_qkvg, 4 * hd, hidden, x, qkvg, t, T);
 #pragma omp single
         {
             if (silu_qkv)
@@ -406,11 +414,7 @@ void kpop_mla_layer_row(const float *h, const float *norm_w, float norm_eps, con
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int64_t t = KPOP_THREAD, T_ = KPOP_THREADS, lo, hi;
-#pragma omp single
-        kpop_rms_norm(h, norm_w, x, 1, hidden, norm_eps);
-        share(rows, t, T_, &lo, &hi);
-        matvec_rows(w_qkva, x, qkva, lo, hi, hidden);
-#pragma omp barrier
+        norm_then_matvec(h, norm_w, norm_eps, w_qkva, rows, hidden, x, qkva, t, T_);
 #pragma omp single
         {
             const float *c = qkva + qd, *kr = c + r;
@@ -466,11 +470,7 @@ void kpop_attn_layer_row(const float *h, const float *norm_w, float norm_eps, co
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int64_t t = KPOP_THREAD, T = KPOP_THREADS, lo, hi;
-#pragma omp single
-        kpop_rms_norm(h, norm_w, x, 1, hidden, norm_eps);
-        share(rows, t, T, &lo, &hi);
-        matvec_rows(w_qkv, x, qkv, lo, hi, hidden);
-#pragma omp barrier
+        norm_then_matvec(h, norm_w, norm_eps, w_qkv, rows, hidden, x, qkv, t, T);
         share(Hkv, t, T, &lo, &hi);
         for (int64_t g = lo; g < hi; g++)
             kv_task(qkv, cos_, sin_, keys + g * cap * d, values + g * cap * d, L, o, tasks + g * G * (cols + d), Hq, Hkv,

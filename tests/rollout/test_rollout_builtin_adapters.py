@@ -13,7 +13,6 @@ import torch
 
 from kpop.rollout.builtin.adapters import adapter_for
 from kpop.rollout.builtin.slots import CacheSpec, SlotCache
-from kpop.rollout.builtin.tiny_models import tiny_hybrid
 
 PROMPT_LENS = [3, 20, 9, 1]
 STEPS = 14  # widths 20 -> 34: the cache grows from 32 to 64 columns mid-run
@@ -25,22 +24,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _llama(model_type: str):
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
-
-    cls = LlamaConfig if model_type == "llama" else Qwen3Config
-    torch.manual_seed(0)
-    config = cls(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, max_position_embeddings=128, tie_word_embeddings=False)
-    return AutoModelForCausalLM.from_config(config).eval()
-
-
-def _model(which: str):
-    if which.startswith("hybrid"):  # hybrid-qlora: MLA queries through the low-rank q_a/q_b pair
-        return tiny_hybrid(seed=0, **({"q_lora_rank": 12} if which == "hybrid-qlora" else {}))
-    return _llama("qwen3" if which == "qwen3" else "llama")
 
 
 @torch.inference_mode()
@@ -83,12 +66,12 @@ def _worst_vs_forward(model, contexts, got) -> float:
 
 
 @pytest.mark.parametrize("which", ["hybrid", "llama"])
-def test_columns_past_each_length_do_not_leak_into_decoding(which):
+def test_columns_past_each_length_do_not_leak_into_decoding(which, tiny_model):
     from kpop.rollout.builtin.kv_adapter import attention_span
 
     # widths 20 -> 33 in a 32-column cache at first: several-row steps attend over all of it
     assert attention_span(max(PROMPT_LENS) + 1, 32) == 32 and attention_span(9, 32) == 9
-    model = _model(which)
+    model = tiny_model(which)
     gen = torch.Generator().manual_seed(2)
     contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
     got = _run(adapter_for(model), contexts, past_lengths=1e4)
@@ -97,8 +80,8 @@ def test_columns_past_each_length_do_not_leak_into_decoding(which):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.02)])
 @pytest.mark.parametrize("which", ["hybrid", "hybrid-qlora", "llama", "qwen3", "generic"])
-def test_decode_logits_equal_full_forward(which, dtype, tol):
-    model = _model(which).to(dtype)
+def test_decode_logits_equal_full_forward(which, dtype, tol, tiny_model):
+    model = tiny_model("llama" if which == "generic" else which).to(dtype)
     adapter = adapter_for(model)
     if which == "generic":
         adapter.direct = False
@@ -139,6 +122,7 @@ def test_slot_cache_reserves_columns_when_it_reallocates():
 def test_scheduler_allocates_the_cache_once_for_what_its_sequences_can_reach():
     from kpop.rollout.builtin.sampling import new_generator
     from kpop.rollout.builtin.scheduler import Scheduler, Sequence
+    from kpop.rollout.builtin.tiny_models import tiny_hybrid
     from kpop.rollout.engine import SamplingParams
 
     scheduler = Scheduler(adapter_for(tiny_hybrid(seed=0)), max_batch=4, max_model_len=128)
@@ -153,10 +137,10 @@ def test_scheduler_allocates_the_cache_once_for_what_its_sequences_can_reach():
     assert caps == 8 + 30
 
 
-def _decode_matches_forward(which: str, seed: int, calls: list, min_calls_per_layer_step: int) -> None:
+def _decode_matches_forward(tiny_model, which: str, seed: int, calls: list, min_calls_per_layer_step: int) -> None:
     """Ragged rows decoded together equal each row's full forward (1e-4), and the patched kernel
     was called at least `min_calls_per_layer_step` times per layer and step."""
-    model = _model(which)
+    model = tiny_model(which)
     gen = torch.Generator().manual_seed(seed)
     contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
     got = _run(adapter_for(model), contexts)
@@ -169,7 +153,7 @@ def _decode_matches_forward(which: str, seed: int, calls: list, min_calls_per_la
 
 
 @pytest.mark.parametrize("which", ["hybrid", "llama"])
-def test_decode_through_chunked_linears_equals_full_forward(which, monkeypatch):
+def test_decode_through_chunked_linears_equals_full_forward(which, monkeypatch, tiny_model):
     """Every float32 linear of the tiny models through the row-chunked `bmm` (the medium models'
     one-row path; oneDNN switched off)."""
     from kpop.rollout.builtin import matmul, onednn
@@ -179,11 +163,11 @@ def test_decode_through_chunked_linears_equals_full_forward(which, monkeypatch):
     monkeypatch.setattr(matmul, "MIN_NUMEL", 0)
     monkeypatch.setattr(onednn, "available", lambda: False)
     monkeypatch.setattr(matmul, "chunked", lambda *a, **k: calls.append(1) or chunked(*a, **k))
-    _decode_matches_forward(which, 2, calls, 3)
+    _decode_matches_forward(tiny_model, which, 2, calls, 3)
 
 
 @pytest.mark.parametrize("which", ["llama", "hybrid"])
-def test_decode_through_onednn_linears_equals_full_forward(which, monkeypatch):
+def test_decode_through_onednn_linears_equals_full_forward(which, monkeypatch, tiny_model):
     """Every linear of the tiny models' several-row steps through oneDNN over prepacked weights
     (the medium models' path at 2+ rows)."""
     from kpop.rollout.builtin import matmul, onednn
@@ -194,7 +178,7 @@ def test_decode_through_onednn_linears_equals_full_forward(which, monkeypatch):
     packed_linear = onednn.linear
     monkeypatch.setattr(matmul, "MIN_NUMEL", 0)
     monkeypatch.setattr(onednn, "linear", lambda *a, **k: calls.append(1) or packed_linear(*a, **k))
-    _decode_matches_forward(which, 3, calls, 2)
+    _decode_matches_forward(tiny_model, which, 3, calls, 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -216,7 +200,7 @@ def test_kv_rope_as_a_roll_is_transformers_rotate_half_bit_for_bit(dtype):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("use_native", [True, False])
 @pytest.mark.parametrize("which", ["llama", "qwen3"])
-def test_direct_kv_decode_with_and_without_the_native_attention(which, use_native, threads, monkeypatch):
+def test_direct_kv_decode_with_and_without_the_native_attention(which, use_native, threads, monkeypatch, tiny_model):
     """float32 direct KV decoding of ragged rows (columns past each length filled with 1e4) equals
     the full forward on either attention path: `native.kv_attend` once per layer and step, or
     torch's ops (never the kernel) when the kernels are off."""
@@ -227,7 +211,7 @@ def test_direct_kv_decode_with_and_without_the_native_attention(which, use_nativ
     torch.set_num_threads(threads)
     calls, kernel = [], native.kv_attend
     monkeypatch.setattr(native, "kv_attend", lambda *a, **k: calls.append(1) or kernel(*a, **k))
-    model = _model(which)
+    model = tiny_model(which)
     gen = torch.Generator().manual_seed(3)
     contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
     if use_native:

@@ -93,7 +93,7 @@ def test_lightning_layer_row_rejects_shapes_that_do_not_match():
 
 
 @pytest.mark.parametrize("mode", ["native", "torch", "biased-dense", "q-lora"])
-def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(mode, monkeypatch):
+def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(mode, monkeypatch, decode_one_row):
     """One row decoded for 12 steps (Lightning and MLA layers) equals the model's full forward over
     the row's context (1e-4) on each one-row path: the prepared plan (kpop.rollout.builtin.row_plan:
     every layer native, no wrapper called), torch's ops (kernels unavailable), and the per-layer
@@ -101,7 +101,6 @@ def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(mode, monk
     those layers on torch's ops, MLA queries through a low-rank pair keep MLA's projections on
     torch and its attention on `mla_row`."""
     from kpop.rollout.builtin.adapters import HybridAdapter, adapter_for
-    from kpop.rollout.builtin.slots import CacheSpec, SlotCache
     from kpop.rollout.builtin.tiny_models import tiny_hybrid
 
     calls = {"lightning_layer_row": [], "mla_layer_row": [], "mla_row": []}
@@ -119,19 +118,9 @@ def test_one_row_hybrid_decode_equals_full_forward_through_the_kernel(mode, monk
             if not model.config.is_mla_layer(i):
                 dense = layer.attention.dense
                 layer.attention.dense = torch.nn.Linear(dense.in_features, dense.out_features, bias=True)
-    adapter = adapter_for(model)
     context = torch.randint(0, 320, (18,), generator=torch.Generator().manual_seed(4)).tolist()
-    steps, prompt = 12, 6
-    with torch.inference_mode():
-        _, state = adapter.prefill(torch.tensor([context[:prompt]]))
-        specs = [CacheSpec(tuple(t.shape[1:]), d, t.dtype) for t, d in zip(state, adapter.col_dims)]
-        cache = SlotCache(specs, max_rows=1, max_cols=64)
-        cache.ensure(1, prompt + steps)
-        cache.write_rows(0, state)
-        for n in range(prompt, prompt + steps):
-            logits = adapter.decode(cache.tensors, torch.tensor([n]), n, torch.tensor([context[n]]))
-            want = model(torch.tensor([context[: n + 1]])).logits[0, -1]
-            torch.testing.assert_close(logits[0], want, rtol=0, atol=1e-4)
+    steps = 12
+    decode_one_row(adapter_for(model), model, context, 6, steps)
     mla_layers = model.config.num_hidden_layers - lightning_layers
     per_step = {"lightning_layer_row": lightning_layers * (mode == "q-lora"),
                 "mla_layer_row": mla_layers * (mode == "biased-dense"), "mla_row": mla_layers * (mode == "q-lora")}

@@ -35,14 +35,6 @@ def _attend64(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale):
     return out.view(B, -1), keys, values
 
 
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("B,heads,kv_heads,d,cap", [(1, 4, 4, 16, 9), (5, 8, 2, 32, 17), (16, 6, 3, 8, 40)])
 def test_kv_attend_equals_the_formula(B, heads, kv_heads, d, cap, threads):
     gen = torch.Generator().manual_seed(B)

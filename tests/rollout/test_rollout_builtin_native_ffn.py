@@ -20,14 +20,6 @@ def _ffn64(x, gate_up, down):
     return down.double() @ (F.silu(gate) * up)
 
 
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("ids,weights,dense", [([1, 5], [0.3, 1.7], True), ([0, 4, 7], [1.0, -0.5, 2.0], False),
                                                ([], [], True), ([6], [0.9], True)])
 def test_ffn_row_equals_the_formula(ids, weights, dense, threads):
