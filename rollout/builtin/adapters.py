@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from kpop.models.layers.rope import apply_interleaved, rope_angles
 from kpop.rollout.builtin import native
@@ -35,7 +34,14 @@ from kpop.rollout.builtin.moe_decode import moe_forward
 from kpop.rollout.builtin.norms import eps_of, group_rms, rms
 from kpop.rollout.builtin.packed import fused_linear, packed
 from kpop.rollout.builtin.packed import rows as row_layout
-from kpop.rollout.builtin.row_plan import PlanCache, RowPlan, RowStep, hybrid_row_plan
+from kpop.rollout.builtin.row_plan import (
+    PlanCache,
+    RowPlan,
+    RowStep,
+    hybrid_row_plan,
+    lightning_qualifies,
+    mla_qualifies,
+)
 
 
 class HybridAdapter:
@@ -176,15 +182,13 @@ class HybridAdapter:
 def _lightning_block_native(layer, h, rope, state: torch.Tensor, decay: torch.Tensor) -> torch.Tensor | None:
     """h + the layer's Lightning attention of RMSNorm(h) for one float32 row, in one native call
     (kpop.rollout.builtin.native.lightning_layer_row: its projections included), or None where the
-    layer does not qualify: projections that are not plain bias-free linears, another dtype, q
-    and k norms with different eps, heads wider than the kernel's limit."""
+    layer does not qualify (kpop.rollout.builtin.row_plan.lightning_qualifies, or another dtype)."""
     attn, norm = layer.attention, layer.input_layernorm
-    modules = attn._modules  # read directly: `nn.Module.__getattr__` is ~1 us an attribute here
-    linears = [modules.get(name) for name in ("query_key_value", "g_proj", "dense")]
-    norms = (modules["query_layernorm"], modules["key_layernorm"]) if attn.use_qk_norm else ()
-    if (any(type(lin) is not nn.Linear or lin.bias is not None for lin in linears) or attn.head_dim > native.MAX_HEAD_DIM
-            or len({n.eps for n in norms}) > 1):
+    if not lightning_qualifies(attn):
         return None
+    modules = attn._modules  # read directly: `nn.Module.__getattr__` is ~1 us an attribute here
+    linears = [modules[name] for name in ("query_key_value", "g_proj", "dense")]
+    norms = (modules["query_layernorm"], modules["key_layernorm"]) if attn.use_qk_norm else ()
     qkv_w, g_w, dense_w = (lin._parameters["weight"] for lin in linears)
     w_qkvg = packed(attn, "qkv_g.weight", [qkv_w, g_w], row_layout)  # the tensor `fused_linear` multiplies by
     g_norm = modules["g_norm"]
@@ -204,15 +208,13 @@ def _lightning_block_native(layer, h, rope, state: torch.Tensor, decay: torch.Te
 def _mla_block_native(layer, h, cos, sin, latent, k_rope, width: int) -> torch.Tensor | None:
     """h + the layer's MLA attention of RMSNorm(h) for one float32 row (its length is `width`), in
     one native call (kpop.rollout.builtin.native.mla_layer_row: projections and the cache write
-    included), or None where the layer does not qualify: queries through a low-rank pair,
-    projections that are not plain bias-free linears, another dtype."""
+    included), or None where the layer does not qualify (kpop.rollout.builtin.row_plan.mla_qualifies,
+    or another dtype)."""
     attn, norm = layer.attention, layer.input_layernorm
-    if attn.q_lora_rank is not None:
+    if not mla_qualifies(attn):
         return None
     modules = attn._modules
-    linears = [modules.get(name) for name in ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "dense")]
-    if any(type(lin) is not nn.Linear or lin.bias is not None for lin in linears):
-        return None
+    linears = [modules[name] for name in ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "dense")]
     q_w, kv_a_w, kv_b, dense_w = (lin._parameters["weight"] for lin in linears)
     w_qkva = packed(attn, "q_kv_a.weight", [q_w, kv_a_w], row_layout)  # the tensor `fused_linear` multiplies by
     kv_norm = modules["kv_a_layernorm"]

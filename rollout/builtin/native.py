@@ -332,7 +332,7 @@ def lightning_layer_row(h: torch.Tensor, norm_w: torch.Tensor, norm_eps: float, 
             or (q_norm is None) != (k_norm is None)):
         raise ValueError(f"lightning_layer_row: shapes h [{hidden}], w_qkvg {tuple(w_qkvg.shape)}, state "
                          f"{tuple(state.shape)}, w_dense {tuple(w_dense.shape)}, groups {groups}, rope half {half}")
-    out, scratch = torch.empty(hidden), torch.empty(hidden + 5 * heads * d)
+    out, scratch = torch.empty(hidden), torch.empty(lightning_scratch(hidden, heads, d))
     _library().kpop_lightning_layer_row(
         h.data_ptr(), norm_w.data_ptr(), norm_eps, w_qkvg.data_ptr(), int(silu_qkv), state.data_ptr(), decay.data_ptr(),
         _ptr(q_norm), _ptr(k_norm), _ptr(cos), _ptr(sin), g_norm.data_ptr(), heads, d, half, groups, qk_eps, g_eps,
@@ -353,12 +353,21 @@ def mla_layer_row(h: torch.Tensor, norm_w: torch.Tensor, norm_eps: float, w_qkva
                          f"k_rope {tuple(k_rope.shape)}, kv_b {tuple(kv_b.shape)}, w_dense {tuple(w_dense.shape)}, "
                          f"length {length}, heads {heads} x (nope {nope}, rope {rope}, v {v})")
     threads = torch.get_num_threads()
-    rows = heads * (nope + rope) + rank + rope
     out = torch.empty(hidden)
-    scratch = torch.empty(hidden + rows + heads * (nope + rope) + heads * v + threads * (length + 1 + 2 * rank))
+    scratch = torch.empty(mla_scratch(hidden, heads, nope, rope, v, rank, length + 1, threads))
     _library().kpop_mla_layer_row(
         h.data_ptr(), norm_w.data_ptr(), norm_eps, w_qkva.data_ptr(), kv_norm_w.data_ptr(), kv_eps, cos.data_ptr(),
         sin.data_ptr(), latent.data_ptr(), k_rope.data_ptr(), length, kv_b.data_ptr(), scaling, w_dense.data_ptr(),
         hidden, heads, nope, rope, v, rank, out.data_ptr(), scratch.data_ptr(), threads,
     )
     return out
+
+
+def lightning_scratch(hidden: int, heads: int, d: int) -> int:
+    """Floats of scratch `kpop_lightning_layer_row` uses: x, q|k|v|gate, o."""
+    return hidden + 5 * heads * d
+
+
+def mla_scratch(hidden: int, heads: int, nope: int, rope: int, v: int, rank: int, columns: int, threads: int) -> int:
+    """Floats of scratch `kpop_mla_layer_row` uses: x, q|c|kr, q's two parts, o, each thread's head."""
+    return hidden + 2 * heads * (nope + rope) + rank + rope + heads * v + threads * (columns + 2 * rank)

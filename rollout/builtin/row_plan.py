@@ -98,19 +98,18 @@ class NotNative(Exception):
 
 class PlanCache:
     """An adapter's plan: built at first use, rebuilt when `valid()` fails, None (remembered)
-    where the builder declines; asked again under each kernel availability, so
+    where the builder declines; None whenever the kernels are unavailable, so
     `native.switched_off()` is honoured step by step."""
 
     def __init__(self, builder: Callable[[object], RowPlan | None]) -> None:
-        self.builder, self.plans = builder, {}
+        self.builder, self.plan, self.built = builder, None, False
 
     def get(self, adapter) -> RowPlan | None:
         if not native.available():
             return None
-        plan = self.plans.get(True, False)
-        if plan is False or (plan is not None and not plan.valid()):
-            plan = self.plans[True] = self.builder(adapter)
-        return plan
+        if not self.built or (self.plan is not None and not self.plan.valid()):
+            self.plan, self.built = self.builder(adapter), True
+        return self.plan
 
 
 def hybrid_row_plan(adapter) -> RowPlan | None:
@@ -139,7 +138,6 @@ def plain(*linears) -> None:
 def guard(build):
     """`build`, returning None where it raised NotNative."""
 
-
     def wrapped(*args):
         try:
             return build(*args)
@@ -149,16 +147,38 @@ def guard(build):
     return wrapped
 
 
+def lightning_qualifies(attn) -> bool:
+    """Whether a Lightning layer's one-row block can run natively (dtype aside): plain bias-free
+    projections, one eps for q and k norms, heads within the kernel's limit, groups dividing H d,
+    RoPE within the head. Read through the modules' own dicts: this runs once a step on the
+    per-layer path, where `nn.Module.__getattr__` costs ~1 us an attribute."""
+    modules = attn._modules
+    norms = (modules["query_layernorm"], modules["key_layernorm"]) if attn.use_qk_norm else ()
+    linears = [modules.get(name) for name in ("query_key_value", "g_proj", "dense")]
+    return not (
+        any(type(lin) is not nn.Linear or lin.bias is not None for lin in linears) or attn.head_dim > native.MAX_HEAD_DIM
+        or len({n.eps for n in norms}) > 1 or (attn.num_heads * attn.head_dim) % modules["g_norm"].groups
+        or attn.rope_dim > attn.head_dim
+    )
+
+
+def mla_qualifies(attn) -> bool:
+    """Whether an MLA layer's one-row block can run natively (dtype aside): queries from one
+    projection (no low-rank pair), an even RoPE width, plain bias-free projections."""
+    if attn.q_lora_rank is not None or attn.rope % 2:
+        return False
+    modules = attn._modules
+    linears = [modules.get(name) for name in ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "dense")]
+    return all(type(lin) is nn.Linear and lin.bias is None for lin in linears)
+
+
 @guard
 def _lightning(plan: RowPlan, layer) -> Callable:
     attn, norm, lib = layer.attention, layer.input_layernorm, native.library()
+    if not lightning_qualifies(attn):
+        raise NotNative
     norms = (attn.query_layernorm, attn.key_layernorm) if attn.use_qk_norm else ()
-    if attn.head_dim > native.MAX_HEAD_DIM or len({n.eps for n in norms}) > 1:
-        raise NotNative
-    plain(attn.query_key_value, attn.g_proj, attn.dense)
     g_norm = attn.g_norm
-    if (attn.num_heads * attn.head_dim) % g_norm.groups or attn.rope_dim > attn.head_dim:
-        raise NotNative
     p_qkvg = plan.packed(attn, "qkv_g.weight", [attn.query_key_value, attn.g_proj])
     dense_w = plan.watch(attn.dense)
     p_norm, p_dense, p_g, p_decay = plan.hold(plan.watch(norm), dense_w, plan.watch(g_norm),
@@ -171,7 +191,7 @@ def _lightning(plan: RowPlan, layer) -> Callable:
 
     def run(h: torch.Tensor, state: torch.Tensor, step) -> torch.Tensor:
         cos, sin = step.tables(*rope_key) if half else (None, None)
-        out, scratch = torch.empty(hidden), torch.empty(hidden + 5 * heads * d)
+        out, scratch = torch.empty(hidden), torch.empty(native.lightning_scratch(hidden, heads, d))
         lib.kpop_lightning_layer_row(h.data_ptr(), p_norm, *fixed, state.data_ptr(), p_decay, p_q, p_k,
                                      cos, sin, *tail, out.data_ptr(), scratch.data_ptr(), step.threads)
         return out.view(1, 1, hidden)
@@ -182,9 +202,8 @@ def _lightning(plan: RowPlan, layer) -> Callable:
 @guard
 def _mla(plan: RowPlan, layer) -> Callable:
     attn, norm, lib = layer.attention, layer.input_layernorm, native.library()
-    if attn.q_lora_rank is not None or attn.rope % 2:
+    if not mla_qualifies(attn):
         raise NotNative
-    plain(attn.q_proj, attn.kv_a_proj_with_mqa, attn.kv_b_proj, attn.dense)
     kv_norm = attn.kv_a_layernorm
     p_qkva = plan.packed(attn, "q_kv_a.weight", [attn.q_proj, attn.kv_a_proj_with_mqa])
     dense_w = plan.watch(attn.dense)
@@ -196,8 +215,7 @@ def _mla(plan: RowPlan, layer) -> Callable:
     def run(h: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor, step) -> torch.Tensor:
         cos, sin = step.tables(*rope_key)
         out = torch.empty(hidden)
-        scratch = torch.empty(hidden + 2 * heads * (nope + rope) + rank + rope + heads * v
-                              + step.threads * (step.width + 1 + 2 * rank))
+        scratch = torch.empty(native.mla_scratch(hidden, heads, nope, rope, v, rank, step.width + 1, step.threads))
         lib.kpop_mla_layer_row(h.data_ptr(), p_norm, norm_eps, p_qkva, p_kv_norm, kv_eps, cos, sin, latent.data_ptr(),
                                k_rope.data_ptr(), step.width, p_kv_b, attn.scaling, p_dense, *fixed, out.data_ptr(),
                                scratch.data_ptr(), step.threads)
