@@ -32,7 +32,7 @@ from kpop.rollout.builtin import native
 from kpop.rollout.builtin.matmul import module_linear
 from kpop.rollout.builtin.moe_decode import moe_forward
 from kpop.rollout.builtin.norms import eps_of, group_rms, rms
-from kpop.rollout.builtin.packed import fused_linear, packed
+from kpop.rollout.builtin.packed import fused_linear, fused_output, packed
 from kpop.rollout.builtin.packed import rows as row_layout
 from kpop.rollout.builtin.row_plan import (
     PlanCache,
@@ -139,6 +139,9 @@ class HybridAdapter:
     @staticmethod
     def _lightning(attn, x, rope, state: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
         """`LightningAttention.forward` for one token per row, the [B, H, d, d] state updated in place."""
+        native_out = _lightning_rows_native(attn, x, rope, state, decay)
+        if native_out is not None:
+            return native_out
         B, H, d = x.shape[0], attn.num_heads, attn.head_dim
         qkv, gate = fused_linear(attn, "qkv_g", [attn.query_key_value, attn.g_proj], x)
         if attn.linear_silu:
@@ -203,6 +206,30 @@ def _lightning_block_native(layer, h, rope, state: torch.Tensor, decay: torch.Te
         k_norm and k_norm.weight, cos, sin, g_norm.weight, g_norm.groups, q_norm.eps if q_norm else 0.0, g_norm.eps,
         attn.head_dim**-0.5, dense_w,
     ).view(h.shape)
+
+
+def _lightning_rows_native(attn, x, rope, state: torch.Tensor, decay: torch.Tensor) -> torch.Tensor | None:
+    """`HybridAdapter._lightning` for float32 rows with everything between the two projections in
+    one native call (kpop.rollout.builtin.native.lightning_rows: one pass over each row's state),
+    or None where the layer does not qualify (kpop.rollout.builtin.row_plan.lightning_qualifies, or
+    another dtype)."""
+    if not lightning_qualifies(attn):
+        return None
+    modules = attn._modules
+    norms = (modules["query_layernorm"], modules["key_layernorm"]) if attn.use_qk_norm else ()
+    g_norm = modules["g_norm"]
+    if not native.fits(x, state, decay, g_norm.weight, *(n.weight for n in norms)):
+        return None
+    qkvg = fused_output(attn, "qkv_g", [modules["query_key_value"], modules["g_proj"]], x).contiguous()
+    cos = sin = None
+    if attn.rope_dim:
+        cos, sin = (t.contiguous() for t in rope(attn.rope_dim, attn.rope_theta))
+    q_norm, k_norm = norms or (None, None)
+    o = native.lightning_rows(
+        qkvg, attn.linear_silu, state, decay, q_norm and q_norm.weight, k_norm and k_norm.weight, cos, sin,
+        g_norm.weight, g_norm.groups, q_norm.eps if q_norm else 0.0, g_norm.eps, attn.head_dim**-0.5,
+    )
+    return module_linear(modules["dense"], o.view(*x.shape[:-1], -1))
 
 
 def _mla_block_native(layer, h, cos, sin, latent, k_rope, width: int) -> torch.Tensor | None:

@@ -22,6 +22,11 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
   q_norm is given) and rotated on their first 2 * half dims (rotate-half layout), S_h <- decay_h
   S_h + k_h^T v_h in place, o_h = (scale q_h) S_h; out = group RMSNorm(o) (groups of H d / groups,
   weight g_norm) * sigmoid(gate). `HybridAdapter`'s Lightning block for one row.
+- `lightning_rows(qkvg [B, .., 4 H d], silu_qkv, state [B, H, d, d], decay [H], q_norm, k_norm, cos, sin
+  ([B, .., half] or None), g_norm, groups, qk_eps, g_eps, scale)` -> out [B, H d]: the same block
+  between its two projections for each of B rows (q|k|v|gate is the first projection's output,
+  SiLU'd in place when silu_qkv; each row's state updated in place). `HybridAdapter`'s Lightning
+  attention for several rows.
 - `mla_row(q_nope [H, nope], q_rope [H, rope], latent [T, r], k_rope [T, rope], kv_b [H * (nope +
   v), r], scaling)` -> out [H, v]: `MultiLatentAttention._absorbed` for one query over all T
   columns (q_lat = q_nope W_uk, softmax(scaling (q_lat latent^T + q_rope k_rope^T)) latent W_uv^T).
@@ -42,9 +47,11 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
 - `swiglu(gate_up [..., 2n])` -> [..., n]: `F.silu(gate) * up` for gate, up = the two halves.
 - `kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale, columns)`: see its
   docstring; `KVAdapter`'s attention for one new token per row.
-`lightning_layer_row`, `mla_layer_row`, `ffn_row`, `swiglu` and `kv_attend` spread their work over torch's threads
-where the library is built with OpenMP (below).
-Values equal the torch ops' to float32 rounding (sums run in another order), not bit for bit.
+`lightning_layer_row`, `lightning_rows`, `mla_layer_row`, `ffn_row`, `swiglu` and `kv_attend` spread their work
+over torch's threads where the library is built with OpenMP (below).
+Values equal the torch ops' to float32 rounding (sums run in another order; exponentials are a
+polynomial within 2 ulp of e^x, vectorised, where libm's `expf` is one call per element), not bit
+for bit.
 
 Build: `$CC` (default `cc`) with `flags()` into `~/.cache/kpop/native/` (`KPOP_CACHE_DIR` moves
 it), one file per hash of the source, the flags, the compiler's version and the CPU's flags, written
@@ -167,6 +174,8 @@ def _library() -> ctypes.CDLL | None:
     lib.kpop_ffn_row.restype = None
     lib.kpop_lightning_layer_row.argtypes = [_P, _P, _F32, _P, _I64] + [_P] * 7 + [_I64] * 4 + [_F32] * 3 + [_P, _I64, _P, _P, _I64]
     lib.kpop_lightning_layer_row.restype = None
+    lib.kpop_lightning_rows.argtypes = [_P, _I64] + [_P] * 8 + [_I64] * 5 + [_F32] * 3 + [_I64]
+    lib.kpop_lightning_rows.restype = None
     lib.kpop_mla_layer_row.argtypes = [_P, _P, _F32, _P, _P, _F32] + [_P] * 4 + [_I64, _P, _F32, _P] + [_I64] * 6 + [_P, _P, _I64]
     lib.kpop_mla_layer_row.restype = None
     lib.kpop_moe_layer_row.argtypes = [_P, _P, _F32, _P, _P] + [_I64] * 4 + [_F32, _P, _P, _I64, _P, _P, _I64, _I64, _P, _P, _I64]
@@ -337,6 +346,26 @@ def lightning_layer_row(h: torch.Tensor, norm_w: torch.Tensor, norm_eps: float, 
         h.data_ptr(), norm_w.data_ptr(), norm_eps, w_qkvg.data_ptr(), int(silu_qkv), state.data_ptr(), decay.data_ptr(),
         _ptr(q_norm), _ptr(k_norm), _ptr(cos), _ptr(sin), g_norm.data_ptr(), heads, d, half, groups, qk_eps, g_eps,
         scale, w_dense.data_ptr(), hidden, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads(),
+    )
+    return out
+
+
+def lightning_rows(qkvg: torch.Tensor, silu_qkv: bool, state: torch.Tensor, decay: torch.Tensor,
+                   q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, cos: torch.Tensor | None,
+                   sin: torch.Tensor | None, g_norm: torch.Tensor, groups: int, qk_eps: float, g_eps: float,
+                   scale: float) -> torch.Tensor:
+    rows, (heads, d) = state.shape[0], (state.shape[-3], state.shape[-1])
+    half = 0 if cos is None else cos.numel() // rows
+    if (qkvg.numel() != rows * 4 * heads * d or state.shape != (rows, heads, d, d) or d > MAX_HEAD_DIM
+            or (heads * d) % groups or 2 * half > d or (q_norm is None) != (k_norm is None)
+            or (cos is not None and (cos.numel() != rows * half or sin.numel() != rows * half))):
+        raise ValueError(f"lightning_rows: shapes qkvg {tuple(qkvg.shape)}, state {tuple(state.shape)}, groups "
+                         f"{groups}, cos {None if cos is None else tuple(cos.shape)}")
+    out = torch.empty(rows, heads * d)
+    _library().kpop_lightning_rows(
+        qkvg.data_ptr(), int(silu_qkv), state.data_ptr(), decay.data_ptr(), _ptr(q_norm), _ptr(k_norm), _ptr(cos),
+        _ptr(sin), g_norm.data_ptr(), out.data_ptr(), rows, heads, d, half, groups, qk_eps, g_eps, scale,
+        torch.get_num_threads(),
     )
     return out
 

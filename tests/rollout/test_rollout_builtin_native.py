@@ -82,6 +82,31 @@ def test_lightning_layer_row_equals_the_formula(qk_norm, half, groups, silu, thr
     torch.testing.assert_close(state.double(), want_state, rtol=1e-5, atol=1e-5)  # updated in place
 
 
+@pytest.mark.parametrize("silu", [True, False])
+@pytest.mark.parametrize("qk_norm,half", [(True, 8), (False, 0)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lightning_rows_equals_the_formula_row_by_row(silu, qk_norm, half, threads, monkeypatch):
+    """Each of 5 rows gets its own state, tables and output (a row reading another's would fail)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    rows, H, d, groups = 5, 3, 32, 4
+    gen = torch.Generator().manual_seed(2)
+    qkvg, state, decay = torch.randn(rows, 1, 4 * H * d, generator=gen), torch.randn(rows, H, d, d, generator=gen), torch.rand(H, generator=gen)
+    qn, kn = (torch.randn(d, generator=gen), torch.randn(d, generator=gen)) if qk_norm else (None, None)
+    cos, sin = (torch.randn(rows, 1, half, generator=gen), torch.randn(rows, 1, half, generator=gen)) if half else (None, None)
+    gn = torch.randn(H * d, generator=gen)
+    wants = []
+    for r in range(rows):
+        qkv, gate = qkvg[r, 0, : 3 * H * d], qkvg[r, 0, 3 * H * d :]
+        c, s = (cos[r, 0], sin[r, 0]) if half else (None, None)
+        wants.append(_lightning64(F.silu(qkv) if silu else qkv, gate, state[r], decay, qn, kn, c, s, gn, groups, 1e-6,
+                                  1e-5, d**-0.5))
+    got = native.lightning_rows(qkvg, silu, state, decay, qn, kn, cos, sin, gn, groups, 1e-6, 1e-5, d**-0.5)
+    torch.testing.assert_close(got.double(), torch.stack([o for o, _ in wants]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(state.double(), torch.stack([s for _, s in wants]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="shapes"):  # 5 groups do not divide H d = 96
+        native.lightning_rows(qkvg, silu, state, decay, qn, kn, cos, sin, gn, 5, 1e-6, 1e-5, 1.0)
+
+
 def test_lightning_layer_row_rejects_shapes_that_do_not_match():
     h, state, w_dense = torch.zeros(16), torch.zeros(2, 8, 8), torch.zeros(16, 16)
     with pytest.raises(ValueError, match="shapes"):  # q|k|v|gate must be 4 H d = 64 rows
