@@ -119,22 +119,26 @@ def test_slot_cache_reserves_columns_when_it_reallocates():
     assert cache.col_cap == 100  # never past max_cols
 
 
-def test_scheduler_allocates_the_cache_once_for_what_its_sequences_can_reach():
+@pytest.mark.parametrize("max_tokens,max_model_len,reserved", [(30, 128, 38), (64, 512, 72), (400, 512, 256)])
+def test_scheduler_allocates_the_cache_once_for_what_its_sequences_can_reach(max_tokens, max_model_len, reserved):
+    """8-token prompts: the cache reserves prompt + max_tokens columns (64 tokens: 72, past 8x the
+    prompt), never more than `RESERVE_FLOOR` (256) at once for a prompt this short."""
     from kpop.rollout.builtin.sampling import new_generator
     from kpop.rollout.builtin.scheduler import Scheduler, Sequence
     from kpop.rollout.builtin.tiny_models import tiny_hybrid
     from kpop.rollout.engine import SamplingParams
 
-    scheduler = Scheduler(adapter_for(tiny_hybrid(seed=0)), max_batch=4, max_model_len=128)
-    params = SamplingParams(temperature=1.0, max_tokens=30)
+    scheduler = Scheduler(adapter_for(tiny_hybrid(seed=0)), max_batch=4, max_model_len=max_model_len)
+    params = SamplingParams(temperature=1.0, max_tokens=max_tokens)
     for i in range(3):
         scheduler.submit(Sequence(f"r{i}", [1, 2 + i, 3, 4, 5, 6, 7, 8], params, new_generator(i), frozenset(), arrival=i))
     scheduler.step(0)
     tensors, caps = scheduler.cache.tensors, scheduler.cache.col_cap
-    while scheduler.running:
-        assert scheduler.cache.tensors is tensors  # no reallocation mid-batch
+    assert caps == reserved
+    while scheduler.running and max(scheduler.lengths) + 1 < reserved:
+        assert scheduler.cache.tensors is tensors  # no reallocation while the reserve lasts
         scheduler.step(0)
-    assert caps == 8 + 30
+    assert max_tokens > 256 or not scheduler.running
 
 
 def _decode_matches_forward(tiny_model, which: str, seed: int, calls: list, min_calls_per_layer_step: int) -> None:
