@@ -201,6 +201,36 @@ def test_kv_rope_as_a_roll_is_transformers_rotate_half_bit_for_bit(dtype):
     assert torch.equal(got[:, :4], want_q) and torch.equal(got[:, 4:], want_k)
 
 
+@pytest.mark.parametrize("which", ["llama", "qwen3", "qwen2-bias"])
+def test_direct_prefill_equals_the_models_forward(which, tiny_model):
+    """The direct path's prefill (packed products, causal SDPA) gives the last position's logits
+    and every layer's rotated keys and values that transformers' forward gives, for several
+    prompts at once: grouped heads, Qwen3's q/k norms, Qwen2's q|k|v biases."""
+    from transformers import AutoModelForCausalLM, DynamicCache, Qwen2Config
+
+    if which == "qwen2-bias":
+        torch.manual_seed(0)
+        config = Qwen2Config(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+        model = AutoModelForCausalLM.from_config(config).eval()
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.bias.normal_()  # zeros at init: make them matter
+    else:
+        model = tiny_model(which)
+    adapter = adapter_for(model)
+    assert adapter.direct
+    ids = torch.randint(0, 320, (3, 13), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        logits, state = adapter.prefill(ids)
+        out = model(ids, past_key_values=DynamicCache(), use_cache=True)
+    torch.testing.assert_close(logits, out.logits[:, -1], rtol=0, atol=1e-5)
+    want = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+    assert len(state) == len(want)
+    for got, expected in zip(state, want):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("use_native", [True, False])
 @pytest.mark.parametrize("which", ["llama", "qwen3"])
