@@ -182,6 +182,22 @@ class HybridAdapter:
         return module_linear(attn.dense, out.reshape(B, 1, -1).to(x.dtype))
 
 
+def _lightning_core(attn, rope) -> tuple:
+    """What both Lightning kernels take after the state and decay (kpop.rollout.builtin.native):
+    q and k norm weights (or None), the RoPE tables (or None), the group norm's weight and groups,
+    the two eps and the query scale. Read through the modules' own dicts: `nn.Module.__getattr__`
+    is ~1 us an attribute here."""
+    modules = attn._modules
+    norms = (modules["query_layernorm"], modules["key_layernorm"]) if attn.use_qk_norm else ()
+    q_w, k_w = (norms[0].weight, norms[1].weight) if norms else (None, None)
+    cos = sin = None
+    if attn.rope_dim:
+        cos, sin = (t.contiguous() for t in rope(attn.rope_dim, attn.rope_theta))
+    g_norm = modules["g_norm"]
+    return (q_w, k_w, cos, sin, g_norm.weight, g_norm.groups, norms[0].eps if norms else 0.0, g_norm.eps,
+            attn.head_dim**-0.5)
+
+
 def _lightning_block_native(layer, h, rope, state: torch.Tensor, decay: torch.Tensor) -> torch.Tensor | None:
     """h + the layer's Lightning attention of RMSNorm(h) for one float32 row, in one native call
     (kpop.rollout.builtin.native.lightning_layer_row: its projections included), or None where the
@@ -189,22 +205,14 @@ def _lightning_block_native(layer, h, rope, state: torch.Tensor, decay: torch.Te
     attn, norm = layer.attention, layer.input_layernorm
     if not lightning_qualifies(attn):
         return None
-    modules = attn._modules  # read directly: `nn.Module.__getattr__` is ~1 us an attribute here
-    linears = [modules[name] for name in ("query_key_value", "g_proj", "dense")]
-    norms = (modules["query_layernorm"], modules["key_layernorm"]) if attn.use_qk_norm else ()
-    qkv_w, g_w, dense_w = (lin._parameters["weight"] for lin in linears)
+    modules = attn._modules
+    qkv_w, g_w, dense_w = (modules[name]._parameters["weight"] for name in ("query_key_value", "g_proj", "dense"))
     w_qkvg = packed(attn, "qkv_g.weight", [qkv_w, g_w], row_layout)  # the tensor `fused_linear` multiplies by
-    g_norm = modules["g_norm"]
-    if not native.fits(h, norm.weight, w_qkvg, dense_w, state, decay, g_norm.weight, *(n.weight for n in norms)):
+    core = _lightning_core(attn, rope)
+    if not native.fits(h, norm.weight, w_qkvg, dense_w, state, decay, core[4], core[0], core[1]):
         return None
-    cos = sin = None
-    if attn.rope_dim:
-        cos, sin = (t.contiguous() for t in rope(attn.rope_dim, attn.rope_theta))
-    q_norm, k_norm = norms or (None, None)
     return native.lightning_layer_row(
-        h.reshape(-1), norm.weight, eps_of(norm), w_qkvg, attn.linear_silu, state, decay, q_norm and q_norm.weight,
-        k_norm and k_norm.weight, cos, sin, g_norm.weight, g_norm.groups, q_norm.eps if q_norm else 0.0, g_norm.eps,
-        attn.head_dim**-0.5, dense_w,
+        h.reshape(-1), norm.weight, eps_of(norm), w_qkvg, attn.linear_silu, state, decay, *core, dense_w,
     ).view(h.shape)
 
 
@@ -215,20 +223,12 @@ def _lightning_rows_native(attn, x, rope, state: torch.Tensor, decay: torch.Tens
     another dtype)."""
     if not lightning_qualifies(attn):
         return None
-    modules = attn._modules
-    norms = (modules["query_layernorm"], modules["key_layernorm"]) if attn.use_qk_norm else ()
-    g_norm = modules["g_norm"]
-    if not native.fits(x, state, decay, g_norm.weight, *(n.weight for n in norms)):
+    core = _lightning_core(attn, rope)
+    if not native.fits(x, state, decay, core[4], core[0], core[1]):
         return None
+    modules = attn._modules
     qkvg = fused_output(attn, "qkv_g", [modules["query_key_value"], modules["g_proj"]], x).contiguous()
-    cos = sin = None
-    if attn.rope_dim:
-        cos, sin = (t.contiguous() for t in rope(attn.rope_dim, attn.rope_theta))
-    q_norm, k_norm = norms or (None, None)
-    o = native.lightning_rows(
-        qkvg, attn.linear_silu, state, decay, q_norm and q_norm.weight, k_norm and k_norm.weight, cos, sin,
-        g_norm.weight, g_norm.groups, q_norm.eps if q_norm else 0.0, g_norm.eps, attn.head_dim**-0.5,
-    )
+    o = native.lightning_rows(qkvg, attn.linear_silu, state, decay, *core)
     return module_linear(modules["dense"], o.view(*x.shape[:-1], -1))
 
 

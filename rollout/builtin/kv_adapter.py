@@ -104,6 +104,7 @@ class KVAdapter:
         inner, (B, T) = self.model.model, ids.shape
         h = inner.embed_tokens(ids)
         cos, sin = (t[:, None] for t in inner.rotary_emb(h, torch.arange(T, device=ids.device)[None].expand(B, T)))
+        signed_sin = _signed(sin)
         state: list[torch.Tensor] = []
         for layer in inner.layers[: self.num_layers]:
             attn, x = layer.self_attn, rms(layer.input_layernorm, h)
@@ -113,7 +114,7 @@ class KVAdapter:
             q, k, v = qkv.view(B, T, -1, D).transpose(1, 2).split([heads, kv_heads, kv_heads], 1)  # [B, heads, T, D]
             if hasattr(attn, "q_norm"):
                 q, k = rms(attn.q_norm, q), rms(attn.k_norm, k)
-            q, k = _rope_full(q, cos, sin), _rope_full(k, cos, sin)
+            q, k = _rope(q, cos, signed_sin), _rope(k, cos, signed_sin)
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=heads != kv_heads)
             h = h + module_linear(attn.o_proj, o.transpose(1, 2).reshape(B, T, -1))
             h = h + gated_mlp(layer.mlp, rms(layer.post_attention_layernorm, h))
@@ -162,8 +163,7 @@ def _torch_step(cos, sin, lengths, width: int, tensors):
     """The step's attention on torch's ops: RoPE, the new column written by `index_put`, SDPA for
     one row, `_attend` over a masked span for several."""
     B, cap = cos.shape[0], tensors[0].shape[2]
-    half = cos.shape[-1] // 2
-    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)
+    signed_sin = _signed(sin)
     # One row attends over all its width + 1 columns: no mask. Several rows: 0 / -inf past each
     # length, over `span` columns: all of the cache's capacity once width + 1 reaches 3/5 of it
     # (a strided [:width + 1] view costs ~1.5x per column; see `attention_span`).
@@ -201,14 +201,15 @@ def attention_span(columns: int, capacity: int) -> int:
     return capacity if 5 * columns >= 3 * capacity else columns
 
 
-def _rope_full(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """transformers' `apply_rotary_pos_emb` for one tensor: x * cos + rotate_half(x) * sin."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+def _signed(sin: torch.Tensor) -> torch.Tensor:
+    """[-sin1, sin2] for sin = [sin1, sin2] on the last dim: the sine `_rope` takes."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], -1)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """transformers' `apply_rotary_pos_emb` on x [B, heads, D] with cos/sin [B, 1, D]: `x * cos +
+    """transformers' `apply_rotary_pos_emb` on x [..., D] with cos/sin broadcasting to it (decode:
+    x [B, heads, D], cos [B, 1, D]; prefill: x [B, heads, T, D], cos [B, 1, T, D]): `x * cos +
     rotate_half(x) * sin`, rotate_half(x) = [-x2, x1], here as [x2, x1] (a roll) times
     [-sin1, sin2]: the same products and sums, so the same values, in 4 ops for q and k at once."""
     return x * cos + x.roll(cos.shape[-1] // 2, -1) * signed_sin

@@ -330,6 +330,12 @@ def ffn_row(x: torch.Tensor, gate_up: torch.Tensor | None, down: torch.Tensor | 
     return out
 
 
+def _lightning_heads_ok(heads: int, d: int, half: int, groups: int, q_norm, k_norm) -> bool:
+    """The per-head shape rules both Lightning kernels share: the head within the kernel's limit,
+    groups dividing H d, RoPE within the head, q and k norms both or neither."""
+    return d <= MAX_HEAD_DIM and (heads * d) % groups == 0 and 2 * half <= d and (q_norm is None) == (k_norm is None)
+
+
 def lightning_layer_row(h: torch.Tensor, norm_w: torch.Tensor, norm_eps: float, w_qkvg: torch.Tensor, silu_qkv: bool,
                         state: torch.Tensor, decay: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None,
                         cos: torch.Tensor | None, sin: torch.Tensor | None, g_norm: torch.Tensor, groups: int,
@@ -337,8 +343,7 @@ def lightning_layer_row(h: torch.Tensor, norm_w: torch.Tensor, norm_eps: float, 
     hidden, (heads, d) = h.numel(), (state.shape[-3], state.shape[-1])
     half = 0 if cos is None else cos.numel()
     if (norm_w.numel() != hidden or w_qkvg.shape != (4 * heads * d, hidden) or w_dense.shape != (hidden, heads * d)
-            or state.numel() != heads * d * d or d > MAX_HEAD_DIM or (heads * d) % groups or 2 * half > d
-            or (q_norm is None) != (k_norm is None)):
+            or state.numel() != heads * d * d or not _lightning_heads_ok(heads, d, half, groups, q_norm, k_norm)):
         raise ValueError(f"lightning_layer_row: shapes h [{hidden}], w_qkvg {tuple(w_qkvg.shape)}, state "
                          f"{tuple(state.shape)}, w_dense {tuple(w_dense.shape)}, groups {groups}, rope half {half}")
     out, scratch = torch.empty(hidden), torch.empty(lightning_scratch(hidden, heads, d))
@@ -356,8 +361,8 @@ def lightning_rows(qkvg: torch.Tensor, silu_qkv: bool, state: torch.Tensor, deca
                    scale: float) -> torch.Tensor:
     rows, (heads, d) = state.shape[0], (state.shape[-3], state.shape[-1])
     half = 0 if cos is None else cos.numel() // rows
-    if (qkvg.numel() != rows * 4 * heads * d or state.shape != (rows, heads, d, d) or d > MAX_HEAD_DIM
-            or (heads * d) % groups or 2 * half > d or (q_norm is None) != (k_norm is None)
+    if (qkvg.numel() != rows * 4 * heads * d or state.shape != (rows, heads, d, d)
+            or not _lightning_heads_ok(heads, d, half, groups, q_norm, k_norm)
             or (cos is not None and (cos.numel() != rows * half or sin.numel() != rows * half))):
         raise ValueError(f"lightning_rows: shapes qkvg {tuple(qkvg.shape)}, state {tuple(state.shape)}, groups "
                          f"{groups}, cos {None if cos is None else tuple(cos.shape)}")

@@ -248,16 +248,12 @@ static void rotate_half(const float *x, const float *c, const float *s, float *y
     }
 }
 
-/* One new token per row over a key/value cache [B, Hkv, cap, d]. Per row b and key head g (one
-   task each): k rotated and written with v at column L = lengths[b]; each of the G = Hq / Hkv query
-   heads of the group rotated and attending over columns 0..L: out[b, h] = softmax(scale q k^T) V.
-   qkv row b: Hq query heads, then Hkv key heads, then Hkv value heads, `stride` floats apart.
-   scratch: G * (cols + d) floats per task, cols > max(lengths). */
 /* kpop_kv_attend's work for one (row b, key head g) task. next_K/next_V: the keys/values the
-   thread reads next (NULL: none), fetched into the caches while this task computes: each task's
-   columns are a short run of their own, and without the hints every run started with a stall
-   (64 rows, 12 heads of 64, 41 columns: 1.86x the time, where a plain read of the same bytes
-   took 1.3 ms; benchmarks/native_kernels.py measures the whole step). */
+   thread reads next (NULL: none), fetched into the caches while this task computes (one hint per
+   64-byte line, 16 floats): each task's columns are a short run of their own, and without the
+   hints every run started with a stall (64 rows, 12 heads of 64, 41 columns: 1.86x the time,
+   where a plain read of the same bytes took 1.3 ms; benchmarks/native_kernels.py measures the
+   whole step). */
 static void kv_task(const float *row, const float *c, const float *s, float *K, float *V, int64_t L, float *out,
                     float *scores, int64_t Hq, int64_t Hkv, int64_t g, int64_t d, int64_t cols, float scale,
                     const float *next_K, const float *next_V) {
@@ -305,6 +301,11 @@ static void kv_task(const float *row, const float *c, const float *s, float *K, 
     }
 }
 
+/* One new token per row over a key/value cache [B, Hkv, cap, d]. Per row b and key head g (one
+   task each): k rotated and written with v at column L = lengths[b]; each of the G = Hq / Hkv query
+   heads of the group rotated and attending over columns 0..L: out[b, h] = softmax(scale q k^T) V.
+   qkv row b: Hq query heads, then Hkv key heads, then Hkv value heads, `stride` floats apart.
+   scratch: G * (cols + d) floats per task, cols > max(lengths). */
 void kpop_kv_attend(const float *qkv, int64_t stride, const float *cos_, const float *sin_, float *keys,
                     float *values, const int64_t *lengths, float *out, float *scratch, int64_t B, int64_t Hq,
                     int64_t Hkv, int64_t d, int64_t cap, int64_t cols, float scale, int64_t threads) {
