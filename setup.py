@@ -26,6 +26,6 @@ for name, folder in ROOTS.items():
     skip = [f"{link}{suffix}" for link in linked for suffix in ("", ".*")] if name == "kpop" else []
     packages.extend(f"{name}.{sub}" for sub in find_packages(folder, exclude=skip))
 
-# native_kernels.c is compiled at first use (kpop.rollout.builtin.native): it ships as package data.
+# native_kernels.c (with the header it includes) is compiled at first use (kpop.rollout.builtin.native): it ships as package data.
 setup(packages=packages, package_dir=ROOTS, include_package_data=True,
-      package_data={"kpop.rollout": ["builtin/native_kernels.c"]})
+      package_data={"kpop.rollout": ["builtin/native_kernels.c", "builtin/native_kernels_typed.h"]})

@@ -6,9 +6,9 @@
   row's own length. The model's own modules and weights throughout; the norms as one fused op each
   (kpop.rollout.builtin.norms), one RoPE table per step, MoE with one host sync per layer; the
   projections that read the same input as one matmul (Lightning q|k|v|gate, MLA q|kv_a; weights
-  packed, kpop.rollout.builtin.packed). One float32 row: each Lightning layer's work between its
-  projections and MLA's attention run as native kernels (kpop.rollout.builtin.native) where they
-  are built. Prefill runs the model's forward with its Lightning layers
+  packed, kpop.rollout.builtin.packed). One row (float32 or bfloat16): each layer's blocks as
+  native kernels through a prepared plan (kpop.rollout.builtin.row_plan) where they are built;
+  several float32 rows: each Lightning layer's work between its projections natively. Prefill runs the model's forward with its Lightning layers
   in the chunked form (the same values as the recurrent form the model picks for short prompts,
   without a fresh state per token).
 - `KVAdapter` (kpop.rollout.builtin.kv_adapter): standard attention through transformers.
@@ -115,8 +115,8 @@ class HybridAdapter:
         return self._plans.get(self)
 
     def _decode_row(self, plan: RowPlan, tensors, lengths, width: int, tokens) -> torch.Tensor:
-        """`decode` for one float32 row through the plan: one or two native calls a layer (a layer
-        without a MoE takes `moe_forward` for its feed-forward)."""
+        """`decode` for one float32 or bfloat16 row through the plan: two native calls a layer (a
+        feed-forward the kernels do not take runs `moe_forward`)."""
         h = self.model.model.word_embeddings(tokens[:, None])
         step, it = RowStep(lengths[:, None], width), iter(tensors)
         for i, (layer, mla) in enumerate(zip(self.layers, self.is_mla)):

@@ -72,7 +72,7 @@ class KVAdapter:
         return run([t[: tokens.shape[0]] for t in tensors], lengths, width, tokens)
 
     def _decode_row(self, plan, tensors, lengths, width: int, tokens) -> torch.Tensor:
-        """One float32 row through the plan (kpop.rollout.builtin.kv_row_plan): two native calls a layer."""
+        """One float32 or bfloat16 row through the plan (kpop.rollout.builtin.kv_row_plan): two native calls a layer."""
         inner = self.model.model
         h = inner.embed_tokens(tokens[:, None])
         step = KVRowStep(inner, h, lengths, width)

@@ -6,8 +6,8 @@ the key heads spread over torch's threads.
 
 Contract: `kv_row_plan(adapter)` is a `RowPlan` whose `attention[i](h, keys, values, step)` and
 `feed_forward[i](h, step)` map h [1, 1, hidden] to what the direct path computes (to float32
-rounding), or None where some layer does not qualify: the direct path is not in use, another
-dtype, q/k norms (Qwen3), biased or non-plain projections, a non-SiLU MLP, RoPE over part of the
+rounding), or None where some layer does not qualify: the direct path is not in use, a dtype
+other than float32 and bfloat16, q/k norms (Qwen3), biased or non-plain projections, a non-SiLU MLP, RoPE over part of the
 head. Validity as in row_plan: checked once a step against the modules' parameters.
 """
 
@@ -18,20 +18,21 @@ from collections.abc import Callable
 import torch
 
 from kpop.rollout.builtin import native
-from kpop.rollout.builtin.gated_mlp import swiglu_weights
 from kpop.rollout.builtin.norms import eps_of
-from kpop.rollout.builtin.row_plan import NotNative, RowPlan, guard, plain
+from kpop.rollout.builtin.row_plan import NotNative, RowPlan, guard, plain, swiglu_block
 
 
 def kv_row_plan(adapter) -> RowPlan | None:
     if not adapter.direct:
         return None
     inner = adapter.model.model
-    probe = torch.zeros(1, 1, adapter.model.config.hidden_size, dtype=inner.embed_tokens.weight.dtype)
+    probe = torch.zeros(1, 1, adapter.model.config.hidden_size)
     rotary = inner.rotary_emb(probe, torch.zeros(1, 1, dtype=torch.long))[0].shape[-1]
-    plan = RowPlan([], [])
+    plan = RowPlan([], [], dtype=inner.embed_tokens.weight.dtype)
+    if plan.dtype not in native.DTYPES:
+        return None
     for layer in inner.layers[: adapter.num_layers]:
-        attention, mlp = _attention(plan, layer, rotary), _mlp(plan, layer)
+        attention, mlp = _attention(plan, layer, rotary), swiglu_block(plan, layer)
         if attention is None or mlp is None:
             return None
         plan.attention.append(attention)
@@ -40,17 +41,18 @@ def kv_row_plan(adapter) -> RowPlan | None:
 
 
 class KVRowStep:
-    """One step's shared state: thread count, the row's length, the RoPE table at its position."""
+    """One step's shared state: thread count, the row's length, the RoPE table at its position
+    (float32 whatever the model's dtype: the kernels take it so)."""
 
     def __init__(self, inner, h: torch.Tensor, lengths: torch.Tensor, width: int) -> None:
-        cos, sin = inner.rotary_emb(h, lengths[:, None])
+        cos, sin = inner.rotary_emb(h if h.dtype == torch.float32 else h.float(), lengths[:, None])
         self.cos, self.sin = cos.contiguous(), sin.contiguous()
         self.width, self.threads = width, torch.get_num_threads()
 
 
 @guard
 def _attention(plan: RowPlan, layer, rotary: int) -> Callable:
-    attn, norm, lib = layer.self_attn, layer.input_layernorm, native.library()
+    attn, norm, kernel = layer.self_attn, layer.input_layernorm, plan.kernel("kpop_attn_layer_row")
     d = attn.head_dim
     if hasattr(attn, "q_norm") or rotary != d or d % 2:
         raise NotNative
@@ -60,32 +62,14 @@ def _attention(plan: RowPlan, layer, rotary: int) -> Callable:
     heads, kv_heads, hidden = attn.q_proj.out_features // d, attn.k_proj.out_features // d, attn.o_proj.out_features
     if heads % kv_heads:
         raise NotNative
-    norm_eps, scale, group = eps_of(norm), attn.scaling, heads // kv_heads
+    norm_eps, scale, group, dtype = eps_of(norm), attn.scaling, heads // kv_heads, plan.dtype
 
     def run(h: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: KVRowStep) -> torch.Tensor:
-        out = torch.empty(hidden)
+        out = torch.empty(hidden, dtype=dtype)
         scratch = torch.empty(hidden + (heads + 2 * kv_heads) * d + heads * d + kv_heads * group * (step.width + 1 + d))
-        lib.kpop_attn_layer_row(h.data_ptr(), p_norm, norm_eps, p_qkv, step.cos.data_ptr(), step.sin.data_ptr(),
+        kernel(h.data_ptr(), p_norm, norm_eps, p_qkv, step.cos.data_ptr(), step.sin.data_ptr(),
                                 keys.data_ptr(), values.data_ptr(), step.width, keys.shape[1], scale, p_o, hidden,
                                 heads, kv_heads, d, out.data_ptr(), scratch.data_ptr(), step.threads)
-        return out.view(1, 1, hidden)
-
-    return run
-
-
-@guard
-def _mlp(plan: RowPlan, layer) -> Callable:
-    mlp, norm, lib = layer.mlp, layer.post_attention_layernorm, native.library()
-    if swiglu_weights(mlp) is None:
-        raise NotNative
-    p_gu = plan.packed(mlp, "gate_up.weight", [mlp.gate_proj, mlp.up_proj])
-    p_norm, p_down = plan.hold(plan.watch(norm), plan.watch(mlp.down_proj))
-    hidden, width, norm_eps = mlp.down_proj.out_features, mlp.down_proj.in_features, eps_of(norm)
-
-    def run(h: torch.Tensor, step: KVRowStep) -> torch.Tensor:
-        out, scratch = torch.empty(hidden), torch.empty(hidden + 3 * width)
-        lib.kpop_mlp_layer_row(h.data_ptr(), p_norm, norm_eps, p_gu, p_down, width, hidden, out.data_ptr(),
-                               scratch.data_ptr(), step.threads)
         return out.view(1, 1, hidden)
 
     return run

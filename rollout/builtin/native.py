@@ -13,7 +13,13 @@ through ctypes on the tensors' memory. Products inside a kernel are rows of dot 
 four accumulators, one thread's rows one sequential read: over cold weights as fast as torch's
 blocked `bmm` (0.92-1.07x), over cache-hot ones ~2x.
 
-Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify):
+Contracts (CPU, contiguous tensors; `fits` says whether tensors qualify). float32, except that the
+kernels of native_kernels_typed.h (`swiglu`, `ffn_row`, `lightning_layer_row`, `mla_layer_row` and
+the plans' one-row layer kernels, `typed(name, dtype)`) take float32 or bfloat16 (`DTYPES`) for
+the model's own memory: weights, norm weights, the key/value and MLA caches, the residual row;
+Lightning states, decays and RoPE tables stay float32. Arithmetic is float32 either way (bf16
+widened on load, rounded to nearest even where stored), so a bf16 kernel's result is the float32
+kernel's on the same values, rounded where it is stored (tests/rollout/test_rollout_builtin_native_bf16.py).
 - `rms_norm(x [..., n], weight [n], eps)` = `F.rms_norm(x, (n,), None, eps) * weight`.
 - `lightning_layer_row(h [hidden], norm_w, norm_eps, w_qkvg [4 H d, hidden], silu_qkv, state [H, d,
   d], decay [H], q_norm, k_norm ([d] or None), cos, sin ([half]; half may be 0), g_norm [H d],
@@ -39,7 +45,8 @@ Contracts (float32, CPU, contiguous tensors; `fits` says whether tensors qualify
   for one row whose queries come from one projection (no q low-rank pair).
 - `route_row(x [h], gate)` -> (expert ids, weights) as Python lists, for `MoEGate` (kpop.models.
   layers.moe) over one row: what `gate(x)` returns for it (ids in pick order, ties to the lower id).
-  `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups).
+  `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups;
+  `routable(gate, dtype)` the same for the one-row layer kernels of either dtype).
 - `ffn_row(x [h], gate_up [E, 2I, h] | None, down [E, h, I] | None, ids, weights, dense_gate_up
   [2D, h] | None, dense_down [h, D] | None)` -> [h]: one row through a sum of SwiGLU feed-forwards,
   sum_j weights[j] FFN_{ids[j]}(x) over the given experts in increasing id, plus the dense one
@@ -54,7 +61,7 @@ polynomial within 2 ulp of e^x, vectorised, where libm's `expf` is one call per 
 for bit.
 
 Build: `$CC` (default `cc`) with `flags()` into `~/.cache/kpop/native/` (`KPOP_CACHE_DIR` moves
-it), one file per hash of the source, the flags, the compiler's version and the CPU's flags, written
+it), one file per hash of the sources (native_kernels.c and the header it includes), the flags, the compiler's version and the CPU's flags, written
 under a temporary name and renamed, so processes starting together (Ray actors) never load a
 half-written library. OpenMP: `-fopenmp` only where torch itself runs on GNU OpenMP and its
 libgomp is already loaded in this process: the library then links the same `libgomp.so.1` (the
@@ -84,11 +91,14 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
+TYPED_SOURCE = SOURCE.with_name("native_kernels_typed.h")  # included by SOURCE
 BASE_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 MAX_HEAD_DIM = 1024  # KPOP_MAX_HEAD_DIM in the source
 MAX_EXPERTS = 1024  # KPOP_MAX_EXPERTS
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_SUFFIX = {torch.float32: "_f32", torch.bfloat16: "_bf16"}  # the storage types of native_kernels_typed.h
+DTYPES = tuple(_SUFFIX)
 
 
 def cache_dir() -> Path:
@@ -131,7 +141,7 @@ def build(compiler: str | None = None, openmp: bool = False) -> Path:
         raise RuntimeError(f"no C compiler {cc!r} on PATH")
     version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
     options = flags(openmp)
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *options, version, platform.machine(), _cpu_flags()]).encode())
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), TYPED_SOURCE.read_text(), *options, version, platform.machine(), _cpu_flags()]).encode())
     target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -160,30 +170,26 @@ def _library() -> ctypes.CDLL | None:
     if lib is None:
         log.warning("the torch ops stand in for the native decode kernels")
         return None
-    lib.kpop_rms_norm.argtypes = [_P, _P, _P, _I64, _I64, _F32]
-    lib.kpop_rms_norm.restype = None
-    lib.kpop_mla_row.argtypes = [_P] * 7 + [_I64] * 6 + [_F32]
-    lib.kpop_mla_row.restype = None
-    lib.kpop_route_row.argtypes = [_P] * 3 + [_I64] * 5 + [_F32] + [_P] * 2
-    lib.kpop_route_row.restype = None
-    lib.kpop_kv_attend.argtypes = [_P, _I64] + [_P] * 7 + [_I64] * 6 + [_F32, _I64]
-    lib.kpop_kv_attend.restype = None
-    lib.kpop_swiglu.argtypes = [_P, _P, _I64, _I64, _I64]
-    lib.kpop_swiglu.restype = None
-    lib.kpop_ffn_row.argtypes = [_P] * 5 + [_I64] * 2 + [_P] * 2 + [_I64] * 2 + [_P] * 2 + [_I64]
-    lib.kpop_ffn_row.restype = None
-    lib.kpop_lightning_layer_row.argtypes = [_P, _P, _F32, _P, _I64] + [_P] * 7 + [_I64] * 4 + [_F32] * 3 + [_P, _I64, _P, _P, _I64]
-    lib.kpop_lightning_layer_row.restype = None
-    lib.kpop_lightning_rows.argtypes = [_P, _I64] + [_P] * 8 + [_I64] * 5 + [_F32] * 3 + [_I64]
-    lib.kpop_lightning_rows.restype = None
-    lib.kpop_mla_layer_row.argtypes = [_P, _P, _F32, _P, _P, _F32] + [_P] * 4 + [_I64, _P, _F32, _P] + [_I64] * 6 + [_P, _P, _I64]
-    lib.kpop_mla_layer_row.restype = None
-    lib.kpop_moe_layer_row.argtypes = [_P, _P, _F32, _P, _P] + [_I64] * 4 + [_F32, _P, _P, _I64, _P, _P, _I64, _I64, _P, _P, _I64]
-    lib.kpop_moe_layer_row.restype = None
-    lib.kpop_attn_layer_row.argtypes = [_P, _P, _F32] + [_P] * 5 + [_I64, _I64, _F32, _P] + [_I64] * 4 + [_P, _P, _I64]
-    lib.kpop_attn_layer_row.restype = None
-    lib.kpop_mlp_layer_row.argtypes = [_P, _P, _F32, _P, _P, _I64, _I64, _P, _P, _I64]
-    lib.kpop_mlp_layer_row.restype = None
+    signatures = {
+        "kpop_rms_norm": [_P, _P, _P, _I64, _I64, _F32],
+        "kpop_mla_row": [_P] * 7 + [_I64] * 6 + [_F32],
+        "kpop_route_row": [_P] * 3 + [_I64] * 5 + [_F32] + [_P] * 2,
+        "kpop_kv_attend": [_P, _I64] + [_P] * 7 + [_I64] * 6 + [_F32, _I64],
+        "kpop_lightning_rows": [_P, _I64] + [_P] * 8 + [_I64] * 5 + [_F32] * 3 + [_I64],
+    }
+    typed_signatures = {
+        "kpop_swiglu": [_P, _P, _I64, _I64, _I64],
+        "kpop_ffn_row": [_P] * 5 + [_I64] * 2 + [_P] * 2 + [_I64] * 2 + [_P] * 2 + [_I64],
+        "kpop_lightning_layer_row": [_P, _P, _F32, _P, _I64] + [_P] * 7 + [_I64] * 4 + [_F32] * 3 + [_P, _I64, _P, _P, _I64],
+        "kpop_mla_layer_row": [_P, _P, _F32, _P, _P, _F32] + [_P] * 4 + [_I64, _P, _F32, _P] + [_I64] * 6 + [_P, _P, _I64],
+        "kpop_moe_layer_row": [_P, _P, _F32, _P, _P] + [_I64] * 4 + [_F32, _P, _P, _I64, _P, _P, _I64, _I64, _P, _P, _I64],
+        "kpop_attn_layer_row": [_P, _P, _F32] + [_P] * 5 + [_I64, _I64, _F32, _P] + [_I64] * 4 + [_P, _P, _I64],
+        "kpop_mlp_layer_row": [_P, _P, _F32, _P, _P, _I64, _I64, _P, _P, _I64],
+    }
+    for name, argtypes in [*signatures.items(), *((name + suffix, a) for name, a in typed_signatures.items()
+                                                  for suffix in _SUFFIX.values())]:
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, None
     return lib
 
 
@@ -215,11 +221,18 @@ def available() -> bool:
     return not _switched_off and _library() is not None
 
 
-def fits(*tensors: torch.Tensor | None) -> bool:
-    """All given tensors float32, contiguous, on the CPU, and the kernels available."""
+def fits(*tensors: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> bool:
+    """All given tensors of `dtype` (float32 unless given), contiguous, on the CPU, and the kernels
+    available."""
     return all(
-        t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()) for t in tensors
+        t is None or (t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()) for t in tensors
     ) and available()
+
+
+def typed(name: str, dtype: torch.dtype):
+    """The loaded kernel `name` of native_kernels_typed.h for storage type `dtype` (float32 or
+    bfloat16: `DTYPES`); RuntimeError when the kernels are unavailable, KeyError for another dtype."""
+    return getattr(library(), name + _SUFFIX[dtype])
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -252,11 +265,17 @@ def mla_row(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_
 
 def routes(x: torch.Tensor, gate) -> bool:
     """Whether `route_row` can route one row `x` for `gate` (a `MoEGate`)."""
+    return x.numel() == gate.weight.shape[1] and routable(gate) and fits(x)
+
+
+def routable(gate, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the kernels can route for `gate`: weight and bias of `dtype`, experts within their
+    limit, k reachable in the kept groups."""
     experts = gate.weight.shape[0]
     per = experts // gate.n_group
     return (
-        x.numel() == gate.weight.shape[1] and experts <= MAX_EXPERTS and experts % gate.n_group == 0
-        and gate.top_k <= per * gate.topk_group and fits(x, gate.weight, gate.expert_bias)
+        experts <= MAX_EXPERTS and experts % gate.n_group == 0 and gate.top_k <= per * gate.topk_group
+        and fits(gate.weight, gate.expert_bias, dtype=dtype)
     )
 
 
@@ -304,7 +323,7 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     if n2 % 2:
         raise ValueError(f"swiglu: the last dim ({n2}) holds gate and up halves")
     out = gate_up.new_empty(*gate_up.shape[:-1], n2 // 2)
-    _library().kpop_swiglu(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // n2, n2 // 2, torch.get_num_threads())
+    typed("kpop_swiglu", gate_up.dtype)(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // n2, n2 // 2, torch.get_num_threads())
     return out
 
 
@@ -322,8 +341,9 @@ def ffn_row(x: torch.Tensor, gate_up: torch.Tensor | None, down: torch.Tensor | 
         shape = lambda t: None if t is None else tuple(t.shape)  # noqa: E731
         raise ValueError(f"ffn_row: x [{h}], experts {list(ids)} (weights {list(weights)}) of gate_up {shape(gate_up)}, "
                          f"down {shape(down)}; dense {shape(dense_gate_up)}, {shape(dense_down)}")
+    dtype = (dense_down if gate_up is None else gate_up).dtype
     out, scratch = torch.empty(h), torch.empty(3 * (k * inner + dense))
-    _library().kpop_ffn_row(
+    typed("kpop_ffn_row", dtype)(
         x.data_ptr(), _ptr(gate_up), _ptr(down), (ctypes.c_int64 * max(k, 1))(*ids), (ctypes.c_float * max(k, 1))(*weights),
         k, inner, _ptr(dense_gate_up), _ptr(dense_down), dense, h, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads(),
     )
@@ -346,8 +366,8 @@ def lightning_layer_row(h: torch.Tensor, norm_w: torch.Tensor, norm_eps: float, 
             or state.numel() != heads * d * d or not _lightning_heads_ok(heads, d, half, groups, q_norm, k_norm)):
         raise ValueError(f"lightning_layer_row: shapes h [{hidden}], w_qkvg {tuple(w_qkvg.shape)}, state "
                          f"{tuple(state.shape)}, w_dense {tuple(w_dense.shape)}, groups {groups}, rope half {half}")
-    out, scratch = torch.empty(hidden), torch.empty(lightning_scratch(hidden, heads, d))
-    _library().kpop_lightning_layer_row(
+    out, scratch = torch.empty(hidden, dtype=h.dtype), torch.empty(lightning_scratch(hidden, heads, d))
+    typed("kpop_lightning_layer_row", h.dtype)(
         h.data_ptr(), norm_w.data_ptr(), norm_eps, w_qkvg.data_ptr(), int(silu_qkv), state.data_ptr(), decay.data_ptr(),
         _ptr(q_norm), _ptr(k_norm), _ptr(cos), _ptr(sin), g_norm.data_ptr(), heads, d, half, groups, qk_eps, g_eps,
         scale, w_dense.data_ptr(), hidden, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads(),
@@ -387,9 +407,9 @@ def mla_layer_row(h: torch.Tensor, norm_w: torch.Tensor, norm_eps: float, w_qkva
                          f"k_rope {tuple(k_rope.shape)}, kv_b {tuple(kv_b.shape)}, w_dense {tuple(w_dense.shape)}, "
                          f"length {length}, heads {heads} x (nope {nope}, rope {rope}, v {v})")
     threads = torch.get_num_threads()
-    out = torch.empty(hidden)
+    out = torch.empty(hidden, dtype=h.dtype)
     scratch = torch.empty(mla_scratch(hidden, heads, nope, rope, v, rank, length + 1, threads))
-    _library().kpop_mla_layer_row(
+    typed("kpop_mla_layer_row", h.dtype)(
         h.data_ptr(), norm_w.data_ptr(), norm_eps, w_qkva.data_ptr(), kv_norm_w.data_ptr(), kv_eps, cos.data_ptr(),
         sin.data_ptr(), latent.data_ptr(), k_rope.data_ptr(), length, kv_b.data_ptr(), scaling, w_dense.data_ptr(),
         hidden, heads, nope, rope, v, rank, out.data_ptr(), scratch.data_ptr(), threads,

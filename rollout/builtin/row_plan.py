@@ -40,6 +40,7 @@ from kpop.rollout.builtin.packed import rows as row_layout
 class RowPlan:
     attention: list[Callable]  # per layer: (h, its cache tensors..., step) -> new h
     feed_forward: list[Callable | None]  # per layer: (h, step) -> new h; None: not a MoE layer
+    dtype: torch.dtype = torch.float32  # the weights', the caches' (but Lightning states') and h's
     held: list[torch.Tensor] = field(default_factory=list)  # what the pointers point into
     watched: list[tuple[dict, str, torch.Tensor]] = field(default_factory=list)  # (owner's dict, name, tensor)
     pointers: list[int] = field(default_factory=list)
@@ -62,13 +63,17 @@ class RowPlan:
         self.watched.append((owner, name, tensor))
         return tensor
 
-    def hold(self, *tensors: torch.Tensor) -> list[int]:
+    def hold(self, *tensors: torch.Tensor, dtype: torch.dtype | None = None) -> list[int]:
         """Keeps `tensors` alive with the plan and returns their data pointers; NotNative if any
-        is not a contiguous float32 CPU tensor."""
-        if not native.fits(*tensors):
+        is not a contiguous CPU tensor of `dtype` (the plan's unless given)."""
+        if not native.fits(*tensors, dtype=dtype or self.dtype):
             raise NotNative
         self.held += tensors
         return [t.data_ptr() for t in tensors]
+
+    def kernel(self, name: str):
+        """The native kernel `name` for the plan's dtype (kpop.rollout.builtin.native.typed)."""
+        return native.typed(name, self.dtype)
 
     def packed(self, owner, key: str, linears) -> int:
         """The pointer of the linears' weights packed as rows (kpop.rollout.builtin.packed)."""
@@ -113,15 +118,18 @@ class PlanCache:
 
 
 def hybrid_row_plan(adapter) -> RowPlan | None:
-    """`HybridAdapter`'s plan: every Lightning and MLA layer native, every MoE layer native (a
-    dense feed-forward layer keeps `moe_forward`: its entry is None)."""
+    """`HybridAdapter`'s plan: every Lightning and MLA layer native, every MoE layer native, a
+    dense SwiGLU feed-forward native where it qualifies (otherwise it keeps `moe_forward`: its
+    entry is None)."""
     from kpop.models.layers.moe import MoE
 
-    plan = RowPlan([], [])
+    plan = RowPlan([], [], dtype=adapter.model.model.word_embeddings.weight.dtype)
+    if plan.dtype not in native.DTYPES:
+        return None
     for layer, mla in zip(adapter.layers, adapter.is_mla):
         attention = (_mla if mla else _lightning)(plan, layer)
         mlp = layer.mlp
-        feed_forward = _moe(plan, mlp, layer.post_attention_layernorm) if isinstance(mlp, MoE) else None
+        feed_forward = _moe(plan, mlp, layer.post_attention_layernorm) if isinstance(mlp, MoE) else swiglu_block(plan, layer)
         if attention is None or (isinstance(mlp, MoE) and feed_forward is None):
             return None
         plan.attention.append(attention)
@@ -174,25 +182,26 @@ def mla_qualifies(attn) -> bool:
 
 @guard
 def _lightning(plan: RowPlan, layer) -> Callable:
-    attn, norm, lib = layer.attention, layer.input_layernorm, native.library()
+    attn, norm, kernel = layer.attention, layer.input_layernorm, plan.kernel("kpop_lightning_layer_row")
     if not lightning_qualifies(attn):
         raise NotNative
     norms = (attn.query_layernorm, attn.key_layernorm) if attn.use_qk_norm else ()
     g_norm = attn.g_norm
     p_qkvg = plan.packed(attn, "qkv_g.weight", [attn.query_key_value, attn.g_proj])
     dense_w = plan.watch(attn.dense)
-    p_norm, p_dense, p_g, p_decay = plan.hold(plan.watch(norm), dense_w, plan.watch(g_norm),
-                                              torch.exp(attn.log_decay(dense_w.device)).contiguous())
+    p_norm, p_dense, p_g = plan.hold(plan.watch(norm), dense_w, plan.watch(g_norm))
+    (p_decay,) = plan.hold(torch.exp(attn.log_decay(dense_w.device)).contiguous(), dtype=torch.float32)
     p_q, p_k = plan.hold(*(plan.watch(n) for n in norms)) if norms else (None, None)
     hidden, heads, d, half = dense_w.shape[0], attn.num_heads, attn.head_dim, attn.rope_dim // 2
     fixed = (eps_of(norm), p_qkvg, int(attn.linear_silu))
     rope_key = (attn.rope_dim, attn.rope_theta)
     tail = (p_g, heads, d, half, g_norm.groups, norms[0].eps if norms else 0.0, g_norm.eps, d**-0.5, p_dense, hidden)
+    dtype = plan.dtype
 
     def run(h: torch.Tensor, state: torch.Tensor, step) -> torch.Tensor:
         cos, sin = step.tables(*rope_key) if half else (None, None)
-        out, scratch = torch.empty(hidden), torch.empty(native.lightning_scratch(hidden, heads, d))
-        lib.kpop_lightning_layer_row(h.data_ptr(), p_norm, *fixed, state.data_ptr(), p_decay, p_q, p_k,
+        out, scratch = torch.empty(hidden, dtype=dtype), torch.empty(native.lightning_scratch(hidden, heads, d))
+        kernel(h.data_ptr(), p_norm, *fixed, state.data_ptr(), p_decay, p_q, p_k,
                                      cos, sin, *tail, out.data_ptr(), scratch.data_ptr(), step.threads)
         return out.view(1, 1, hidden)
 
@@ -201,7 +210,7 @@ def _lightning(plan: RowPlan, layer) -> Callable:
 
 @guard
 def _mla(plan: RowPlan, layer) -> Callable:
-    attn, norm, lib = layer.attention, layer.input_layernorm, native.library()
+    attn, norm, kernel = layer.attention, layer.input_layernorm, plan.kernel("kpop_mla_layer_row")
     if not mla_qualifies(attn):
         raise NotNative
     kv_norm = attn.kv_a_layernorm
@@ -210,13 +219,13 @@ def _mla(plan: RowPlan, layer) -> Callable:
     p_norm, p_kv_norm, p_kv_b, p_dense = plan.hold(plan.watch(norm), plan.watch(kv_norm), plan.watch(attn.kv_b_proj), dense_w)
     hidden, heads, nope, rope, v, rank = dense_w.shape[0], attn.num_heads, attn.nope, attn.rope, attn.v_dim, attn.rank
     rope_key, norm_eps, kv_eps = (rope, attn.rope_theta), eps_of(norm), eps_of(kv_norm)
-    fixed = (hidden, heads, nope, rope, v, rank)
+    fixed, dtype = (hidden, heads, nope, rope, v, rank), plan.dtype
 
     def run(h: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor, step) -> torch.Tensor:
         cos, sin = step.tables(*rope_key)
-        out = torch.empty(hidden)
+        out = torch.empty(hidden, dtype=dtype)
         scratch = torch.empty(native.mla_scratch(hidden, heads, nope, rope, v, rank, step.width + 1, step.threads))
-        lib.kpop_mla_layer_row(h.data_ptr(), p_norm, norm_eps, p_qkva, p_kv_norm, kv_eps, cos, sin, latent.data_ptr(),
+        kernel(h.data_ptr(), p_norm, norm_eps, p_qkva, p_kv_norm, kv_eps, cos, sin, latent.data_ptr(),
                                k_rope.data_ptr(), step.width, p_kv_b, attn.scaling, p_dense, *fixed, out.data_ptr(),
                                scratch.data_ptr(), step.threads)
         return out.view(1, 1, hidden)
@@ -226,8 +235,8 @@ def _mla(plan: RowPlan, layer) -> Callable:
 
 @guard
 def _moe(plan: RowPlan, mlp, norm) -> Callable:
-    gate, lib = mlp.gate, native.library()
-    if not native.routes(torch.empty(gate.weight.shape[1]), gate):
+    gate, kernel = mlp.gate, plan.kernel("kpop_moe_layer_row")
+    if not native.routable(gate, plan.dtype):
         raise NotNative
     shared = mlp.shared_experts
     if shared is not None and swiglu_weights(shared) is None:
@@ -246,11 +255,31 @@ def _moe(plan: RowPlan, mlp, norm) -> Callable:
     hidden, inner = stacks.down.shape[1], stacks.down.shape[2]
     route = (gate.weight.shape[0], gate.n_group, gate.topk_group, gate.top_k, gate.routed_scaling_factor)
     fixed = (p_norm, eps_of(norm), p_gate, p_bias, *route, p_gu, p_down, inner, p_sgu, p_sdown, dense, hidden)
-    scratch_size = hidden + 3 * (gate.top_k * inner + dense)
+    scratch_size, dtype = 2 * hidden + 3 * (gate.top_k * inner + dense), plan.dtype
 
     def run(h: torch.Tensor, step) -> torch.Tensor:
-        out, scratch = torch.empty(hidden), torch.empty(scratch_size)
-        lib.kpop_moe_layer_row(h.data_ptr(), *fixed, out.data_ptr(), scratch.data_ptr(), step.threads)
+        out, scratch = torch.empty(hidden, dtype=dtype), torch.empty(scratch_size)
+        kernel(h.data_ptr(), *fixed, out.data_ptr(), scratch.data_ptr(), step.threads)
+        return out.view(1, 1, hidden)
+
+    return run
+
+
+@guard
+def swiglu_block(plan: RowPlan, layer) -> Callable:
+    """h -> h + FFN(RMSNorm(h)) for a layer whose `mlp` is a SiLU-gated MLP of plain linears
+    (`post_attention_layernorm` before it): one native call (kpop_mlp_layer_row)."""
+    mlp, norm, kernel = layer.mlp, layer.post_attention_layernorm, plan.kernel("kpop_mlp_layer_row")
+    if swiglu_weights(mlp) is None:
+        raise NotNative
+    p_gu = plan.packed(mlp, "gate_up.weight", [mlp.gate_proj, mlp.up_proj])
+    p_norm, p_down = plan.hold(plan.watch(norm), plan.watch(mlp.down_proj))
+    hidden, width, norm_eps, dtype = mlp.down_proj.out_features, mlp.down_proj.in_features, eps_of(norm), plan.dtype
+
+    def run(h: torch.Tensor, step) -> torch.Tensor:
+        out, scratch = torch.empty(hidden, dtype=dtype), torch.empty(2 * hidden + 3 * width)
+        kernel(h.data_ptr(), p_norm, norm_eps, p_gu, p_down, width, hidden, out.data_ptr(), scratch.data_ptr(),
+               step.threads)
         return out.view(1, 1, hidden)
 
     return run

@@ -1,0 +1,399 @@
+/* The kernels that read a model's own memory, written once for its storage type and included by
+   native_kernels.c once per type: KPOP_T is the type (float, or bf16_t: bfloat16 bits), LD(x) the
+   value of one stored element as a float, ST(x) a float rounded to the storage type, TYPED(name)
+   the name with the type's suffix (name_f32, name_bf16).
+
+   Typed (KPOP_T): weights, norm weights, router weights and bias, the key/value and MLA caches,
+   and the residual row h / h_out of the one-row layer kernels. Always float: scratch and what the
+   kernels compute between products (x, q|k|v, o), RoPE tables, Lightning states and decays.
+   Arithmetic is float throughout, bf16 values widened on load (exact) and rounded to nearest even
+   on store, so a bf16 model computes what its float32 copy computes but for the stored roundings. */
+
+/* w . x over n values (w stored, x float), four independent accumulators. */
+static float TYPED(dot4)(const KPOP_T *w, const float *x, int64_t n) {
+    int64_t j = 0;
+    float total = 0.0f;
+#ifdef __AVX512F__
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (; j + 64 <= n; j += 64) {
+        s0 = _mm512_fmadd_ps(LOAD16(w + j), _mm512_loadu_ps(x + j), s0);
+        s1 = _mm512_fmadd_ps(LOAD16(w + j + 16), _mm512_loadu_ps(x + j + 16), s1);
+        s2 = _mm512_fmadd_ps(LOAD16(w + j + 32), _mm512_loadu_ps(x + j + 32), s2);
+        s3 = _mm512_fmadd_ps(LOAD16(w + j + 48), _mm512_loadu_ps(x + j + 48), s3);
+    }
+    total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#else
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    for (; j + 4 <= n; j += 4) {
+        s0 += LD(w[j]) * x[j];
+        s1 += LD(w[j + 1]) * x[j + 1];
+        s2 += LD(w[j + 2]) * x[j + 2];
+        s3 += LD(w[j + 3]) * x[j + 3];
+    }
+    total = (s0 + s1) + (s2 + s3);
+#endif
+    for (; j < n; j++) total += LD(w[j]) * x[j];
+    return total;
+}
+
+/* y[i] = W[i] . x for rows [r0, r1) of W [*, n]: a thread's rows are one sequential read. */
+static void TYPED(matvec_rows)(const KPOP_T *W, const float *x, float *y, int64_t r0, int64_t r1, int64_t n) {
+    for (int64_t i = r0; i < r1; i++) y[i] = TYPED(dot4)(W + i * n, x, n);
+}
+
+static void TYPED(load_row)(const KPOP_T *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = LD(src[i]);
+}
+
+static void TYPED(store_row)(const float *src, KPOP_T *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = ST(src[i]);
+}
+
+/* y = x / sqrt(mean(x^2) + eps) * w over n values (y may be x). */
+static void TYPED(rms)(const float *x, const KPOP_T *w, float *y, int64_t n, float eps) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] * inv) * LD(w[i]);
+}
+
+/* Inside a parallel region (thread t of T): x = RMSNorm(h) on one thread, then y = W x with W's
+   rows spread over the threads; every thread leaves after the last row is written. */
+static void TYPED(norm_then_matvec)(const KPOP_T *h, const KPOP_T *norm_w, float eps, const KPOP_T *W, int64_t rows,
+                                    int64_t hidden, float *x, float *y, int64_t t, int64_t T) {
+    int64_t lo, hi;
+#pragma omp single
+    {
+        TYPED(load_row)(h, x, hidden);
+        TYPED(rms)(x, norm_w, x, hidden, eps);
+    }
+    share(rows, t, T, &lo, &hi);
+    TYPED(matvec_rows)(W, x, y, lo, hi, hidden);
+#pragma omp barrier
+}
+
+/* h_out[i] = h[i] + W[i] . o for this thread's share of the hidden rows. */
+static void TYPED(residual_rows)(const KPOP_T *h, const KPOP_T *W, const float *o, int64_t n, KPOP_T *h_out,
+                                 int64_t hidden, int64_t t, int64_t T) {
+    int64_t lo, hi;
+    share(hidden, t, T, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) h_out[i] = ST(LD(h[i]) + TYPED(dot4)(W + i * n, o, n));
+}
+
+/* One token of Lightning attention for one row, from its q|k|v and gate projections (float):
+   per head q and k RMS-normed (q_norm given) and rotated on their first 2 half dims, S <- decay S
+   + k^T v in place, o = (scale q) S; out = group RMSNorm(o) * sigmoid(gate). */
+static void TYPED(lightning_row)(const float *qkv, const float *gate, float *state, const float *decay,
+                                 const KPOP_T *q_norm, const KPOP_T *k_norm, const float *cos_, const float *sin_,
+                                 const KPOP_T *g_norm, float *out, int64_t heads, int64_t d, int64_t half,
+                                 int64_t groups, float qk_eps, float g_eps, float scale) {
+    float q[KPOP_MAX_HEAD_DIM], k[KPOP_MAX_HEAD_DIM];
+    for (int64_t h = 0; h < heads; h++) {
+        const float *qh = qkv + h * d, *kh = qkv + (heads + h) * d, *v = qkv + (2 * heads + h) * d;
+        if (q_norm) {
+            TYPED(rms)(qh, q_norm, q, d, qk_eps);
+            TYPED(rms)(kh, k_norm, k, d, qk_eps);
+        } else {
+            for (int64_t i = 0; i < d; i++) { q[i] = qh[i]; k[i] = kh[i]; }
+        }
+        neox(q, cos_, sin_, half);
+        neox(k, cos_, sin_, half);
+        /* One pass over S: S <- decay S + k^T v, and o += (scale q_i) S[i] with the new row. */
+        float *S = state + h * d * d, *o = out + h * d, g = decay[h];
+        for (int64_t j = 0; j < d; j++) o[j] = 0.0f;
+        for (int64_t i = 0; i < d; i++) {
+            float ki = k[i], qi = q[i] * scale, *Si = S + i * d;
+            for (int64_t j = 0; j < d; j++) {
+                float s = Si[j] * g + ki * v[j];
+                Si[j] = s;
+                o[j] += qi * s;
+            }
+        }
+    }
+    int64_t size = heads * d / groups;
+    for (int64_t grp = 0; grp < groups; grp++) {
+        float *o = out + grp * size;
+        TYPED(rms)(o, g_norm + grp * size, o, size, g_eps);
+        const float *gt = gate + grp * size;
+        for (int64_t i = 0; i < size; i++) o[i] *= 1.0f / (1.0f + exp_f32(-gt[i]));
+    }
+}
+
+/* MoEGate's sigmoid router for one row (x float, W and bias stored): s = sigmoid(W x), experts
+   picked by s + bias (group-limited when n_group > 1: a group's score is the sum of its best two),
+   weights s of the picked experts normalised to sum 1 when k > 1, times scale. Writes idx[k] and
+   w[k] in pick order. */
+static void TYPED(route_row)(const float *x, const KPOP_T *W, const KPOP_T *bias, int64_t E, int64_t h,
+                             int64_t n_group, int64_t topk_group, int64_t k, float scale, int64_t *idx, float *w) {
+    float s[KPOP_MAX_EXPERTS], sel[KPOP_MAX_EXPERTS];
+    for (int64_t e = 0; e < E; e++) {
+        s[e] = 1.0f / (1.0f + exp_f32(-TYPED(dot4)(W + e * h, x, h)));
+        sel[e] = s[e] + LD(bias[e]);
+    }
+    pick_experts(s, sel, E, n_group, topk_group, k, scale, idx, w);
+}
+
+/* Absorbed multi-latent attention of one head h for one row over its T cached columns:
+   q_lat = q_nope W_uk[h] ([nope] x [nope, r]), scores[t] = scaling (q_lat . latent[t] + q_rope .
+   k_rope[t]), p = softmax(scores), out = W_uv[h] (sum_t p[t] latent[t]). w_kv_b [H, nope + v, r]
+   holds W_uk (first nope rows of each head) and W_uv (the next v). scratch: T + 2 r floats. */
+static void TYPED(mla_head)(const float *qn, const float *qr, const KPOP_T *latent, const KPOP_T *k_rope,
+                            const KPOP_T *w_kv_b, float *o, float *scratch, int64_t h, int64_t nope, int64_t rope,
+                            int64_t v, int64_t r, int64_t T, float scaling) {
+    float *scores = scratch, *q_lat = scratch + T, *ctx = scratch + T + r;
+    const KPOP_T *w_uk = w_kv_b + h * (nope + v) * r, *w_uv = w_uk + nope * r;
+    for (int64_t j = 0; j < r; j++) q_lat[j] = 0.0f;
+    for (int64_t n = 0; n < nope; n++) {
+        float a = qn[n];
+        const KPOP_T *row = w_uk + n * r;
+        for (int64_t j = 0; j < r; j++) q_lat[j] += a * LD(row[j]);
+    }
+    float top = -INFINITY;
+    for (int64_t t = 0; t < T; t++) {
+        float dot = TYPED(dot4)(latent + t * r, q_lat, r) + TYPED(dot4)(k_rope + t * rope, qr, rope);
+        scores[t] = dot * scaling;
+        if (scores[t] > top) top = scores[t];
+    }
+    float total = 0.0f;
+    for (int64_t t = 0; t < T; t++) {
+        scores[t] = exp_f32(scores[t] - top);
+        total += scores[t];
+    }
+    for (int64_t j = 0; j < r; j++) ctx[j] = 0.0f;
+    for (int64_t t = 0; t < T; t++) {
+        float p = scores[t] / total;
+        const KPOP_T *lt = latent + t * r;
+        for (int64_t j = 0; j < r; j++) ctx[j] += p * LD(lt[j]);
+    }
+    for (int64_t i = 0; i < v; i++) o[i] = TYPED(dot4)(w_uv + i * r, ctx, r);
+}
+
+/* kpop_kv_attend's work for one (row b, key head g) task, the row's q|k|v and the output float,
+   the cache stored. next_K/next_V: the keys/values the thread reads next (NULL: none), fetched
+   into the caches while this task computes (one hint per 64-byte line): each task's columns are a
+   short run of their own, and without the hints every run started with a stall (64 rows, 12 heads
+   of 64, 41 columns: 1.86x the time, where a plain read of the same bytes took 1.3 ms;
+   benchmarks/native_kernels.py measures the whole step). */
+static void TYPED(kv_task)(const float *row, const float *c, const float *s, KPOP_T *K, KPOP_T *V, int64_t L,
+                           float *out, float *scores, int64_t Hq, int64_t Hkv, int64_t g, int64_t d, int64_t cols,
+                           float scale, const KPOP_T *next_K, const KPOP_T *next_V) {
+    int64_t G = Hq / Hkv, T = L + 1, line = 64 / (int64_t)sizeof(KPOP_T);
+    float *q = scores + G * cols;
+    rotate_half(row + (Hq + g) * d, c, s, q, d);
+    TYPED(store_row)(q, K + L * d, d);
+    TYPED(store_row)(row + (Hq + Hkv + g) * d, V + L * d, d);
+    for (int64_t j = 0; j < G; j++) rotate_half(row + (g * G + j) * d, c, s, q + j * d, d);
+    for (int64_t t = 0; t < T; t++) {
+        const KPOP_T *kt = K + t * d;
+        for (int64_t x = 0; x < d; x += line) {
+            __builtin_prefetch(V + t * d + x, 0, 3);
+            if (next_K) {
+                __builtin_prefetch(next_K + t * d + x, 0, 2);
+                __builtin_prefetch(next_V + t * d + x, 0, 2);
+            }
+        }
+        for (int64_t j = 0; j < G; j++) {
+            const float *qj = q + j * d;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = 0; i < d; i++) dot += qj[i] * LD(kt[i]);
+            scores[j * cols + t] = dot * scale;
+        }
+    }
+    for (int64_t j = 0; j < G; j++) {
+        float *p = scores + j * cols, top = -INFINITY, total = 0.0f;
+        for (int64_t t = 0; t < T; t++) top = p[t] > top ? p[t] : top;
+        for (int64_t t = 0; t < T; t++) {
+            p[t] = exp_f32(p[t] - top);
+            total += p[t];
+        }
+        for (int64_t t = 0; t < T; t++) p[t] /= total;
+    }
+    float *o = out + g * G * d;
+    for (int64_t i = 0; i < G * d; i++) o[i] = 0.0f;
+    for (int64_t t = 0; t < T; t++) {
+        const KPOP_T *vt = V + t * d;
+        for (int64_t j = 0; j < G; j++) {
+            float p = scores[j * cols + t], *oj = o + j * d;
+#pragma omp simd
+            for (int64_t i = 0; i < d; i++) oj[i] += p * LD(vt[i]);
+        }
+    }
+}
+
+/* One row (x float) through a sum of SwiGLU feed-forwards: out = sum_j w[j] FFN_{ids[j]}(x) (ids
+   ascending, added in that order) + FFN_dense(x), FFN(x) = down (silu(gate x) * (up x)). Expert
+   e's gate|up is gate_up + e * 2I * h ([2I, h]), its down down + e * h * I ([h, I]); the dense one
+   (optional: dense_gate_up NULL) dense_gate_up [2D, h], dense_down [h, D]. out: float [h].
+   scratch: 3 (k I + D) floats. Every product's rows are spread over the threads (one parallel
+   region, two barriers). */
+void TYPED(kpop_ffn_row)(const float *x, const KPOP_T *gate_up, const KPOP_T *down, const int64_t *ids,
+                         const float *w, int64_t k, int64_t I, const KPOP_T *dense_gate_up, const KPOP_T *dense_down,
+                         int64_t D, int64_t h, float *out, float *scratch, int64_t threads) {
+    int64_t m = dense_gate_up ? k + 1 : k;
+    float *pre = scratch, *hid = scratch + 2 * (k * I + D);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t t = KPOP_THREAD, T = KPOP_THREADS, lo, hi;
+        for (int64_t j = 0; j < m; j++) {
+            int64_t n = j < k ? I : D;
+            const KPOP_T *W = j < k ? gate_up + ids[j] * 2 * I * h : dense_gate_up;
+            share(2 * n, t, T, &lo, &hi);
+            TYPED(matvec_rows)(W, x, pre + 2 * j * I, lo, hi, h);
+        }
+#pragma omp barrier
+        for (int64_t j = 0; j < m; j++) {
+            int64_t n = j < k ? I : D;
+            const float *g = pre + 2 * j * I, *u = g + n;
+            share(n, t, T, &lo, &hi);
+            for (int64_t i = lo; i < hi; i++) hid[j * I + i] = silu(g[i]) * u[i];
+        }
+#pragma omp barrier
+        share(h, t, T, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) out[i] = 0.0f;
+        for (int64_t j = 0; j < m; j++) {
+            int64_t n = j < k ? I : D;
+            const KPOP_T *W = j < k ? down + ids[j] * h * I : dense_down;
+            const float *v = hid + j * I;
+            float wj = j < k ? w[j] : 1.0f;
+            for (int64_t i = lo; i < hi; i++) {
+                float dot = TYPED(dot4)(W + i * n, v, n);
+                out[i] += j < k ? dot * wj : dot;
+            }
+        }
+    }
+}
+
+/* One row through a Lightning layer's attention block, projections included: x = RMSNorm(h),
+   q|k|v|gate = W_qkvg x (silu on q|k|v when silu_qkv), o = lightning_row(...) (the state updated
+   in place), h_out = h + W_dense o. scratch: hidden + 5 H d floats. The products' rows are spread
+   over the threads; the norm and the state's pass run on one. */
+void TYPED(kpop_lightning_layer_row)(const KPOP_T *h, const KPOP_T *norm_w, float norm_eps, const KPOP_T *w_qkvg,
+                                     int64_t silu_qkv, float *state, const float *decay, const KPOP_T *q_norm,
+                                     const KPOP_T *k_norm, const float *cos_, const float *sin_, const KPOP_T *g_norm,
+                                     int64_t heads, int64_t d, int64_t half, int64_t groups, float qk_eps, float g_eps,
+                                     float scale, const KPOP_T *w_dense, int64_t hidden, KPOP_T *h_out, float *scratch,
+                                     int64_t threads) {
+    int64_t hd = heads * d;
+    float *x = scratch, *qkvg = x + hidden, *o = qkvg + 4 * hd;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t t = KPOP_THREAD, T = KPOP_THREADS;
+        TYPED(norm_then_matvec)(h, norm_w, norm_eps, w_qkvg, 4 * hd, hidden, x, qkvg, t, T);
+#pragma omp single
+        {
+            if (silu_qkv)
+                for (int64_t i = 0; i < 3 * hd; i++) qkvg[i] = silu(qkvg[i]);
+            TYPED(lightning_row)(qkvg, qkvg + 3 * hd, state, decay, q_norm, k_norm, cos_, sin_, g_norm, o, heads, d,
+                                 half, groups, qk_eps, g_eps, scale);
+        }
+        TYPED(residual_rows)(h, w_dense, o, hd, h_out, hidden, t, T);
+    }
+}
+
+/* One row through an MLA layer's attention block (q without a low-rank pair), projections
+   included: x = RMSNorm(h); q | c | kr = W_qkva x (q [H, nope + rope]); column L of the cache gets
+   latent[L] = RMSNorm(c) (kv_norm) and k_rope[L] = kr rotated; every head attends over columns
+   0..L (`mla_head`, q's rope part rotated); h_out = h + W_dense o. Products' rows and the heads
+   are spread over the threads. scratch: hidden + (H (nope + rope) + r + rope) + H (nope + rope)
+   + H v + threads (L + 1 + 2 r) floats. */
+void TYPED(kpop_mla_layer_row)(const KPOP_T *h, const KPOP_T *norm_w, float norm_eps, const KPOP_T *w_qkva,
+                               const KPOP_T *kv_norm_w, float kv_eps, const float *cos_, const float *sin_,
+                               KPOP_T *latent, KPOP_T *k_rope, int64_t L, const KPOP_T *w_kv_b, float scaling,
+                               const KPOP_T *w_dense, int64_t hidden, int64_t H, int64_t nope, int64_t rope,
+                               int64_t v, int64_t r, KPOP_T *h_out, float *scratch, int64_t threads) {
+    int64_t qd = H * (nope + rope), rows = qd + r + rope, T = L + 1;
+    float *x = scratch, *qkva = x + hidden, *qn = qkva + rows, *qr = qn + H * nope, *o = qr + H * rope;
+    float *heads_scratch = o + H * v;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t t = KPOP_THREAD, T_ = KPOP_THREADS, lo, hi;
+        TYPED(norm_then_matvec)(h, norm_w, norm_eps, w_qkva, rows, hidden, x, qkva, t, T_);
+#pragma omp single
+        {
+            float *c = qkva + qd, *kr = c + r;
+            TYPED(rms)(c, kv_norm_w, c, r, kv_eps);
+            TYPED(store_row)(c, latent + L * r, r);
+            interleaved(kr, cos_, sin_, kr, rope / 2);
+            TYPED(store_row)(kr, k_rope + L * rope, rope);
+            for (int64_t i = 0; i < H; i++) {
+                const float *qi = qkva + i * (nope + rope);
+                for (int64_t j = 0; j < nope; j++) qn[i * nope + j] = qi[j];
+                interleaved(qi + nope, cos_, sin_, qr + i * rope, rope / 2);
+            }
+        }
+        float *mine = heads_scratch + t * (T + 2 * r);
+        share(H, t, T_, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++)
+            TYPED(mla_head)(qn + i * nope, qr + i * rope, latent, k_rope, w_kv_b, o + i * v, mine, i, nope, rope, v, r,
+                            T, scaling);
+#pragma omp barrier
+        TYPED(residual_rows)(h, w_dense, o, H * v, h_out, hidden, t, T_);
+    }
+}
+
+/* One row through a MoE layer's block: x = RMSNorm(h), the router's pick (route_row), then
+   h_out = h + kpop_ffn_row(x, the picked experts in increasing id, the shared expert if any).
+   scratch: 2 hidden + 3 (k I + D) floats. */
+void TYPED(kpop_moe_layer_row)(const KPOP_T *h, const KPOP_T *norm_w, float norm_eps, const KPOP_T *gate_w,
+                               const KPOP_T *bias, int64_t E, int64_t n_group, int64_t topk_group, int64_t k,
+                               float scale, const KPOP_T *gate_up, const KPOP_T *down, int64_t I,
+                               const KPOP_T *dense_gate_up, const KPOP_T *dense_down, int64_t D, int64_t hidden,
+                               KPOP_T *h_out, float *scratch, int64_t threads) {
+    int64_t ids[KPOP_MAX_EXPERTS];
+    float w[KPOP_MAX_EXPERTS];
+    float *x = scratch, *y = scratch + hidden;
+    TYPED(load_row)(h, x, hidden);
+    TYPED(rms)(x, norm_w, x, hidden, norm_eps);
+    TYPED(route_row)(x, gate_w, bias, E, hidden, n_group, topk_group, k, scale, ids, w);
+    in_id_order(ids, w, k);
+    TYPED(kpop_ffn_row)(x, gate_up, down, ids, w, k, I, dense_gate_up, dense_down, D, hidden, y, y + hidden, threads);
+    for (int64_t i = 0; i < hidden; i++) h_out[i] = ST(LD(h[i]) + y[i]);
+}
+
+/* One row through a standard-attention layer's block: x = RMSNorm(h), q|k|v = W_qkv x (Hq query,
+   Hkv key, Hkv value heads of d), kv_task per key head over keys/values [Hkv, cap, d] of the row
+   (new column L, attention over 0..L), h_out = h + W_o o. scratch: hidden + (Hq + 2 Hkv) d + Hq d
+   + Hkv G (L + 1 + d) floats. */
+void TYPED(kpop_attn_layer_row)(const KPOP_T *h, const KPOP_T *norm_w, float norm_eps, const KPOP_T *w_qkv,
+                                const float *cos_, const float *sin_, KPOP_T *keys, KPOP_T *values, int64_t L,
+                                int64_t cap, float scale, const KPOP_T *w_o, int64_t hidden, int64_t Hq, int64_t Hkv,
+                                int64_t d, KPOP_T *h_out, float *scratch, int64_t threads) {
+    int64_t rows = (Hq + 2 * Hkv) * d, G = Hq / Hkv, cols = L + 1;
+    float *x = scratch, *qkv = x + hidden, *o = qkv + rows, *tasks = o + Hq * d;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t t = KPOP_THREAD, T = KPOP_THREADS, lo, hi;
+        TYPED(norm_then_matvec)(h, norm_w, norm_eps, w_qkv, rows, hidden, x, qkv, t, T);
+        share(Hkv, t, T, &lo, &hi);
+        for (int64_t g = lo; g < hi; g++)
+            TYPED(kv_task)(qkv, cos_, sin_, keys + g * cap * d, values + g * cap * d, L, o, tasks + g * G * (cols + d),
+                           Hq, Hkv, g, d, cols, scale, g + 1 < hi ? keys + (g + 1) * cap * d : 0,
+                           g + 1 < hi ? values + (g + 1) * cap * d : 0);
+#pragma omp barrier
+        TYPED(residual_rows)(h, w_o, o, Hq * d, h_out, hidden, t, T);
+    }
+}
+
+/* One row through a SwiGLU MLP block: h_out = h + FFN(RMSNorm(h)) (kpop_ffn_row's dense part).
+   scratch: 2 hidden + 3 D floats. */
+void TYPED(kpop_mlp_layer_row)(const KPOP_T *h, const KPOP_T *norm_w, float norm_eps, const KPOP_T *gate_up,
+                               const KPOP_T *down, int64_t D, int64_t hidden, KPOP_T *h_out, float *scratch,
+                               int64_t threads) {
+    float *x = scratch, *y = scratch + hidden;
+    TYPED(load_row)(h, x, hidden);
+    TYPED(rms)(x, norm_w, x, hidden, norm_eps);
+    TYPED(kpop_ffn_row)(x, 0, 0, 0, 0, 0, 0, gate_up, down, D, hidden, y, y + hidden, threads);
+    for (int64_t i = 0; i < hidden; i++) h_out[i] = ST(LD(h[i]) + y[i]);
+}
+
+/* SwiGLU over rows: out[r, i] = silu(gu[r, i]) * gu[r, n + i], gu [rows, 2n] (gate | up). */
+void TYPED(kpop_swiglu)(const KPOP_T *gu, KPOP_T *out, int64_t rows, int64_t n, int64_t threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const KPOP_T *g = gu + r * 2 * n, *u = g + n;
+        KPOP_T *o = out + r * n;
+        for (int64_t i = 0; i < n; i++) o[i] = ST(silu(LD(g[i])) * LD(u[i]));
+    }
+}
