@@ -8,7 +8,7 @@
   projections that read the same input as one matmul (Lightning q|k|v|gate, MLA q|kv_a; weights
   packed, kpop.rollout.builtin.packed). One row (float32 or bfloat16): each layer's blocks as
   native kernels through a prepared plan (kpop.rollout.builtin.row_plan) where they are built;
-  several float32 rows: each Lightning layer's work between its projections natively. Prefill runs the model's forward with its Lightning layers
+  several rows: each Lightning layer's work between its projections natively. Prefill runs the model's forward with its Lightning layers
   in the chunked form (the same values as the recurrent form the model picks for short prompts,
   without a fresh state per token).
 - `KVAdapter` (kpop.rollout.builtin.kv_adapter): standard attention through transformers.
@@ -217,14 +217,14 @@ def _lightning_block_native(layer, h, rope, state: torch.Tensor, decay: torch.Te
 
 
 def _lightning_rows_native(attn, x, rope, state: torch.Tensor, decay: torch.Tensor) -> torch.Tensor | None:
-    """`HybridAdapter._lightning` for float32 rows with everything between the two projections in
-    one native call (kpop.rollout.builtin.native.lightning_rows: one pass over each row's state),
-    or None where the layer does not qualify (kpop.rollout.builtin.row_plan.lightning_qualifies, or
-    another dtype)."""
-    if not lightning_qualifies(attn):
+    """`HybridAdapter._lightning` for float32 or bfloat16 rows with everything between the two
+    projections in one native call (kpop.rollout.builtin.native.lightning_rows: one pass over each
+    row's state), or None where the layer does not qualify (kpop.rollout.builtin.row_plan.
+    lightning_qualifies, or another dtype)."""
+    if not lightning_qualifies(attn) or x.dtype not in native.DTYPES:
         return None
     core = _lightning_core(attn, rope)
-    if not native.fits(x, state, decay, core[4], core[0], core[1]):
+    if not (native.fits(x, core[4], core[0], core[1], dtype=x.dtype) and native.fits(state, decay, core[2], core[3])):
         return None
     modules = attn._modules
     qkvg = fused_output(attn, "qkv_g", [modules["query_key_value"], modules["g_proj"]], x).contiguous()

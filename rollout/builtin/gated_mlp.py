@@ -2,10 +2,11 @@
 
 `gated_mlp(mlp, x)` = `down(act(gate(x)) * up(x))` with gate|up as one matmul over their packed
 weights (kpop.rollout.builtin.packed): the module's `act_fn`, SiLU where it has none (SwiGLU).
-`swiglu(gate_up, act)` is the middle, `act(gate) * up` over the two halves: one native pass for
-float32 SiLU (kpop.rollout.builtin.native.swiglu; rows over torch's threads) in place of a split,
-a `silu` and a `mul`, torch's ops otherwise. Same values as the module's forward up to the
-matmul's summation order (the native SiLU's exp is libm's, so to float32 rounding).
+`swiglu(gate_up, act)` is the middle, `act(gate) * up` over the two halves: for SiLU in float32
+or bfloat16 one native pass (kpop.rollout.builtin.native.swiglu; rows over torch's threads) in
+place of a split, a `silu` and a `mul`; torch's ops otherwise. Same values as the module's
+forward up to the matmul's summation order and the native exponential (within 2 ulp; bf16 results
+rounded once, from float32).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def swiglu_weights(mlp) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 def swiglu(gate_up: torch.Tensor, act=F.silu) -> torch.Tensor:
     """act(gate) * up for gate, up = gate_up's two halves on the last dim."""
-    if _is_silu(act) and native.fits(gate_up):
+    if _is_silu(act) and gate_up.dtype in native.DTYPES and native.fits(gate_up, dtype=gate_up.dtype):
         return native.swiglu(gate_up)
     gate, up = gate_up.chunk(2, -1)
     return act(gate) * up

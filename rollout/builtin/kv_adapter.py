@@ -6,9 +6,9 @@ Contract: the one in kpop.rollout.builtin.adapters. Two decode paths:
   modules and weights (rotary embedding; q|k|v and gate|up each one matmul over packed weights,
   kpop.rollout.builtin.packed; norms as one fused op, kpop.rollout.builtin.norms); the new
   keys/values are written into the slots in place and each row attends over its own length. In
-  float32 with RoPE over the whole head, RoPE, the write and the attention are one native call a
-  layer (kpop.rollout.builtin.native.kv_attend, on torch's threads); otherwise torch's ops (SDPA
-  for one row, `_attend` over a masked span for several). No per-step cache objects, masks built
+  float32 or bfloat16 with RoPE over the whole head, RoPE, the write and the attention are one
+  native call a layer (kpop.rollout.builtin.native.kv_attend, on torch's threads); otherwise
+  torch's ops (SDPA for one row, `_attend` over a masked span for several). No per-step cache objects, masks built
   once per step, no copy of the cache.
 - generic (every other architecture): the model's forward over a `DynamicCache` that views the
   slots, with a 0/1 mask of each row's length; the new column is copied back into the slots.
@@ -84,8 +84,9 @@ class KVAdapter:
     def _direct(self, tensors, lengths, width: int, tokens) -> torch.Tensor:
         inner, B = self.model.model, tokens.shape[0]
         h = inner.embed_tokens(tokens[:, None])
-        cos, sin = inner.rotary_emb(h, lengths[:, None])  # [B, 1, D]
-        attend = _native_step(cos, sin, lengths, width, tensors) or _torch_step(cos, sin, lengths, width, tensors)
+        cos, sin = inner.rotary_emb(h.float(), lengths[:, None])  # [B, 1, D], float32 (HF's, before its cast)
+        attend = (_native_step(cos, sin, lengths, width, tensors)
+                  or _torch_step(cos.to(h.dtype), sin.to(h.dtype), lengths, width, tensors))
         for i, layer in enumerate(inner.layers[: self.num_layers]):
             attn, x = layer.self_attn, rms(layer.input_layernorm, h)
             qkv = fused_output(attn, "qkv", [attn.q_proj, attn.k_proj, attn.v_proj], x)  # q's heads, k's, v's
@@ -146,9 +147,11 @@ def _qk_normed(attn, qkv: torch.Tensor) -> torch.Tensor:
 
 def _native_step(cos, sin, lengths, width: int, tensors):
     """The step's attention as one `native.kv_attend` per layer, or None where the kernel does not
-    apply (not float32, RoPE over part of the head, or the kernels unavailable)."""
-    B, D = cos.shape[0], tensors[0].shape[-1]
-    if cos.shape[-1] != D or D % 2 or lengths.dtype != torch.int64 or not native.fits(cos, sin, *tensors):
+    apply (a cache neither float32 nor bfloat16, RoPE over part of the head, or the kernels
+    unavailable). cos/sin: float32."""
+    B, D, dtype = cos.shape[0], tensors[0].shape[-1], tensors[0].dtype
+    if (cos.shape[-1] != D or D % 2 or lengths.dtype != torch.int64 or dtype not in native.DTYPES
+            or not native.fits(*tensors, dtype=dtype) or not native.fits(cos, sin)):
         return None
     cos, sin, lengths = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous(), lengths.contiguous()
 

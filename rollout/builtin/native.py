@@ -20,7 +20,8 @@ the model's own memory: weights, norm weights, the key/value and MLA caches, the
 Lightning states, decays and RoPE tables stay float32. Arithmetic is float32 either way (bf16
 widened on load, rounded to nearest even where stored), so a bf16 kernel's result is the float32
 kernel's on the same values, rounded where it is stored (tests/rollout/test_rollout_builtin_native_bf16.py).
-- `rms_norm(x [..., n], weight [n], eps)` = `F.rms_norm(x, (n,), None, eps) * weight`.
+- `rms_norm(x [..., n], weight [n], eps)` = `F.rms_norm(x, (n,), None, eps) * weight` (the
+  normalised value rounded to x's dtype before the product, as there), rows over the threads.
 - `lightning_layer_row(h [hidden], norm_w, norm_eps, w_qkvg [4 H d, hidden], silu_qkv, state [H, d,
   d], decay [H], q_norm, k_norm ([d] or None), cos, sin ([half]; half may be 0), g_norm [H d],
   groups, qk_eps, g_eps, scale, w_dense [hidden, H d])` -> h + W_dense out: x = RMSNorm(h) (norm_w,
@@ -171,14 +172,14 @@ def _library() -> ctypes.CDLL | None:
         log.warning("the torch ops stand in for the native decode kernels")
         return None
     signatures = {
-        "kpop_rms_norm": [_P, _P, _P, _I64, _I64, _F32],
         "kpop_mla_row": [_P] * 7 + [_I64] * 6 + [_F32],
         "kpop_route_row": [_P] * 3 + [_I64] * 5 + [_F32] + [_P] * 2,
-        "kpop_kv_attend": [_P, _I64] + [_P] * 7 + [_I64] * 6 + [_F32, _I64],
-        "kpop_lightning_rows": [_P, _I64] + [_P] * 8 + [_I64] * 5 + [_F32] * 3 + [_I64],
     }
     typed_signatures = {
         "kpop_swiglu": [_P, _P, _I64, _I64, _I64],
+        "kpop_rms_norm": [_P, _P, _P, _I64, _I64, _F32, _I64],
+        "kpop_kv_attend": [_P, _I64] + [_P] * 7 + [_I64] * 6 + [_F32, _I64],
+        "kpop_lightning_rows": [_P, _I64] + [_P] * 9 + [_I64] * 5 + [_F32] * 3 + [_I64],
         "kpop_ffn_row": [_P] * 5 + [_I64] * 2 + [_P] * 2 + [_I64] * 2 + [_P] * 2 + [_I64],
         "kpop_lightning_layer_row": [_P, _P, _F32, _P, _I64] + [_P] * 7 + [_I64] * 4 + [_F32] * 3 + [_P, _I64, _P, _P, _I64],
         "kpop_mla_layer_row": [_P, _P, _F32, _P, _P, _F32] + [_P] * 4 + [_I64, _P, _F32, _P] + [_I64] * 6 + [_P, _P, _I64],
@@ -244,7 +245,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if weight.numel() != n:
         raise ValueError(f"weight has {weight.numel()} values for rows of {n}")
     y = torch.empty_like(x)
-    _library().kpop_rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.numel() // n, n, eps)
+    typed("kpop_rms_norm", x.dtype)(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.numel() // n, n, eps,
+                                    torch.get_num_threads())
     return y
 
 
@@ -298,7 +300,8 @@ def kv_attend(qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, s
     lengths [B] int64 with every length < columns <= cap. Per row b: k and each query head
     rotated (`q cos + rotate_half(q) sin`), k and v written at column lengths[b] of keys/values in
     place, then out[b, h] = softmax(scale q_h K^T) V over columns 0..lengths[b] of the head's key
-    group (query heads grouped over key heads as HF's `repeat_kv`). Returns out [B, heads * d]."""
+    group (query heads grouped over key heads as HF's `repeat_kv`). Returns out [B, heads * d].
+    qkv, keys, values and out are of one dtype of `DTYPES`, cos/sin float32."""
     B, kv, cap, d = keys.shape
     if (kv != kv_heads or heads % kv_heads or values.shape != keys.shape or qkv.shape != (B, (heads + 2 * kv) * d)
             or cos.shape != (B, d) or sin.shape != (B, d) or lengths.shape != (B,) or not 0 < columns <= cap or d % 2):
@@ -307,9 +310,13 @@ def kv_attend(qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, s
                          f"heads {heads}/{kv_heads}, columns {columns}")
     if lengths.dtype != torch.int64 or not lengths.is_contiguous():
         raise ValueError("kv_attend: lengths must be a contiguous int64 tensor")
+    if {qkv.dtype, keys.dtype, values.dtype} != {qkv.dtype} or qkv.dtype not in DTYPES or not fits(cos, sin):
+        raise ValueError(f"kv_attend: qkv, keys and values of one dtype of {DTYPES} ({qkv.dtype}, {keys.dtype}, "
+                         f"{values.dtype}), cos/sin float32 ({cos.dtype})")
     group = heads // kv
-    out, scratch = torch.empty(B, heads * d), torch.empty(B * kv, group * (columns + d))
-    _library().kpop_kv_attend(
+    widened = (2 * group + 2) * d if qkv.dtype != torch.float32 else 0  # the task's float copies
+    out, scratch = qkv.new_empty(B, heads * d), torch.empty(B * kv, group * (columns + d) + widened)
+    typed("kpop_kv_attend", qkv.dtype)(
         qkv.data_ptr(), qkv.shape[1], cos.data_ptr(), sin.data_ptr(), keys.data_ptr(), values.data_ptr(),
         lengths.data_ptr(), out.data_ptr(), scratch.data_ptr(), B, heads, kv, d, cap, columns, scale,
         torch.get_num_threads(),
@@ -386,10 +393,11 @@ def lightning_rows(qkvg: torch.Tensor, silu_qkv: bool, state: torch.Tensor, deca
             or (cos is not None and (cos.numel() != rows * half or sin.numel() != rows * half))):
         raise ValueError(f"lightning_rows: shapes qkvg {tuple(qkvg.shape)}, state {tuple(state.shape)}, groups "
                          f"{groups}, cos {None if cos is None else tuple(cos.shape)}")
-    out = torch.empty(rows, heads * d)
-    _library().kpop_lightning_rows(
+    out = qkvg.new_empty(rows, heads * d)
+    scratch = None if qkvg.dtype == torch.float32 else torch.empty(rows, 5 * heads * d)  # float copies of each row
+    typed("kpop_lightning_rows", qkvg.dtype)(
         qkvg.data_ptr(), int(silu_qkv), state.data_ptr(), decay.data_ptr(), _ptr(q_norm), _ptr(k_norm), _ptr(cos),
-        _ptr(sin), g_norm.data_ptr(), out.data_ptr(), rows, heads, d, half, groups, qk_eps, g_eps, scale,
+        _ptr(sin), g_norm.data_ptr(), out.data_ptr(), _ptr(scratch), rows, heads, d, half, groups, qk_eps, g_eps, scale,
         torch.get_num_threads(),
     )
     return out

@@ -60,19 +60,6 @@ static inline float exp_f32(float x) {
 
 static inline float silu(float x) { return x / (1.0f + exp_f32(-x)); }
 
-/* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for `rows` rows of `n` values. */
-void kpop_rms_norm(const float *x, const float *w, float *y, int64_t rows, int64_t n, float eps) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * n;
-        float *yr = y + r * n;
-        float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-        for (int64_t i = 0; i < n; i++) ss += xr[i] * xr[i];
-        float inv = 1.0f / sqrtf(ss / (float)n + eps);
-        for (int64_t i = 0; i < n; i++) yr[i] = (xr[i] * inv) * w[i];
-    }
-}
-
 /* Rotate the first 2 * half values of x (rotate-half layout) by cos/sin [half]. */
 static void neox(float *x, const float *c, const float *s, int64_t half) {
     for (int64_t i = 0; i < half; i++) {
@@ -192,42 +179,24 @@ static inline bf16_t f32_to_bf16(float f) {
 #define LD(x) (x)
 #define ST(x) (x)
 #define LOAD16(p) _mm512_loadu_ps(p)
+#define KPOP_WIDENED 0
 #include "native_kernels_typed.h"
 #undef KPOP_T
 #undef KPOP_SUFFIX
 #undef LD
 #undef ST
 #undef LOAD16
+#undef KPOP_WIDENED
 
 #define KPOP_T bf16_t
 #define KPOP_SUFFIX bf16
 #define LD(x) bf16_to_f32(x)
 #define ST(x) f32_to_bf16(x)
+#define KPOP_WIDENED 1
 #define LOAD16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
 #include "native_kernels_typed.h"
 
 /* Float32 entry points below. */
-
-/* lightning_row for each of `rows` rows, spread over the threads: qkvg [rows, 4 H d] (q|k|v,
-   then the gate; silu applied to q|k|v in place first when silu_qkv), state [rows, H, d, d]
-   updated in place, cos_/sin_ [rows, half], out [rows, H d]. One pass over each row's state,
-   where torch's ops (a scale, an outer-product add, a product) read it three times and write it
-   twice. */
-void kpop_lightning_rows(float *qkvg, int64_t silu_qkv, float *state, const float *decay, const float *q_norm,
-                         const float *k_norm, const float *cos_, const float *sin_, const float *g_norm, float *out,
-                         int64_t rows, int64_t heads, int64_t d, int64_t half, int64_t groups, float qk_eps,
-                         float g_eps, float scale, int64_t threads) {
-    int64_t hd = heads * d;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
-    for (int64_t r = 0; r < rows; r++) {
-        float *x = qkvg + r * 4 * hd;
-        if (silu_qkv)
-            for (int64_t i = 0; i < 3 * hd; i++) x[i] = silu(x[i]);
-        lightning_row_f32(x, x + 3 * hd, state + r * hd * d, decay, q_norm, k_norm, cos_ ? cos_ + r * half : 0,
-                          sin_ ? sin_ + r * half : 0, g_norm, out + r * hd, heads, d, half, groups, qk_eps, g_eps,
-                          scale);
-    }
-}
 
 /* route_row for one float32 row (x [h], W [E, h], bias [E]). */
 void kpop_route_row(const float *x, const float *W, const float *bias, int64_t E, int64_t h, int64_t n_group,
@@ -242,23 +211,4 @@ void kpop_mla_row(const float *q_nope, const float *q_rope, const float *latent,
     for (int64_t h = 0; h < H; h++)
         mla_head_f32(q_nope + h * nope, q_rope + h * rope, latent, k_rope, w_kv_b, out + h * v, scratch, h, nope, rope,
                      v, r, T, scaling);
-}
-
-/* One new token per row over a key/value cache [B, Hkv, cap, d]. Per row b and key head g (one
-   task each): k rotated and written with v at column L = lengths[b]; each of the G = Hq / Hkv query
-   heads of the group rotated and attending over columns 0..L: out[b, h] = softmax(scale q k^T) V.
-   qkv row b: Hq query heads, then Hkv key heads, then Hkv value heads, `stride` floats apart.
-   scratch: G * (cols + d) floats per task, cols > max(lengths). */
-void kpop_kv_attend(const float *qkv, int64_t stride, const float *cos_, const float *sin_, float *keys,
-                    float *values, const int64_t *lengths, float *out, float *scratch, int64_t B, int64_t Hq,
-                    int64_t Hkv, int64_t d, int64_t cap, int64_t cols, float scale, int64_t threads) {
-    int64_t G = Hq / Hkv;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t task = 0; task < B * Hkv; task++) {
-        int64_t b = task / Hkv, g = task % Hkv;
-        int64_t next = task + 1 < B * Hkv ? (task + 1) * cap * d : -1;
-        kv_task_f32(qkv + b * stride, cos_ + b * d, sin_ + b * d, keys + task * cap * d, values + task * cap * d,
-                    lengths[b], out + b * Hq * d, scratch + task * G * (cols + d), Hq, Hkv, g, d, cols, scale,
-                    next < 0 ? 0 : keys + next, next < 0 ? 0 : values + next);
-    }
 }

@@ -169,21 +169,23 @@ static void TYPED(mla_head)(const float *qn, const float *qr, const KPOP_T *late
     for (int64_t i = 0; i < v; i++) o[i] = TYPED(dot4)(w_uv + i * r, ctx, r);
 }
 
-/* kpop_kv_attend's work for one (row b, key head g) task, the row's q|k|v and the output float,
-   the cache stored. next_K/next_V: the keys/values the thread reads next (NULL: none), fetched
-   into the caches while this task computes (one hint per 64-byte line): each task's columns are a
-   short run of their own, and without the hints every run started with a stall (64 rows, 12 heads
-   of 64, 41 columns: 1.86x the time, where a plain read of the same bytes took 1.3 ms;
-   benchmarks/native_kernels.py measures the whole step). */
-static void TYPED(kv_task)(const float *row, const float *c, const float *s, KPOP_T *K, KPOP_T *V, int64_t L,
-                           float *out, float *scores, int64_t Hq, int64_t Hkv, int64_t g, int64_t d, int64_t cols,
+/* kv_attend's work for one (row b, key head g) task: the group's G query heads q_in [G, d], its
+   key k_in [d] and value v_in [d] (float) in, o [G, d] (float) out, the cache stored. k rotated
+   and written with v at column L, each query head rotated and attending over columns 0..L.
+   scores: G (cols + d) floats. next_K/next_V: the keys/values the thread reads next (NULL: none),
+   fetched into the caches while this task computes (one hint per 64-byte line): each task's
+   columns are a short run of their own, and without the hints every run started with a stall (64
+   rows, 12 heads of 64, 41 columns: 1.86x the time, where a plain read of the same bytes took 1.3
+   ms; benchmarks/native_kernels.py measures the whole step). */
+static void TYPED(kv_task)(const float *q_in, const float *k_in, const float *v_in, const float *c, const float *s,
+                           KPOP_T *K, KPOP_T *V, int64_t L, float *o, float *scores, int64_t G, int64_t d, int64_t cols,
                            float scale, const KPOP_T *next_K, const KPOP_T *next_V) {
-    int64_t G = Hq / Hkv, T = L + 1, line = 64 / (int64_t)sizeof(KPOP_T);
+    int64_t T = L + 1, line = 64 / (int64_t)sizeof(KPOP_T);
     float *q = scores + G * cols;
-    rotate_half(row + (Hq + g) * d, c, s, q, d);
+    rotate_half(k_in, c, s, q, d);
     TYPED(store_row)(q, K + L * d, d);
-    TYPED(store_row)(row + (Hq + Hkv + g) * d, V + L * d, d);
-    for (int64_t j = 0; j < G; j++) rotate_half(row + (g * G + j) * d, c, s, q + j * d, d);
+    TYPED(store_row)(v_in, V + L * d, d);
+    for (int64_t j = 0; j < G; j++) rotate_half(q_in + j * d, c, s, q + j * d, d);
     for (int64_t t = 0; t < T; t++) {
         const KPOP_T *kt = K + t * d;
         for (int64_t x = 0; x < d; x += line) {
@@ -210,7 +212,6 @@ static void TYPED(kv_task)(const float *row, const float *c, const float *s, KPO
         }
         for (int64_t t = 0; t < T; t++) p[t] /= total;
     }
-    float *o = out + g * G * d;
     for (int64_t i = 0; i < G * d; i++) o[i] = 0.0f;
     for (int64_t t = 0; t < T; t++) {
         const KPOP_T *vt = V + t * d;
@@ -368,9 +369,9 @@ void TYPED(kpop_attn_layer_row)(const KPOP_T *h, const KPOP_T *norm_w, float nor
         TYPED(norm_then_matvec)(h, norm_w, norm_eps, w_qkv, rows, hidden, x, qkv, t, T);
         share(Hkv, t, T, &lo, &hi);
         for (int64_t g = lo; g < hi; g++)
-            TYPED(kv_task)(qkv, cos_, sin_, keys + g * cap * d, values + g * cap * d, L, o, tasks + g * G * (cols + d),
-                           Hq, Hkv, g, d, cols, scale, g + 1 < hi ? keys + (g + 1) * cap * d : 0,
-                           g + 1 < hi ? values + (g + 1) * cap * d : 0);
+            TYPED(kv_task)(qkv + g * G * d, qkv + (Hq + g) * d, qkv + (Hq + Hkv + g) * d, cos_, sin_, keys + g * cap * d,
+                           values + g * cap * d, L, o + g * G * d, tasks + g * G * (cols + d), G, d, cols, scale,
+                           g + 1 < hi ? keys + (g + 1) * cap * d : 0, g + 1 < hi ? values + (g + 1) * cap * d : 0);
 #pragma omp barrier
         TYPED(residual_rows)(h, w_o, o, Hq * d, h_out, hidden, t, T);
     }
@@ -388,6 +389,23 @@ void TYPED(kpop_mlp_layer_row)(const KPOP_T *h, const KPOP_T *norm_w, float norm
     for (int64_t i = 0; i < hidden; i++) h_out[i] = ST(LD(h[i]) + y[i]);
 }
 
+/* RMSNorm over rows, spread over the threads: y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w for
+   `rows` rows of `n` values, in the modules' order of roundings: the normalised value rounded
+   to the storage type, then scaled by the weight (`weight * normalised.to(dtype)`). */
+void TYPED(kpop_rms_norm)(const KPOP_T *x, const KPOP_T *w, KPOP_T *y, int64_t rows, int64_t n, float eps,
+                          int64_t threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const KPOP_T *xr = x + r * n;
+        KPOP_T *yr = y + r * n;
+        float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t i = 0; i < n; i++) ss += LD(xr[i]) * LD(xr[i]);
+        float inv = 1.0f / sqrtf(ss / (float)n + eps);
+        for (int64_t i = 0; i < n; i++) yr[i] = ST(LD(ST(LD(xr[i]) * inv)) * LD(w[i]));
+    }
+}
+
 /* SwiGLU over rows: out[r, i] = silu(gu[r, i]) * gu[r, n + i], gu [rows, 2n] (gate | up). */
 void TYPED(kpop_swiglu)(const KPOP_T *gu, KPOP_T *out, int64_t rows, int64_t n, int64_t threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
@@ -395,5 +413,67 @@ void TYPED(kpop_swiglu)(const KPOP_T *gu, KPOP_T *out, int64_t rows, int64_t n, 
         const KPOP_T *g = gu + r * 2 * n, *u = g + n;
         KPOP_T *o = out + r * n;
         for (int64_t i = 0; i < n; i++) o[i] = ST(silu(LD(g[i])) * LD(u[i]));
+    }
+}
+
+/* One new token per row over a key/value cache [B, Hkv, cap, d] (stored). Per row b and key head
+   g (one task each): kv_task over the row's q|k|v (Hq query heads, then Hkv key heads, then Hkv
+   value heads, `stride` values apart in qkv) at column L = lengths[b]: out[b, h] = softmax(scale
+   q k^T) V. scratch: kv_attend_scratch floats per task, cols > max(lengths). Stored q|k|v and out
+   go through float copies in the task's scratch (bf16); float32 ones are used in place. */
+void TYPED(kpop_kv_attend)(const KPOP_T *qkv, int64_t stride, const float *cos_, const float *sin_, KPOP_T *keys,
+                           KPOP_T *values, const int64_t *lengths, KPOP_T *out, float *scratch, int64_t B, int64_t Hq,
+                           int64_t Hkv, int64_t d, int64_t cap, int64_t cols, float scale, int64_t threads) {
+    int64_t G = Hq / Hkv, per = G * (cols + d) + KPOP_WIDENED * (2 * G + 2) * d;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t task = 0; task < B * Hkv; task++) {
+        int64_t b = task / Hkv, g = task % Hkv;
+        int64_t next = task + 1 < B * Hkv ? (task + 1) * cap * d : -1;
+        const KPOP_T *q = qkv + b * stride + g * G * d, *k = qkv + b * stride + (Hq + g) * d, *v = k + Hkv * d;
+        KPOP_T *o = out + b * Hq * d + g * G * d;
+        float *mine = scratch + task * per;
+#if KPOP_WIDENED
+        float *in = mine + G * (cols + d), *o_f = in + (G + 2) * d;
+        TYPED(load_row)(q, in, G * d);
+        TYPED(load_row)(k, in + G * d, d);
+        TYPED(load_row)(v, in + (G + 1) * d, d);
+        TYPED(kv_task)(in, in + G * d, in + (G + 1) * d, cos_ + b * d, sin_ + b * d, keys + task * cap * d,
+                       values + task * cap * d, lengths[b], o_f, mine, G, d, cols, scale,
+                       next < 0 ? 0 : keys + next, next < 0 ? 0 : values + next);
+        TYPED(store_row)(o_f, o, G * d);
+#else
+        TYPED(kv_task)(q, k, v, cos_ + b * d, sin_ + b * d, keys + task * cap * d, values + task * cap * d, lengths[b],
+                       o, mine, G, d, cols, scale, next < 0 ? 0 : keys + next, next < 0 ? 0 : values + next);
+#endif
+    }
+}
+
+/* lightning_row for each of `rows` rows, spread over the threads: qkvg [rows, 4 H d] (q|k|v,
+   then the gate; silu applied to q|k|v first when silu_qkv, in place for float32, in a float copy
+   in scratch (rows x 5 H d floats) for bf16), state [rows, H, d, d] (float32) updated in place,
+   cos_/sin_ [rows, half], out [rows, H d]. One pass over each row's state, where torch's ops (a
+   scale, an outer-product add, a product) read it three times and write it twice. */
+void TYPED(kpop_lightning_rows)(KPOP_T *qkvg, int64_t silu_qkv, float *state, const float *decay,
+                                const KPOP_T *q_norm, const KPOP_T *k_norm, const float *cos_, const float *sin_,
+                                const KPOP_T *g_norm, KPOP_T *out, float *scratch, int64_t rows, int64_t heads,
+                                int64_t d, int64_t half, int64_t groups, float qk_eps, float g_eps, float scale,
+                                int64_t threads) {
+    int64_t hd = heads * d;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+#if KPOP_WIDENED
+        float *x = scratch + r * 5 * hd, *o = x + 4 * hd;
+        TYPED(load_row)(qkvg + r * 4 * hd, x, 4 * hd);
+#else
+        float *x = qkvg + r * 4 * hd, *o = out + r * hd;
+        (void)scratch;
+#endif
+        if (silu_qkv)
+            for (int64_t i = 0; i < 3 * hd; i++) x[i] = silu(x[i]);
+        TYPED(lightning_row)(x, x + 3 * hd, state + r * hd * d, decay, q_norm, k_norm, cos_ ? cos_ + r * half : 0,
+                             sin_ ? sin_ + r * half : 0, g_norm, o, heads, d, half, groups, qk_eps, g_eps, scale);
+#if KPOP_WIDENED
+        TYPED(store_row)(o, out + r * hd, hd);
+#endif
     }
 }

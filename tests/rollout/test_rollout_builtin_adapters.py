@@ -78,10 +78,17 @@ def test_columns_past_each_length_do_not_leak_into_decoding(which, tiny_model):
     assert _worst_vs_forward(model, contexts, got) < 1e-4
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.02)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.03)])
 @pytest.mark.parametrize("which", ["hybrid", "hybrid-qlora", "llama", "qwen3", "generic"])
 def test_decode_logits_equal_full_forward(which, dtype, tol, tiny_model):
+    """bf16: against the float32 forward of the same (bf16-valued) weights. The paths round at
+    different places (the native kernels keep float32 between stored values, torch's ops round
+    every op), so each lands a few bf16 steps (2^-6 at these logits) from the other's forward."""
     model = tiny_model("llama" if which == "generic" else which).to(dtype)
+    reference = model
+    if dtype != torch.float32:
+        reference = type(model)(model.config).eval()
+        reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     adapter = adapter_for(model)
     if which == "generic":
         adapter.direct = False
@@ -90,7 +97,7 @@ def test_decode_logits_equal_full_forward(which, dtype, tol, tiny_model):
     gen = torch.Generator().manual_seed(1)
     contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
     got = _run(adapter, contexts)
-    worst = _worst_vs_forward(model, contexts, got)
+    worst = _worst_vs_forward(reference, contexts, got)
     print(f"\n[{which} {dtype}] max |decode logits - full forward logits| = {worst:.3g}")
     assert worst < tol
 

@@ -85,6 +85,53 @@ def test_swiglu_in_bf16_is_the_float32_result_rounded(threads):
     assert got.dtype == torch.bfloat16 and torch.equal(got, native.swiglu(gate_up.float()).bfloat16())
 
 
+@pytest.mark.parametrize("qk_norm,half", [(True, 16), (False, 0)])
+def test_lightning_rows_in_bf16_are_the_float32_results_rounded(qk_norm, half, threads):
+    rows, H, d = 3, 2, 64
+    gen = torch.Generator().manual_seed(6)
+    qkvg, gn = _bf16(gen, rows, 1, 4 * H * d), _bf16(gen, H * d)
+    qn, kn = (_bf16(gen, d), _bf16(gen, d)) if qk_norm else (None, None)
+    cos, sin = (torch.randn(rows, 1, half, generator=gen), torch.randn(rows, 1, half, generator=gen)) if half else (None, None)
+    state, decay = torch.randn(rows, H, d, d, generator=gen), torch.rand(H, generator=gen)
+    state32, qkvg_before = state.clone(), qkvg.clone()
+    got = native.lightning_rows(qkvg, True, state, decay, qn, kn, cos, sin, gn, 2, 1e-6, 1e-5, d**-0.5)
+    want = native.lightning_rows(qkvg.float(), True, state32, decay, *_up(qn, kn), cos, sin, gn.float(), 2, 1e-6, 1e-5,
+                                 d**-0.5)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.bfloat16()) and torch.equal(state, state32)
+    assert torch.equal(qkvg, qkvg_before)  # the bf16 rows are read, not overwritten
+
+
+@pytest.mark.parametrize("B,heads,kv_heads,d", [(1, 4, 4, 64), (6, 8, 2, 32)])
+def test_kv_attend_in_bf16_writes_the_float32_columns_rounded(B, heads, kv_heads, d, threads):
+    """Each new column is stored before the heads read it: out matches to bf16 rounding, the
+    columns bit for bit, every other column untouched."""
+    cap = 12
+    gen = torch.Generator().manual_seed(B)
+    qkv = _bf16(gen, B, (heads + 2 * kv_heads) * d)
+    cos, sin = torch.randn(B, d, generator=gen), torch.randn(B, d, generator=gen)
+    keys, values = _bf16(gen, B, kv_heads, cap, d), _bf16(gen, B, kv_heads, cap, d)
+    keys32, values32 = keys.float(), values.float()
+    lengths = torch.randint(0, cap - 1, (B,), generator=gen)
+    got = native.kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, 0.3, cap)
+    want = native.kv_attend(qkv.float(), heads, kv_heads, cos, sin, keys32, values32, lengths, 0.3, cap)
+    assert torch.equal(keys, keys32.bfloat16()) and torch.equal(values, values32.bfloat16())
+    torch.testing.assert_close(got.float(), want, rtol=2**-7, atol=1e-2)
+    with pytest.raises(ValueError, match="one dtype"):
+        native.kv_attend(qkv, heads, kv_heads, cos, sin, keys32, values32, lengths, 0.3, cap)
+
+
+def test_rms_norm_in_bf16_rounds_where_the_modules_do(threads):
+    """normalised.to(bf16) * weight, as transformers' and kpop's RMSNorm compute it: equal to
+    torch's bf16 ops but where float32's 1/sqrt and rsqrt part on a rounding boundary (one bf16 step)."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(8)
+    x, w = _bf16(gen, 64, 1, 768, scale=3.0), _bf16(gen, 768)
+    got, want = native.rms_norm(x, w, 1e-6), F.rms_norm(x, (768,), None, 1e-6) * w
+    assert got.dtype == torch.bfloat16 and (got == want).float().mean() > 0.99
+    torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=0)
+
+
 def _decode_one_row_bf16(model, context: list[int], prompt: int, steps: int) -> float:
     """Largest |logit difference| over `steps` one-row decode steps of the bf16 model against the
     float32 forward of its own (bf16-valued) weights; asserts the plan ran every step."""
