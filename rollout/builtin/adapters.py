@@ -58,6 +58,7 @@ class HybridAdapter:
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self._plans.check()
         # The chunked Lightning form: the recurrent one ("auto" below 64 tokens) writes a fresh
         # [n, H, d, d] state per token, which dominates a batched prefill on a CPU.
         lightning = [layer.attention for layer, mla in zip(self.layers, self.is_mla) if not mla]
@@ -117,7 +118,7 @@ class HybridAdapter:
     def _decode_row(self, plan: RowPlan, tensors, lengths, width: int, tokens) -> torch.Tensor:
         """`decode` for one float32 or bfloat16 row through the plan: two native calls a layer (a
         feed-forward the kernels do not take runs `moe_forward`)."""
-        h = self.model.model.word_embeddings(tokens[:, None])
+        h = plan.embed(tokens, self.model.model.word_embeddings)
         step, it = RowStep(lengths[:, None], width), iter(tensors)
         for i, (layer, mla) in enumerate(zip(self.layers, self.is_mla)):
             caches = (next(it)[0], next(it)[0]) if mla else (next(it)[0],)
@@ -127,6 +128,8 @@ class HybridAdapter:
                 h = h + moe_forward(layer.mlp, rms(layer.post_attention_layernorm, h))
             else:
                 h = feed_forward(h, step)
+        if plan.head is not None:
+            return plan.head(h, step)
         return module_linear(self.model.lm_head, rms(self.model.model.norm, h))[:, -1]
 
     def _decay_of(self, i: int, attn, device) -> torch.Tensor:

@@ -55,6 +55,7 @@ class KVAdapter:
     def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         from transformers import DynamicCache
 
+        self._plans.check()
         if self.direct:
             return self._direct_prefill(ids)
         out = self.model(ids, past_key_values=DynamicCache(), use_cache=True)
@@ -74,11 +75,13 @@ class KVAdapter:
     def _decode_row(self, plan, tensors, lengths, width: int, tokens) -> torch.Tensor:
         """One float32 or bfloat16 row through the plan (kpop.rollout.builtin.kv_row_plan): two native calls a layer."""
         inner = self.model.model
-        h = inner.embed_tokens(tokens[:, None])
+        h = plan.embed(tokens, inner.embed_tokens)
         step = KVRowStep(inner, h, lengths, width)
         for i in range(self.num_layers):
             h = plan.attention[i](h, tensors[2 * i][0], tensors[2 * i + 1][0], step)
             h = plan.feed_forward[i](h, step)
+        if plan.head is not None:
+            return plan.head(h, step)
         return module_linear(self.model.lm_head, rms(inner.norm, h))[:, -1]
 
     def _direct(self, tensors, lengths, width: int, tokens) -> torch.Tensor:

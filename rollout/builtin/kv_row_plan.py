@@ -8,7 +8,7 @@ Contract: `kv_row_plan(adapter)` is a `RowPlan` whose `attention[i](h, keys, val
 `feed_forward[i](h, step)` map h [1, 1, hidden] to what the direct path computes (to float32
 rounding), or None where some layer does not qualify: the direct path is not in use, a dtype
 other than float32 and bfloat16, q/k norms (Qwen3), biased or non-plain projections, a non-SiLU MLP, RoPE over part of the
-head. Validity as in row_plan: checked once a step against the modules' parameters.
+head. Validity as in row_plan: checked at every prefill against the modules' parameters.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def kv_row_plan(adapter) -> RowPlan | None:
             return None
         plan.attention.append(attention)
         plan.feed_forward.append(mlp)
+    plan.ends(inner.embed_tokens, inner.norm, adapter.model.lm_head)
     return plan.seal()
 
 

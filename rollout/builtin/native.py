@@ -186,6 +186,7 @@ def _library() -> ctypes.CDLL | None:
         "kpop_moe_layer_row": [_P, _P, _F32, _P, _P] + [_I64] * 4 + [_F32, _P, _P, _I64, _P, _P, _I64, _I64, _P, _P, _I64],
         "kpop_attn_layer_row": [_P, _P, _F32] + [_P] * 5 + [_I64, _I64, _F32, _P] + [_I64] * 4 + [_P, _P, _I64],
         "kpop_mlp_layer_row": [_P, _P, _F32, _P, _P, _I64, _I64, _P, _P, _I64],
+        "kpop_norm_head_row": [_P, _P, _F32, _P, _I64, _I64, _P, _P, _I64],
     }
     for name, argtypes in [*signatures.items(), *((name + suffix, a) for name, a in typed_signatures.items()
                                                   for suffix in _SUFFIX.values())]:

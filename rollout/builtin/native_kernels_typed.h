@@ -377,6 +377,20 @@ void TYPED(kpop_attn_layer_row)(const KPOP_T *h, const KPOP_T *norm_w, float nor
     }
 }
 
+/* y = W RMSNorm(h) for one row (a model's final norm and head): W [rows, hidden], y [rows]
+   stored; W's rows spread over the threads. scratch: hidden + rows floats. */
+void TYPED(kpop_norm_head_row)(const KPOP_T *h, const KPOP_T *norm_w, float norm_eps, const KPOP_T *W, int64_t rows,
+                               int64_t hidden, KPOP_T *y, float *scratch, int64_t threads) {
+    float *x = scratch, *y_f = scratch + hidden;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t t = KPOP_THREAD, T = KPOP_THREADS, lo, hi;
+        TYPED(norm_then_matvec)(h, norm_w, norm_eps, W, rows, hidden, x, y_f, t, T);
+        share(rows, t, T, &lo, &hi);
+        TYPED(store_row)(y_f + lo, y + lo, hi - lo);
+    }
+}
+
 /* One row through a SwiGLU MLP block: h_out = h + FFN(RMSNorm(h)) (kpop_ffn_row's dense part).
    scratch: 2 hidden + 3 D floats. */
 void TYPED(kpop_mlp_layer_row)(const KPOP_T *h, const KPOP_T *norm_w, float norm_eps, const KPOP_T *gate_up,

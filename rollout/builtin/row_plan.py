@@ -12,10 +12,13 @@ Contract: `hybrid_row_plan(adapter)` is the plan, or None when some layer is not
 do not take): the adapter then keeps its per-layer paths. A layer entry maps h [1, 1, hidden] to
 h + attention(RMSNorm(h)) (`attention`) and h + MoE(RMSNorm(h)) (`feed_forward`), equal to the
 per-layer paths to float32 rounding. The plan holds every tensor it points at (their memory
-stays alive) and `valid()`, checked once a step, says whether every parameter it stands for is
-still its module's, with the storage it had: a weight update copied in place keeps the plan; a
-parameter replaced or given new storage (`load_state_dict(assign=True)`, `model.to`) makes the
-adapter build a new one. Modules replaced after the plan was built are not seen (nor are they by
+stays alive) and `valid()` says whether every parameter it stands for is still its module's,
+with the storage it had: a weight update copied in place keeps the plan; a parameter replaced or
+given new storage (`load_state_dict(assign=True)`, `model.to`) makes the adapter build a new one.
+The adapters check it at every prefill (`PlanCache.check`), not every step: parameters are
+replaced between generations, never inside a decode loop (the engine's updates copy in place),
+and the check reads every watched entry (the medium hybrid's 268: 350 us a step once the step's
+weights have evicted them from the caches, ~9% of a bf16 step). Modules replaced after the plan was built are not seen (nor are they by
 the adapter's own list of layers).
 """
 
@@ -41,6 +44,8 @@ class RowPlan:
     attention: list[Callable]  # per layer: (h, its cache tensors..., step) -> new h
     feed_forward: list[Callable | None]  # per layer: (h, step) -> new h; None: not a MoE layer
     dtype: torch.dtype = torch.float32  # the weights', the caches' (but Lightning states') and h's
+    head: Callable | None = None  # (h, step) -> logits [1, V] (final norm and head); None: the modules'
+    embedding: torch.Tensor | None = None  # the token embedding table [V, hidden] (its rows are h)
     held: list[torch.Tensor] = field(default_factory=list)  # what the pointers point into
     watched: list[tuple[dict, str, torch.Tensor]] = field(default_factory=list)  # (owner's dict, name, tensor)
     pointers: list[int] = field(default_factory=list)
@@ -70,6 +75,22 @@ class RowPlan:
             raise NotNative
         self.held += tensors
         return [t.data_ptr() for t in tensors]
+
+    def ends(self, embedding: nn.Module, norm, head: nn.Module) -> None:
+        """The model's token embedding (a plain `nn.Embedding`: its rows are read as h) and its
+        final norm and head (`norm_head`); either left None where it does not qualify."""
+        if type(embedding) is nn.Embedding and embedding.max_norm is None:
+            table = self.watch(embedding)
+            if native.fits(table, dtype=self.dtype):
+                self.embedding = table
+        self.head = norm_head(self, norm, head)
+
+    def embed(self, tokens: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        """h [1, 1, hidden] of the one row's token: a view of the table's row, no copy (the
+        kernels only read h); through `module` where the plan has no table."""
+        if self.embedding is None:
+            return module(tokens[:, None])
+        return self.embedding[int(tokens[0])].view(1, 1, -1)
 
     def kernel(self, name: str):
         """The native kernel `name` for the plan's dtype (kpop.rollout.builtin.native.typed)."""
@@ -102,17 +123,22 @@ class NotNative(Exception):
 
 
 class PlanCache:
-    """An adapter's plan: built at first use, rebuilt when `valid()` fails, None (remembered)
-    where the builder declines; None whenever the kernels are unavailable, so
-    `native.switched_off()` is honoured step by step."""
+    """An adapter's plan: built at first use, rebuilt at the first use after `check()` found it
+    invalid, None (remembered) where the builder declines; None whenever the kernels are
+    unavailable, so `native.switched_off()` is honoured step by step."""
 
     def __init__(self, builder: Callable[[object], RowPlan | None]) -> None:
         self.builder, self.plan, self.built = builder, None, False
 
+    def check(self) -> None:
+        """Drops the plan if some parameter it stands for was replaced (adapters: at every prefill)."""
+        if self.plan is not None and not self.plan.valid():
+            self.plan, self.built = None, False
+
     def get(self, adapter) -> RowPlan | None:
         if not native.available():
             return None
-        if not self.built or (self.plan is not None and not self.plan.valid()):
+        if not self.built:
             self.plan, self.built = self.builder(adapter), True
         return self.plan
 
@@ -134,6 +160,8 @@ def hybrid_row_plan(adapter) -> RowPlan | None:
             return None
         plan.attention.append(attention)
         plan.feed_forward.append(feed_forward)
+    inner = adapter.model.model
+    plan.ends(inner.word_embeddings, inner.norm, adapter.model.lm_head)
     return plan.seal()
 
 
@@ -281,5 +309,23 @@ def swiglu_block(plan: RowPlan, layer) -> Callable:
         kernel(h.data_ptr(), p_norm, norm_eps, p_gu, p_down, width, hidden, out.data_ptr(), scratch.data_ptr(),
                step.threads)
         return out.view(1, 1, hidden)
+
+    return run
+
+
+@guard
+def norm_head(plan: RowPlan, norm, head) -> Callable:
+    """h -> head(RMSNorm(h)) as logits [1, V] in the plan's dtype: one native call
+    (kpop_norm_head_row); None for a head that is not a plain bias-free linear."""
+    kernel = plan.kernel("kpop_norm_head_row")
+    plain(head)
+    p_norm, p_head = plan.hold(plan.watch(norm), plan.watch(head))
+    vocab, hidden = head.weight.shape
+    norm_eps, dtype = eps_of(norm), plan.dtype
+
+    def run(h: torch.Tensor, step) -> torch.Tensor:
+        out, scratch = torch.empty(1, vocab, dtype=dtype), torch.empty(hidden + vocab)
+        kernel(h.data_ptr(), p_norm, norm_eps, p_head, vocab, hidden, out.data_ptr(), scratch.data_ptr(), step.threads)
+        return out
 
     return run
