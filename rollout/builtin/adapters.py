@@ -119,9 +119,9 @@ class HybridAdapter:
         """`decode` for one float32 or bfloat16 row through the plan: two native calls a layer (a
         feed-forward the kernels do not take runs `moe_forward`)."""
         h = plan.embed(tokens, self.model.model.word_embeddings)
-        step, it = RowStep(lengths[:, None], width), iter(tensors)
+        step, it = RowStep(plan, width), iter(tensors)
         for i, (layer, mla) in enumerate(zip(self.layers, self.is_mla)):
-            caches = (next(it)[0], next(it)[0]) if mla else (next(it)[0],)
+            caches = (next(it), next(it)) if mla else (next(it),)  # row 0 at the start of each
             h = plan.attention[i](h, *caches, step)
             feed_forward = plan.feed_forward[i]
             if feed_forward is None:

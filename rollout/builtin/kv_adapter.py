@@ -76,9 +76,9 @@ class KVAdapter:
         """One float32 or bfloat16 row through the plan (kpop.rollout.builtin.kv_row_plan): two native calls a layer."""
         inner = self.model.model
         h = plan.embed(tokens, inner.embed_tokens)
-        step = KVRowStep(inner, h, lengths, width)
+        step = KVRowStep(plan, inner, width)
         for i in range(self.num_layers):
-            h = plan.attention[i](h, tensors[2 * i][0], tensors[2 * i + 1][0], step)
+            h = plan.attention[i](h, tensors[2 * i], tensors[2 * i + 1], step)  # row 0 at their start
             h = plan.feed_forward[i](h, step)
         if plan.head is not None:
             return plan.head(h, step)

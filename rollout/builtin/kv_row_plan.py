@@ -42,12 +42,23 @@ def kv_row_plan(adapter) -> RowPlan | None:
 
 
 class KVRowStep:
-    """One step's shared state: thread count, the row's length, the RoPE table at its position
-    (float32 whatever the model's dtype: the kernels take it so)."""
+    """One step's shared state: thread count, the row's length (`width`, also its position), the
+    RoPE table there (float32 whatever the model's dtype: the kernels take it so). The model's
+    rotary module computes it; with the default rope type (no per-length update of its
+    frequencies) the plan keeps it per position."""
 
-    def __init__(self, inner, h: torch.Tensor, lengths: torch.Tensor, width: int) -> None:
-        cos, sin = inner.rotary_emb(h if h.dtype == torch.float32 else h.float(), lengths[:, None])
-        self.cos, self.sin = cos.contiguous(), sin.contiguous()
+    def __init__(self, plan: RowPlan, inner, width: int) -> None:
+        rotary = inner.rotary_emb
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            return rotary(torch.zeros(1, 1, 1), torch.tensor([[width]]))
+
+        if getattr(rotary, "rope_type", None) == "default":
+            _, _, self.cos, self.sin = plan.table(("kv",), width, compute)
+        else:
+            cos, sin = compute()
+            self.cos, self.sin = cos.contiguous().data_ptr(), sin.contiguous().data_ptr()
+            self._keep = (cos, sin)
         self.width, self.threads = width, torch.get_num_threads()
 
 
@@ -68,9 +79,8 @@ def _attention(plan: RowPlan, layer, rotary: int) -> Callable:
     def run(h: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: KVRowStep) -> torch.Tensor:
         out = torch.empty(hidden, dtype=dtype)
         scratch = torch.empty(hidden + (heads + 2 * kv_heads) * d + heads * d + kv_heads * group * (step.width + 1 + d))
-        kernel(h.data_ptr(), p_norm, norm_eps, p_qkv, step.cos.data_ptr(), step.sin.data_ptr(),
-                                keys.data_ptr(), values.data_ptr(), step.width, keys.shape[1], scale, p_o, hidden,
-                                heads, kv_heads, d, out.data_ptr(), scratch.data_ptr(), step.threads)
+        kernel(h.data_ptr(), p_norm, norm_eps, p_qkv, step.cos, step.sin, keys.data_ptr(), values.data_ptr(), step.width,
+               keys.shape[-2], scale, p_o, hidden, heads, kv_heads, d, out.data_ptr(), scratch.data_ptr(), step.threads)
         return out.view(1, 1, hidden)
 
     return run

@@ -38,6 +38,8 @@ from kpop.rollout.builtin.norms import eps_of
 from kpop.rollout.builtin.packed import packed
 from kpop.rollout.builtin.packed import rows as row_layout
 
+MAX_TABLES = 1 << 14  # RoPE tables a plan keeps (positions x keys): a few MB
+
 
 @dataclass
 class RowPlan:
@@ -46,6 +48,19 @@ class RowPlan:
     dtype: torch.dtype = torch.float32  # the weights', the caches' (but Lightning states') and h's
     head: Callable | None = None  # (h, step) -> logits [1, V] (final norm and head); None: the modules'
     embedding: torch.Tensor | None = None  # the token embedding table [V, hidden] (its rows are h)
+    tables: dict = field(default_factory=dict)  # (RoPE key, position) -> (cos, sin, their pointers)
+
+    def table(self, key: tuple, position: int, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple:
+        """(cos, sin, cos pointer, sin pointer) of RoPE table `key` at `position`: `compute()`'s
+        tensors (made contiguous) at the first use of that position, then kept (every
+        generation's steps reach the same positions; at most `MAX_TABLES`)."""
+        hit = self.tables.get((key, position))
+        if hit is None:
+            if len(self.tables) >= MAX_TABLES:
+                self.tables.clear()
+            cos, sin = (t.contiguous() for t in compute())
+            hit = self.tables[key, position] = (cos, sin, cos.data_ptr(), sin.data_ptr())
+        return hit
     held: list[torch.Tensor] = field(default_factory=list)  # what the pointers point into
     watched: list[tuple[dict, str, torch.Tensor]] = field(default_factory=list)  # (owner's dict, name, tensor)
     pointers: list[int] = field(default_factory=list)
@@ -103,18 +118,15 @@ class RowPlan:
 
 
 class RowStep:
-    """What the layers of one step share: its thread count, the row's length (`width`) and one
-    contiguous RoPE table per (dims, theta) at the row's position, as pointers."""
+    """What the layers of one step share: its thread count, the row's length (`width`, also its
+    position) and one contiguous RoPE table per (dims, theta) at that position, as pointers."""
 
-    def __init__(self, positions: torch.Tensor, width: int) -> None:
-        self.positions, self.width, self.threads = positions, width, torch.get_num_threads()
-        self._tables: dict[tuple[int, float], tuple] = {}
+    def __init__(self, plan: RowPlan, width: int) -> None:
+        self.plan, self.width, self.threads = plan, width, torch.get_num_threads()
 
     def tables(self, rot: int, theta: float) -> tuple[int, int]:
-        hit = self._tables.get((rot, theta))
-        if hit is None:
-            cos, sin = (t.contiguous() for t in rope_angles(self.positions, rot, theta))
-            hit = self._tables[rot, theta] = (cos, sin, cos.data_ptr(), sin.data_ptr())
+        position = self.width
+        hit = self.plan.table((rot, theta), position, lambda: rope_angles(torch.tensor([[position]]), rot, theta))
         return hit[2], hit[3]
 
 

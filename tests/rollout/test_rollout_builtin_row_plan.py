@@ -97,6 +97,30 @@ def test_qwen3s_qk_norms_and_float16_keep_the_direct_path(tiny_model, decode_one
     decode_one_row(KVAdapter(model), model, CONTEXT, 6, 3)
 
 
+def test_rope_tables_are_kept_per_position_for_the_default_rope_only(tiny_model, decode_one_row):
+    """A second generation over the same positions computes no table; any other rope type (here
+    linear scaling; dynamic ones change their frequencies with the length) is recomputed every
+    step, and both decode as the full forward does."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from kpop.rollout.builtin.kv_adapter import KVAdapter
+
+    model = tiny_model("llama")
+    adapter = KVAdapter(model)
+    decode_one_row(adapter, model, CONTEXT, 6, 4)
+    tables = dict(adapter._plans.plan.tables)
+    assert sorted(position for _, position in tables) == [6, 7, 8, 9]
+    decode_one_row(adapter, model, CONTEXT, 6, 4)
+    assert all(adapter._plans.plan.tables[key][0] is tables[key][0] for key in tables)  # the same tensors
+    config = LlamaConfig(**{**model.config.to_dict(), "rope_scaling": {"rope_type": "linear", "factor": 2.0}})
+    scaled = AutoModelForCausalLM.from_config(config).eval()
+    assert scaled.model.rotary_emb.rope_type == "linear"
+    scaled.load_state_dict(model.state_dict())
+    adapter = KVAdapter(scaled)
+    decode_one_row(adapter, scaled, CONTEXT, 6, 4)
+    assert adapter._plans.plan is not None and not adapter._plans.plan.tables
+
+
 def test_the_serial_build_decodes_the_same(monkeypatch, tiny_model, decode_one_row):
     """Where torch does not run on libgomp the library is built without OpenMP: every kernel
     runs on one thread, and one-row decoding still equals the full forward (hybrid and Llama)."""
