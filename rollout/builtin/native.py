@@ -45,7 +45,8 @@ kernel's on the same values, rounded where it is stored (tests/rollout/test_roll
   (their rope parts rotated the same way) over columns 0..length. `HybridAdapter`'s MLA block
   for one row whose queries come from one projection (no q low-rank pair).
 - `route_row(x [h], gate)` -> (expert ids, weights) as Python lists, for `MoEGate` (kpop.models.
-  layers.moe) over one row: what `gate(x)` returns for it (ids in pick order, ties to the lower id).
+  layers.moe) over one row: what `gate(x)` returns for it (ids in pick order, ties to the lower id);
+  `route_rows(x [N, h], gate)` the same for N rows as tensors (float32 or bfloat16).
   `routes(x, gate)` says whether the gate qualifies (float32 weights, k reachable in the kept groups;
   `routable(gate, dtype)` the same for the one-row layer kernels of either dtype).
 - `ffn_row(x [h], gate_up [E, 2I, h] | None, down [E, h, I] | None, ids, weights, dense_gate_up
@@ -187,6 +188,7 @@ def _library() -> ctypes.CDLL | None:
         "kpop_attn_layer_row": [_P, _P, _F32] + [_P] * 5 + [_I64, _I64, _F32, _P] + [_I64] * 4 + [_P, _P, _I64],
         "kpop_mlp_layer_row": [_P, _P, _F32, _P, _P, _I64, _I64, _P, _P, _I64],
         "kpop_norm_head_row": [_P, _P, _F32, _P, _I64, _I64, _P, _P, _I64],
+        "kpop_route_rows": [_P] * 3 + [_I64] * 6 + [_F32] + [_P] * 3 + [_I64],
     }
     for name, argtypes in [*signatures.items(), *((name + suffix, a) for name, a in typed_signatures.items()
                                                   for suffix in _SUFFIX.values())]:
@@ -291,6 +293,22 @@ def route_row(x: torch.Tensor, gate) -> tuple[list[int], list[float]]:
         gate.topk_group, k, gate.routed_scaling_factor, ids, weights,
     )
     return list(ids), list(weights)
+
+
+def route_rows(x: torch.Tensor, gate) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gate(x)`'s (expert ids [N, k] int64, weights [N, k] float32) for rows x [N, h] of the
+    gate's dtype (float32 or bfloat16; `routable(gate, x.dtype)`), one native call, rows over
+    torch's threads: each row's pick as `route_row`'s (ids in pick order, ties to the lower id)."""
+    (experts, hidden), k, rows = gate.weight.shape, gate.top_k, x.shape[0]
+    if x.dim() != 2 or x.shape[1] != hidden or x.dtype not in DTYPES or not fits(x, dtype=x.dtype):
+        raise ValueError(f"route_rows: x {tuple(x.shape)} ({x.dtype}) for a gate over {hidden} features")
+    ids, weights, scratch = torch.empty(rows, k, dtype=torch.int64), torch.empty(rows, k), torch.empty(rows, hidden)
+    typed("kpop_route_rows", x.dtype)(
+        x.data_ptr(), gate.weight.data_ptr(), gate.expert_bias.data_ptr(), rows, experts, hidden, gate.n_group,
+        gate.topk_group, k, gate.routed_scaling_factor, ids.data_ptr(), weights.data_ptr(), scratch.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return ids, weights
 
 
 def kv_attend(qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,

@@ -134,6 +134,19 @@ static void TYPED(route_row)(const float *x, const KPOP_T *W, const KPOP_T *bias
     pick_experts(s, sel, E, n_group, topk_group, k, scale, idx, w);
 }
 
+/* route_row for each of `rows` rows x [rows, h] (stored), spread over the threads: idx [rows, k],
+   w [rows, k] in pick order. scratch: rows x h floats (each row's float copy). */
+void TYPED(kpop_route_rows)(const KPOP_T *x, const KPOP_T *W, const KPOP_T *bias, int64_t rows, int64_t E, int64_t h,
+                            int64_t n_group, int64_t topk_group, int64_t k, float scale, int64_t *idx, float *w,
+                            float *scratch, int64_t threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        float *xr = scratch + r * h;
+        TYPED(load_row)(x + r * h, xr, h);
+        TYPED(route_row)(xr, W, bias, E, h, n_group, topk_group, k, scale, idx + r * k, w + r * k);
+    }
+}
+
 /* Absorbed multi-latent attention of one head h for one row over its T cached columns:
    q_lat = q_nope W_uk[h] ([nope] x [nope, r]), scores[t] = scaling (q_lat . latent[t] + q_rope .
    k_rope[t]), p = softmax(scores), out = W_uv[h] (sum_t p[t] latent[t]). w_kv_b [H, nope + v, r]

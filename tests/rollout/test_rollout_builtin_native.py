@@ -206,6 +206,28 @@ def test_route_row_picks_what_the_gate_picks(experts, k, n_group, topk_group):
         torch.testing.assert_close(got, want_weights[0][order], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("experts,k,n_group,topk_group", [(8, 2, 4, 2), (16, 4, 4, 2), (6, 1, None, None)])
+def test_route_rows_pick_what_the_gate_picks_for_every_row(experts, k, n_group, topk_group, dtype, threads):
+    """70 rows of 72 features (a full 64-value block and a tail), the gate in `dtype`: each row's
+    experts and weights as the gate's own forward gives them (its logits in float32 from the
+    upcast weights)."""
+    from kpop.models.layers.moe import MoEGate
+
+    torch.manual_seed(experts + k)
+    gate = MoEGate(72, experts, k, n_group, topk_group, routed_scaling_factor=2.5).eval()
+    with torch.no_grad():
+        gate.expert_bias.normal_(0, 0.1)
+    gate = gate.to(dtype)
+    x = torch.randn(70, 72).to(dtype)
+    assert native.routable(gate, dtype)
+    ids, weights = native.route_rows(x, gate)
+    want_ids, want_weights, _ = gate(x)
+    got_order, want_order = ids.argsort(-1), want_ids.argsort(-1)
+    assert torch.equal(ids.gather(1, got_order), want_ids.gather(1, want_order))
+    torch.testing.assert_close(weights.gather(1, got_order), want_weights.gather(1, want_order), rtol=1e-5, atol=1e-6)
+
+
 def test_route_row_refuses_gates_it_cannot_route():
     from kpop.models.layers.moe import MoEGate
 
