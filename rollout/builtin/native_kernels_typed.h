@@ -225,6 +225,23 @@ static void TYPED(kv_task)(const float *q_in, const float *k_in, const float *v_
         }
         for (int64_t t = 0; t < T; t++) p[t] /= total;
     }
+    if (d % 16 == 0) {
+        /* Each 16-value block of a head's output summed over the columns in one register, where a
+           pass per column loads and stores the whole output row each time (64 rows, 12 heads of
+           64, 41 columns, in-process A/B over 30 pairs: bf16 0.89x the time, float32 0.97x). */
+        for (int64_t j = 0; j < G; j++)
+            for (int64_t i0 = 0; i0 < d; i0 += 16) {
+                const float *p = scores + j * cols;
+                float acc[16] = {0.0f};
+                for (int64_t t = 0; t < T; t++) {
+                    const KPOP_T *vt = V + t * d + i0;
+#pragma omp simd
+                    for (int64_t k = 0; k < 16; k++) acc[k] += p[t] * LD(vt[k]);
+                }
+                for (int64_t k = 0; k < 16; k++) o[j * d + i0 + k] = acc[k];
+            }
+        return;
+    }
     for (int64_t i = 0; i < G * d; i++) o[i] = 0.0f;
     for (int64_t t = 0; t < T; t++) {
         const KPOP_T *vt = V + t * d;
