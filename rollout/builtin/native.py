@@ -14,8 +14,9 @@ four accumulators, one thread's rows one sequential read: over cold weights as f
 blocked `bmm` (0.92-1.07x), over cache-hot ones ~2x.
 
 Contracts (CPU, contiguous tensors; `fits` says whether tensors qualify). float32, except that the
-kernels of native_kernels_typed.h (`swiglu`, `ffn_row`, `lightning_layer_row`, `mla_layer_row` and
-the plans' one-row layer kernels, `typed(name, dtype)`) take float32 or bfloat16 (`DTYPES`) for
+kernels of native_kernels_typed.h (`rms_norm`, `swiglu`, `kv_attend`, `lightning_rows`,
+`route_rows`, `ffn_row`, `lightning_layer_row`, `mla_layer_row` and the plans' one-row layer
+kernels, `typed(name, dtype)`) take float32 or bfloat16 (`DTYPES`) for
 the model's own memory: weights, norm weights, the key/value and MLA caches, the residual row;
 Lightning states, decays and RoPE tables stay float32. Arithmetic is float32 either way (bf16
 widened on load, rounded to nearest even where stored), so a bf16 kernel's result is the float32

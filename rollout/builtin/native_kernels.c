@@ -1,7 +1,8 @@
 /* Decode kernels of the built-in engine: contiguous, no allocation. The kernels that read a
    model's own memory are in native_kernels_typed.h, once per storage type (name_f32, name_bf16);
-   the rest below are float32. The kpop_* entry points that take `threads` spread their rows, heads or products over torch's own OpenMP threads
-   where the library is built with -fopenmp (serial otherwise). Built and loaded by
+   the rest below are float32. The kpop_* entry points that take `threads` spread their rows,
+   heads or products over torch's own OpenMP threads where the library is built with -fopenmp
+   (serial otherwise). Built and loaded by
    kpop.rollout.builtin.native, which states the contracts; each is tested there against torch's
    own ops (tests/rollout/test_rollout_builtin_native.py). */
 #include <math.h>

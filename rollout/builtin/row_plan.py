@@ -49,6 +49,9 @@ class RowPlan:
     head: Callable | None = None  # (h, step) -> logits [1, V] (final norm and head); None: the modules'
     embedding: torch.Tensor | None = None  # the token embedding table [V, hidden] (its rows are h)
     tables: dict = field(default_factory=dict)  # (RoPE key, position) -> (cos, sin, their pointers)
+    held: list[torch.Tensor] = field(default_factory=list)  # what the pointers point into
+    watched: list[tuple[dict, str, torch.Tensor]] = field(default_factory=list)  # (owner's dict, name, tensor)
+    pointers: list[int] = field(default_factory=list)
 
     def table(self, key: tuple, position: int, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple:
         """(cos, sin, cos pointer, sin pointer) of RoPE table `key` at `position`: `compute()`'s
@@ -61,9 +64,6 @@ class RowPlan:
             cos, sin = (t.contiguous() for t in compute())
             hit = self.tables[key, position] = (cos, sin, cos.data_ptr(), sin.data_ptr())
         return hit
-    held: list[torch.Tensor] = field(default_factory=list)  # what the pointers point into
-    watched: list[tuple[dict, str, torch.Tensor]] = field(default_factory=list)  # (owner's dict, name, tensor)
-    pointers: list[int] = field(default_factory=list)
 
     def seal(self) -> RowPlan:
         """Records the watched tensors' storage: the state `valid` compares with."""
