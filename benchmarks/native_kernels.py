@@ -2,9 +2,10 @@
 the same steps on torch's ops, side by side in one process.
 
     python benchmarks/native_kernels.py [--models hybrid,llama] [--batches 1,16,64] [--pairs 6]
-                                        [--max-tokens 64] [--threads 2]
+                                        [--max-tokens 64] [--threads 2] [--dtype float32]
 
-Models: the medium presets of benchmarks/engine.py (random init, float32, built in a temp folder).
+Models: the medium presets of benchmarks/engine.py (random init, built in a temp folder, loaded
+in `--dtype`: float32 or bfloat16).
 For each model and batch, `--pairs` pairs of generations (8-token prompts, `--max-tokens` tokens
 each, temperature 1), the two forms alternating within each pair (kernels on, then off under
 `native.switched_off()`), so a change in the machine's load hits both. Reported: the median
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
 
     import torch
@@ -83,10 +85,10 @@ def main() -> None:
                 model_dir = tiny_hybrid_dir(Path(tmp) / kind, preset="medium")
             else:
                 model_dir = tiny_llama_dir(Path(tmp) / kind, **LLAMA_SIZES["medium"])
-            model = load_model(model_dir, "cpu", torch.float32)
+            model = load_model(model_dir, "cpu", getattr(torch, args.dtype))
             for batch in [int(b) for b in args.batches.split(",")]:
                 row = (kind, batch, *compare(model, batch, args.pairs, args.max_tokens))
-                print(f"  medium {kind} batch {batch}: kernels {row[2]:.2f} ms, torch ops {row[3]:.2f} ms a step, "
+                print(f"  medium {kind} {args.dtype} batch {batch}: kernels {row[2]:.2f} ms, torch ops {row[3]:.2f} ms a step, "
                       f"ratio {row[4]:.3f} ({row[5]:.3f}-{row[6]:.3f})", flush=True)
                 rows.append(row)
     print(f"\n{'model':<8}| {'batch':>5} | {'kernels ms':>10} | {'torch ms':>8} | {'ratio':>6} | {'range':<13}")
