@@ -156,6 +156,7 @@ static void in_id_order(int64_t *ids, float *w, int64_t k) {
 /* bfloat16: the high 16 bits of a float32. Widening is exact; narrowing rounds to nearest even
    (torch's `.to(torch.bfloat16)`), NaN kept quiet. */
 typedef uint16_t bf16_t;
+typedef float kpop_v8 __attribute__((vector_size(32))); /* dot4's lanes without AVX-512 */
 
 static inline float bf16_to_f32(bf16_t b) {
     uint32_t u = (uint32_t)b << 16;

@@ -23,14 +23,17 @@ static float TYPED(dot4)(const KPOP_T *w, const float *x, int64_t n) {
     }
     total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 #else
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-    for (; j + 4 <= n; j += 4) {
-        s0 += LD(w[j]) * x[j];
-        s1 += LD(w[j + 1]) * x[j + 1];
-        s2 += LD(w[j + 2]) * x[j + 2];
-        s3 += LD(w[j + 3]) * x[j + 3];
+    /* Eight explicit lanes (a vector type, not a loop the compiler may vectorize at a width of its
+       choosing): both storage types' builds then add the same products in the same order, so a
+       bf16 result stays the float32 one on the same values on every CPU. */
+    kpop_v8 s = {0.0f};
+    for (; j + 8 <= n; j += 8) {
+        kpop_v8 wv, xv;
+        for (int k = 0; k < 8; k++) wv[k] = LD(w[j + k]);
+        memcpy(&xv, x + j, sizeof xv);
+        s += wv * xv;
     }
-    total = (s0 + s1) + (s2 + s3);
+    total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 #endif
     for (; j < n; j++) total += LD(w[j]) * x[j];
     return total;

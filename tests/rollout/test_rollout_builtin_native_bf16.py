@@ -7,6 +7,8 @@ the output, the bf16 result is the float32 result rounded to bf16, bit for bit."
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
@@ -77,6 +79,21 @@ def test_ffn_row_over_bf16_weights_is_the_float32_result(threads):
     got = native.ffn_row(x, gate_up, down, [1, 4], [0.7, 1.3], dense_gate_up, dense_down)
     want = native.ffn_row(x, *_up(gate_up, down), [1, 4], [0.7, 1.3], *_up(dense_gate_up, dense_down))
     assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 instruction levels")
+def test_a_build_without_avx512_keeps_the_bf16_results_the_float32_ones(monkeypatch):
+    """The vector product has a portable form for CPUs without AVX-512: built for plain AVX2, the
+    two storage types still sum in one order (the compiler's own vectorization of a loop had
+    them part)."""
+    monkeypatch.setattr(native, "BASE_FLAGS", ["-O3", "-march=x86-64-v3", "-shared", "-fPIC"])
+    native._library.cache_clear()
+    try:
+        assert native.library()._name == str(native.build(openmp=native.torch_on_libgomp()))
+        test_ffn_row_over_bf16_weights_is_the_float32_result(1)
+        test_lightning_layer_row_in_bf16_is_the_float32_result_rounded(True, 16, 1)
+    finally:
+        native._library.cache_clear()
 
 
 def test_swiglu_in_bf16_is_the_float32_result_rounded(threads):
