@@ -8,9 +8,9 @@
   projections that read the same input as one matmul (Lightning q|k|v|gate, MLA q|kv_a; weights
   packed, kpop.rollout.builtin.packed). One row (float32 or bfloat16): each layer's blocks as
   native kernels through a prepared plan (kpop.rollout.builtin.row_plan) where they are built;
-  several rows: each Lightning layer's work between its projections natively. Prefill runs the model's forward with its Lightning layers
-  in the chunked form (the same values as the recurrent form the model picks for short prompts,
-  without a fresh state per token).
+  several rows: each Lightning layer's work between its projections natively. Prefill runs the
+  model's forward with its Lightning layers in the chunked form (the same values as the recurrent
+  form the model picks for short prompts, without a fresh state per token).
 - `KVAdapter` (kpop.rollout.builtin.kv_adapter): standard attention through transformers.
 
 Contract (both): `col_dims` gives each cache tensor's per-row column dimension (None: no
@@ -224,7 +224,7 @@ def _lightning_rows_native(attn, x, rope, state: torch.Tensor, decay: torch.Tens
     projections in one native call (kpop.rollout.builtin.native.lightning_rows: one pass over each
     row's state), or None where the layer does not qualify (kpop.rollout.builtin.row_plan.
     lightning_qualifies, or another dtype)."""
-    if not lightning_qualifies(attn) or x.dtype not in native.DTYPES:
+    if not lightning_qualifies(attn):
         return None
     core = _lightning_core(attn, rope)
     if not (native.fits(x, core[4], core[0], core[1], dtype=x.dtype) and native.fits(state, decay, core[2], core[3])):

@@ -45,7 +45,7 @@ def swiglu_weights(mlp) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 def swiglu(gate_up: torch.Tensor, act=F.silu) -> torch.Tensor:
     """act(gate) * up for gate, up = gate_up's two halves on the last dim."""
-    if _is_silu(act) and gate_up.dtype in native.DTYPES and native.fits(gate_up, dtype=gate_up.dtype):
+    if _is_silu(act) and native.fits(gate_up, dtype=gate_up.dtype):
         return native.swiglu(gate_up)
     gate, up = gate_up.chunk(2, -1)
     return act(gate) * up

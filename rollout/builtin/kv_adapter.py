@@ -8,8 +8,8 @@ Contract: the one in kpop.rollout.builtin.adapters. Two decode paths:
   keys/values are written into the slots in place and each row attends over its own length. In
   float32 or bfloat16 with RoPE over the whole head, RoPE, the write and the attention are one
   native call a layer (kpop.rollout.builtin.native.kv_attend, on torch's threads); otherwise
-  torch's ops (SDPA for one row, `_attend` over a masked span for several). No per-step cache objects, masks built
-  once per step, no copy of the cache.
+  torch's ops (SDPA for one row, `_attend` over a masked span for several). No per-step cache
+  objects, masks built once per step, no copy of the cache.
 - generic (every other architecture): the model's forward over a `DynamicCache` that views the
   slots, with a 0/1 mask of each row's length; the new column is copied back into the slots.
 Both compute, per row, what the model's full forward computes for that row alone (tested).
@@ -73,7 +73,8 @@ class KVAdapter:
         return run([t[: tokens.shape[0]] for t in tensors], lengths, width, tokens)
 
     def _decode_row(self, plan, tensors, lengths, width: int, tokens) -> torch.Tensor:
-        """One float32 or bfloat16 row through the plan (kpop.rollout.builtin.kv_row_plan): two native calls a layer."""
+        """One float32 or bfloat16 row through the plan (kpop.rollout.builtin.kv_row_plan): two
+        native calls a layer."""
         inner = self.model.model
         h = plan.embed(tokens, inner.embed_tokens)
         step = KVRowStep(plan, inner, width)
@@ -153,8 +154,8 @@ def _native_step(cos, sin, lengths, width: int, tensors):
     apply (a cache neither float32 nor bfloat16, RoPE over part of the head, or the kernels
     unavailable). cos/sin: float32."""
     B, D, dtype = cos.shape[0], tensors[0].shape[-1], tensors[0].dtype
-    if (cos.shape[-1] != D or D % 2 or lengths.dtype != torch.int64 or dtype not in native.DTYPES
-            or not native.fits(*tensors, dtype=dtype) or not native.fits(cos, sin)):
+    if (cos.shape[-1] != D or D % 2 or lengths.dtype != torch.int64 or not native.fits(*tensors, dtype=dtype)
+            or not native.fits(cos, sin)):
         return None
     cos, sin, lengths = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous(), lengths.contiguous()
 

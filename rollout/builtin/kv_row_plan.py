@@ -7,8 +7,9 @@ the key heads spread over torch's threads.
 Contract: `kv_row_plan(adapter)` is a `RowPlan` whose `attention[i](h, keys, values, step)` and
 `feed_forward[i](h, step)` map h [1, 1, hidden] to what the direct path computes (to float32
 rounding), or None where some layer does not qualify: the direct path is not in use, a dtype
-other than float32 and bfloat16, q/k norms (Qwen3), biased or non-plain projections, a non-SiLU MLP, RoPE over part of the
-head. Validity as in row_plan: checked at every prefill against the modules' parameters.
+other than float32 and bfloat16, q/k norms (Qwen3), biased or non-plain projections, a non-SiLU
+MLP, RoPE over part of the head. Validity as in row_plan: checked at every prefill against the
+modules' parameters.
 """
 
 from __future__ import annotations
@@ -56,9 +57,8 @@ class KVRowStep:
         if getattr(rotary, "rope_type", None) == "default":
             _, _, self.cos, self.sin = plan.table(("kv",), width, compute)
         else:
-            cos, sin = compute()
-            self.cos, self.sin = cos.contiguous().data_ptr(), sin.contiguous().data_ptr()
-            self._keep = (cos, sin)
+            self._tables = tuple(t.contiguous() for t in compute())  # alive while the step points at them
+            self.cos, self.sin = (t.data_ptr() for t in self._tables)
         self.width, self.threads = width, torch.get_num_threads()
 
 

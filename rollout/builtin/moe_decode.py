@@ -11,7 +11,8 @@ called.
 Experts' weights are packed (kpop.rollout.builtin.packed: the parameters become views of the stacks,
 so weight updates land there): [E, 2I, h] (gate | up) and [E, h, I] (down). Several rows: the
 router's pick in one native call where the gate qualifies (`native.route_rows`; the gate's own
-forward took 1.5 ms of a 64-row bf16 step, ~0.1 native), the (token, slot) rows sorted by expert (one host sync per layer for the counts), each expert's block
+forward took 1.5 ms of a 64-row bf16 step, ~0.1 native), the (token, slot) rows sorted by expert
+(one host sync per layer for the counts), each expert's block
 through its own two products, `project` (kpop.rollout.builtin.matmul: oneDNN over a prepacked copy
 of the expert's slices from 2 rows on, in bf16 from 1). Medium hybrid decode step, ms, per-expert /
 the earlier form that padded the sorted rows to [E, M, h] for two `bmm` over all experts: 2 rows

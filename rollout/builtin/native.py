@@ -16,11 +16,11 @@ blocked `bmm` (0.92-1.07x), over cache-hot ones ~2x.
 Contracts (CPU, contiguous tensors; `fits` says whether tensors qualify). float32, except that the
 kernels of native_kernels_typed.h (`rms_norm`, `swiglu`, `kv_attend`, `lightning_rows`,
 `route_rows`, `ffn_row`, `lightning_layer_row`, `mla_layer_row` and the plans' one-row layer
-kernels, `typed(name, dtype)`) take float32 or bfloat16 (`DTYPES`) for
-the model's own memory: weights, norm weights, the key/value and MLA caches, the residual row;
-Lightning states, decays and RoPE tables stay float32. Arithmetic is float32 either way (bf16
-widened on load, rounded to nearest even where stored), so a bf16 kernel's result is the float32
-kernel's on the same values, rounded where it is stored (tests/rollout/test_rollout_builtin_native_bf16.py).
+kernels, `typed(name, dtype)`) take float32 or bfloat16 (`DTYPES`) for the model's own memory:
+weights, norm weights, the key/value and MLA caches, the residual row; Lightning states, decays
+and RoPE tables stay float32. Arithmetic is float32 either way (bf16 widened on load, rounded to
+nearest even where stored), so a bf16 kernel's result is the float32 kernel's on the same values,
+rounded where it is stored (tests/rollout/test_rollout_builtin_native_bf16.py).
 - `rms_norm(x [..., n], weight [n], eps)` = `F.rms_norm(x, (n,), None, eps) * weight` (the
   normalised value rounded to x's dtype before the product, as there), rows over the threads.
 - `lightning_layer_row(h [hidden], norm_w, norm_eps, w_qkvg [4 H d, hidden], silu_qkv, state [H, d,
@@ -64,9 +64,9 @@ polynomial within 2 ulp of e^x, vectorised, where libm's `expf` is one call per 
 for bit.
 
 Build: `$CC` (default `cc`) with `flags()` into `~/.cache/kpop/native/` (`KPOP_CACHE_DIR` moves
-it), one file per hash of the sources (native_kernels.c and the header it includes), the flags, the compiler's version and the CPU's flags, written
-under a temporary name and renamed, so processes starting together (Ray actors) never load a
-half-written library. OpenMP: `-fopenmp` only where torch itself runs on GNU OpenMP and its
+it), one file per hash of the sources (native_kernels.c and the header it includes), the flags,
+the compiler's version and the CPU's flags, written under a temporary name and renamed, so
+processes starting together (Ray actors) never load a half-written library. OpenMP: `-fopenmp` only where torch itself runs on GNU OpenMP and its
 libgomp is already loaded in this process: the library then links the same `libgomp.so.1` (the
 loader reuses a loaded soname), so those kernels run on torch's own thread pool and nothing else
 spins beside it; elsewhere `-fopenmp-simd` (SIMD pragmas only) and they run serially. No
@@ -227,9 +227,9 @@ def available() -> bool:
 
 
 def fits(*tensors: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> bool:
-    """All given tensors of `dtype` (float32 unless given), contiguous, on the CPU, and the kernels
-    available."""
-    return all(
+    """All given tensors of `dtype` (float32 unless given; one of `DTYPES`), contiguous, on the
+    CPU, and the kernels available."""
+    return dtype in DTYPES and all(
         t is None or (t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()) for t in tensors
     ) and available()
 
@@ -301,7 +301,7 @@ def route_rows(x: torch.Tensor, gate) -> tuple[torch.Tensor, torch.Tensor]:
     gate's dtype (float32 or bfloat16; `routable(gate, x.dtype)`), one native call, rows over
     torch's threads: each row's pick as `route_row`'s (ids in pick order, ties to the lower id)."""
     (experts, hidden), k, rows = gate.weight.shape, gate.top_k, x.shape[0]
-    if x.dim() != 2 or x.shape[1] != hidden or x.dtype not in DTYPES or not fits(x, dtype=x.dtype):
+    if x.dim() != 2 or x.shape[1] != hidden or not fits(x, dtype=x.dtype):
         raise ValueError(f"route_rows: x {tuple(x.shape)} ({x.dtype}) for a gate over {hidden} features")
     ids, weights, scratch = torch.empty(rows, k, dtype=torch.int64), torch.empty(rows, k), torch.empty(rows, hidden)
     typed("kpop_route_rows", x.dtype)(

@@ -24,7 +24,7 @@ def eps_of(norm) -> float:
 
 
 def rms(norm, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype in native.DTYPES and native.fits(x, norm.weight, dtype=x.dtype) and norm.weight.numel() == x.shape[-1]:
+    if native.fits(x, norm.weight, dtype=x.dtype) and norm.weight.numel() == x.shape[-1]:
         return native.rms_norm(x, norm.weight, eps_of(norm))
     return F.rms_norm(x, (x.shape[-1],), None, eps_of(norm)) * norm.weight
 

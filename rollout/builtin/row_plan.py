@@ -18,8 +18,8 @@ given new storage (`load_state_dict(assign=True)`, `model.to`) makes the adapter
 The adapters check it at every prefill (`PlanCache.check`), not every step: parameters are
 replaced between generations, never inside a decode loop (the engine's updates copy in place),
 and the check reads every watched entry (the medium hybrid's 268: 350 us a step once the step's
-weights have evicted them from the caches, ~9% of a bf16 step). Modules replaced after the plan was built are not seen (nor are they by
-the adapter's own list of layers).
+weights have evicted them from the caches, ~9% of a bf16 step). Modules replaced after the plan
+was built are not seen (nor are they by the adapter's own list of layers).
 """
 
 from __future__ import annotations
