@@ -35,7 +35,10 @@ def _attend64(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale):
     return out.view(B, -1), keys, values
 
 
-@pytest.mark.parametrize("B,heads,kv_heads,d,cap", [(1, 4, 4, 16, 9), (5, 8, 2, 32, 17), (16, 6, 3, 8, 40)])
+@pytest.mark.parametrize("B,heads,kv_heads,d,cap", [
+    (1, 4, 4, 16, 9), (5, 8, 2, 32, 17), (16, 6, 3, 8, 40),  # the general loops, register blocks at d = 32
+    (3, 4, 4, 64, 21), (3, 4, 2, 64, 21), (2, 2, 1, 128, 11),  # float32 blocks only with a key head shared
+])
 def test_kv_attend_equals_the_formula(B, heads, kv_heads, d, cap, threads):
     gen = torch.Generator().manual_seed(B)
     qkv = torch.randn(B, (heads + 2 * kv_heads) * d, generator=gen)
@@ -51,16 +54,19 @@ def test_kv_attend_equals_the_formula(B, heads, kv_heads, d, cap, threads):
     assert torch.equal(values.double(), want_values)
 
 
-def test_kv_attend_reads_no_column_past_a_rows_length():
+@pytest.mark.parametrize("heads,kv_heads,d,dtype", [(2, 2, 8, torch.float32), (4, 2, 32, torch.float32),
+                                                  (2, 2, 64, torch.bfloat16)])
+def test_kv_attend_reads_no_column_past_a_rows_length(heads, kv_heads, d, dtype):
     gen = torch.Generator().manual_seed(7)
-    B, H, d, cap = 3, 2, 8, 12
-    qkv, cos, sin = torch.randn(B, 3 * H * d, generator=gen), torch.randn(B, d, generator=gen), torch.randn(B, d, generator=gen)
-    keys, values = torch.randn(B, H, cap, d, generator=gen), torch.randn(B, H, cap, d, generator=gen)
+    B, cap = 3, 12
+    qkv = torch.randn(B, (heads + 2 * kv_heads) * d, generator=gen).to(dtype)
+    cos, sin = torch.randn(B, d, generator=gen), torch.randn(B, d, generator=gen)
+    keys, values = (torch.randn(B, kv_heads, cap, d, generator=gen).to(dtype) for _ in range(2))
     lengths = torch.tensor([2, 9, 5])
-    clean = native.kv_attend(qkv, H, H, cos, sin, keys.clone(), values.clone(), lengths, 0.5, 10)
+    clean = native.kv_attend(qkv, heads, kv_heads, cos, sin, keys.clone(), values.clone(), lengths, 0.5, 10)
     for b, n in enumerate(lengths.tolist()):
         keys[b, :, n + 1 :], values[b, :, n + 1 :] = 1e4, 1e4
-    assert torch.equal(native.kv_attend(qkv, H, H, cos, sin, keys, values, lengths, 0.5, 10), clean)
+    assert torch.equal(native.kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, 0.5, 10), clean)
 
 
 def test_kv_attend_rejects_what_it_cannot_take():
