@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from kpop.rollout.builtin import native
 from kpop.rollout.builtin.gated_mlp import gated_mlp
 from kpop.rollout.builtin.kv_row_plan import KVRowStep, kv_row_plan
+from kpop.rollout.builtin.kv_rows_plan import KVRowsStep, kv_rows_plan
 from kpop.rollout.builtin.matmul import module_linear
 from kpop.rollout.builtin.norms import rms
 from kpop.rollout.builtin.packed import fused_output
@@ -50,12 +51,14 @@ class KVAdapter:
         self.col_dims = (1,) * (2 * self.num_layers)
         self.direct = _direct_ok(model)
         self._plans = PlanCache(kv_row_plan)
+        self._rows_plans = PlanCache(kv_rows_plan)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         from transformers import DynamicCache
 
         self._plans.check()
+        self._rows_plans.check()
         if self.direct:
             return self._direct_prefill(ids)
         out = self.model(ids, past_key_values=DynamicCache(), use_cache=True)
@@ -66,11 +69,15 @@ class KVAdapter:
 
     @torch.inference_mode()
     def decode(self, tensors: list[torch.Tensor], lengths: torch.Tensor, width: int, tokens: torch.Tensor) -> torch.Tensor:
-        plan = self._plans.get(self) if tokens.shape[0] == 1 and self.direct else None
+        B = tokens.shape[0]
+        plan = self._plans.get(self) if B == 1 and self.direct else None
         if plan is not None:
             return self._decode_row(plan, tensors, lengths, width, tokens)
-        run = self._direct if self.direct else self._generic
-        return run([t[: tokens.shape[0]] for t in tensors], lengths, width, tokens)
+        tensors = [t[:B] for t in tensors]
+        plan = self._rows_plans.get(self) if B > 1 and self.direct else None
+        if plan is not None and KVRowsStep.fits(plan, tensors, lengths):
+            return self._decode_rows(plan, tensors, lengths, width, tokens)
+        return (self._direct if self.direct else self._generic)(tensors, lengths, width, tokens)
 
     def _decode_row(self, plan, tensors, lengths, width: int, tokens) -> torch.Tensor:
         """One float32 or bfloat16 row through the plan (kpop.rollout.builtin.kv_row_plan): two
@@ -84,6 +91,16 @@ class KVAdapter:
         if plan.head is not None:
             return plan.head(h, step)
         return module_linear(self.model.lm_head, rms(inner.norm, h))[:, -1]
+
+    def _decode_rows(self, plan, tensors, lengths, width: int, tokens) -> torch.Tensor:
+        """Several rows through the plan (kpop.rollout.builtin.kv_rows_plan): `_direct`'s values."""
+        inner = self.model.model
+        h = inner.embed_tokens(tokens)
+        step = KVRowsStep(plan, inner, lengths, width, h.shape[-1])
+        for i in range(self.num_layers):
+            h = plan.attention[i](h, tensors[2 * i], tensors[2 * i + 1], step)
+            h = plan.feed_forward[i](h, step)
+        return module_linear(self.model.lm_head, rms(inner.norm, h))
 
     def _direct(self, tensors, lengths, width: int, tokens) -> torch.Tensor:
         inner, B = self.model.model, tokens.shape[0]

@@ -243,15 +243,19 @@ def test_direct_prefill_equals_the_models_forward(which, tiny_model):
 @pytest.mark.parametrize("which", ["llama", "qwen3"])
 def test_direct_kv_decode_with_and_without_the_native_attention(which, use_native, threads, monkeypatch, tiny_model):
     """float32 direct KV decoding of ragged rows (columns past each length filled with 1e4) equals
-    the full forward on either attention path: `native.kv_attend` once per layer and step, or
-    torch's ops (never the kernel) when the kernels are off."""
+    the full forward on either attention path: native (the Llama's steps through its several-row
+    plan, kpop.rollout.builtin.kv_rows_plan; Qwen3's, whose q/k norms the plan does not take,
+    through `native.kv_attend` once per layer and step), or torch's ops (neither) when the kernels
+    are off."""
     from kpop.rollout.builtin import native
+    from kpop.rollout.builtin.kv_adapter import KVAdapter
 
     if use_native and not native.available():
         pytest.skip("no C compiler: the native kernels are not built")
     torch.set_num_threads(threads)
-    calls, kernel = [], native.kv_attend
+    calls, kernel, planned, decode_rows = [], native.kv_attend, [], KVAdapter._decode_rows
     monkeypatch.setattr(native, "kv_attend", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    monkeypatch.setattr(KVAdapter, "_decode_rows", lambda *a: planned.append(1) or decode_rows(*a))
     model = tiny_model(which)
     gen = torch.Generator().manual_seed(3)
     contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
@@ -261,4 +265,6 @@ def test_direct_kv_decode_with_and_without_the_native_attention(which, use_nativ
         with native.switched_off():
             got = _run(adapter_for(model), contexts, past_lengths=1e4)
     assert _worst_vs_forward(model, contexts, got) < 1e-4
-    assert len(calls) == (STEPS * model.config.num_hidden_layers if use_native else 0)
+    native_steps = STEPS if use_native else 0
+    assert len(planned) == (native_steps if which == "llama" else 0)
+    assert len(calls) == (native_steps * model.config.num_hidden_layers if which == "qwen3" else 0)
