@@ -22,7 +22,9 @@ in forward order; at every batch the decoding state's traffic too.
 Every torch op of this process (HF `generate`, the limits, model loading) runs on the one thread
 the built-in engine uses (kpop.rollout.builtin.torch_thread): a second thread running parallel
 torch ops would throttle every OpenMP worker of the process, the engine's included. The machine
-may be shared: figures move with its load; ratios measured back to back move less.
+may be shared: figures move with its load; ratios measured back to back move less. Every run and
+every bandwidth sample starts on a quiet machine (`wait_quiet`): vLLM's engine core keeps a core
+busy for ~1 s after its last request, which the next engine's run would otherwise share.
 """
 
 from __future__ import annotations
@@ -41,6 +43,31 @@ LLAMA_SIZES = {"tiny": dict(hidden=128, heads=4, kv_heads=4, layers=2), "medium"
 
 
 PROMPT_LEN = 8
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs since boot; None where /proc/stat is not there."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; user .. steal (guest is inside user)
+
+
+def wait_quiet(idle: float = 0.8, window_s: float = 0.1, timeout_s: float = 5.0) -> float:
+    """Seconds waited until the machine's CPUs were at least `idle` idle over one `window_s`
+    window (at most `timeout_s`). Why: vLLM's engine core, a process of its own, keeps polling on
+    one core after its last request (measured here: a full core 0.7 s after a request, idle by
+    1.5 s), so on this 2-core box the engine that ran next had one core."""
+    start = time.perf_counter()
+    before = _cpu_times()
+    while before is not None and time.perf_counter() - start < timeout_s:
+        time.sleep(window_s)
+        after = _cpu_times()
+        if after[1] > before[1] and (after[0] - before[0]) / (after[1] - before[1]) >= idle:
+            break
+        before = after
+    return time.perf_counter() - start
 
 
 def prompts(batch: int) -> list[list[int]]:
@@ -77,7 +104,11 @@ async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: 
     change in the machine's load hits all of them; each engine's fastest run counts, at batch 1
     against the bandwidths sampled right before and after that run."""
 
+    waited = 0.0
+
     def run(name: str, engine, b: int, max_tokens: int):
+        nonlocal waited
+        waited += wait_quiet()
         if name == "HF generate":
             return torch_thread.call(hf_tokens_per_s, engine, b, max_tokens)
         return engine_tokens_per_s(engine, b, max_tokens)
@@ -106,11 +137,13 @@ async def engine_rows(label: tuple, engines: list[tuple[str, object]], batches: 
             beside = f"; one long stream at {stream / 1e9:.1f} GB/s" if stream else ""
             print(f"  {' '.join(label)} batch {b}: {name} {tps:.0f} tok/s ({100 * tps / limit:.0f}% of limit "
                   f"{limit:.0f}: {limits.describe(b, bandwidth)}{beside})", flush=True)
+    print(f"  {' '.join(label)}: {waited:.1f} s waited in all for a quiet machine before the runs", flush=True)
     return rows
 
 
 def _bandwidths(weights) -> tuple[float, float]:
     """(the rate of reading `weights` once each, of one long stream), bytes/s, on the torch thread."""
+    wait_quiet()
     return torch_thread.call(weight_read_bandwidth, weights), torch_thread.call(read_bandwidth, repeats=10)
 
 

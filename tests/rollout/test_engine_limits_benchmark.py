@@ -49,3 +49,28 @@ def test_limits_add_state_time_and_take_a_sampled_bandwidth(benchmark):
     assert lim.tokens_per_s(1, bandwidth=2e9) == pytest.approx(2000.0)
     assert lim.tokens_per_s(4) == pytest.approx(4 * 8 / 1.6)
     assert "2.0 GB/s" in lim.describe(1, bandwidth=2e9)
+
+
+def test_wait_quiet_waits_out_a_process_spinning_on_a_core(benchmark):
+    """benchmarks/engine.py starts every run on a quiet machine: here a child spins on one core
+    for 0.8 s (on a 2-core box, half the CPUs: not quiet at 80% idle), and the wait lasts until it
+    ends; with nothing spinning it returns before its timeout."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    engine = benchmark("engine")
+    if engine._cpu_times() is None:
+        pytest.skip("no /proc/stat")
+    if os.cpu_count() > 4:
+        pytest.skip("one spinning core leaves more than 80% of this machine's CPUs idle")
+    quiet = engine.wait_quiet(timeout_s=3.0)
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 0.8\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.2)
+        waited = engine.wait_quiet(timeout_s=3.0)
+        assert child.poll() is not None  # it returned only once the child had stopped
+    finally:
+        child.wait()
+    assert waited >= 0.4 and quiet < 3.0  # the quiet machine ended the first wait, not its timeout
