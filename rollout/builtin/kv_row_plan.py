@@ -24,6 +24,18 @@ from kpop.rollout.builtin.row_plan import NotNative, RowPlan, guard, plain, swig
 
 
 def kv_row_plan(adapter) -> RowPlan | None:
+    plan = layers_plan(adapter, _attention, swiglu_block)
+    if plan is None:
+        return None
+    inner = adapter.model.model
+    plan.ends(inner.embed_tokens, inner.norm, adapter.model.lm_head)
+    return plan.seal()
+
+
+def layers_plan(adapter, attention: Callable, feed_forward: Callable) -> RowPlan | None:
+    """An unsealed plan of `attention(plan, layer, rotary)` and `feed_forward(plan, layer)` for
+    each of the adapter's layers (rotary: the width RoPE turns), or None where the direct path is
+    not in use, the dtype is neither float32 nor bfloat16, or a builder declines a layer."""
     if not adapter.direct:
         return None
     inner = adapter.model.model
@@ -33,13 +45,12 @@ def kv_row_plan(adapter) -> RowPlan | None:
     if plan.dtype not in native.DTYPES:
         return None
     for layer in inner.layers[: adapter.num_layers]:
-        attention, mlp = _attention(plan, layer, rotary), swiglu_block(plan, layer)
-        if attention is None or mlp is None:
+        block, mlp = attention(plan, layer, rotary), feed_forward(plan, layer)
+        if block is None or mlp is None:
             return None
-        plan.attention.append(attention)
+        plan.attention.append(block)
         plan.feed_forward.append(mlp)
-    plan.ends(inner.embed_tokens, inner.norm, adapter.model.lm_head)
-    return plan.seal()
+    return plan
 
 
 class KVRowStep:

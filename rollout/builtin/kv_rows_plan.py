@@ -29,6 +29,7 @@ import torch
 
 from kpop.rollout.builtin import native
 from kpop.rollout.builtin.gated_mlp import swiglu_weights
+from kpop.rollout.builtin.kv_row_plan import layers_plan
 from kpop.rollout.builtin.matmul import project
 from kpop.rollout.builtin.norms import eps_of
 from kpop.rollout.builtin.packed import packed, rows
@@ -36,21 +37,8 @@ from kpop.rollout.builtin.row_plan import NotNative, RowPlan, guard, plain
 
 
 def kv_rows_plan(adapter) -> RowPlan | None:
-    if not adapter.direct:
-        return None
-    inner = adapter.model.model
-    probe = torch.zeros(1, 1, adapter.model.config.hidden_size)
-    rotary = inner.rotary_emb(probe, torch.zeros(1, 1, dtype=torch.long))[0].shape[-1]
-    plan = RowPlan([], [], dtype=inner.embed_tokens.weight.dtype)
-    if plan.dtype not in native.DTYPES:
-        return None
-    for layer in inner.layers[: adapter.num_layers]:
-        attention, mlp = _attention(plan, layer, rotary), _feed_forward(plan, layer)
-        if attention is None or mlp is None:
-            return None
-        plan.attention.append(attention)
-        plan.feed_forward.append(mlp)
-    return plan.seal()
+    plan = layers_plan(adapter, _attention, _feed_forward)
+    return None if plan is None else plan.seal()
 
 
 class KVRowsStep:
