@@ -73,19 +73,27 @@ class KVRowStep:
         self.width, self.threads = width, torch.get_num_threads()
 
 
-@guard
-def _attention(plan: RowPlan, layer, rotary: int) -> Callable:
-    attn, norm, kernel = layer.self_attn, layer.input_layernorm, plan.kernel("kpop_attn_layer_row")
+def attention_heads(attn, rotary: int) -> tuple[int, int, int]:
+    """(head size, query heads, key heads) of an attention module the kernels take: no q/k norms,
+    RoPE over the whole (even) head, plain bias-free projections, query heads grouped evenly over
+    the key heads; NotNative otherwise."""
     d = attn.head_dim
     if hasattr(attn, "q_norm") or rotary != d or d % 2:
         raise NotNative
     plain(attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
-    p_qkv = plan.packed(attn, "qkv.weight", [attn.q_proj, attn.k_proj, attn.v_proj])
-    p_norm, p_o = plan.hold(plan.watch(norm), plan.watch(attn.o_proj))
-    heads, kv_heads, hidden = attn.q_proj.out_features // d, attn.k_proj.out_features // d, attn.o_proj.out_features
+    heads, kv_heads = attn.q_proj.out_features // d, attn.k_proj.out_features // d
     if heads % kv_heads:
         raise NotNative
-    norm_eps, scale, group, dtype = eps_of(norm), attn.scaling, heads // kv_heads, plan.dtype
+    return d, heads, kv_heads
+
+
+@guard
+def _attention(plan: RowPlan, layer, rotary: int) -> Callable:
+    attn, norm, kernel = layer.self_attn, layer.input_layernorm, plan.kernel("kpop_attn_layer_row")
+    d, heads, kv_heads = attention_heads(attn, rotary)
+    p_qkv = plan.packed(attn, "qkv.weight", [attn.q_proj, attn.k_proj, attn.v_proj])
+    p_norm, p_o = plan.hold(plan.watch(norm), plan.watch(attn.o_proj))
+    hidden, norm_eps, scale, group, dtype = attn.o_proj.out_features, eps_of(norm), attn.scaling, heads // kv_heads, plan.dtype
 
     def run(h: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: KVRowStep) -> torch.Tensor:
         out = torch.empty(hidden, dtype=dtype)

@@ -61,6 +61,18 @@ static inline float exp_f32(float x) {
 
 static inline float silu(float x) { return x / (1.0f + exp_f32(-x)); }
 
+/* p[t] = e^(p[t] - max p) for t < T, in place; returns their sum (added in order of t): the
+   softmax's numerators and denominator. */
+static float exp_shifted(float *p, int64_t T) {
+    float top = -INFINITY, total = 0.0f;
+    for (int64_t t = 0; t < T; t++) top = p[t] > top ? p[t] : top;
+    for (int64_t t = 0; t < T; t++) {
+        p[t] = exp_f32(p[t] - top);
+        total += p[t];
+    }
+    return total;
+}
+
 /* Rotate the first 2 * half values of x (rotate-half layout) by cos/sin [half]. */
 static void neox(float *x, const float *c, const float *s, int64_t half) {
     for (int64_t i = 0; i < half; i++) {

@@ -165,17 +165,9 @@ static void TYPED(mla_head)(const float *qn, const float *qr, const KPOP_T *late
         const KPOP_T *row = w_uk + n * r;
         for (int64_t j = 0; j < r; j++) q_lat[j] += a * LD(row[j]);
     }
-    float top = -INFINITY;
-    for (int64_t t = 0; t < T; t++) {
-        float dot = TYPED(dot4)(latent + t * r, q_lat, r) + TYPED(dot4)(k_rope + t * rope, qr, rope);
-        scores[t] = dot * scaling;
-        if (scores[t] > top) top = scores[t];
-    }
-    float total = 0.0f;
-    for (int64_t t = 0; t < T; t++) {
-        scores[t] = exp_f32(scores[t] - top);
-        total += scores[t];
-    }
+    for (int64_t t = 0; t < T; t++)
+        scores[t] = (TYPED(dot4)(latent + t * r, q_lat, r) + TYPED(dot4)(k_rope + t * rope, qr, rope)) * scaling;
+    float total = exp_shifted(scores, T);
     for (int64_t j = 0; j < r; j++) ctx[j] = 0.0f;
     for (int64_t t = 0; t < T; t++) {
         float p = scores[t] / total;
@@ -184,7 +176,6 @@ static void TYPED(mla_head)(const float *qn, const float *qr, const KPOP_T *late
     }
     for (int64_t i = 0; i < v; i++) o[i] = TYPED(dot4)(w_uv + i * r, ctx, r);
 }
-
 
 #ifdef __AVX512F__
 /* kv_task's scores and output for d = 16 nb, with each 16-value block of a head in a register: a
@@ -212,13 +203,7 @@ static inline __attribute__((always_inline)) void TYPED(kv_blocks)(
             for (int64_t b = 1; b < nb; b++) s = _mm512_fmadd_ps(LOAD16(kt + 16 * b), qv[b], s);
             p[t] = _mm512_reduce_add_ps(s) * scale;
         }
-        float top = -INFINITY, total = 0.0f;
-        for (int64_t t = 0; t < T; t++) top = p[t] > top ? p[t] : top;
-        for (int64_t t = 0; t < T; t++) {
-            p[t] = exp_f32(p[t] - top);
-            total += p[t];
-        }
-        float inv = 1.0f / total;
+        float inv = 1.0f / exp_shifted(p, T);
         for (int64_t b = 0; b < nb; b++) acc[b] = _mm512_setzero_ps();
         for (int64_t t = 0; t < T; t++) {
             const KPOP_T *vt = V + t * d;
@@ -274,12 +259,7 @@ static void TYPED(kv_task)(const float *q_in, const float *k_in, const float *v_
         }
     }
     for (int64_t j = 0; j < G; j++) {
-        float *p = scores + j * cols, top = -INFINITY, total = 0.0f;
-        for (int64_t t = 0; t < T; t++) top = p[t] > top ? p[t] : top;
-        for (int64_t t = 0; t < T; t++) {
-            p[t] = exp_f32(p[t] - top);
-            total += p[t];
-        }
+        float *p = scores + j * cols, total = exp_shifted(p, T);
         for (int64_t t = 0; t < T; t++) p[t] /= total;
     }
     if (d % 16 == 0) {
