@@ -107,8 +107,7 @@ class HybridAdapter:
                 whole = _lightning_block_native(layer, h, rope, state, decay) if B == 1 else None
                 if whole is None:
                     whole = h + self._lightning(layer.attention, rms(layer.input_layernorm, h), rope, state, decay)
-            h = whole
-            h = h + moe_forward(layer.mlp, rms(layer.post_attention_layernorm, h))
+            h = moe_forward(layer.mlp, rms(layer.post_attention_layernorm, whole), residual=whole)
         return module_linear(self.model.lm_head, rms(self.model.model.norm, h))[:, -1]
 
     def _row_plan(self) -> RowPlan | None:

@@ -54,13 +54,18 @@ def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ow
     """`F.linear(x, weight, bias)` for a model's own weight (`params` make it up; `owner`/`key`
     name its cache): oneDNN over a prepacked copy (kpop.rollout.builtin.onednn) for weights of at
     least `MIN_NUMEL` on the CPU, float32 with 2+ rows or bfloat16; `linear` otherwise."""
-    if (
+    if on_onednn(weight, x):
+        return onednn.linear(owner, key, params, weight, bias, x)
+    return linear(x, weight, bias)
+
+
+def on_onednn(weight: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether `project` multiplies x by `weight` through oneDNN."""
+    return (
         weight.numel() >= MIN_NUMEL and x.device.type == "cpu" and weight.is_contiguous()
         and (weight.dtype == torch.bfloat16 or (weight.dtype == torch.float32 and x.numel() > x.shape[-1]))
         and onednn.available()
-    ):
-        return onednn.linear(owner, key, params, weight, bias, x)
-    return linear(x, weight, bias)
+    )
 
 
 def module_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -32,9 +32,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from kpop.rollout.builtin import native
+from kpop.rollout.builtin import native, onednn
 from kpop.rollout.builtin.gated_mlp import gated_mlp, swiglu, swiglu_weights
-from kpop.rollout.builtin.matmul import project
+from kpop.rollout.builtin.matmul import on_onednn, project
 from kpop.rollout.builtin.packed import packed, stacked
 
 
@@ -52,28 +52,78 @@ def _expert(stacks: _Stacks, e: int, x: torch.Tensor) -> torch.Tensor:
     return project(swiglu(gate_up), stacks.down[e], None, expert, "down", (down_w,))
 
 
-def moe_forward(mlp, x: torch.Tensor) -> torch.Tensor:
+def moe_forward(mlp, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """`mlp(x)` for decoding (a MoE's output without its router logits), plus `residual` where given."""
     from kpop.models.layers.moe import MoE
 
     if not isinstance(mlp, MoE):
-        return gated_mlp(mlp, x) if _is_swiglu(mlp) else mlp(x)
+        out = gated_mlp(mlp, x) if _is_swiglu(mlp) else mlp(x)
+        return out if residual is None else residual + out
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
     if flat.shape[0] == 1:
         whole = _one_row_native(mlp, flat)
         if whole is not None:
-            return whole.view(shape)
+            out = whole.view(shape)
+            return out if residual is None else residual + out
         out = _one_token(mlp, flat, *_route_one(mlp.gate, flat))
     else:
         if native.routable(mlp.gate, flat.dtype) and flat.is_contiguous():
             idx, weights = native.route_rows(flat, mlp.gate)
         else:
             idx, weights, _ = mlp.gate(flat)
+        if native.fits(flat, dtype=flat.dtype) and idx.is_contiguous() and native.fits(weights):
+            return _rows_native(mlp, flat, idx, weights, residual).view(shape)
         out = _tokens(mlp, flat, idx, weights)
     out = out.to(x.dtype)
     if mlp.shared_experts is not None:
         out = out + gated_mlp(mlp.shared_experts, flat)
-    return out.reshape(shape)
+    out = out.reshape(shape)
+    return out if residual is None else residual + out
+
+
+def _rows_native(mlp, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor,
+                 residual: torch.Tensor | None) -> torch.Tensor:
+    """`_tokens`, the shared expert and the residual add with the bookkeeping in two native calls
+    (`native.moe_dispatch`: the sort by expert and the gather; `native.moe_combine`: the weighted
+    sum in index_add's order and both adds, rounded where the torch ops round): the same values."""
+    stacks = stacks_of(mlp)
+    counts, pos, rows = native.moe_dispatch(flat, idx, len(stacks.experts))
+    packs, blocks, start = expert_packs(mlp, stacks, flat), [], 0
+    for e, n in enumerate(counts):
+        if not n:
+            blocks.append(None)
+            continue
+        block = rows[start : start + n]
+        if packs is None or not on_onednn(stacks.gate_up[0], block):  # e.g. one float32 row: `linear`
+            blocks.append(_expert(stacks, e, block).contiguous())  # the chunked `bmm` gives a transposed view
+        else:
+            gate_up, down = packs[e]
+            blocks.append(onednn.packed_linear(native.swiglu(onednn.packed_linear(block, gate_up)), down))
+        start += n
+    shared = None if mlp.shared_experts is None else gated_mlp(mlp.shared_experts, flat).contiguous()
+    res = None if residual is None else residual.reshape(flat.shape).contiguous()
+    return native.moe_combine(blocks, counts, idx, pos, weights, shared, res)
+
+
+def expert_packs(mlp, stacks: _Stacks, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each expert's oneDNN copies (gate|up, down), the ones `_expert`'s `project` multiplies rows
+    like x by, or None where `project` would not pick oneDNN for every one of them. Checked
+    once a layer: the data pointer and version counter of every expert parameter (an in-place
+    update bumps a parameter's version, not its stack's), where `project` checks them per product
+    (~18 us of the ~100 a 16-row bf16 expert product took, 112 products a medium hybrid step)."""
+    params = [p for weights in stacks.weights for p in weights]
+    state = tuple((p.data_ptr(), p._version) for p in params)
+    hit = mlp.__dict__.get("_kpop_expert_packs")
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    packs = None
+    if all(on_onednn(w, x) for w in (stacks.gate_up[0], stacks.down[0])):
+        packs = [(onednn.prepacked(expert, "gate_up", tuple(weights[:2]), stacks.gate_up[e]),
+                  onednn.prepacked(expert, "down", (weights[2],), stacks.down[e]))
+                 for e, (expert, weights) in enumerate(zip(stacks.experts, stacks.weights))]
+    mlp.__dict__["_kpop_expert_packs"] = (state, packs)
+    return packs
 
 
 def _one_row_native(mlp, x: torch.Tensor) -> torch.Tensor | None:

@@ -190,6 +190,8 @@ def _library() -> ctypes.CDLL | None:
         "kpop_mlp_layer_row": [_P, _P, _F32, _P, _P, _I64, _I64, _P, _P, _I64],
         "kpop_norm_head_row": [_P, _P, _F32, _P, _I64, _I64, _P, _P, _I64],
         "kpop_route_rows": [_P] * 3 + [_I64] * 6 + [_F32] + [_P] * 3 + [_I64],
+        "kpop_moe_dispatch": [_P, _P] + [_I64] * 4 + [_P] * 3,
+        "kpop_moe_combine": [_P] * 8 + [_I64] * 5,
     }
     for name, argtypes in [*signatures.items(), *((name + suffix, a) for name, a in typed_signatures.items()
                                                   for suffix in _SUFFIX.values())]:
@@ -310,6 +312,52 @@ def route_rows(x: torch.Tensor, gate) -> tuple[torch.Tensor, torch.Tensor]:
         torch.get_num_threads(),
     )
     return ids, weights
+
+
+def moe_dispatch(x: torch.Tensor, idx: torch.Tensor, experts: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """A MoE layer's (row, slot) pairs idx [N, k] sorted by expert, stably: (pairs per expert, pos
+    [N, k] each pair's sorted position, rows [N k, h] with rows[pos[t, s]] = x[t]); x [N, h] of a
+    dtype of `DTYPES`. One pass, no host sync but the counts'."""
+    (N, k), h = idx.shape, x.shape[-1]
+    if x.shape != (N, h) or idx.dtype != torch.int64 or not idx.is_contiguous() or not 0 < experts <= MAX_EXPERTS:
+        raise ValueError(f"moe_dispatch: x {tuple(x.shape)}, idx {tuple(idx.shape)} ({idx.dtype}), {experts} experts")
+    if not fits(x, dtype=x.dtype):
+        raise ValueError(f"moe_dispatch: x must be a contiguous CPU tensor of {DTYPES}, not {x.dtype}")
+    counts, pos, rows = torch.empty(experts, dtype=torch.int64), torch.empty(N, k, dtype=torch.int64), x.new_empty(N * k, h)
+    typed("kpop_moe_dispatch", x.dtype)(x.data_ptr(), idx.data_ptr(), N, k, experts, h, counts.data_ptr(), pos.data_ptr(),
+                                        rows.data_ptr())
+    listed = counts.tolist()
+    if listed[0] < 0:
+        raise ValueError(f"moe_dispatch: an expert id outside [0, {experts})")
+    return listed, pos, rows
+
+
+def moe_combine(blocks: list[torch.Tensor | None], counts: list[int], idx: torch.Tensor, pos: torch.Tensor,
+                weights: torch.Tensor, shared: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The routed experts' outputs back on their rows: out [N, h] (the blocks' dtype), row t the sum
+    over its pairs in increasing expert id of weights[t, s] times its expert's output row, in
+    float32 from 0, rounded; then + shared[t] and residual[t] + that, each rounded (the roundings
+    of `index_add_` into float32 zeros, `.to(dtype)` and two torch adds). blocks[e]: expert e's
+    outputs [counts[e], h] on `moe_dispatch`'s rows (None where counts[e] is 0); idx and pos
+    [N, k] as `moe_dispatch` took and gave them; weights [N, k] float32."""
+    (N, k), live = idx.shape, [b for b in blocks if b is not None]
+    dtype, h = live[0].dtype, live[0].shape[-1]
+    shapes_ok = (
+        len(blocks) == len(counts) <= MAX_EXPERTS and sum(counts) == N * k and pos.shape == weights.shape == (N, k)
+        and all((b is None) == (n == 0) and (b is None or b.shape == (n, h)) for b, n in zip(blocks, counts))
+        and all(t is None or t.shape == (N, h) for t in (shared, residual))
+    )
+    if not shapes_ok or not fits(*live, shared, residual, dtype=dtype) or not fits(weights) or not (
+            idx.dtype == pos.dtype == torch.int64 and idx.is_contiguous() and pos.is_contiguous()):
+        raise ValueError(f"moe_combine: blocks {[None if b is None else tuple(b.shape) for b in blocks]} for counts "
+                         f"{counts}, idx {tuple(idx.shape)}, weights {tuple(weights.shape)} ({weights.dtype})")
+    out = live[0].new_empty(N, h)
+    typed("kpop_moe_combine", dtype)(
+        (ctypes.c_void_p * len(blocks))(*(_ptr(b) for b in blocks)), (ctypes.c_int64 * len(counts))(*counts),
+        idx.data_ptr(), pos.data_ptr(), weights.data_ptr(), _ptr(shared), _ptr(residual), out.data_ptr(), N, k,
+        len(blocks), h, torch.get_num_threads(),
+    )
+    return out
 
 
 def kv_attend(qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,

@@ -23,6 +23,15 @@
 #define KPOP_MAX_HEAD_DIM 1024
 #define KPOP_MAX_EXPERTS 1024
 
+/* Products rounded before they are added (no fused multiply-add), for kernels that compute what
+   a sequence of torch ops computes, bit for bit: GCC contracts a * b + c across statements at -O3
+   unless told not to; clang contracts only within an expression, which these kernels avoid. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define KPOP_UNFUSED __attribute__((optimize("fp-contract=off")))
+#else
+#define KPOP_UNFUSED
+#endif
+
 /* e^x within 2 ulp on [-87, 88], 0 below (so e^-inf is 0), +inf above, NaN for NaN, in
    operations a loop vectorizes: libm's expf is one call per element, which made the native
    SwiGLU 4.5x slower than torch's (64 rows of 1536: 225 vs 50 us). e^x = 2^n e^f with n =

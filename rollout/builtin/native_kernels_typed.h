@@ -150,6 +150,78 @@ void TYPED(kpop_route_rows)(const KPOP_T *x, const KPOP_T *W, const KPOP_T *bias
     }
 }
 
+/* A MoE layer's several rows before the experts: the (row, slot) pairs of idx [N, k] sorted by
+   expert, stably (one expert's pairs in their flat order: argsort(stable=True)'s order). counts[e]:
+   pairs of expert e; pos[i]: the sorted position of flat pair i; rows[pos[i]] = x[i / k]. An id
+   outside [0, E) writes nothing but counts[0] = -1. */
+void TYPED(kpop_moe_dispatch)(const KPOP_T *x, const int64_t *idx, int64_t N, int64_t k, int64_t E, int64_t h,
+                              int64_t *counts, int64_t *pos, KPOP_T *rows) {
+    int64_t next[KPOP_MAX_EXPERTS], start = 0;
+    for (int64_t e = 0; e < E; e++) counts[e] = 0;
+    for (int64_t i = 0; i < N * k; i++) {
+        if (idx[i] < 0 || idx[i] >= E) {
+            counts[0] = -1;
+            return;
+        }
+        counts[idx[i]]++;
+    }
+    for (int64_t e = 0; e < E; e++) {
+        next[e] = start;
+        start += counts[e];
+    }
+    for (int64_t i = 0; i < N * k; i++) {
+        int64_t p = next[idx[i]]++;
+        pos[i] = p;
+        memcpy(rows + p * h, x + (i / k) * h, (size_t)h * sizeof *x);
+    }
+}
+
+/* A MoE layer's several rows after the experts: for row t, y = sum of w[i] * (its expert's output
+   row) over its pairs i = t k .. t k + k - 1 in increasing sorted position (expert id: the order
+   of index_add over the sorted pairs), in float from 0; out[t] = ST(y), then ST(out + shared[t])
+   where shared is given, then ST(residual[t] + out) where residual is given (each rounding where
+   torch rounds the same sums). blocks[e]: expert e's outputs [counts[e], h] (sorted rows from
+   kpop_moe_dispatch; NULL where counts[e] is 0); idx, pos as there; w [N, k] float. */
+KPOP_UNFUSED void TYPED(kpop_moe_combine)(const KPOP_T *const *blocks, const int64_t *counts, const int64_t *idx, const int64_t *pos,
+                             const float *w, const KPOP_T *shared, const KPOP_T *residual, KPOP_T *out, int64_t N,
+                             int64_t k, int64_t E, int64_t h, int64_t threads) {
+    int64_t starts[KPOP_MAX_EXPERTS], start = 0;
+    for (int64_t e = 0; e < E; e++) {
+        starts[e] = start;
+        start += counts[e];
+    }
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && N > 1)
+    for (int64_t t = 0; t < N; t++) {
+        int64_t slots[KPOP_MAX_EXPERTS];
+        for (int64_t s = 0; s < k; s++) {  /* insertion sort of the row's pairs by sorted position */
+            int64_t i = t * k + s, j = s;
+            for (; j > 0 && pos[slots[j - 1]] > pos[i]; j--) slots[j] = slots[j - 1];
+            slots[j] = i;
+        }
+        KPOP_T *o = out + t * h;
+        for (int64_t c = 0; c < h; c += 64) {
+            int64_t n = h - c < 64 ? h - c : 64;
+            float acc[64] = {0.0f};
+            for (int64_t s = 0; s < k; s++) {
+                int64_t i = slots[s];
+                const KPOP_T *row = blocks[idx[i]] + (pos[i] - starts[idx[i]]) * h + c;
+                float wi = w[i];
+                for (int64_t j = 0; j < n; j++) {
+                    float product = LD(row[j]) * wi;
+                    acc[j] += product;
+                }
+            }
+            /* one branch-free loop per step, so each vectorizes; acc holds each rounded value */
+            for (int64_t j = 0; j < n; j++) acc[j] = LD(ST(acc[j]));
+            if (shared)
+                for (int64_t j = 0; j < n; j++) acc[j] = LD(ST(acc[j] + LD(shared[t * h + c + j])));
+            if (residual)
+                for (int64_t j = 0; j < n; j++) acc[j] = LD(ST(LD(residual[t * h + c + j]) + acc[j]));
+            for (int64_t j = 0; j < n; j++) o[c + j] = ST(acc[j]);
+        }
+    }
+}
+
 /* Absorbed multi-latent attention of one head h for one row over its T cached columns:
    q_lat = q_nope W_uk[h] ([nope] x [nope, r]), scores[t] = scaling (q_lat . latent[t] + q_rope .
    k_rope[t]), p = softmax(scores), out = W_uv[h] (sum_t p[t] latent[t]). w_kv_b [H, nope + v, r]

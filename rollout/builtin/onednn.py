@@ -56,6 +56,10 @@ def prepacked(owner: object, key: str, params: Sequence[torch.Tensor], weight: t
 def linear(owner: object, key: str, params: Sequence[torch.Tensor], weight: torch.Tensor,
            bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     packed = prepacked(owner, key, params, weight)
-    rows = x.reshape(-1, x.shape[-1])
-    y = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+    y = packed_linear(x.reshape(-1, x.shape[-1]), packed, bias)
     return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def packed_linear(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """rows [n, in] by a `prepacked` copy (no check that it is current: `linear` checks)."""
+    return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")

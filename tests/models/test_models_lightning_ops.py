@@ -134,3 +134,13 @@ def test_fla_chunk_gradients_match_cpu_path():
         grads.append([x.grad.cpu() for x in xs])
     for a, b in zip(*grads):
         assert (a - b).abs().max() < 5e-3
+
+
+@pytest.mark.parametrize("T", [5, 37])
+def test_chunked_without_state_equals_zero_state(T):
+    """The first chunk's skipped past (no initial state) gives what a zero state gives, bit for bit."""
+    q, k, v, g, _ = (x.float() if x is not None else None for x in _inputs(T=T))
+    zeros = torch.zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+    o0, s0 = chunked_lightning_attention(q, k, v, g, initial_state=zeros, output_final_state=True, chunk_size=16)
+    o1, s1 = chunked_lightning_attention(q, k, v, g, output_final_state=True, chunk_size=16)
+    assert torch.equal(o0, o1) and torch.equal(s0, s1)
