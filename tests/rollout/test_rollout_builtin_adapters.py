@@ -238,6 +238,26 @@ def test_direct_prefill_equals_the_models_forward(which, tiny_model):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_hybrid_prefill_equals_the_models_forward(rows, tiny_model):
+    """The hybrid adapter's prefill (its own loop over the decoder layers: MoE through
+    `moe_forward`, fused norms, the head on the last position) gives the last position's logits and
+    every layer's state (Lightning [H, d, d], MLA latent and rotated key) that the model's forward
+    with a cache gives."""
+    model = tiny_model("hybrid")
+    adapter = adapter_for(model)
+    ids = torch.randint(0, 320, (rows, 13), generator=torch.Generator().manual_seed(rows))
+    with torch.inference_mode():
+        logits, state = adapter.prefill(ids)
+        out = model(ids, past_key_values=model.new_cache(), use_cache=True)
+    torch.testing.assert_close(logits, out.logits[:, -1], rtol=0, atol=1e-5)
+    want = [t for mla, entry in zip(adapter.is_mla, out.past_key_values.layers)
+            for t in ((entry.latent, entry.k_rope) if mla else (entry,))]
+    assert len(state) == len(want) and any(adapter.is_mla) and not all(adapter.is_mla)
+    for got, expected in zip(state, want):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("use_native", [True, False])
 @pytest.mark.parametrize("which", ["llama", "qwen3"])
