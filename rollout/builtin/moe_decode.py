@@ -87,15 +87,16 @@ def _rows_native(mlp, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tens
     """`_tokens`, the shared expert and the residual add with the bookkeeping in two native calls
     (`native.moe_dispatch`: the sort by expert and the gather; `native.moe_combine`: the weighted
     sum in index_add's order and both adds, rounded where the torch ops round): the same values."""
-    stacks = stacks_of(mlp)
+    experts = experts_of(mlp, flat)
+    stacks, packs = experts.stacks, experts.packs
     counts, pos, rows = native.moe_dispatch(flat, idx, len(stacks.experts))
-    packs, blocks, start = expert_packs(mlp, stacks, flat), [], 0
+    blocks, start = [], 0
     for e, n in enumerate(counts):
         if not n:
             blocks.append(None)
             continue
         block = rows[start : start + n]
-        if packs is None or not on_onednn(stacks.gate_up[0], block):  # e.g. one float32 row: `linear`
+        if packs is None or (n == 1 and not experts.one_row):
             blocks.append(_expert(stacks, e, block).contiguous())  # the chunked `bmm` gives a transposed view
         else:
             gate_up, down = packs[e]
@@ -106,24 +107,36 @@ def _rows_native(mlp, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tens
     return native.moe_combine(blocks, counts, idx, pos, weights, shared, res)
 
 
-def expert_packs(mlp, stacks: _Stacks, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Each expert's oneDNN copies (gate|up, down), the ones `_expert`'s `project` multiplies rows
-    like x by, or None where `project` would not pick oneDNN for every one of them. Checked
-    once a layer: the data pointer and version counter of every expert parameter (an in-place
-    update bumps a parameter's version, not its stack's), where `project` checks them per product
-    (~18 us of the ~100 a 16-row bf16 expert product took, 112 products a medium hybrid step)."""
-    params = [p for weights in stacks.weights for p in weights]
-    state = tuple((p.data_ptr(), p._version) for p in params)
-    hit = mlp.__dict__.get("_kpop_expert_packs")
+class _Experts(NamedTuple):
+    stacks: _Stacks
+    packs: list[tuple[torch.Tensor, torch.Tensor]] | None  # per expert: oneDNN copies of gate|up, down
+    one_row: bool  # whether `project` takes a one-row block to oneDNN too (bf16: yes; float32: no)
+
+
+def experts_of(mlp, x: torch.Tensor) -> _Experts:
+    """The experts' stacks (`stacks_of`) and each expert's oneDNN copies (gate|up, down): the ones
+    `_expert`'s `project` multiplies blocks of rows like x by, or None where `project` would not
+    pick oneDNN for them. Checked once a layer: the data pointer and version counter of every
+    expert parameter (an in-place update bumps a parameter's version, not its stack's), where
+    `project` checks them per product (~18 us of the ~100 a 16-row bf16 expert product took, 112
+    products a medium hybrid step) and `stacks_of` packs per call."""
+    modules = mlp._modules["experts"]._modules.values()
+    params = [e._modules[name]._parameters["weight"] for e in modules for name in ("gate_proj", "up_proj", "down_proj")]
+    state = (x.dtype, x.device, *((p.data_ptr(), p._version) for p in params))
+    hit = mlp.__dict__.get("_kpop_experts")
     if hit is not None and hit[0] == state:
         return hit[1]
+    stacks = stacks_of(mlp)
+    several = x.new_empty(2, x.shape[-1])
     packs = None
-    if all(on_onednn(w, x) for w in (stacks.gate_up[0], stacks.down[0])):
+    if all(on_onednn(w, several) for w in (stacks.gate_up[0], stacks.down[0])):
         packs = [(onednn.prepacked(expert, "gate_up", tuple(weights[:2]), stacks.gate_up[e]),
                   onednn.prepacked(expert, "down", (weights[2],), stacks.down[e]))
                  for e, (expert, weights) in enumerate(zip(stacks.experts, stacks.weights))]
-    mlp.__dict__["_kpop_expert_packs"] = (state, packs)
-    return packs
+    one_row = all(on_onednn(w, several[:1]) for w in (stacks.gate_up[0], stacks.down[0]))
+    experts = _Experts(stacks, packs, one_row)
+    mlp.__dict__["_kpop_experts"] = ((x.dtype, x.device, *((p.data_ptr(), p._version) for p in params)), experts)
+    return experts
 
 
 def _one_row_native(mlp, x: torch.Tensor) -> torch.Tensor | None:

@@ -106,13 +106,13 @@ def test_expert_copies_checked_once_a_layer_follow_updates():
     x = torch.randn(16, 512)
     with torch.inference_mode():
         torch.testing.assert_close(moe_decode.moe_forward(moe, x), moe(x)[0], rtol=0, atol=1e-4)
-    state, packs = moe.__dict__["_kpop_expert_packs"]
-    assert packs is not None and len(packs) == 8
+    state, experts = moe.__dict__["_kpop_experts"]
+    assert experts.packs is not None and len(experts.packs) == 8
     with torch.no_grad():
         moe.experts[5].down_proj.weight.copy_(new.experts[5].down_proj.weight)  # one parameter, in place
     with torch.inference_mode():
         moe_decode.moe_forward(moe, x)
-    assert moe.__dict__["_kpop_expert_packs"][0] != state
+    assert moe.__dict__["_kpop_experts"][0] != state
     with torch.no_grad():
         for mine, theirs in zip(moe.parameters(), new.parameters()):
             mine.copy_(theirs)
