@@ -35,7 +35,9 @@ each (the first by the prefill, the others by `max_tokens - 1` decode steps).
   taken to run one after another (matmul time + state time): no overlap of a compute-bound
   matmul with a memory-bound read is assumed.
 The router, norms, RoPE, softmax and sampling are left out: the limits are upper bounds the engine
-cannot reach.
+cannot reach. `Limits.tokens_per_s` takes a sample taken beside a run in place of the one taken at
+the start: the bandwidth at batch 1, one decode step's pass at larger batches (the prefill's pass
+and the state's traffic stay those of the start).
 Timings take the best of several runs, so a noisy machine yields optimistic (high) limits.
 `hot_step_s` also times each batch-B shape on its own, repeated (its weight stays in cache): the
 bound an earlier version of this benchmark used, printed for comparison.
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -226,18 +228,26 @@ class Limits:
     seconds: dict[int, float]              # batch -> matmul seconds of the whole generation
     flops: dict[int, float]
     hot_tokens_per_s: dict[int, float]     # batch -> the earlier, hot-shape bound (decode steps only, no state)
+    step_s: dict[int, float] = field(default_factory=dict)  # batch -> one decode step's pass (in `seconds`)
 
-    def tokens_per_s(self, batch: int, bandwidth: float | None = None) -> float:
-        """The limit at `batch`; batch 1 at `bandwidth` if given (a sample taken beside the run)."""
+    def tokens_per_s(self, batch: int, bandwidth: float | None = None, step_s: float | None = None) -> float:
+        """The limit at `batch`; batch 1 at `bandwidth` if given, a larger batch with its decode
+        steps' pass taking `step_s` if given (samples taken beside a run)."""
         if batch == 1:
             return (bandwidth or self.bandwidth) / self.bytes_per_token
-        return batch * self.max_tokens / (self.seconds[batch] + self.state_s[batch])
+        return batch * self.max_tokens / (self._seconds(batch, step_s) + self.state_s[batch])
 
-    def describe(self, batch: int, bandwidth: float | None = None) -> str:
+    def _seconds(self, batch: int, step_s: float | None) -> float:
+        if step_s is None:
+            return self.seconds[batch]
+        return self.seconds[batch] + (self.max_tokens - 1) * (step_s - self.step_s[batch])
+
+    def describe(self, batch: int, bandwidth: float | None = None, step_s: float | None = None) -> str:
         if batch == 1:
             return f"{self.bytes_per_token / 1e6:.0f} MB/token, weights read at {(bandwidth or self.bandwidth) / 1e9:.1f} GB/s"
+        seconds = self._seconds(batch, step_s)
         return (
-            f"{self.flops[batch] / 1e9:.1f} GFLOP, prefill included, at {self.flops[batch] / self.seconds[batch] / 1e9:.0f} GFLOP/s "
+            f"{self.flops[batch] / 1e9:.1f} GFLOP, prefill included, at {self.flops[batch] / seconds / 1e9:.0f} GFLOP/s "
             f"+ state {self.state_s[batch]:.2f} s; hot-shape bound {self.hot_tokens_per_s[batch]:.0f} tok/s"
         )
 
@@ -245,14 +255,14 @@ class Limits:
 def measure_limits(model, batches: list[int], bandwidth: float, prompt_len: int, max_tokens: int) -> Limits:
     linears = model_linears(model)
     shape = state_shape(model)
-    seconds, flops, hot, state_s = {}, {}, {}, {}
+    seconds, flops, hot, state_s, steps = {}, {}, {}, {}, {}
     for b in batches:
         state_s[b] = state_bytes(shape, b, prompt_len, max_tokens) / bandwidth
         if b > 1:
             prefill_s, prefill_flops = pass_time(linears, b * prompt_len)
-            step_s, step_flops = pass_time(linears, b)
-            seconds[b] = prefill_s + (max_tokens - 1) * step_s
+            steps[b], step_flops = pass_time(linears, b)
+            seconds[b] = prefill_s + (max_tokens - 1) * steps[b]
             flops[b] = prefill_flops + (max_tokens - 1) * step_flops
             hot[b] = b / hot_step_s(linears, b)
     per_token = sum(w.nbytes for w in token_weights(linears)) + state_bytes(shape, 1, prompt_len, max_tokens) / max_tokens
-    return Limits(bandwidth, per_token, state_s, prompt_len, max_tokens, seconds, flops, hot)
+    return Limits(bandwidth, per_token, state_s, prompt_len, max_tokens, seconds, flops, hot, steps)

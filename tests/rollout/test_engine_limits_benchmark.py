@@ -41,14 +41,24 @@ def test_state_bytes_sum_the_decode_steps(benchmark):
     assert limits.state_bytes(shape, batch=5, prompt_len=3, max_tokens=1) == 0
 
 
-def test_limits_add_state_time_and_take_a_sampled_bandwidth(benchmark):
+def test_limits_add_state_time_and_take_a_sampled_bandwidth_or_step(benchmark):
     limits = benchmark("engine_limits")
     lim = limits.Limits(bandwidth=1e9, bytes_per_token=1e6, state_s={1: 0.01, 4: 0.6}, prompt_len=3, max_tokens=8,
-                        seconds={4: 1.0}, flops={4: 1e9}, hot_tokens_per_s={4: 100.0})
+                        seconds={4: 1.0}, flops={4: 1e9}, hot_tokens_per_s={4: 100.0}, step_s={4: 0.1})
     assert lim.tokens_per_s(1) == pytest.approx(1000.0)
     assert lim.tokens_per_s(1, bandwidth=2e9) == pytest.approx(2000.0)
     assert lim.tokens_per_s(4) == pytest.approx(4 * 8 / 1.6)
+    # a step's pass sampled beside a run at 0.05 s: the 7 decode steps take 0.35 s less, the
+    # prefill (1.0 - 7 * 0.1 = 0.3 s) and the state's 0.6 s stay
+    assert lim.tokens_per_s(4, step_s=0.05) == pytest.approx(4 * 8 / (0.3 + 7 * 0.05 + 0.6))
     assert "2.0 GB/s" in lim.describe(1, bandwidth=2e9)
+    assert "at 1 GFLOP/s" in lim.describe(4) and "at 2 GFLOP/s" in lim.describe(4, step_s=(0.5 - 0.3) / 7)
+
+
+def test_a_run_is_judged_by_the_higher_limit_beside_it(benchmark):
+    engine = benchmark("engine")
+    low, high = engine.Sample(900.0, "slow"), engine.Sample(1000.0, "fast")
+    assert max(low, high) is high and max((5.0, low), (5.0, high))[1] is high
 
 
 def test_wait_quiet_waits_out_a_process_spinning_on_a_core(benchmark):
