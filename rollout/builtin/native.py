@@ -54,11 +54,17 @@ rounded where it is stored (tests/rollout/test_rollout_builtin_native_bf16.py).
   [2D, h] | None, dense_down [h, D] | None)` -> [h]: one row through a sum of SwiGLU feed-forwards,
   sum_j weights[j] FFN_{ids[j]}(x) over the given experts in increasing id, plus the dense one
   (a MoE's shared expert), FFN(x) = down(silu(gate x) * up x).
+- `moe_dispatch(x, idx, experts)` and `moe_combine(blocks, counts, idx, pos, weights, shared,
+  residual)`: a MoE layer's several rows before and after its experts (the sort by expert and
+  gather; the weighted sum in index_add's order plus the shared expert and the residual), bit
+  for bit the torch ops' values (kpop.rollout.builtin.moe_decode).
+- `mla_attend_rows(q_lat, q_rope, latent, k_rope, lengths, scaling, columns)`: MLA's absorbed
+  attention of several rows between its two head products, each row over its own length.
 - `swiglu(gate_up [..., 2n])` -> [..., n]: `F.silu(gate) * up` for gate, up = the two halves.
 - `kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale, columns)`: see its
   docstring; `KVAdapter`'s attention for one new token per row.
-`lightning_layer_row`, `lightning_rows`, `mla_layer_row`, `ffn_row`, `swiglu` and `kv_attend` spread their work
-over torch's threads where the library is built with OpenMP (below).
+`lightning_layer_row`, `lightning_rows`, `mla_layer_row`, `ffn_row`, `swiglu`, `kv_attend`, `moe_combine` and
+`mla_attend_rows` spread their work over torch's threads where the library is built with OpenMP (below).
 Values equal the torch ops' to float32 rounding (sums run in another order; exponentials are a
 polynomial within 2 ulp of e^x, vectorised, where libm's `expf` is one call per element), not bit
 for bit.
@@ -192,6 +198,7 @@ def _library() -> ctypes.CDLL | None:
         "kpop_route_rows": [_P] * 3 + [_I64] * 6 + [_F32] + [_P] * 3 + [_I64],
         "kpop_moe_dispatch": [_P, _P] + [_I64] * 4 + [_P] * 3,
         "kpop_moe_combine": [_P] * 8 + [_I64] * 5,
+        "kpop_mla_attend_rows": [_P] * 7 + [_I64] * 6 + [_F32, _I64],
     }
     for name, argtypes in [*signatures.items(), *((name + suffix, a) for name, a in typed_signatures.items()
                                                   for suffix in _SUFFIX.values())]:
@@ -312,6 +319,33 @@ def route_rows(x: torch.Tensor, gate) -> tuple[torch.Tensor, torch.Tensor]:
         torch.get_num_threads(),
     )
     return ids, weights
+
+
+def mla_attend_rows(q_lat: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
+                    lengths: torch.Tensor, scaling: float, columns: int) -> torch.Tensor:
+    """Absorbed MLA attention of one new token per row between its two head products: q_lat [H, B,
+    r] (q_nope W_uk per head), q_rope [B, H, rope] (rotated), both float32; latent [B, cap, r] and
+    k_rope [B, cap, rope] the cache (a dtype of `DTYPES`), lengths [B] int64 < columns <= cap. Row b
+    attends over columns 0..lengths[b]: ctx [H, B, r] float32 with ctx[h, b] = softmax_t(scaling
+    (q_lat[h, b] . latent[b, t] + q_rope[b, h] . k_rope[b, t])) latent[b, :]: what
+    `MultiLatentAttention._absorbed` computes between W_uk and W_uv, each cached column read once
+    per row for all heads."""
+    (H, B, r), (_, cap, rope) = q_lat.shape, k_rope.shape
+    if (q_rope.shape != (B, H, rope) or latent.shape != (B, cap, r) or k_rope.shape[0] != B or lengths.shape != (B,)
+            or not 0 < columns <= cap):
+        raise ValueError(f"mla_attend_rows: q_lat {tuple(q_lat.shape)}, q_rope {tuple(q_rope.shape)}, latent "
+                         f"{tuple(latent.shape)}, k_rope {tuple(k_rope.shape)}, lengths {tuple(lengths.shape)}, "
+                         f"columns {columns}")
+    if not (fits(q_lat, q_rope) and fits(latent, k_rope, dtype=latent.dtype) and lengths.dtype == torch.int64
+            and lengths.is_contiguous()):
+        raise ValueError("mla_attend_rows: contiguous CPU tensors, q_lat/q_rope float32, latent/k_rope of one dtype of "
+                         f"{DTYPES} ({latent.dtype}, {k_rope.dtype}), lengths int64")
+    ctx, scratch = torch.empty(H, B, r), torch.empty(B, H * columns)
+    typed("kpop_mla_attend_rows", latent.dtype)(
+        q_lat.data_ptr(), q_rope.data_ptr(), latent.data_ptr(), k_rope.data_ptr(), lengths.data_ptr(), ctx.data_ptr(),
+        scratch.data_ptr(), B, H, r, rope, cap, columns, scaling, torch.get_num_threads(),
+    )
+    return ctx
 
 
 def moe_dispatch(x: torch.Tensor, idx: torch.Tensor, experts: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:

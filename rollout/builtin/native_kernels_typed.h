@@ -249,6 +249,39 @@ static void TYPED(mla_head)(const float *qn, const float *qr, const KPOP_T *late
     for (int64_t i = 0; i < v; i++) o[i] = TYPED(dot4)(w_uv + i * r, ctx, r);
 }
 
+/* Absorbed MLA attention for several rows between its two head products: row b (one task) over
+   its columns 0..lengths[b] of latent [B, cap, r] and k_rope [B, cap, rope], every head at once,
+   so each cached column is read once per row, not once per head: scores[h, t] = scaling
+   (q_lat[h, b] . latent[b, t] + q_rope[b, h] . k_rope[b, t]), p = softmax over t, ctx[h, b] =
+   sum_t p[h, t] latent[b, t]. q_lat and ctx [H, B, r] (the head products' layout), q_rope
+   [B, H, rope], all float. scratch: H * cols floats per row, cols > max(lengths). */
+void TYPED(kpop_mla_attend_rows)(const float *q_lat, const float *q_rope, const KPOP_T *latent, const KPOP_T *k_rope,
+                                 const int64_t *lengths, float *ctx, float *scratch, int64_t B, int64_t H, int64_t r,
+                                 int64_t rope, int64_t cap, int64_t cols, float scaling, int64_t threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && B > 1)
+    for (int64_t b = 0; b < B; b++) {
+        int64_t n = lengths[b] < cols ? lengths[b] + 1 : cols; /* the contract says lengths < cols: never past scratch */
+        float *scores = scratch + b * H * cols;
+        const KPOP_T *lat = latent + b * cap * r, *kr = k_rope + b * cap * rope;
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t h = 0; h < H; h++)
+                scores[h * cols + t] = (TYPED(dot4)(lat + t * r, q_lat + (h * B + b) * r, r)
+                                        + TYPED(dot4)(kr + t * rope, q_rope + (b * H + h) * rope, rope)) * scaling;
+        for (int64_t h = 0; h < H; h++) {
+            float *p = scores + h * cols, inv = 1.0f / exp_shifted(p, n), *o = ctx + (h * B + b) * r;
+            for (int64_t t = 0; t < n; t++) p[t] *= inv;
+            for (int64_t j = 0; j < r; j++) o[j] = 0.0f;
+        }
+        for (int64_t t = 0; t < n; t++) {
+            const KPOP_T *lt = lat + t * r;
+            for (int64_t h = 0; h < H; h++) {
+                float w = scores[h * cols + t], *o = ctx + (h * B + b) * r;
+                for (int64_t j = 0; j < r; j++) o[j] += w * LD(lt[j]);
+            }
+        }
+    }
+}
+
 #ifdef __AVX512F__
 /* kv_task's scores and output for d = 16 nb, with each 16-value block of a head in a register: a
    column's score is nb multiply-adds and one horizontal sum, its share of the output nb

@@ -71,3 +71,33 @@ def test_mla_layer_row_rejects_shapes_that_do_not_match():
     for index, bad in [(3, torch.zeros(5, hidden)), (10, cap), (11, torch.zeros(3, rank)), (9, torch.zeros(cap, 2))]:
         with pytest.raises(ValueError, match="shapes"):
             native.mla_layer_row(*args[:index], bad, *args[index + 1 :])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mla_attend_rows_equals_the_formula_over_each_rows_columns(dtype, threads):
+    """Several rows of ragged lengths: row b attends over columns 0..lengths[b] only (the cache holds
+    NaN past them), all heads from one read of each column."""
+    gen = torch.Generator().manual_seed(3)
+    H, B, r, rope, cap = 3, 4, 40, 8, 16  # r not a multiple of the SIMD width: the tails run
+    lengths = torch.tensor([0, 5, 14, 9])
+    latent, k_rope = torch.randn(B, cap, r, generator=gen).to(dtype), torch.randn(B, cap, rope, generator=gen).to(dtype)
+    for b, n in enumerate(lengths.tolist()):
+        latent[b, n + 1 :], k_rope[b, n + 1 :] = float("nan"), float("nan")
+    q_lat, q_rope = torch.randn(H, B, r, generator=gen), torch.randn(B, H, rope, generator=gen)
+    got = native.mla_attend_rows(q_lat, q_rope, latent, k_rope, lengths, 0.3, 15)
+    for b, n in enumerate(lengths.tolist()):
+        lat, kr = latent[b, : n + 1].double(), k_rope[b, : n + 1].double()
+        for h in range(H):
+            p = torch.softmax(0.3 * (lat @ q_lat[h, b].double() + kr @ q_rope[b, h].double()), 0)
+            torch.testing.assert_close(got[h, b].double(), p @ lat, rtol=1e-5, atol=1e-5)
+
+
+def test_mla_attend_rows_rejects_mismatched_shapes():
+    q_lat, q_rope = torch.zeros(2, 3, 8), torch.zeros(3, 2, 4)
+    latent, k_rope, lengths = torch.zeros(3, 6, 8), torch.zeros(3, 6, 4), torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(ValueError):
+        native.mla_attend_rows(q_lat, q_rope[:, :1], latent, k_rope, lengths, 1.0, 4)
+    with pytest.raises(ValueError):
+        native.mla_attend_rows(q_lat, q_rope, latent, k_rope, lengths, 1.0, 7)  # more columns than the cache
+    with pytest.raises(ValueError):
+        native.mla_attend_rows(q_lat, q_rope, latent, k_rope.bfloat16(), lengths, 1.0, 4)
