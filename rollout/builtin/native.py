@@ -199,6 +199,7 @@ def _library() -> ctypes.CDLL | None:
         "kpop_moe_dispatch": [_P, _P] + [_I64] * 4 + [_P] * 3,
         "kpop_moe_combine": [_P] * 8 + [_I64] * 5,
         "kpop_mla_attend_rows": [_P] * 7 + [_I64] * 6 + [_F32, _I64],
+        "kpop_mla_prep_rows": [_P, _I64, _P, _F32] + [_P] * 7 + [_I64] * 7,
     }
     for name, argtypes in [*signatures.items(), *((name + suffix, a) for name, a in typed_signatures.items()
                                                   for suffix in _SUFFIX.values())]:
@@ -319,6 +320,35 @@ def route_rows(x: torch.Tensor, gate) -> tuple[torch.Tensor, torch.Tensor]:
         torch.get_num_threads(),
     )
     return ids, weights
+
+
+def mla_prep_rows(qkv: torch.Tensor, heads: int, nope: int, rope: int, kv_norm_w: torch.Tensor, kv_eps: float,
+                  cos: torch.Tensor, sin: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
+                  lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLA for several rows between its first product and its head products, one call: qkv [B, D]
+    (the q | kv_a product's rows, D = heads (nope + rope) + r + rope, rows may be strided); row b's
+    cache column lengths[b] in latent [B, cap, r] / k_rope [B, cap, rope] gets `rms_norm(c)` and
+    `apply_interleaved(k_rope)` (cos/sin [B, rope / 2] float32), in place. Returns (q_nope [H, B,
+    nope], q_rope [B, H, rope] rotated and rounded to qkv's dtype as `apply_interleaved` returns
+    it), float32. qkv, the norm weight and the caches of one dtype of `DTYPES`."""
+    (B, D), (_, cap, r) = qkv.shape, latent.shape
+    shapes_ok = (D == heads * (nope + rope) + r + rope and k_rope.shape == (B, cap, rope) and latent.shape[0] == B
+                 and kv_norm_w.shape == (r,) and cos.shape == sin.shape == (B, rope // 2) and lengths.shape == (B,)
+                 and rope % 2 == 0 and 0 < rope <= MAX_HEAD_DIM)
+    if not shapes_ok:
+        raise ValueError(f"mla_prep_rows: qkv {tuple(qkv.shape)} for {heads} heads of {nope} + {rope}, latent "
+                         f"{tuple(latent.shape)}, k_rope {tuple(k_rope.shape)}, cos {tuple(cos.shape)}")
+    if not (qkv.stride(1) == 1 and fits(kv_norm_w, latent, k_rope, dtype=qkv.dtype) and fits(cos, sin)
+            and lengths.dtype == torch.int64 and lengths.is_contiguous()):
+        raise ValueError(f"mla_prep_rows: qkv, norm weight and caches of one dtype of {DTYPES}, contiguous rows; "
+                         "cos/sin float32; lengths int64")
+    q_nope, q_rope = torch.empty(heads, B, nope), torch.empty(B, heads, rope)
+    typed("kpop_mla_prep_rows", qkv.dtype)(
+        qkv.data_ptr(), qkv.stride(0), kv_norm_w.data_ptr(), kv_eps, cos.data_ptr(), sin.data_ptr(), latent.data_ptr(),
+        k_rope.data_ptr(), lengths.data_ptr(), q_nope.data_ptr(), q_rope.data_ptr(), B, heads, nope, rope, r, cap,
+        torch.get_num_threads(),
+    )
+    return q_nope, q_rope
 
 
 def mla_attend_rows(q_lat: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,

@@ -578,17 +578,50 @@ void TYPED(kpop_mlp_layer_row)(const KPOP_T *h, const KPOP_T *norm_w, float norm
 /* RMSNorm over rows, spread over the threads: y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w for
    `rows` rows of `n` values, in the modules' order of roundings: the normalised value rounded
    to the storage type, then scaled by the weight (`weight * normalised.to(dtype)`). */
+/* One stored row's RMSNorm, stored: the normalised value rounded before the weight's product. */
+static void TYPED(rms_stored)(const KPOP_T *x, const KPOP_T *w, KPOP_T *y, int64_t n, float eps) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < n; i++) ss += LD(x[i]) * LD(x[i]);
+    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = ST(LD(ST(LD(x[i]) * inv)) * LD(w[i]));
+}
+
 void TYPED(kpop_rms_norm)(const KPOP_T *x, const KPOP_T *w, KPOP_T *y, int64_t rows, int64_t n, float eps,
                           int64_t threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
-    for (int64_t r = 0; r < rows; r++) {
-        const KPOP_T *xr = x + r * n;
-        KPOP_T *yr = y + r * n;
-        float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-        for (int64_t i = 0; i < n; i++) ss += LD(xr[i]) * LD(xr[i]);
-        float inv = 1.0f / sqrtf(ss / (float)n + eps);
-        for (int64_t i = 0; i < n; i++) yr[i] = ST(LD(ST(LD(xr[i]) * inv)) * LD(w[i]));
+    for (int64_t r = 0; r < rows; r++) TYPED(rms_stored)(x + r * n, w, y + r * n, n, eps);
+}
+
+/* MLA for several rows between its first product and its head products. Row b of qkv (`stride`
+   apart: H heads of nope | rope, then the latent c [r], then k_rope [rope]) at position
+   lengths[b]: column lengths[b] of the row's cache gets RMSNorm(c) (kv_norm_w, kv_eps; stored as
+   `kpop_rms_norm` stores) and k_rope rotated in pairs (2i, 2i+1) by cos/sin [B, rope / 2], stored;
+   q_nope [H, B, nope] gets each head's nope part, q_rope [B, H, rope] its rope part rotated the
+   same way and rounded to the stored type (apply_interleaved's output), both widened to float. */
+void TYPED(kpop_mla_prep_rows)(const KPOP_T *qkv, int64_t stride, const KPOP_T *kv_norm_w, float kv_eps, const float *cos_,
+                               const float *sin_, KPOP_T *latent, KPOP_T *k_rope, const int64_t *lengths, float *q_nope,
+                               float *q_rope, int64_t B, int64_t H, int64_t nope, int64_t rope, int64_t r, int64_t cap,
+                               int64_t threads) {
+    int64_t half = rope / 2;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && B > 1)
+    for (int64_t b = 0; b < B; b++) {
+        const KPOP_T *q = qkv + b * stride, *c = q + H * (nope + rope), *kr = c + r;
+        const float *cb = cos_ + b * half, *sb = sin_ + b * half;
+        int64_t col = b * cap + lengths[b];
+        float tmp[KPOP_MAX_HEAD_DIM];
+        TYPED(rms_stored)(c, kv_norm_w, latent + col * r, r, kv_eps);
+        TYPED(load_row)(kr, tmp, rope);
+        interleaved(tmp, cb, sb, tmp, half);
+        TYPED(store_row)(tmp, k_rope + col * rope, rope);
+        for (int64_t h = 0; h < H; h++) {
+            const KPOP_T *qh = q + h * (nope + rope);
+            TYPED(load_row)(qh, q_nope + (h * B + b) * nope, nope);
+            TYPED(load_row)(qh + nope, tmp, rope);
+            interleaved(tmp, cb, sb, tmp, half);
+            float *out = q_rope + (b * H + h) * rope;
+            for (int64_t j = 0; j < rope; j++) out[j] = LD(ST(tmp[j]));
+        }
     }
 }
 

@@ -238,6 +238,38 @@ def test_direct_prefill_equals_the_models_forward(which, tiny_model):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("use_native", [True, False])
+def test_hybrid_several_rows_on_the_kernels_and_on_torch_ops(use_native, monkeypatch, tiny_model):
+    """Several hybrid rows (columns past each length filled with 1e4) equal the full forward with the
+    MLA and MoE work between products native (each MLA layer's prep and attention, each MoE layer's
+    dispatch and combine: one call per layer and step) and with the kernels off (none)."""
+    from kpop.rollout.builtin import native
+
+    if use_native and not native.available():
+        pytest.skip("no C compiler: the native kernels are not built")
+    calls: dict[str, int] = {}
+    for name in ("mla_prep_rows", "mla_attend_rows", "moe_dispatch", "moe_combine"):
+        kernel = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _k=kernel, _n=name, **kw: calls.update({_n: calls.get(_n, 0) + 1}) or _k(*a, **kw))
+    model = tiny_model("hybrid")
+    gen = torch.Generator().manual_seed(6)
+    contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
+    if use_native:
+        got = _run(adapter_for(model), contexts, past_lengths=1e4)
+    else:
+        with native.switched_off():
+            got = _run(adapter_for(model), contexts, past_lengths=1e4)
+    assert _worst_vs_forward(model, contexts, got) < 1e-4
+    mla = sum(model.config.is_mla_layer(i) for i in range(model.config.num_hidden_layers))
+    moe = sum(type(layer.mlp).__name__ == "MoE" for layer in model.model.layers[: model.config.num_hidden_layers])
+    assert mla and moe
+    if use_native:
+        assert calls["mla_prep_rows"] == calls["mla_attend_rows"] == STEPS * mla
+        assert calls["moe_combine"] >= STEPS * moe  # and the prefills of prompts of several tokens
+    else:
+        assert not calls
+
+
 @pytest.mark.parametrize("rows", [1, 3])
 def test_hybrid_prefill_equals_the_models_forward(rows, tiny_model):
     """The hybrid adapter's prefill (its own loop over the decoder layers: MoE through

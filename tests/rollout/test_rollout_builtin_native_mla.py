@@ -101,3 +101,33 @@ def test_mla_attend_rows_rejects_mismatched_shapes():
         native.mla_attend_rows(q_lat, q_rope, latent, k_rope, lengths, 1.0, 7)  # more columns than the cache
     with pytest.raises(ValueError):
         native.mla_attend_rows(q_lat, q_rope, latent, k_rope.bfloat16(), lengths, 1.0, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mla_prep_rows_writes_each_rows_column_and_rotates_the_queries(dtype, threads):
+    """Several rows at their own positions: column lengths[b] of row b's cache gets RMSNorm(c) and
+    k_rope rotated in pairs; every other column is left as it was; q_nope per head [H, B, nope],
+    q_rope rotated [B, H, rope], against float64 formulas."""
+    gen = torch.Generator().manual_seed(4)
+    B, H, nope, rope, r, cap = 3, 2, 6, 4, 10, 8
+    D = H * (nope + rope) + r + rope
+    qkv = torch.randn(B, D + 5, generator=gen).to(dtype)[:, :D]  # strided rows, as a slice of a wider product
+    w = (torch.rand(r, generator=gen) + 0.5).to(dtype)
+    lengths = torch.tensor([0, 4, 7])
+    angles = lengths[:, None].double() * torch.tensor([1.0, 0.1], dtype=torch.float64)
+    cos, sin = angles.cos().float(), angles.sin().float()
+    latent, k_rope = torch.randn(B, cap, r, generator=gen).to(dtype), torch.randn(B, cap, rope, generator=gen).to(dtype)
+    before_latent, before_k = latent.clone(), k_rope.clone()
+    q_nope, q_rope = native.mla_prep_rows(qkv, H, nope, rope, w, 1e-6, cos, sin, latent, k_rope, lengths)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    x = qkv.double()
+    heads = x[:, : H * (nope + rope)].view(B, H, nope + rope)
+    c, kr = x[:, H * (nope + rope) : -rope], x[:, -rope:]
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(latent[b, n].double(), _rms64(c[b], w, 1e-6), **tol)
+        torch.testing.assert_close(k_rope[b, n].double(), _pairs64(kr[b], cos[b].double(), sin[b].double()), **tol)
+        others = [t for t in range(cap) if t != n]
+        assert torch.equal(latent[b, others], before_latent[b, others]) and torch.equal(k_rope[b, others], before_k[b, others])
+        for h in range(H):
+            assert torch.equal(q_nope[h, b], heads[b, h, :nope].float())
+            torch.testing.assert_close(q_rope[b, h].double(), _pairs64(heads[b, h, nope:], cos[b].double(), sin[b].double()), **tol)
