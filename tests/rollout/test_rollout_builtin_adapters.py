@@ -78,6 +78,21 @@ def test_columns_past_each_length_do_not_leak_into_decoding(which, tiny_model):
     assert _worst_vs_forward(model, contexts, got) < 1e-4
 
 
+def _worst_on_or_off_the_kernels(model, use_native: bool, seed: int) -> float:
+    """`_worst_vs_forward` of ragged rows (columns past each length filled with 1e4) decoded with the
+    native kernels on, or switched off."""
+    from kpop.rollout.builtin import native
+
+    gen = torch.Generator().manual_seed(seed)
+    contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
+    if use_native:
+        got = _run(adapter_for(model), contexts, past_lengths=1e4)
+    else:
+        with native.switched_off():
+            got = _run(adapter_for(model), contexts, past_lengths=1e4)
+    return _worst_vs_forward(model, contexts, got)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.03)])
 @pytest.mark.parametrize("which", ["hybrid", "hybrid-qlora", "llama", "qwen3", "generic"])
 def test_decode_logits_equal_full_forward(which, dtype, tol, tiny_model):
@@ -252,14 +267,7 @@ def test_hybrid_several_rows_on_the_kernels_and_on_torch_ops(use_native, monkeyp
         kernel = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _k=kernel, _n=name, **kw: calls.update({_n: calls.get(_n, 0) + 1}) or _k(*a, **kw))
     model = tiny_model("hybrid")
-    gen = torch.Generator().manual_seed(6)
-    contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
-    if use_native:
-        got = _run(adapter_for(model), contexts, past_lengths=1e4)
-    else:
-        with native.switched_off():
-            got = _run(adapter_for(model), contexts, past_lengths=1e4)
-    assert _worst_vs_forward(model, contexts, got) < 1e-4
+    assert _worst_on_or_off_the_kernels(model, use_native, seed=6) < 1e-4
     mla = sum(model.config.is_mla_layer(i) for i in range(model.config.num_hidden_layers))
     moe = sum(type(layer.mlp).__name__ == "MoE" for layer in model.model.layers[: model.config.num_hidden_layers])
     assert mla and moe
@@ -309,14 +317,7 @@ def test_direct_kv_decode_with_and_without_the_native_attention(which, use_nativ
     monkeypatch.setattr(native, "kv_attend", lambda *a, **k: calls.append(1) or kernel(*a, **k))
     monkeypatch.setattr(KVAdapter, "_decode_rows", lambda *a: planned.append(1) or decode_rows(*a))
     model = tiny_model(which)
-    gen = torch.Generator().manual_seed(3)
-    contexts = [torch.randint(0, 320, (p + STEPS,), generator=gen).tolist() for p in PROMPT_LENS]
-    if use_native:
-        got = _run(adapter_for(model), contexts, past_lengths=1e4)
-    else:
-        with native.switched_off():
-            got = _run(adapter_for(model), contexts, past_lengths=1e4)
-    assert _worst_vs_forward(model, contexts, got) < 1e-4
+    assert _worst_on_or_off_the_kernels(model, use_native, seed=3) < 1e-4
     native_steps = STEPS if use_native else 0
     assert len(planned) == (native_steps if which == "llama" else 0)
     assert len(calls) == (native_steps * model.config.num_hidden_layers if which == "qwen3" else 0)
