@@ -62,24 +62,25 @@ def moe_forward(mlp, x: torch.Tensor, residual: torch.Tensor | None = None) -> t
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
     if flat.shape[0] == 1:
-        whole = _one_row_native(mlp, flat)
-        if whole is not None:
-            out = whole.view(shape)
-            return out if residual is None else residual + out
-        out = _one_token(mlp, flat, *_route_one(mlp.gate, flat))
+        out = _one_row_native(mlp, flat)
+        if out is None:
+            out = _with_shared(mlp, flat, _one_token(mlp, flat, *_route_one(mlp.gate, flat)))
     else:
         if native.routable(mlp.gate, flat.dtype) and flat.is_contiguous():
             idx, weights = native.route_rows(flat, mlp.gate)
         else:
             idx, weights, _ = mlp.gate(flat)
         if native.fits(flat, dtype=flat.dtype) and idx.is_contiguous() and native.fits(weights):
-            return _rows_native(mlp, flat, idx, weights, residual).view(shape)
-        out = _tokens(mlp, flat, idx, weights)
-    out = out.to(x.dtype)
-    if mlp.shared_experts is not None:
-        out = out + gated_mlp(mlp.shared_experts, flat)
+            return _rows_native(mlp, flat, idx, weights, residual).view(shape)  # the residual added there
+        out = _with_shared(mlp, flat, _tokens(mlp, flat, idx, weights))
     out = out.reshape(shape)
     return out if residual is None else residual + out
+
+
+def _with_shared(mlp, flat: torch.Tensor, routed: torch.Tensor) -> torch.Tensor:
+    """The routed experts' float32 sum in the rows' dtype, plus the shared expert's output."""
+    out = routed.to(flat.dtype)
+    return out if mlp.shared_experts is None else out + gated_mlp(mlp.shared_experts, flat)
 
 
 def _rows_native(mlp, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor,
@@ -122,9 +123,12 @@ def experts_of(mlp, x: torch.Tensor) -> _Experts:
     products a medium hybrid step) and `stacks_of` packs per call."""
     modules = mlp._modules["experts"]._modules.values()
     params = [e._modules[name]._parameters["weight"] for e in modules for name in ("gate_proj", "up_proj", "down_proj")]
-    state = (x.dtype, x.device, *((p.data_ptr(), p._version) for p in params))
+
+    def state() -> tuple:
+        return (x.dtype, x.device, *((p.data_ptr(), p._version) for p in params))
+
     hit = mlp.__dict__.get("_kpop_experts")
-    if hit is not None and hit[0] == state:
+    if hit is not None and hit[0] == state():
         return hit[1]
     stacks = stacks_of(mlp)
     several = x.new_empty(2, x.shape[-1])
@@ -135,7 +139,7 @@ def experts_of(mlp, x: torch.Tensor) -> _Experts:
                  for e, (expert, weights) in enumerate(zip(stacks.experts, stacks.weights))]
     one_row = all(on_onednn(w, several[:1]) for w in (stacks.gate_up[0], stacks.down[0]))
     experts = _Experts(stacks, packs, one_row)
-    mlp.__dict__["_kpop_experts"] = ((x.dtype, x.device, *((p.data_ptr(), p._version) for p in params)), experts)
+    mlp.__dict__["_kpop_experts"] = (state(), experts)  # after `stacks_of`, which may re-point the parameters
     return experts
 
 

@@ -58,13 +58,15 @@ rounded where it is stored (tests/rollout/test_rollout_builtin_native_bf16.py).
   residual)`: a MoE layer's several rows before and after its experts (the sort by expert and
   gather; the weighted sum in index_add's order plus the shared expert and the residual), bit
   for bit the torch ops' values (kpop.rollout.builtin.moe_decode).
-- `mla_attend_rows(q_lat, q_rope, latent, k_rope, lengths, scaling, columns)`: MLA's absorbed
-  attention of several rows between its two head products, each row over its own length.
+- `mla_prep_rows(qkv, heads, nope, rope, kv_norm_w, kv_eps, cos, sin, latent, k_rope, lengths)`
+  and `mla_attend_rows(q_lat, q_rope, latent, k_rope, lengths, scaling, columns)`: an MLA layer's
+  several rows between its products (the cache writes and RoPE; the absorbed attention between
+  the two head products, each row over its own length).
 - `swiglu(gate_up [..., 2n])` -> [..., n]: `F.silu(gate) * up` for gate, up = the two halves.
 - `kv_attend(qkv, heads, kv_heads, cos, sin, keys, values, lengths, scale, columns)`: see its
   docstring; `KVAdapter`'s attention for one new token per row.
-`lightning_layer_row`, `lightning_rows`, `mla_layer_row`, `ffn_row`, `swiglu`, `kv_attend`, `moe_combine` and
-`mla_attend_rows` spread their work over torch's threads where the library is built with OpenMP (below).
+`lightning_layer_row`, `lightning_rows`, `mla_layer_row`, `ffn_row`, `swiglu`, `kv_attend`, `moe_combine`,
+`mla_prep_rows` and `mla_attend_rows` spread their work over torch's threads where the library is built with OpenMP (below).
 Values equal the torch ops' to float32 rounding (sums run in another order; exponentials are a
 polynomial within 2 ulp of e^x, vectorised, where libm's `expf` is one call per element), not bit
 for bit.
